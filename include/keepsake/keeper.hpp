@@ -1,0 +1,277 @@
+// keepsake/keeper.hpp: the committed state of one key in a segment.
+//
+// Commit protocol (LMDB's meta pages, with checksums): a key has N >= 2
+// slots; a commit writes the slot after the newest valid one, leaving the
+// newest untouched, and publishes it by storing its generation last, with
+// release ordering. Restore takes the newest slot whose checksum holds. A
+// crash at any instant therefore leaves the old or the new state, never a
+// mix, and restore says which generation it found.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "keepsake/codec.hpp"
+#include "keepsake/detail/atomic.hpp"
+#include "keepsake/detail/slots.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/log.hpp"
+#include "keepsake/segment.hpp"
+
+namespace keepsake {
+
+template <class T>
+struct keeper_options {
+    // Slots per key (2 to 64). More slots keep more old generations around
+    // as fallbacks against damaged memory; two are enough for crash safety.
+    std::uint32_t slots = 2;
+    // Data bytes per slot, fixed when the key is first created. 0 means
+    // sizeof(T) for a trivially copyable T, else 16 KiB. A larger state is
+    // refused with errc::state_too_large (slots never grow in place).
+    std::uint64_t capacity = 0;
+    // Schema version written with each commit and expected on restore.
+    std::uint32_t schema_version = state_traits<T>::schema_version;
+    // Turns bytes of another type or schema version into a T. Without it,
+    // such bytes are a type_mismatch error, never reinterpreted.
+    std::function<T(const stored_record&)> upgrade;
+};
+
+// What restore found.
+struct restore_info {
+    std::uint64_t generation = 0;   // the generation now in the caller's hands
+    std::uint32_t slot = 0;         // the slot it came from
+    std::uint32_t skipped_slots = 0;  // newer or other slots that failed validation
+    bool upgraded = false;          // the upgrade hook produced the value
+};
+
+template <class T>
+struct restored {
+    T value;
+    restore_info info;
+};
+
+template <class T>
+class keeper {
+    static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "keeper<T> needs a plain value type");
+
+public:
+    // Attaches to `key` in `where`, creating the key's slots if it is new.
+    // Throws if the key holds another type or schema version and no upgrade
+    // hook is given, or if its slots are too small for a trivially copyable T.
+    keeper(const segment& where, std::string key, keeper_options<T> options = {})
+        : segment_(where.shared_impl()), key_(std::move(key)), options_(std::move(options)) {
+        const std::uint64_t capacity = options_.capacity != 0 ? options_.capacity : default_capacity();
+        area_ = segment_->attach(key_, options_.slots, capacity);
+        try {
+            check_slot_size();
+            scan_slots();
+        } catch (...) {
+            segment_->release_key(key_);
+            throw;
+        }
+    }
+
+    keeper(keeper&& other) noexcept
+        : segment_(std::move(other.segment_)), key_(std::move(other.key_)), options_(std::move(other.options_)),
+          area_(other.area_), highest_generation_(other.highest_generation_), newest_slot_(other.newest_slot_) {}
+
+    keeper(const keeper&) = delete;
+    keeper& operator=(const keeper&) = delete;
+    keeper& operator=(keeper&&) = delete;
+
+    ~keeper() {
+        if (segment_) segment_->release_key(key_);
+    }
+
+    // Makes `value` the committed state and returns its generation. When it
+    // returns, a crash of this process (or of the thread) cannot lose it.
+    std::uint64_t commit(const T& value) {
+        busy_guard guard(busy_, key_);
+        const std::uint32_t target = (newest_slot_ + 1) % area_.count;
+        detail::slot_header& header = *area_.header(target);
+        const std::uint64_t generation = highest_generation_ + 1;
+        // Unpublish the target before touching its data; the fence keeps the
+        // data stores from being seen ahead of this one.
+        detail::store_relaxed(header.generation, std::uint64_t{0});
+        detail::fence_release();
+        std::size_t size = 0;
+        try {
+            size = encode(value, area_.data(target), static_cast<std::size_t>(area_.capacity));
+        } catch (const error& failure) {
+            if (failure.code() != errc::state_too_large) throw;
+            throw error(failure.code(), "cannot commit key '" + key_ + "': " + failure.what() +
+                                            "; slots are sized when a key is created: remove the key "
+                                            "(segment::remove_key) and create it with a larger "
+                                            "keeper_options::capacity");
+        }
+        const std::uint64_t fingerprint = type_fingerprint<T>();
+        const auto codec = static_cast<std::uint32_t>(codec_of<T>());
+        detail::store_relaxed(header.size, std::uint64_t{size});
+        detail::store_relaxed(header.fingerprint, fingerprint);
+        detail::store_relaxed(header.schema_version, options_.schema_version);
+        detail::store_relaxed(header.codec, codec);
+        detail::store_relaxed(header.checksum,
+                              detail::slot_checksum(generation, size, fingerprint, options_.schema_version, codec,
+                                                    area_.data(target)));
+        detail::store_release(header.generation, generation);
+        highest_generation_ = generation;
+        newest_slot_ = target;
+        return generation;
+    }
+
+    // Puts the newest valid committed state into `out`. Returns nothing (and
+    // leaves `out` alone) if no slot holds a valid state.
+    std::optional<restore_info> restore_into(T& out) {
+        busy_guard guard(busy_, key_);
+        restore_info info;
+        std::uint64_t below = ~std::uint64_t{0};
+        while (auto snap = newest_below(below)) {
+            below = snap->generation;
+            if (!detail::slot_is_valid(area_, *snap)) {
+                report_invalid(*snap, "checksum or size check failed");
+                ++info.skipped_slots;
+                continue;
+            }
+            try {
+                info.upgraded = !matches_this_type(*snap);
+                if (info.upgraded) out = upgrade(*snap);
+                else decode_into(area_.data(snap->index), static_cast<std::size_t>(snap->size), out);
+            } catch (const error& failure) {
+                if (failure.code() != errc::decode_failed || info.upgraded) throw;
+                report_invalid(*snap, failure.what());
+                ++info.skipped_slots;
+                continue;
+            }
+            info.generation = snap->generation;
+            info.slot = snap->index;
+            newest_slot_ = snap->index;
+            if (info.skipped_slots != 0)
+                logger()->warn("key '{}': restored generation {} after skipping {} invalid slot(s)", key_,
+                               info.generation, info.skipped_slots);
+            return info;
+        }
+        if (info.skipped_slots != 0)
+            logger()->error("key '{}': no valid committed state; {} slot(s) failed validation", key_,
+                            info.skipped_slots);
+        return std::nullopt;
+    }
+
+    // restore_into() for a default-constructible T, returning the value.
+    std::optional<restored<T>> restore() {
+        static_assert(std::is_default_constructible_v<T>,
+                      "keeper<T>::restore() needs a default-constructible T; use restore_into(T&)");
+        restored<T> result{T{}, {}};
+        auto info = restore_into(result.value);
+        if (!info) return std::nullopt;
+        result.info = *info;
+        return result;
+    }
+
+    // The newest generation this keeper committed or found (0: none yet).
+    std::uint64_t generation() const noexcept { return highest_generation_; }
+    const std::string& key() const noexcept { return key_; }
+    std::uint64_t slot_capacity() const noexcept { return area_.capacity; }
+
+private:
+    // Flags a second thread inside commit/restore of one keeper, which would
+    // otherwise race on the slot choice. One uncontended exchange.
+    class busy_guard {
+    public:
+        busy_guard(std::atomic<bool>& flag, const std::string& key) : flag_(flag) {
+            if (flag_.exchange(true, std::memory_order_acquire))
+                throw error(errc::concurrent_use, "keeper '" + key +
+                                                      "' was used by two threads at once; a keeper has one "
+                                                      "user at a time (give each thread its own key)");
+        }
+        ~busy_guard() { flag_.store(false, std::memory_order_release); }
+        busy_guard(const busy_guard&) = delete;
+        busy_guard& operator=(const busy_guard&) = delete;
+
+    private:
+        std::atomic<bool>& flag_;
+    };
+
+    std::shared_ptr<detail::segment_impl> segment_;
+    std::string key_;
+    keeper_options<T> options_;
+    detail::slot_area area_{};
+    std::uint64_t highest_generation_ = 0;  // highest ever seen, valid or not
+    std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch
+    std::atomic<bool> busy_{false};
+
+    static constexpr std::uint64_t default_capacity() noexcept {
+        return codec_of<T>() == codec_kind::raw ? sizeof(T) : 16u * 1024u;
+    }
+
+    void check_slot_size() const {
+        if (codec_of<T>() == codec_kind::raw && area_.capacity < sizeof(T))
+            throw error(errc::state_too_large,
+                        "key '" + key_ + "' has slots of " + std::to_string(area_.capacity) + " bytes but this type needs " +
+                            std::to_string(sizeof(T)) + "; remove the key (segment::remove_key) or use another key");
+    }
+
+    // Newest slot with a generation below `below` (0 generations are empty).
+    std::optional<detail::slot_snapshot> newest_below(std::uint64_t below) const noexcept {
+        std::optional<detail::slot_snapshot> best;
+        for (std::uint32_t index = 0; index < area_.count; ++index) {
+            const detail::slot_snapshot snap = detail::read_slot_header(area_, index);
+            if (snap.generation == 0 || snap.generation >= below) continue;
+            if (!best || snap.generation > best->generation) best = snap;
+        }
+        return best;
+    }
+
+    bool matches_this_type(const detail::slot_snapshot& snap) const {
+        return snap.fingerprint == type_fingerprint<T>() && snap.schema_version == options_.schema_version &&
+               snap.codec == static_cast<std::uint32_t>(codec_of<T>());
+    }
+
+    [[noreturn]] void throw_mismatch(const detail::slot_snapshot& snap) const {
+        throw error(errc::type_mismatch,
+                    "key '" + key_ + "' holds a state written by another type or schema version (fingerprint " +
+                        std::to_string(snap.fingerprint) + ", schema " + std::to_string(snap.schema_version) +
+                        "; this keeper expects " + std::to_string(type_fingerprint<T>()) + ", schema " +
+                        std::to_string(options_.schema_version) +
+                        "); give keeper_options::upgrade to convert it, or remove the key");
+    }
+
+    T upgrade(const detail::slot_snapshot& snap) const {
+        if (!options_.upgrade) throw_mismatch(snap);
+        stored_record record;
+        record.generation = snap.generation;
+        record.fingerprint = snap.fingerprint;
+        record.schema_version = snap.schema_version;
+        record.codec = static_cast<codec_kind>(snap.codec);
+        record.data = area_.data(snap.index);
+        record.size = static_cast<std::size_t>(snap.size);
+        return options_.upgrade(record);
+    }
+
+    void report_invalid(const detail::slot_snapshot& snap, const char* why) const {
+        logger()->error("key '{}': slot {} (generation {}) is invalid: {}", key_, snap.index, snap.generation, why);
+    }
+
+    // On attach: learn the highest generation (so new ones only go up), the
+    // newest valid slot (so the next commit spares it), and refuse bytes of
+    // another type before a commit could overwrite them.
+    void scan_slots() {
+        std::optional<detail::slot_snapshot> newest_valid;
+        for (std::uint32_t index = 0; index < area_.count; ++index) {
+            const detail::slot_snapshot snap = detail::read_slot_header(area_, index);
+            if (snap.generation > highest_generation_) highest_generation_ = snap.generation;
+            if (!detail::slot_is_valid(area_, snap)) continue;
+            if (!newest_valid || snap.generation > newest_valid->generation) newest_valid = snap;
+        }
+        newest_slot_ = newest_valid ? newest_valid->index : area_.count - 1;
+        if (newest_valid && !matches_this_type(*newest_valid) && !options_.upgrade) throw_mismatch(*newest_valid);
+    }
+};
+
+} // namespace keepsake

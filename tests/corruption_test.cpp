@@ -1,0 +1,212 @@
+// Damaged bytes: flipped bytes in the header, the directory and the slots
+// give the newest valid state or a clear keepsake::error, never a crash.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+#include "support.hpp"
+
+using keepsake::errc;
+using keepsake::keeper;
+using keepsake::segment;
+using test_support::blob;
+using test_support::shm_dir;
+
+namespace {
+
+struct notes {
+    std::string title;
+    std::vector<std::uint64_t> lines;
+    template <class Archive>
+    void serialize(Archive& archive) {
+        archive(title, lines);
+    }
+};
+
+notes make_notes(std::uint64_t generation) {
+    return notes{"notes-" + std::to_string(generation), std::vector<std::uint64_t>(generation + 3, generation)};
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// A segment with a raw key and a cereal key, each committed three times
+// (so both slots of each hold a valid state: generations 2 and 3).
+void build_reference(const shm_dir& dir) {
+    segment s("ref", dir.options(64 * 1024, 4));
+    keeper<blob<256>> raw(s, "raw");
+    keeper<notes> text(s, "text");
+    blob<256> value{};
+    for (std::uint64_t g = 1; g <= 3; ++g) {
+        blob<256>::make(value, g);
+        raw.commit(value);
+        text.commit(make_notes(g));
+    }
+}
+
+// Where the first slot of `key` lies in the file, read from its directory.
+std::uint64_t entry_offset(const std::string& bytes, const std::string& key) {
+    using namespace keepsake::detail;
+    segment_header header{};
+    std::memcpy(&header, bytes.data(), sizeof(header));
+    for (std::uint32_t i = 0; i < header.max_entries; ++i) {
+        dir_entry entry{};
+        std::memcpy(&entry, bytes.data() + header.directory_offset + i * sizeof(dir_entry), sizeof(entry));
+        if (entry.state == entry_ready && std::string(entry.key, entry.key_length) == key) return entry.offset;
+    }
+    FAIL("no entry " << key);
+    return 0;
+}
+
+template <class T, class Check>
+void restore_any(segment& s, const std::string& key, Check&& check, int& restored, int& fell_back) {
+    keeper<T> k(s, key);
+    auto kept = k.restore();
+    if (!kept) return;
+    check(kept->value, kept->info.generation);
+    ++restored;
+    fell_back += kept->info.generation < 3 ? 1 : 0;
+}
+
+} // namespace
+
+TEST_CASE("a damaged newest slot falls back to the older valid one and says so", "[corruption]") {
+    shm_dir dir;
+    build_reference(dir);
+    std::string bytes = read_file(dir.file("ref"));
+    using namespace keepsake::detail;
+    const std::uint64_t raw_entry = entry_offset(bytes, "raw");
+    // Generation 3 is in slot 0 (1 -> slot 0, 2 -> slot 1, 3 -> slot 0).
+    bytes[raw_entry + sizeof(slot_header) + 17] ^= 0x40;
+    write_file(dir.file("ref"), bytes);
+
+    segment s("ref", dir.options(64 * 1024, 4));
+    keeper<blob<256>> raw(s, "raw");
+    auto kept = raw.restore();
+    REQUIRE(kept);
+    CHECK(kept->info.generation == 2);
+    CHECK(kept->info.skipped_slots == 1);
+    CHECK(kept->value.consistent());
+    CHECK(kept->value.generation == 2);
+    // The next commit goes over the damaged slot and stays above generation 3.
+    CHECK(raw.commit(kept->value) == 4);
+    CHECK(raw.restore()->info.generation == 4);
+}
+
+TEST_CASE("a damaged slot size never leads outside the slot", "[corruption]") {
+    shm_dir dir;
+    build_reference(dir);
+    std::string bytes = read_file(dir.file("ref"));
+    using namespace keepsake::detail;
+    const std::uint64_t text_entry = entry_offset(bytes, "text");
+    const std::uint64_t huge = ~std::uint64_t{0} / 2;
+    std::memcpy(&bytes[text_entry + offsetof(slot_header, size)], &huge, sizeof(huge));
+    write_file(dir.file("ref"), bytes);
+    segment s("ref", dir.options(64 * 1024, 4));
+    keeper<notes> text(s, "text");
+    auto kept = text.restore();
+    REQUIRE(kept);
+    CHECK(kept->info.generation == 2);
+    CHECK(kept->value.title == "notes-2");
+}
+
+TEST_CASE("a damaged header or magic is a clear error, not a rebuild", "[corruption]") {
+    shm_dir dir;
+    build_reference(dir);
+    const std::string original = read_file(dir.file("ref"));
+    for (std::size_t at : {std::size_t{0}, std::size_t{3}, std::size_t{12}, std::size_t{20}, std::size_t{33}}) {
+        std::string bytes = original;
+        bytes[at] ^= 0x01;
+        write_file(dir.file("ref"), bytes);
+        try {
+            segment s("ref", dir.options(64 * 1024, 4));
+            FAIL("opened a segment with a damaged header byte " << at);
+        } catch (const keepsake::error& failure) {
+            CHECK(failure.code() == errc::segment_corrupt);
+            CHECK(std::string(failure.what()).find("remove it") != std::string::npos);
+        }
+        CHECK(read_file(dir.file("ref")) == bytes);  // left as found
+    }
+}
+
+TEST_CASE("a damaged directory entry blocks its key with a clear error until dropped", "[corruption]") {
+    shm_dir dir;
+    build_reference(dir);
+    std::string bytes = read_file(dir.file("ref"));
+    using namespace keepsake::detail;
+    // Flip a byte of the first entry's key ("raw" -> "r?w").
+    bytes[sizeof(segment_header) + offsetof(dir_entry, key) + 1] ^= 0x20;
+    write_file(dir.file("ref"), bytes);
+    segment s("ref", dir.options(64 * 1024, 4));
+    CHECK(s.damaged_entries() == 1);
+    try {
+        keeper<blob<256>> raw(s, "raw");
+        FAIL("attached to a key that may be in a damaged entry");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::segment_corrupt);
+        CHECK(std::string(failure.what()).find("drop_damaged_entries") != std::string::npos);
+    }
+    s.drop_damaged_entries();
+    CHECK(s.damaged_entries() == 0);
+    keeper<notes> text(s, "text");  // the undamaged key is intact
+    CHECK(text.restore()->value.title == "notes-3");
+    keeper<blob<256>> raw(s, "raw");  // the dropped key starts afresh
+    CHECK_FALSE(raw.restore().has_value());
+}
+
+TEST_CASE("random byte flips anywhere give a committed state or a clear error", "[corruption]") {
+    shm_dir dir;
+    build_reference(dir);
+    const std::string original = read_file(dir.file("ref"));
+    const std::uint64_t used_end = entry_offset(original, "text") + 2 * keepsake::detail::slot_stride(16 * 1024);
+    std::mt19937_64 rng(std::random_device{}());
+    const int trials = test_support::env_count("KEEPSAKE_FLIP_TRIALS", 3000);
+    int errors = 0, restored = 0, fell_back = 0, opened = 0;
+    for (int trial = 0; trial < trials; ++trial) {
+        std::string bytes = original;
+        const int flips = 1 + static_cast<int>(rng() % 4);
+        for (int f = 0; f < flips; ++f) {
+            // Half the flips in header + directory, half in the slots.
+            const std::uint64_t span = (rng() & 1) ? 256 + 4 * sizeof(keepsake::detail::dir_entry) : used_end;
+            bytes[rng() % span] ^= static_cast<char>(1 + rng() % 255);
+        }
+        write_file(dir.file("ref"), bytes);
+        try {
+            segment s("ref", dir.options(64 * 1024, 4));
+            ++opened;
+            restore_any<blob<256>>(s, "raw", [](const blob<256>& value, std::uint64_t generation) {
+                REQUIRE(value.consistent());
+                REQUIRE(value.generation == generation);
+                REQUIRE((generation == 2 || generation == 3));
+            }, restored, fell_back);
+            restore_any<notes>(s, "text", [](const notes& value, std::uint64_t generation) {
+                const notes expected = make_notes(generation);
+                REQUIRE(value.title == expected.title);
+                REQUIRE(value.lines == expected.lines);
+                REQUIRE((generation == 2 || generation == 3));
+            }, restored, fell_back);
+        } catch (const keepsake::error& failure) {
+            ++errors;
+            const errc code = failure.code();
+            REQUIRE((code == errc::segment_corrupt || code == errc::type_mismatch || code == errc::layout_mismatch));
+        }
+    }
+    std::printf("byte flips: %d trials, %d opened, %d states restored (%d from the older slot), %d clear errors\n",
+                trials, opened, restored, fell_back, errors);
+    CHECK(restored > 0);
+    CHECK(errors > 0);
+}

@@ -1,0 +1,239 @@
+// Segment: names, creation, ownership, outcomes, growth, listing, removal.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "support.hpp"
+
+using keepsake::errc;
+using keepsake::open_outcome;
+using keepsake::segment;
+using test_support::shm_dir;
+
+namespace {
+
+errc code_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const keepsake::error& failure) {
+        return failure.code();
+    }
+    FAIL("expected a keepsake::error");
+    return errc::invalid_argument;
+}
+
+std::string message_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const keepsake::error& failure) {
+        return failure.what();
+    }
+    FAIL("expected a keepsake::error");
+    return {};
+}
+
+} // namespace
+
+TEST_CASE("segment names follow the rules and a bad name creates nothing", "[segment]") {
+    shm_dir dir;
+    for (const std::string& bad : {std::string(), std::string("has space"), std::string("slash/inside"),
+                                  std::string("dollar$"), std::string(201, 'a'), std::string("ünï")}) {
+        CHECK(code_of([&] { segment s(bad, dir.options()); }) == errc::invalid_name);
+    }
+    CHECK(segment::list(dir.path()).empty());
+    segment longest(std::string(200, 'n'), dir.options());
+    segment dotted("a.b_c-D9", dir.options());
+    CHECK(segment::list(dir.path()).size() == 2);
+}
+
+TEST_CASE("a new segment is created with mode 0600 unless asked otherwise", "[segment]") {
+    shm_dir dir;
+    {
+        segment s("private", dir.options());
+        CHECK(s.outcome() == open_outcome::created);
+        CHECK_FALSE(s.previous_owner().has_value());
+    }
+    struct stat info {};
+    REQUIRE(::stat(dir.file("private").c_str(), &info) == 0);
+    CHECK((info.st_mode & 0777) == 0600);
+
+    auto options = dir.options();
+    options.mode = 0640;
+    segment shared_with_group("group", options);
+    REQUIRE(::stat(dir.file("group").c_str(), &info) == 0);
+    CHECK((info.st_mode & 0777) == 0640);
+}
+
+TEST_CASE("reopening after a clean close says so and names the previous owner", "[segment]") {
+    shm_dir dir;
+    { segment first("clean", dir.options()); }
+    segment again("clean", dir.options());
+    CHECK(again.outcome() == open_outcome::reopened_clean);
+    REQUIRE(again.previous_owner().has_value());
+    CHECK(again.previous_owner()->pid == ::getpid());
+    CHECK(again.previous_owner()->start_time == keepsake::detail::process_start_time(::getpid()));
+}
+
+TEST_CASE("a second opener in the same process gets an error naming the owner", "[segment]") {
+    shm_dir dir;
+    segment owner("single", dir.options());
+    const std::string message = message_of([&] { segment second("single", dir.options()); });
+    CHECK(message.find("pid " + std::to_string(::getpid())) != std::string::npos);
+    CHECK(code_of([&] { segment second("single", dir.options()); }) == errc::segment_owned);
+    CHECK(code_of([&] { segment::remove("single", dir.path()); }) == errc::segment_owned);
+    owner.close();
+    segment now_mine("single", dir.options());
+    CHECK(now_mine.outcome() == open_outcome::reopened_clean);
+}
+
+TEST_CASE("a second process is refused until the owner is SIGKILLed, then takes over", "[segment][crash]") {
+    shm_dir dir;
+    auto* ready = test_support::shared_anonymous<std::atomic<int>>();
+    const pid_t child = test_support::fork_child([&] {
+        segment mine("owned", dir.options());
+        ready->store(1, std::memory_order_release);
+        for (;;) ::pause();
+    });
+    REQUIRE(test_support::wait_ready(*ready, child));
+
+    const std::string message = message_of([&] { segment intruder("owned", dir.options()); });
+    CHECK(message.find("pid " + std::to_string(child)) != std::string::npos);
+
+    test_support::kill_and_reap(child);
+    segment taken("owned", dir.options());
+    CHECK(taken.outcome() == open_outcome::reopened_after_crash);
+    REQUIRE(taken.previous_owner().has_value());
+    CHECK(taken.previous_owner()->pid == child);
+    test_support::release_shared(ready);
+}
+
+TEST_CASE("segments are listed and removed by name", "[segment]") {
+    shm_dir dir;
+    { segment a("alpha", dir.options()); }
+    { segment b("beta", dir.options()); }
+    CHECK(segment::list(dir.path()) == std::vector<std::string>{"alpha", "beta"});
+    CHECK(segment::exists("alpha", dir.path()));
+    CHECK(segment::remove("alpha", dir.path()));
+    CHECK_FALSE(segment::remove("alpha", dir.path()));
+    CHECK_FALSE(segment::exists("alpha", dir.path()));
+    CHECK(segment::list(dir.path()) == std::vector<std::string>{"beta"});
+    segment fresh("alpha", dir.options());
+    CHECK(fresh.outcome() == open_outcome::created);
+}
+
+TEST_CASE("running out of space says what size to ask for, and reopening larger grows in place", "[segment]") {
+    shm_dir dir;
+    using big = test_support::blob<16384>;
+    auto options = dir.options(64 * 1024, 8);
+    {
+        segment s("tight", options);
+        keepsake::keeper<big> first(s, "first");
+        big value{};
+        big::make(value, 7);
+        first.commit(value);
+        const std::string message = message_of([&] { keepsake::keeper<big> second(s, "second"); });
+        CHECK(message.find("segment_options::size >=") != std::string::npos);
+        CHECK(code_of([&] { keepsake::keeper<big> second(s, "second"); }) == errc::out_of_space);
+    }
+    options.size = 256 * 1024;
+    segment grown("tight", options);
+    CHECK(grown.size() == 256 * 1024);
+    keepsake::keeper<big> first(grown, "first");
+    auto kept = first.restore();
+    REQUIRE(kept);
+    CHECK(kept->value.generation == 7);
+    keepsake::keeper<big> second(grown, "second");
+    CHECK(second.commit(kept->value) == 1);
+}
+
+TEST_CASE("a full directory is a clear error", "[segment]") {
+    shm_dir dir;
+    segment s("few", dir.options(1u << 20, 2));
+    keepsake::keeper<int> a(s, "a");
+    keepsake::keeper<int> b(s, "b");
+    const std::string message = message_of([&] { keepsake::keeper<int> c(s, "c"); });
+    CHECK(message.find("max_entries") != std::string::npos);
+}
+
+TEST_CASE("options out of range are refused before anything is created", "[segment]") {
+    shm_dir dir;
+    auto options = dir.options();
+    options.max_entries = 0;
+    CHECK(code_of([&] { segment s("x", options); }) == errc::invalid_argument);
+    options = dir.options(1024, 64);
+    CHECK(code_of([&] { segment s("x", options); }) == errc::invalid_argument);
+    CHECK(segment::list(dir.path()).empty());
+}
+
+TEST_CASE("a half-created segment (magic never written) is rebuilt", "[segment]") {
+    shm_dir dir;
+    SECTION("empty file") {
+        std::ofstream(dir.file("half")).flush();
+    }
+    SECTION("sized file, zero magic, junk after it") {
+        std::ofstream out(dir.file("half"), std::ios::binary);
+        std::string junk(8192, '\x5a');
+        std::memset(junk.data(), 0, 8);
+        out << junk;
+    }
+    segment s("half", dir.options());
+    CHECK(s.outcome() == open_outcome::created);
+    keepsake::keeper<int> k(s, "works");
+    CHECK(k.commit(42) == 1);
+}
+
+TEST_CASE("a file with foreign bytes is not overwritten", "[segment]") {
+    shm_dir dir;
+    {
+        std::ofstream out(dir.file("foreign"), std::ios::binary);
+        out << std::string(4096, 'x');
+    }
+    CHECK(code_of([&] { segment s("foreign", dir.options()); }) == errc::segment_corrupt);
+    std::ifstream in(dir.file("foreign"), std::ios::binary);
+    std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(kept == std::string(4096, 'x'));
+}
+
+TEST_CASE("a segment of another layout version is refused by name", "[segment]") {
+    shm_dir dir;
+    { segment s("old", dir.options()); }
+    const int fd = ::open(dir.file("old").c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    keepsake::detail::segment_header header{};
+    REQUIRE(::pread(fd, &header, sizeof(header), 0) == sizeof(header));
+    header.layout_version = 99;
+    header.header_checksum = keepsake::detail::header_checksum_of(header);
+    REQUIRE(::pwrite(fd, &header, sizeof(header), 0) == sizeof(header));
+    ::close(fd);
+    CHECK(code_of([&] { segment s("old", dir.options()); }) == errc::layout_mismatch);
+}
+
+TEST_CASE("entries are listed with their newest generation, and removed keys go away", "[segment]") {
+    shm_dir dir;
+    segment s("listing", dir.options());
+    {
+        keepsake::keeper<int> a(s, "a");
+        a.commit(1);
+        a.commit(2);
+        keepsake::keeper<double> b(s, "app/b");
+        b.commit(0.5);
+    }
+    auto listed = s.entries();
+    REQUIRE(listed.size() == 2);
+    CHECK(listed[0].key == "a");
+    CHECK(listed[0].generation == 2);
+    CHECK(listed[0].size == sizeof(int));
+    CHECK(listed[0].fingerprint == keepsake::type_fingerprint<int>());
+    CHECK(listed[1].key == "app/b");
+    CHECK(listed[1].generation == 1);
+    CHECK(s.remove_key("a"));
+    CHECK_FALSE(s.remove_key("a"));
+    CHECK(s.entries().size() == 1);
+    keepsake::keeper<int> again(s, "a");
+    CHECK_FALSE(again.restore().has_value());
+}

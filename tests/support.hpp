@@ -1,0 +1,123 @@
+// tests/support.hpp: helpers shared by keepsake's tests.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <keepsake/keepsake.hpp>
+
+namespace test_support {
+
+// A private directory in /dev/shm for one test's segments, removed after.
+class shm_dir {
+public:
+    shm_dir() {
+        static std::atomic<int> counter{0};
+        path_ = "/dev/shm/keepsake-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+        std::filesystem::remove_all(path_);
+        std::filesystem::create_directories(path_);
+    }
+    ~shm_dir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path_, ignored);
+    }
+    shm_dir(const shm_dir&) = delete;
+    shm_dir& operator=(const shm_dir&) = delete;
+
+    const std::string& path() const { return path_; }
+    std::string file(const std::string& name) const { return path_ + "/keepsake." + name; }
+    keepsake::segment_options options(std::uint64_t size = 1u << 20, std::uint32_t max_entries = 64) const {
+        keepsake::segment_options options;
+        options.directory = path_;
+        options.size = size;
+        options.max_entries = max_entries;
+        return options;
+    }
+
+private:
+    std::string path_;
+};
+
+// A state whose every word follows from its generation, so a torn or mixed
+// copy is detected: blob<N> is N bytes.
+template <std::size_t N>
+struct blob {
+    static_assert(N >= 16 && N % 8 == 0);
+    std::uint64_t generation;
+    std::uint64_t words[(N - 8) / 8];
+
+    static void make(blob& out, std::uint64_t generation) {
+        out.generation = generation;
+        for (std::size_t i = 0; i < sizeof(words) / 8; ++i) out.words[i] = generation * 0x9E3779B97F4A7C15ull + i;
+    }
+    bool consistent() const {
+        for (std::size_t i = 0; i < sizeof(words) / 8; ++i)
+            if (words[i] != generation * 0x9E3779B97F4A7C15ull + i) return false;
+        return true;
+    }
+};
+
+// Memory a forked child and its parent both see.
+template <class T>
+T* shared_anonymous() {
+    void* memory = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) std::abort();
+    return new (memory) T{};
+}
+
+template <class T>
+void release_shared(T* object) {
+    object->~T();
+    ::munmap(object, sizeof(T));
+}
+
+// Forks a child that runs `body` and never returns into the test runner.
+template <class Body>
+pid_t fork_child(Body&& body) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        try {
+            body();
+        } catch (...) {
+            ::_exit(3);
+        }
+        ::_exit(0);
+    }
+    return pid;
+}
+
+inline void kill_and_reap(pid_t pid) {
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+}
+
+// Waits until `ready` is set or the child exits; false on exit or timeout.
+inline bool wait_ready(const std::atomic<int>& ready, pid_t pid, std::chrono::seconds limit = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (ready.load(std::memory_order_acquire) == 0) {
+        int status = 0;
+        if (::waitpid(pid, &status, WNOHANG) == pid) return false;
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return true;
+}
+
+inline int env_count(const char* name, int fallback) {
+    const char* value = std::getenv(name);
+    return value && *value ? std::atoi(value) : fallback;
+}
+
+} // namespace test_support
