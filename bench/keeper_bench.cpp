@@ -25,8 +25,9 @@ keepsake::segment& bench_segment() {
         const std::string name = "bench-" + std::to_string(::getpid());
         keepsake::segment_options options;
         options.size = 64u << 20;
+        keepsake::segment::remove(name);
         keepsake::segment opened(name, options);
-        keepsake::segment::remove(name);  // unlinked now; mapping lives on
+        ::unlink(opened.path().c_str());  // gone from /dev/shm; the mapping lives on
         return opened;
     }();
     return s;

@@ -153,13 +153,17 @@ public:
             info.slot = snap->index;
             newest_slot_ = snap->index;
             if (info.skipped_slots != 0)
-                logger()->warn("key '{}': restored generation {} after skipping {} invalid slot(s)", key_,
-                               info.generation, info.skipped_slots);
+                detail::log(spdlog::level::warn, [&] {
+                    return "key '" + key_ + "': restored generation " + std::to_string(info.generation) +
+                           " after skipping " + std::to_string(info.skipped_slots) + " invalid slot(s)";
+                });
             return info;
         }
         if (info.skipped_slots != 0)
-            logger()->error("key '{}': no valid committed state; {} slot(s) failed validation", key_,
-                            info.skipped_slots);
+            detail::log(spdlog::level::err, [&] {
+                return "key '" + key_ + "': no valid committed state; " + std::to_string(info.skipped_slots) +
+                       " slot(s) failed validation";
+            });
         return std::nullopt;
     }
 
@@ -180,12 +184,16 @@ public:
     std::uint64_t slot_capacity() const noexcept { return area_.capacity; }
 
 private:
-    // Flags a second thread inside commit/restore of one keeper, which would
-    // otherwise race on the slot choice. One uncontended exchange.
+    // Catches a second user inside commit/restore of one keeper (re-entry
+    // always; another thread almost always). A keeper has one user by
+    // contract, so this is a misuse detector, not a lock: a relaxed load and
+    // store cost ~1 ns where an exchange costs ~7 ns of a ~20 ns commit.
     class busy_guard {
     public:
         busy_guard(std::atomic<bool>& flag, const std::string& key) : flag_(flag) {
-            if (flag_.exchange(true, std::memory_order_acquire))
+            const bool in_use = flag_.load(std::memory_order_relaxed);
+            flag_.store(true, std::memory_order_relaxed);
+            if (in_use)
                 throw error(errc::concurrent_use, "keeper '" + key +
                                                       "' was used by two threads at once; a keeper has one "
                                                       "user at a time (give each thread its own key)");
@@ -255,7 +263,10 @@ private:
     }
 
     void report_invalid(const detail::slot_snapshot& snap, const char* why) const {
-        logger()->error("key '{}': slot {} (generation {}) is invalid: {}", key_, snap.index, snap.generation, why);
+        detail::log(spdlog::level::err, [&] {
+            return "key '" + key_ + "': slot " + std::to_string(snap.index) + " (generation " +
+                   std::to_string(snap.generation) + ") is invalid: " + why;
+        });
     }
 
     // On attach: learn the highest generation (so new ones only go up), the

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "keepsake/detail/atomic.hpp"
+#include "keepsake/detail/config.hpp"
 #include "keepsake/detail/checksum.hpp"
 #include "keepsake/detail/layout.hpp"
 #include "keepsake/detail/process.hpp"
@@ -93,151 +94,22 @@ inline constexpr std::size_t max_segment_name = 200;
 inline constexpr std::uint32_t max_slots_per_entry = 64;
 inline constexpr std::uint32_t max_directory_entries = 1u << 20;
 
-inline bool is_name_char(char c, bool allow_path_chars) noexcept {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-    if (c == '.' || c == '_' || c == '-') return true;
-    return allow_path_chars && (c == '/' || c == ':');
-}
-
-inline void check_segment_name(const std::string& name) {
-    bool ok = !name.empty() && name.size() <= max_segment_name;
-    for (char c : name) ok = ok && is_name_char(c, false);
-    if (!ok)
-        throw error(errc::invalid_name,
-                    "invalid segment name '" + name + "': use 1 to 200 letters, digits, '.', '_' or '-'");
-}
-
-inline void check_key(const std::string& key) {
-    bool ok = !key.empty() && key.size() <= max_key_length;
-    for (char c : key) ok = ok && is_name_char(c, true);
-    if (!ok)
-        throw error(errc::invalid_name, "invalid key '" + key + "': use 1 to " +
-                                            std::to_string(max_key_length) +
-                                            " letters, digits, '.', '_', '-', '/' or ':'");
-}
-
-inline std::string segment_directory(const std::string& requested) {
-    if (!requested.empty()) return requested;
-    const char* from_env = std::getenv("KEEPSAKE_SHM_DIR");
-    return (from_env && *from_env) ? std::string(from_env) : std::string("/dev/shm");
-}
-
-inline std::string segment_path(const std::string& name, const std::string& directory) {
-    return segment_directory(directory) + "/" + segment_file_prefix + name;
-}
-
-[[noreturn]] inline void throw_system(const std::string& what) {
-    throw error(errc::system_error, what + ": " + std::strerror(errno));
-}
-
-inline std::uint64_t header_checksum_of(const segment_header& header) noexcept {
-    return hash_bytes(&header, offsetof(segment_header, header_checksum), 0x6b656570ull);
-}
-
-inline std::uint64_t entry_checksum_of(const dir_entry& entry) noexcept {
-    const auto* bytes = reinterpret_cast<const unsigned char*>(&entry);
-    return hash_bytes(bytes + sizeof(entry.state),
-                      offsetof(dir_entry, checksum) - sizeof(entry.state), 0x64697265ull);
-}
-
-inline std::uint64_t directory_end(std::uint32_t max_entries) noexcept {
-    return sizeof(segment_header) + std::uint64_t{max_entries} * sizeof(dir_entry);
-}
-
-// Reads the owner pid of a segment file without owning it, for messages.
-inline long peek_owner_pid(int fd) noexcept {
-    segment_header header{};
-    if (::pread(fd, &header, sizeof(header), 0) != static_cast<ssize_t>(sizeof(header))) return 0;
-    return header.magic == segment_magic ? static_cast<long>(header.owner_pid) : 0;
-}
-
-[[noreturn]] inline void throw_owned(const std::string& name, int fd) {
-    const long pid = peek_owner_pid(fd);
-    std::string who = pid == 0 ? std::string("another process (it is still creating it)")
-                    : pid == static_cast<long>(::getpid()) ? "this process (pid " + std::to_string(pid) + ")"
-                    : "pid " + std::to_string(pid);
-    throw error(errc::segment_owned,
-                "segment '" + name + "' is owned by " + who +
-                    "; a segment has one live owner: close it there, or wait for that process to exit");
-}
-
-// Takes the exclusive claim on a segment file; the kernel drops it when this
-// process dies. Returns -1 when the file does not exist and `create` is false.
-inline int open_and_claim(const std::string& name, const std::string& path, bool create,
-                          unsigned mode, bool& created_file) {
-    for (int attempt = 0; attempt < 16; ++attempt) {
-        created_file = false;
-        int fd = -1;
-        if (create) {
-            fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-            if (fd >= 0) {
-                created_file = true;
-                if (::fchmod(fd, mode) != 0) { ::close(fd); throw_system("cannot set mode of " + path); }
-            }
-        }
-        if (fd < 0 && (!create || errno == EEXIST)) fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-        if (fd < 0) {
-            if (errno == ENOENT && !create) return -1;
-            if (errno == ENOENT) continue;  // removed between our two opens
-            throw_system("cannot open segment file " + path);
-        }
-        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-            const int saved = errno;
-            if (saved == EWOULDBLOCK) {
-                try { throw_owned(name, fd); } catch (...) { ::close(fd); throw; }
-            }
-            ::close(fd);
-            errno = saved;
-            throw_system("cannot lock segment file " + path);
-        }
-        // The file may have been removed (and maybe recreated) between open
-        // and flock: only a claim on the file the path names now counts.
-        struct stat by_fd {}, by_path {};
-        if (::fstat(fd, &by_fd) == 0 && ::stat(path.c_str(), &by_path) == 0 &&
-            by_fd.st_ino == by_path.st_ino && by_fd.st_dev == by_path.st_dev)
-            return fd;
-        ::close(fd);
-    }
-    throw error(errc::system_error, "segment file " + path +
-                                        " keeps being removed and recreated while opening; retry later");
-}
+KEEPSAKE_API std::uint64_t header_checksum_of(const segment_header& header) noexcept;
 
 // The open mapping of one segment in this process.
-class segment_impl {
+class KEEPSAKE_API segment_impl {
 public:
     std::string name;
     std::string path;
     open_outcome outcome = open_outcome::created;
     std::optional<owner_info> previous_owner;
 
-    segment_impl(std::string segment_name, const segment_options& options)
-        : name(std::move(segment_name)), path(segment_path(name, options.directory)) {
-        check_segment_name(name);
-        check_options(options);
-        bool created_file = false;
-        fd_ = open_and_claim(name, path, true, options.mode, created_file);
-        try {
-            if (created_file || needs_rebuild()) build(options);
-            else reopen(options);
-            claim_ownership();
-            recover_directory();
-        } catch (...) {
-            unmap();
-            ::close(fd_);
-            throw;
-        }
-        logger()->info("segment '{}' {} ({} bytes, {} damaged entries)", name, to_string(outcome),
-                       total_size_, damaged_.size());
-    }
+    segment_impl(std::string segment_name, const segment_options& options);
 
     segment_impl(const segment_impl&) = delete;
     segment_impl& operator=(const segment_impl&) = delete;
 
-    ~segment_impl() {
-        if (header_) store_release(header_->clean_state, state_clean);
-        unmap();
-        if (fd_ >= 0) ::close(fd_);  // drops the flock claim
-    }
+    ~segment_impl();
 
     std::byte* base() const noexcept { return base_; }
     const segment_header& header() const noexcept { return *header_; }
@@ -254,24 +126,7 @@ public:
 
     // Finds the key's entry, or adds one with the given slots. Marks the key
     // as kept in this process until release_key().
-    slot_area attach(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity) {
-        check_key(key);
-        if (slot_count < 2 || slot_count > max_slots_per_entry)
-            throw error(errc::invalid_argument, "slot count for key '" + key + "' must be 2 to " +
-                                                    std::to_string(max_slots_per_entry));
-        if (capacity == 0 || capacity > total_size_)
-            throw error(errc::invalid_argument, "slot capacity for key '" + key + "' must be 1 to " +
-                                                    std::to_string(total_size_) + " bytes");
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (attached_.count(key))
-            throw error(errc::key_in_use, "key '" + key + "' in segment '" + name +
-                                              "' already has a keeper in this process; use that one");
-        slot_area area;
-        if (auto index = find_entry(key)) area = area_of(entries()[*index]);
-        else area = add_entry(key, slot_count, capacity);
-        attached_.insert(key);
-        return area;
-    }
+    slot_area attach(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity);
 
     void release_key(const std::string& key) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -279,33 +134,11 @@ public:
     }
 
     // Forgets a key (its slots become unused space). Not while a keeper holds it.
-    bool remove_key(const std::string& key) {
-        check_key(key);
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (attached_.count(key))
-            throw error(errc::key_in_use, "key '" + key + "' still has a keeper; destroy it first");
-        auto index = find_entry(key);
-        if (!index) return false;
-        store_release(entries()[*index].state, entry_free);  // one store: crash-safe
-        return true;
-    }
+    bool remove_key(const std::string& key);
 
-    void drop_damaged_entries() {
-        std::lock_guard<std::mutex> lock(mutex_);
-        for (std::uint32_t index : damaged_) store_release(entries()[index].state, entry_free);
-        damaged_.clear();
-    }
+    void drop_damaged_entries();
 
-    std::vector<entry_info> list_entries() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        std::vector<entry_info> listed;
-        for (std::uint32_t i = 0; i < max_entries_; ++i) {
-            dir_entry entry{};
-            if (!read_valid_entry(i, entry)) continue;
-            listed.push_back(describe(entry, area_of(entry)));
-        }
-        return listed;
-    }
+    std::vector<entry_info> list_entries() const;
 
 private:
     int fd_ = -1;
@@ -319,262 +152,55 @@ private:
     std::set<std::string> attached_;    // keys with a live keeper here
     std::vector<std::uint32_t> damaged_;
 
-    static void check_options(const segment_options& options) {
-        if (options.max_entries == 0 || options.max_entries > max_directory_entries)
-            throw error(errc::invalid_argument, "segment_options::max_entries must be 1 to " +
-                                                    std::to_string(max_directory_entries));
-        const std::uint64_t smallest = align64(directory_end(options.max_entries)) + 4096;
-        if (options.size < smallest)
-            throw error(errc::invalid_argument,
-                        "segment_options::size " + std::to_string(options.size) + " is too small for " +
-                            std::to_string(options.max_entries) + " entries; ask for at least " +
-                            std::to_string(smallest) + " bytes");
-    }
+    static void check_options(const segment_options& options);
 
     dir_entry* entries() const noexcept {
         return reinterpret_cast<dir_entry*>(base_ + header_->directory_offset);
     }
 
-    void map(std::uint64_t size) {
-        unmap();
-        void* address = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-        if (address == MAP_FAILED) throw_system("cannot map segment '" + name + "'");
-        base_ = static_cast<std::byte*>(address);
-        mapped_ = size;
-        header_ = reinterpret_cast<segment_header*>(base_);
-    }
+    void map(std::uint64_t size);
 
-    void unmap() noexcept {
-        if (base_) ::munmap(base_, mapped_);
-        base_ = nullptr;
-        header_ = nullptr;
-        mapped_ = 0;
-    }
+    void unmap() noexcept;
 
-    std::uint64_t file_size() const {
-        struct stat info {};
-        if (::fstat(fd_, &info) != 0) throw_system("cannot stat segment '" + name + "'");
-        return static_cast<std::uint64_t>(info.st_size);
-    }
+    std::uint64_t file_size() const;
 
     // A file whose magic is still 0 is a creation that never finished
     // (magic is the last thing creation writes). Any other unknown magic is
     // not ours to overwrite.
-    bool needs_rebuild() const {
-        std::uint64_t magic = 0;
-        const ssize_t got = ::pread(fd_, &magic, sizeof(magic), 0);
-        if (got < 0) throw_system("cannot read segment '" + name + "'");
-        if (got < static_cast<ssize_t>(sizeof(magic)) || magic == 0) return true;
-        if (magic != segment_magic)
-            throw error(errc::segment_corrupt,
-                        "file " + path + " is not a keepsake segment, or its header is damaged (bad magic); "
-                        "remove it with keepsake::segment::remove(\"" + name + "\") to start afresh");
-        return false;
-    }
+    bool needs_rebuild() const;
 
-    void build(const segment_options& options) {
-        if (::ftruncate(fd_, 0) != 0 || ::ftruncate(fd_, static_cast<off_t>(options.size)) != 0)
-            throw_system("cannot size segment '" + name + "' to " + std::to_string(options.size) + " bytes");
-        map(options.size);
-        segment_header fresh{};
-        fresh.magic = segment_magic;
-        fresh.layout_version = segment_layout_version;
-        fresh.max_entries = options.max_entries;
-        fresh.directory_offset = sizeof(segment_header);
-        fresh.data_offset = align64(directory_end(options.max_entries));
-        fresh.created_ns = wall_clock_ns();
-        fresh.header_checksum = header_checksum_of(fresh);
-        fresh.total_size = options.size;
-        fresh.alloc_top = fresh.data_offset;
-        fresh.clean_state = state_dirty;
-        fresh.magic = 0;  // published last, below
-        std::memcpy(header_, &fresh, sizeof(fresh));
-        store_release(header_->magic, segment_magic);
-        adopt_geometry();
-        outcome = open_outcome::created;
-    }
+    void build(const segment_options& options);
 
-    void reopen(const segment_options& options) {
-        const std::uint64_t on_disk = file_size();
-        if (on_disk < sizeof(segment_header)) corrupt("the file is shorter than its header");
-        map(sizeof(segment_header));
-        segment_header copy{};
-        std::memcpy(&copy, header_, sizeof(copy));
-        if (header_checksum_of(copy) != copy.header_checksum) corrupt("header checksum mismatch");
-        if (copy.layout_version != segment_layout_version)
-            throw error(errc::layout_mismatch,
-                        "segment '" + name + "' has layout version " + std::to_string(copy.layout_version) +
-                            ", this keepsake reads version " + std::to_string(segment_layout_version) +
-                            "; open it with the keepsake that wrote it, or remove it");
-        if (copy.max_entries == 0 || copy.max_entries > max_directory_entries ||
-            copy.directory_offset != sizeof(segment_header) ||
-            copy.data_offset != align64(directory_end(copy.max_entries)))
-            corrupt("header geometry out of range");
-        if (copy.total_size < copy.data_offset || copy.total_size > on_disk)
-            corrupt("recorded size " + std::to_string(copy.total_size) + " does not fit the file (" +
-                    std::to_string(on_disk) + " bytes)");
-        outcome = copy.clean_state == state_clean ? open_outcome::reopened_clean
-                                                  : open_outcome::reopened_after_crash;
-        previous_owner = owner_info{static_cast<long>(copy.owner_pid), copy.owner_start_time};
-        std::uint64_t size = copy.total_size;
-        if (options.size > size) {
-            // Grow: the file first, then the recorded size (one store). A
-            // crash between leaves a longer file, which is harmless.
-            if (::ftruncate(fd_, static_cast<off_t>(options.size)) != 0)
-                throw_system("cannot grow segment '" + name + "' to " + std::to_string(options.size) + " bytes");
-            size = options.size;
-        }
-        map(size);
-        store_release(header_->total_size, size);
-        adopt_geometry();
-    }
+    void reopen(const segment_options& options);
 
-    void adopt_geometry() noexcept {
-        total_size_ = load_relaxed(header_->total_size);
-        max_entries_ = header_->max_entries;
-        data_offset_ = header_->data_offset;
-    }
+    void adopt_geometry() noexcept;
 
-    [[noreturn]] void corrupt(const std::string& why) const {
-        throw error(errc::segment_corrupt,
-                    "segment '" + name + "' is damaged (" + why + "); its contents cannot be trusted: remove it "
-                    "with keepsake::segment::remove(\"" + name + "\") and restore from a store, or start afresh");
-    }
+    [[noreturn]] void corrupt(const std::string& why) const;
 
-    void claim_ownership() noexcept {
-        store_relaxed(header_->owner_pid, static_cast<std::int64_t>(::getpid()));
-        store_relaxed(header_->owner_start_time, process_start_time(static_cast<long>(::getpid())));
-        store_relaxed(header_->owner_since_ns, wall_clock_ns());
-        store_release(header_->clean_state, state_dirty);
-    }
+    void claim_ownership() noexcept;
 
-    bool entry_in_bounds(const dir_entry& entry) const noexcept {
-        if (entry.key_length == 0 || entry.key_length > max_key_length) return false;
-        if (entry.slot_count < 2 || entry.slot_count > max_slots_per_entry) return false;
-        if (entry.slot_capacity == 0 || entry.slot_capacity > total_size_) return false;
-        if (entry.offset < data_offset_ || entry.offset % 64 != 0 || entry.offset > total_size_) return false;
-        return entry_region_size(entry.slot_count, entry.slot_capacity) <= total_size_ - entry.offset;
-    }
+    bool entry_in_bounds(const dir_entry& entry) const noexcept;
 
     // Copies entry `index` out of shared memory and checks it; only a copy
     // that checked out is ever used to compute an address.
-    bool read_valid_entry(std::uint32_t index, dir_entry& out) const noexcept {
-        if (load_acquire(entries()[index].state) != entry_ready) return false;
-        std::memcpy(&out, &entries()[index], sizeof(out));
-        return out.state == entry_ready && entry_checksum_of(out) == out.checksum && entry_in_bounds(out);
-    }
+    bool read_valid_entry(std::uint32_t index, dir_entry& out) const noexcept;
 
     slot_area area_of(const dir_entry& entry) const noexcept {
         return slot_area{base_ + entry.offset, entry.slot_count, entry.slot_capacity};
     }
 
-    std::optional<std::uint32_t> find_entry(const std::string& key) const {
-        if (!damaged_.empty())
-            throw error(errc::segment_corrupt,
-                        "segment '" + name + "' has " + std::to_string(damaged_.size()) +
-                            " damaged directory entries and key '" + key + "' may be one of them; "
-                            "call segment::drop_damaged_entries() to give those keys up, or remove the segment");
-        for (std::uint32_t i = 0; i < max_entries_; ++i) {
-            dir_entry entry{};
-            if (read_valid_entry(i, entry) && entry.key_length == key.size() &&
-                std::memcmp(entry.key, key.data(), key.size()) == 0)
-                return i;
-        }
-        return std::nullopt;
-    }
+    std::optional<std::uint32_t> find_entry(const std::string& key) const;
 
     // Adding an entry: mark a free directory slot WRITING, fill it, clear the
     // slot headers, move alloc_top past the region, then mark it READY. A
     // crash before READY leaves a WRITING entry (reclaimed on the next open)
     // and at most some unused space.
-    slot_area add_entry(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity) {
-        const std::uint64_t offset = align64(load_relaxed(header_->alloc_top));
-        const std::uint64_t needed = entry_region_size(slot_count, capacity);
-        if (offset > total_size_ || needed > total_size_ - offset)
-            throw error(errc::out_of_space,
-                        "segment '" + name + "' has " + std::to_string(free_bytes()) + " free bytes but key '" +
-                            key + "' needs " + std::to_string(needed) + " (" + std::to_string(slot_count) +
-                            " slots of " + std::to_string(capacity) + " bytes); reopen it with "
-                            "segment_options::size >= " + std::to_string(offset + needed) + " (it grows in place)");
-        std::uint32_t index = 0;
-        while (index < max_entries_ && load_acquire(entries()[index].state) != entry_free) ++index;
-        if (index == max_entries_)
-            throw error(errc::out_of_space,
-                        "segment '" + name + "' has all " + std::to_string(max_entries_) +
-                            " directory entries in use; recreate it with a larger segment_options::max_entries");
-        dir_entry fresh{};
-        fresh.key_length = static_cast<std::uint32_t>(key.size());
-        fresh.slot_count = slot_count;
-        fresh.offset = offset;
-        fresh.slot_capacity = capacity;
-        fresh.created_ns = wall_clock_ns();
-        std::memcpy(fresh.key, key.data(), key.size());
-        fresh.checksum = entry_checksum_of(fresh);
-
-        dir_entry& target = entries()[index];
-        store_release(target.state, entry_writing);
-        fence_release();
-        std::memcpy(reinterpret_cast<std::byte*>(&target) + sizeof(target.state),
-                    reinterpret_cast<const std::byte*>(&fresh) + sizeof(fresh.state),
-                    sizeof(fresh) - sizeof(fresh.state));
-        const slot_area area = area_of(fresh);
-        for (std::uint32_t slot = 0; slot < slot_count; ++slot)
-            std::memset(static_cast<void*>(area.header(slot)), 0, sizeof(slot_header));
-        store_release(header_->alloc_top, offset + needed);
-        store_release(target.state, entry_ready);
-        return area;
-    }
+    slot_area add_entry(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity);
 
     // On open: finish what a crash interrupted, and set damaged entries aside.
-    void recover_directory() {
-        std::uint64_t top = load_relaxed(header_->alloc_top);
-        if (top < data_offset_ || top > total_size_) {
-            logger()->warn("segment '{}': allocation mark {} out of range, recomputed", name, top);
-            top = data_offset_;
-        }
-        for (std::uint32_t i = 0; i < max_entries_; ++i) {
-            dir_entry& slot = entries()[i];
-            const std::uint32_t state = load_acquire(slot.state);
-            if (state == entry_free) continue;
-            if (state == entry_writing) {  // an add that a crash cut short
-                std::memset(reinterpret_cast<std::byte*>(&slot) + sizeof(slot.state), 0,
-                            sizeof(slot) - sizeof(slot.state));
-                store_release(slot.state, entry_free);
-                continue;
-            }
-            dir_entry entry{};
-            if (read_valid_entry(i, entry)) {
-                top = std::max(top, entry.offset + entry_region_size(entry.slot_count, entry.slot_capacity));
-            } else {
-                damaged_.push_back(i);
-                logger()->error("segment '{}': directory entry {} is damaged", name, i);
-            }
-        }
-        store_release(header_->alloc_top, top);
-    }
+    void recover_directory();
 
-    static entry_info describe(const dir_entry& entry, const slot_area& area) {
-        entry_info info;
-        info.key.assign(entry.key, entry.key_length);
-        info.slot_count = entry.slot_count;
-        info.slot_capacity = entry.slot_capacity;
-        for (std::uint32_t s = 0; s < area.count; ++s) {
-            const slot_snapshot snap = read_slot_header(area, s);
-            if (snap.generation == 0) {
-                // A commit zeroes the generation first and stores it last.
-                if (snap.size != 0 || snap.checksum != 0) ++info.unpublished_slots;
-                continue;
-            }
-            if (!slot_is_valid(area, snap)) { ++info.invalid_slots; continue; }
-            if (snap.generation > info.generation) {
-                info.generation = snap.generation;
-                info.size = snap.size;
-                info.fingerprint = snap.fingerprint;
-                info.schema_version = snap.schema_version;
-            }
-        }
-        return info;
-    }
+    static entry_info describe(const dir_entry& entry, const slot_area& area);
 };
 
 } // namespace detail
@@ -582,7 +208,7 @@ private:
 // A handle to an open segment. Copies share one mapping; the segment is
 // marked closed-cleanly and its ownership released when the last handle and
 // the last keeper using it are gone.
-class segment {
+class KEEPSAKE_API segment {
 public:
     // Opens the segment `name`, creating it if needed. Throws keepsake::error
     // if the name is invalid, another live process (or another handle in this
@@ -619,41 +245,13 @@ public:
     bool is_open() const noexcept { return impl_ != nullptr; }
 
     // Names of the segments in `directory` (default as in segment_options).
-    static std::vector<std::string> list(const std::string& directory = {}) {
-        std::vector<std::string> names;
-        const std::string where = detail::segment_directory(directory);
-        DIR* dir = ::opendir(where.c_str());
-        if (!dir) return names;
-        const std::string prefix = detail::segment_file_prefix;
-        while (dirent* item = ::readdir(dir)) {
-            const std::string file = item->d_name;
-            if (file.size() > prefix.size() && file.compare(0, prefix.size(), prefix) == 0)
-                names.push_back(file.substr(prefix.size()));
-        }
-        ::closedir(dir);
-        std::sort(names.begin(), names.end());
-        return names;
-    }
+    static std::vector<std::string> list(const std::string& directory = {});
 
-    static bool exists(const std::string& name, const std::string& directory = {}) {
-        detail::check_segment_name(name);
-        struct stat info {};
-        return ::stat(detail::segment_path(name, directory).c_str(), &info) == 0;
-    }
+    static bool exists(const std::string& name, const std::string& directory = {});
 
     // Deletes a segment that no live process owns. Returns false if there was
     // none; throws if it is owned.
-    static bool remove(const std::string& name, const std::string& directory = {}) {
-        detail::check_segment_name(name);
-        const std::string path = detail::segment_path(name, directory);
-        bool created_file = false;
-        const int fd = detail::open_and_claim(name, path, false, 0600, created_file);
-        if (fd < 0) return false;
-        const int unlinked = ::unlink(path.c_str());
-        ::close(fd);
-        if (unlinked != 0) detail::throw_system("cannot remove segment file " + path);
-        return true;
-    }
+    static bool remove(const std::string& name, const std::string& directory = {});
 
     // For keeper<T>: the shared mapping.
     const std::shared_ptr<detail::segment_impl>& shared_impl() const {
@@ -671,3 +269,7 @@ private:
 };
 
 } // namespace keepsake
+
+#ifdef KEEPSAKE_HEADER_ONLY
+#include "keepsake/segment-inl.hpp"
+#endif

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds Release and runs the benchmarks; prints medians of REPS repetitions
+# and each keepsake figure as a ratio to its floor in the same run.
+#   ./bench/run.sh              # REPS=7 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF >/dev/null
+cmake --build build-release -j "$(nproc)" --target keepsake_bench >/dev/null
+csv=$(mktemp)
+trap 'rm -f "$csv"' EXIT
+build-release/bench/keepsake_bench --benchmark_repetitions="${REPS:-7}" --benchmark_report_aggregates_only=true \
+  --benchmark_min_time=0.2 --benchmark_format=csv 2>/dev/null >"$csv"
+# mawk (Debian's default awk) has no sorting, so sizes are listed here.
+awk -F, '
+  /_median"/ {
+    gsub(/"/, "", $1); name = $1; sub(/_median$/, "", name)
+    split(name, part, /[<>]/); kind = part[1]; size = part[2]
+    ns[kind, size] = $3 + 0
+  }
+  function human(b) { return b >= 1048576 ? b / 1048576 " MiB" : b >= 1024 ? b / 1024 " KiB" : b " B" }
+  END {
+    printf "%-8s %12s %12s %12s %12s %16s %12s\n", "size", "memcpy", "memcpy+xxh3", "commit", "restore", "commit/(m+xxh3)", "commit/memcpy"
+    split("64 4096 65536 1048576", order, " ")
+    for (i = 1; i <= 4; i++) {
+      s = order[i]
+      printf "%-8s %9.1f ns %9.1f ns %9.1f ns %9.1f ns %15.2fx %11.2fx\n", human(s), ns["BM_memcpy", s], ns["BM_memcpy_xxh3", s],
+             ns["BM_commit", s], ns["BM_restore", s], ns["BM_commit", s] / ns["BM_memcpy_xxh3", s], ns["BM_commit", s] / ns["BM_memcpy", s]
+    }
+  }' "$csv"

@@ -1,0 +1,7 @@
+// The compiled mode's one translation unit: keepsake's non-template code,
+// built once. Enabled with the CMake option KEEPSAKE_COMPILED.
+#ifndef KEEPSAKE_COMPILED_LIB
+#error "src/keepsake.cpp is the compiled mode: build it with KEEPSAKE_COMPILED_LIB defined"
+#endif
+
+#include "keepsake/segment-inl.hpp"
