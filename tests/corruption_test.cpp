@@ -107,6 +107,31 @@ TEST_CASE("a damaged newest slot falls back to the older valid one and says so",
     CHECK(raw.restore()->info.generation == 4);
 }
 
+TEST_CASE("a damaged slot at the last generation stops commits instead of wrapping to 0", "[corruption]") {
+    shm_dir dir;
+    build_reference(dir);
+    std::string bytes = read_file(dir.file("ref"));
+    using namespace keepsake::detail;
+    const std::uint64_t last = ~std::uint64_t{0};
+    // Slot 1 holds generation 2; make it claim the last generation (its
+    // checksum no longer holds, so it is not restored either).
+    const std::uint64_t slot1 = entry_offset(bytes, "raw") + slot_stride(sizeof(blob<256>));
+    std::memcpy(&bytes[slot1 + offsetof(slot_header, generation)], &last, sizeof(last));
+    write_file(dir.file("ref"), bytes);
+    segment s("ref", dir.options(64 * 1024, 4));
+    keeper<blob<256>> raw(s, "raw");
+    auto kept = raw.restore();
+    REQUIRE(kept);
+    CHECK(kept->info.generation == 3);
+    try {
+        raw.commit(kept->value);
+        FAIL("committed past the last generation");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::segment_corrupt);
+    }
+    CHECK(raw.restore()->info.generation == 3);  // nothing was overwritten
+}
+
 TEST_CASE("a damaged slot size never leads outside the slot", "[corruption]") {
     shm_dir dir;
     build_reference(dir);

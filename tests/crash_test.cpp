@@ -8,6 +8,8 @@
 #include <random>
 #include <string>
 
+#include <fcntl.h>
+
 #include "support.hpp"
 
 using keepsake::keeper;
@@ -114,7 +116,7 @@ TEST_CASE("SIGKILL during segment creation leaves a segment the next opener can 
     shm_dir dir;
     auto* report = test_support::shared_anonymous<child_report>();
     const int kills = test_support::env_count("KEEPSAKE_KILLS", 200) / 2;
-    int created = 0, reopened = 0, had_state = 0;
+    int created = 0, reopened = 0, had_state = 0, unfinished_seen = 0;
     for (int round = 0; round < kills; ++round) {
         report->ready.store(0);
         const pid_t child = test_support::fork_child([&] {
@@ -132,7 +134,18 @@ TEST_CASE("SIGKILL during segment creation leaves a segment the next opener can 
         sleep_random_us(3000);
         test_support::kill_and_reap(child);
 
+        // Look at the file as the kill left it: absent, unfinished (magic
+        // still 0: creation writes it last), or finished.
+        std::uint64_t magic = 0;
+        const int fd = ::open(dir.file("born").c_str(), O_RDONLY);
+        const bool absent = fd < 0;
+        const bool unfinished = !absent && ::pread(fd, &magic, sizeof(magic), 0) >= 0 && magic == 0;
+        if (fd >= 0) ::close(fd);
+
         segment s("born", dir.options(4u << 20, 512));
+        if (absent || unfinished) REQUIRE(s.outcome() == open_outcome::created);
+        else REQUIRE(s.outcome() != open_outcome::created);  // a finished segment is never rebuilt
+        unfinished_seen += unfinished ? 1 : 0;
         (s.outcome() == open_outcome::created ? created : reopened) += 1;
         REQUIRE(s.damaged_entries() == 0);
         keeper<blob<64>> k(s, "state");
@@ -147,8 +160,8 @@ TEST_CASE("SIGKILL during segment creation leaves a segment the next opener can 
         blob<64>::make(value, 2);
         REQUIRE(k.commit(value) >= 1);
     }
-    std::printf("segment creation: %d kills, %d found unfinished or absent, %d reopened, %d with a state\n", kills,
-                created, reopened, had_state);
+    std::printf("segment creation: %d kills, %d created afresh (%d of them rebuilt from an unfinished creation), "
+                "%d reopened, %d with a state\n", kills, created, unfinished_seen, reopened, had_state);
     test_support::release_shared(report);
 }
 

@@ -237,3 +237,11 @@ TEST_CASE("entries are listed with their newest generation, and removed keys go 
     keepsake::keeper<int> again(s, "a");
     CHECK_FALSE(again.restore().has_value());
 }
+
+TEST_CASE("a missing segment directory is a clear system error", "[segment]") {
+    auto options = shm_dir().options();  // the directory is removed again at once
+    const std::string message = message_of([&] { segment s("nowhere", options); });
+    CHECK(message.find("cannot create segment file " + options.directory + "/keepsake.nowhere") != std::string::npos);
+    CHECK(message.find("No such file or directory") != std::string::npos);
+    CHECK(code_of([&] { segment s("nowhere", options); }) == errc::system_error);
+}

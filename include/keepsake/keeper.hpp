@@ -96,6 +96,7 @@ public:
         busy_guard guard(busy_, key_);
         const std::uint32_t target = (newest_slot_ + 1) % area_.count;
         detail::slot_header& header = *area_.header(target);
+        if (highest_generation_ == ~std::uint64_t{0}) throw_generations_exhausted();
         const std::uint64_t generation = highest_generation_ + 1;
         // Unpublish the target before touching its data; the fence keeps the
         // data stores from being seen ahead of this one.
@@ -248,6 +249,15 @@ private:
                         "; this keeper expects " + std::to_string(type_fingerprint<T>()) + ", schema " +
                         std::to_string(options_.schema_version) +
                         "); give keeper_options::upgrade to convert it, or remove the key");
+    }
+
+    // Only a damaged slot can report the last generation there is (commits
+    // count up by one). Wrapping to 0 would publish an invisible state.
+    [[noreturn]] void throw_generations_exhausted() const {
+        throw error(errc::segment_corrupt, "key '" + key_ +
+                                               "' has a slot at the largest generation there is, which only "
+                                               "damaged memory produces; remove the key (segment::remove_key) "
+                                               "to start it afresh");
     }
 
     T upgrade(const detail::slot_snapshot& snap) const {

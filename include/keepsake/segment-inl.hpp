@@ -87,9 +87,17 @@ KEEPSAKE_INLINE int open_and_claim(const std::string& name, const std::string& p
         int fd = -1;
         if (create) {
             fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+            if (fd < 0 && errno != EEXIST)
+                throw_system("cannot create segment file " + path + " (does its directory exist, and may this user write there?)");
             if (fd >= 0) {
                 created_file = true;
-                if (::fchmod(fd, mode) != 0) { ::close(fd); throw_system("cannot set mode of " + path); }
+                // The umask may have cleared bits the caller asked for.
+                if (::fchmod(fd, mode) != 0) {
+                    const int saved = errno;
+                    ::close(fd);
+                    errno = saved;
+                    throw_system("cannot set mode of " + path);
+                }
             }
         }
         if (fd < 0 && (!create || errno == EEXIST)) fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
