@@ -2,6 +2,7 @@
 // sizes, and misuse.
 #include <catch2/catch.hpp>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -177,17 +178,92 @@ TEST_CASE("a different schema version is refused unless an upgrade hook converts
 
 TEST_CASE("more than two slots keep older generations as fallbacks", "[keeper]") {
     shm_dir dir;
-    segment s("slots", dir.options());
-    keepsake::keeper_options<int> options;
+    keepsake::keeper_options<long> options;
     options.slots = 4;
-    keeper<int> k(s, "n", options);
-    for (int i = 1; i <= 10; ++i) k.commit(i);
-    auto listed = s.entries();
-    REQUIRE(listed.size() == 1);
-    CHECK(listed[0].slot_count == 4);
-    CHECK(k.restore()->value == 10);
-    options.slots = 1;
-    CHECK(code_of([&] { keeper<int> bad(s, "m", options); }) == errc::invalid_argument);
+    {
+        segment s("slots", dir.options());
+        keeper<long> k(s, "n", options);
+        for (long i = 1; i <= 10; ++i) CHECK(k.commit(i * 100) == static_cast<std::uint64_t>(i));
+        auto listed = s.entries();
+        REQUIRE(listed.size() == 1);
+        CHECK(listed[0].slot_count == 4);
+        CHECK(k.restore()->value == 1000);
+        options.slots = 1;
+        CHECK(code_of([&] { keeper<long> bad(s, "m", options); }) == errc::invalid_argument);
+        options.slots = 4;
+    }
+    // Generations 7..10 sit in the four slots (round robin: 10 in slot 1,
+    // 9 in slot 0). Damage the two newest: restore falls back to 8.
+    const std::string file = dir.file("slots");
+    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+    using namespace keepsake::detail;
+    std::uint64_t entry_offset = 0;
+    io.seekg(sizeof(segment_header) + offsetof(dir_entry, offset));
+    io.read(reinterpret_cast<char*>(&entry_offset), sizeof(entry_offset));
+    const std::uint64_t stride = slot_stride(sizeof(long));
+    for (std::uint64_t slot : {std::uint64_t{0}, std::uint64_t{1}}) {
+        io.seekp(static_cast<std::streamoff>(entry_offset + slot * stride + sizeof(slot_header)));
+        io.put('\x7f');
+    }
+    io.close();
+    segment s("slots", dir.options());
+    keeper<long> k(s, "n", options);
+    auto kept = k.restore();
+    REQUIRE(kept);
+    CHECK(kept->value == 800);
+    CHECK(kept->info.generation == 8);
+    CHECK(kept->info.skipped_slots == 2);
+    CHECK(k.commit(1100) == 11);  // above every generation seen, damaged or not
+}
+
+TEST_CASE("a capacity too small for the type is refused before the key exists", "[keeper]") {
+    shm_dir dir;
+    segment s("capacity", dir.options());
+    keepsake::keeper_options<double> tiny;
+    tiny.capacity = 4;
+    CHECK(code_of([&] { keeper<double> k(s, "d", tiny); }) == errc::invalid_argument);
+    CHECK(s.entries().empty());
+    keeper<double> k(s, "d");  // the key is still free to create properly
+    CHECK(k.commit(2.5) == 1);
+}
+
+TEST_CASE("restore_into leaves the caller's value alone when no slot decodes", "[keeper]") {
+    shm_dir dir;
+    std::uint64_t capacity = 0;
+    {
+        segment s("decode", dir.options());
+        keeper<inventory> k(s, "inv");
+        k.commit({"first", {1}});
+        k.commit({"second", {2}});
+        capacity = k.slot_capacity();
+    }
+    // Cut both slots' sizes to 10 bytes and re-seal them with valid checksums:
+    // the string's length prefix (8 bytes) decodes, its characters do not.
+    using namespace keepsake::detail;
+    std::fstream io(dir.file("decode"), std::ios::in | std::ios::out | std::ios::binary);
+    std::uint64_t entry_offset = 0;
+    io.seekg(sizeof(segment_header) + offsetof(dir_entry, offset));
+    io.read(reinterpret_cast<char*>(&entry_offset), sizeof(entry_offset));
+    for (std::uint64_t slot = 0; slot < 2; ++slot) {
+        const auto at = static_cast<std::streamoff>(entry_offset + slot * slot_stride(capacity));
+        slot_header header{};
+        io.seekg(at);
+        io.read(reinterpret_cast<char*>(&header), sizeof(header));
+        std::string data(10, '\0');
+        io.read(data.data(), 10);
+        header.size = 10;
+        header.checksum = slot_checksum(header.generation, header.size, header.fingerprint, header.schema_version,
+                                        header.codec, data.data());
+        io.seekp(at);
+        io.write(reinterpret_cast<const char*>(&header), sizeof(header));
+    }
+    io.close();
+    segment s("decode", dir.options());
+    keeper<inventory> k(s, "inv");
+    inventory mine{"untouched", {9, 9}};
+    CHECK_FALSE(k.restore_into(mine).has_value());
+    CHECK(mine.owner == "untouched");
+    CHECK(mine.items == std::vector<int>{9, 9});
 }
 
 TEST_CASE("one key has one keeper per process", "[keeper]") {

@@ -2,6 +2,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -170,21 +172,99 @@ TEST_CASE("options out of range are refused before anything is created", "[segme
     CHECK(segment::list(dir.path()).empty());
 }
 
-TEST_CASE("a half-created segment (magic never written) is rebuilt", "[segment]") {
+TEST_CASE("an unfinished creation (magic never written, nothing after the header) is rebuilt", "[segment]") {
     shm_dir dir;
     SECTION("empty file") {
         std::ofstream(dir.file("half")).flush();
     }
-    SECTION("sized file, zero magic, junk after it") {
-        std::ofstream out(dir.file("half"), std::ios::binary);
-        std::string junk(8192, '\x5a');
-        std::memset(junk.data(), 0, 8);
-        out << junk;
+    SECTION("sized file, header half-written, magic still 0") {
+        std::string bytes(64 * 1024, '\0');
+        for (std::size_t i = 8; i < 40; ++i) bytes[i] = static_cast<char>(i);
+        std::ofstream(dir.file("half"), std::ios::binary) << bytes;
     }
     segment s("half", dir.options());
     CHECK(s.outcome() == open_outcome::created);
     keepsake::keeper<int> k(s, "works");
     CHECK(k.commit(42) == 1);
+}
+
+TEST_CASE("a zeroed magic over live data is refused, never wiped", "[segment]") {
+    shm_dir dir;
+    {
+        segment s("live", dir.options());
+        keepsake::keeper<long>(s, "kept").commit(7);
+    }
+    std::string bytes;
+    {
+        std::ifstream in(dir.file("live"), std::ios::binary);
+        bytes.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    }
+    std::memset(bytes.data(), 0, 8);
+    std::ofstream(dir.file("live"), std::ios::binary | std::ios::trunc) << bytes;
+    CHECK(code_of([&] { segment s("live", dir.options()); }) == errc::segment_corrupt);
+    std::ifstream in(dir.file("live"), std::ios::binary);
+    CHECK(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()) == bytes);
+}
+
+TEST_CASE("a damaged recorded size never shrinks the file or loses keys", "[segment]") {
+    shm_dir dir;
+    using big = test_support::blob<65536>;
+    {
+        segment s("sized", dir.options(1u << 20));
+        big value{};
+        big::make(value, 5);
+        keepsake::keeper<big>(s, "near").commit(value);
+        keepsake::keeper<big>(s, "far").commit(value);  // lies beyond 256 KiB
+    }
+    const int fd = ::open(dir.file("sized").c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    const std::uint64_t smaller = 64 * 1024;
+    REQUIRE(::pwrite(fd, &smaller, sizeof(smaller), offsetof(keepsake::detail::segment_header, total_size)) == 8);
+    ::close(fd);
+    segment s("sized", dir.options(128 * 1024));
+    CHECK(s.size() == (1u << 20));
+    CHECK(s.damaged_entries() == 0);
+    keepsake::keeper<big> far(s, "far");
+    auto kept = far.restore();
+    REQUIRE(kept);
+    CHECK(kept->value.generation == 5);
+    struct stat info {};
+    REQUIRE(::stat(dir.file("sized").c_str(), &info) == 0);
+    CHECK(info.st_size == (1 << 20));
+}
+
+TEST_CASE("a full /dev/shm is an out_of_space error at open, not a SIGBUS later", "[segment]") {
+    shm_dir dir;
+    const std::string mount_point = dir.path() + "/small";
+    std::filesystem::create_directories(mount_point);
+    if (std::system(("mount -t tmpfs -o size=1m keepsake-test " + mount_point + " 2>/dev/null").c_str()) != 0) {
+        WARN("cannot mount a 1 MiB tmpfs here (needs root); the injected-error path is untested");
+        return;
+    }
+    keepsake::segment_options options = dir.options(8u << 20);
+    options.directory = mount_point;
+    const std::string message = message_of([&] { segment s("toolarge", options); });
+    CHECK(message.find("no room for segment 'toolarge'") != std::string::npos);
+    CHECK(code_of([&] { segment s("toolarge", options); }) == errc::out_of_space);
+    CHECK(segment::list(mount_point).empty());  // nothing half-made left behind
+    options.size = 512 * 1024;
+    {
+        segment fits("fits", options);
+        keepsake::keeper<test_support::blob<65536>> k(fits, "state");
+        test_support::blob<65536> value{};
+        for (std::uint64_t g = 1; g <= 20; ++g) {  // touches every slot page many times
+            test_support::blob<65536>::make(value, g);
+            k.commit(value);
+        }
+        CHECK(k.restore()->value.generation == 20);
+    }
+    options.size = 4u << 20;  // growing past the room fails, and leaves the segment as it was
+    CHECK(code_of([&] { segment s("fits", options); }) == errc::out_of_space);
+    options.size = 512 * 1024;
+    segment again("fits", options);
+    CHECK(again.size() == 512 * 1024);
+    again.close();
+    CHECK(std::system(("umount " + mount_point).c_str()) == 0);
 }
 
 TEST_CASE("a file with foreign bytes is not overwritten", "[segment]") {

@@ -68,6 +68,12 @@ public:
     keeper(const segment& where, std::string key, keeper_options<T> options = {})
         : segment_(where.shared_impl()), key_(std::move(key)), options_(std::move(options)) {
         const std::uint64_t capacity = options_.capacity != 0 ? options_.capacity : default_capacity();
+        // Refused before attach: attach would create the key with slots
+        // this type can never fill.
+        if (codec_of<T>() == codec_kind::raw && capacity < sizeof(T))
+            throw error(errc::invalid_argument, "keeper_options::capacity " + std::to_string(capacity) +
+                                                    " is less than the " + std::to_string(sizeof(T)) +
+                                                    " bytes of this state type");
         area_ = segment_->attach(key_, options_.slots, capacity);
         try {
             check_slot_size();
@@ -143,7 +149,7 @@ public:
             try {
                 info.upgraded = !matches_this_type(*snap);
                 if (info.upgraded) out = upgrade(*snap);
-                else decode_into(area_.data(snap->index), static_cast<std::size_t>(snap->size), out);
+                else decode(*snap, out);
             } catch (const error& failure) {
                 if (failure.code() != errc::decode_failed || info.upgraded) throw;
                 report_invalid(*snap, failure.what());
@@ -192,12 +198,13 @@ private:
     class busy_guard {
     public:
         busy_guard(std::atomic<bool>& flag, const std::string& key) : flag_(flag) {
-            const bool in_use = flag_.load(std::memory_order_relaxed);
-            flag_.store(true, std::memory_order_relaxed);
-            if (in_use)
+            // Set only when clear: a guard that throws has taken nothing, so
+            // it can never leave the flag stuck.
+            if (flag_.load(std::memory_order_relaxed))
                 throw error(errc::concurrent_use, "keeper '" + key +
                                                       "' was used by two threads at once; a keeper has one "
                                                       "user at a time (give each thread its own key)");
+            flag_.store(true, std::memory_order_relaxed);
         }
         ~busy_guard() { flag_.store(false, std::memory_order_release); }
         busy_guard(const busy_guard&) = delete;
@@ -270,6 +277,21 @@ private:
         record.data = area_.data(snap.index);
         record.size = static_cast<std::size_t>(snap.size);
         return options_.upgrade(record);
+    }
+
+    // A raw decode cannot fail half-way (the size is checked first); a
+    // cereal decode can, so it goes through a temporary and `out` is only
+    // touched by a complete value.
+    void decode(const detail::slot_snapshot& snap, T& out) const {
+        const std::byte* data = area_.data(snap.index);
+        const auto size = static_cast<std::size_t>(snap.size);
+        if constexpr (codec_of<T>() == codec_kind::raw) {
+            decode_into(data, size, out);
+        } else {
+            T decoded{};
+            decode_into(data, size, decoded);
+            out = std::move(decoded);
+        }
     }
 
     void report_invalid(const detail::slot_snapshot& snap, const char* why) const {

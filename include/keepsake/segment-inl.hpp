@@ -134,7 +134,7 @@ KEEPSAKE_INLINE segment_impl::segment_impl(std::string segment_name, const segme
     bool created_file = false;
     fd_ = open_and_claim(name, path, true, options.mode, created_file);
     try {
-        if (created_file || needs_rebuild()) build(options);
+        if (created_file || is_unfinished_creation()) build(options, created_file);
         else reopen(options);
         claim_ownership();
         recover_directory();
@@ -168,7 +168,7 @@ KEEPSAKE_INLINE slot_area segment_impl::attach(const std::string& key, std::uint
         throw error(errc::key_in_use, "key '" + key + "' in segment '" + name +
                                           "' already has a keeper in this process; use that one");
     slot_area area;
-    if (auto index = find_entry(key)) area = area_of(entries()[*index]);
+    if (auto found = find_entry(key)) area = area_of(found->entry);  // the validated copy
     else area = add_entry(key, slot_count, capacity);
     attached_.insert(key);
     return area;
@@ -179,9 +179,9 @@ KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (attached_.count(key))
         throw error(errc::key_in_use, "key '" + key + "' still has a keeper; destroy it first");
-    auto index = find_entry(key);
-    if (!index) return false;
-    store_release(entries()[*index].state, entry_free);  // one store: crash-safe
+    auto found = find_entry(key);
+    if (!found) return false;
+    store_release(entries()[found->index].state, entry_free);  // one store: crash-safe
     return true;
 }
 
@@ -236,21 +236,67 @@ KEEPSAKE_INLINE std::uint64_t segment_impl::file_size() const {
     return static_cast<std::uint64_t>(info.st_size);
 }
 
-KEEPSAKE_INLINE bool segment_impl::needs_rebuild() const {
+// Creation writes, in order: an empty file, its size, the header with magic
+// 0, then the magic. A file cut off before the magic therefore holds nothing
+// but zeros after its header. A zero magic over anything else is damage, and
+// the file is refused, not wiped.
+KEEPSAKE_INLINE bool segment_impl::is_unfinished_creation() const {
+    if (file_size() == 0) return true;
     std::uint64_t magic = 0;
     const ssize_t got = ::pread(fd_, &magic, sizeof(magic), 0);
     if (got < 0) throw_system("cannot read segment '" + name + "'");
-    if (got < static_cast<ssize_t>(sizeof(magic)) || magic == 0) return true;
-    if (magic != segment_magic)
+    if (got == static_cast<ssize_t>(sizeof(magic)) && magic == segment_magic) return false;
+    if (got != static_cast<ssize_t>(sizeof(magic)) || magic != 0)
         throw error(errc::segment_corrupt,
                     "file " + path + " is not a keepsake segment, or its header is damaged (bad magic); "
                     "remove it with keepsake::segment::remove(\"" + name + "\") to start afresh");
-    return false;
+    if (!only_zeros_from(sizeof(segment_header)))
+        corrupt("its magic number is zero but it holds data, so it is damaged rather than unfinished");
+    return true;
 }
 
-KEEPSAKE_INLINE void segment_impl::build(const segment_options& options) {
+// True if every byte from `offset` to the end of the file is zero. Holes
+// (never written, never allocated) are skipped with SEEK_DATA.
+KEEPSAKE_INLINE bool segment_impl::only_zeros_from(std::uint64_t offset) const {
+    const std::uint64_t end = file_size();
+    std::vector<unsigned char> chunk(64 * 1024);
+    std::uint64_t at = offset;
+    while (at < end) {
+        const off_t data = ::lseek(fd_, static_cast<off_t>(at), SEEK_DATA);
+        if (data < 0 && errno == ENXIO) return true;  // only holes remain
+        if (data >= 0) at = static_cast<std::uint64_t>(data);
+        const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), end - at));
+        const ssize_t got = ::pread(fd_, chunk.data(), want, static_cast<off_t>(at));
+        if (got <= 0) return got == 0;
+        for (ssize_t i = 0; i < got; ++i)
+            if (chunk[static_cast<std::size_t>(i)] != 0) return false;
+        at += static_cast<std::uint64_t>(got);
+    }
+    return true;
+}
+
+// Backs the whole file with memory now, so a full /dev/shm is an error here
+// and never a SIGBUS on some later commit's first touch of a page.
+KEEPSAKE_INLINE void segment_impl::reserve_memory(std::uint64_t size) {
+    const int failed = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
+    if (failed == 0) return;
+    if (failed == ENOSPC)
+        throw error(errc::out_of_space, "no room for segment '" + name + "' of " + std::to_string(size) +
+                                            " bytes in " + path.substr(0, path.rfind('/')) +
+                                            " (see df); free some, or ask for a smaller segment_options::size");
+    errno = failed;
+    throw_system("cannot reserve " + std::to_string(size) + " bytes for segment '" + name + "'");
+}
+
+KEEPSAKE_INLINE void segment_impl::build(const segment_options& options, bool created_file) {
     if (::ftruncate(fd_, 0) != 0 || ::ftruncate(fd_, static_cast<off_t>(options.size)) != 0)
         throw_system("cannot size segment '" + name + "' to " + std::to_string(options.size) + " bytes");
+    try {
+        reserve_memory(options.size);
+    } catch (...) {
+        if (created_file) ::unlink(path.c_str());  // leave nothing half-made behind
+        throw;
+    }
     map(options.size);
     segment_header fresh{};
     fresh.magic = segment_magic;
@@ -262,11 +308,17 @@ KEEPSAKE_INLINE void segment_impl::build(const segment_options& options) {
     fresh.header_checksum = header_checksum_of(fresh);
     fresh.total_size = options.size;
     fresh.alloc_top = fresh.data_offset;
+    // The owner goes in before the magic: a crash right after creation is
+    // then reported as this process's crash, not a nameless owner's.
     fresh.clean_state = state_dirty;
+    fresh.owner_pid = static_cast<std::int64_t>(::getpid());
+    fresh.owner_start_time = process_start_time(static_cast<long>(::getpid()));
+    fresh.owner_since_ns = fresh.created_ns;
     fresh.magic = 0;  // published last, below
     std::memcpy(header_, &fresh, sizeof(fresh));
     store_release(header_->magic, segment_magic);
-    adopt_geometry();
+    fresh.magic = segment_magic;
+    adopt_geometry(fresh);
     outcome = open_outcome::created;
 }
 
@@ -284,31 +336,37 @@ KEEPSAKE_INLINE void segment_impl::reopen(const segment_options& options) {
                         "; open it with the keepsake that wrote it, or remove it");
     if (copy.max_entries == 0 || copy.max_entries > max_directory_entries ||
         copy.directory_offset != sizeof(segment_header) ||
-        copy.data_offset != align64(directory_end(copy.max_entries)))
+        copy.data_offset != align64(directory_end(copy.max_entries)) || copy.data_offset > on_disk)
         corrupt("header geometry out of range");
-    if (copy.total_size < copy.data_offset || copy.total_size > on_disk)
-        corrupt("recorded size " + std::to_string(copy.total_size) + " does not fit the file (" +
-                std::to_string(on_disk) + " bytes)");
+    if (copy.total_size > on_disk)
+        corrupt("recorded size " + std::to_string(copy.total_size) + " is more than the file holds (" +
+                std::to_string(on_disk) + " bytes): it was cut short");
     outcome = copy.clean_state == state_clean ? open_outcome::reopened_clean
                                               : open_outcome::reopened_after_crash;
     previous_owner = owner_info{static_cast<long>(copy.owner_pid), copy.owner_start_time};
-    std::uint64_t size = copy.total_size;
-    if (options.size > size) {
-        // Grow: the file first, then the recorded size (one store). A
-        // crash between leaves a longer file, which is harmless.
-        if (::ftruncate(fd_, static_cast<off_t>(options.size)) != 0)
-            throw_system("cannot grow segment '" + name + "' to " + std::to_string(options.size) + " bytes");
-        size = options.size;
+    // The file's length is the size (the recorded one may lag a crashed
+    // growth); it only ever grows, so a damaged record never shrinks it.
+    const std::uint64_t size = std::max(on_disk, options.size);
+    if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+        throw_system("cannot grow segment '" + name + "' to " + std::to_string(size) + " bytes");
+    try {
+        reserve_memory(size);
+    } catch (...) {
+        if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(on_disk)) != 0) { /* stays longer: harmless */ }
+        throw;
     }
     map(size);
     store_release(header_->total_size, size);
-    adopt_geometry();
+    copy.total_size = size;
+    adopt_geometry(copy);
 }
 
-KEEPSAKE_INLINE void segment_impl::adopt_geometry() noexcept {
-    total_size_ = load_relaxed(header_->total_size);
-    max_entries_ = header_->max_entries;
-    data_offset_ = header_->data_offset;
+// Geometry comes from a header copy that passed validation, never from a
+// second read of shared memory.
+KEEPSAKE_INLINE void segment_impl::adopt_geometry(const segment_header& validated) noexcept {
+    total_size_ = validated.total_size;
+    max_entries_ = validated.max_entries;
+    data_offset_ = validated.data_offset;
 }
 
 [[noreturn]] KEEPSAKE_INLINE void segment_impl::corrupt(const std::string& why) const {
@@ -338,17 +396,17 @@ KEEPSAKE_INLINE bool segment_impl::read_valid_entry(std::uint32_t index, dir_ent
     return out.state == entry_ready && entry_checksum_of(out) == out.checksum && entry_in_bounds(out);
 }
 
-KEEPSAKE_INLINE std::optional<std::uint32_t> segment_impl::find_entry(const std::string& key) const {
+KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_entry(const std::string& key) const {
     if (!damaged_.empty())
         throw error(errc::segment_corrupt,
                     "segment '" + name + "' has " + std::to_string(damaged_.size()) +
                         " damaged directory entries and key '" + key + "' may be one of them; "
                         "call segment::drop_damaged_entries() to give those keys up, or remove the segment");
     for (std::uint32_t i = 0; i < max_entries_; ++i) {
-        dir_entry entry{};
-        if (read_valid_entry(i, entry) && entry.key_length == key.size() &&
-            std::memcmp(entry.key, key.data(), key.size()) == 0)
-            return i;
+        found_entry found{i, {}};
+        if (read_valid_entry(i, found.entry) && found.entry.key_length == key.size() &&
+            std::memcmp(found.entry.key, key.data(), key.size()) == 0)
+            return found;
     }
     return std::nullopt;
 }
@@ -434,7 +492,11 @@ KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const 
             if (snap.size != 0 || snap.checksum != 0) ++info.unpublished_slots;
             continue;
         }
-        if (!slot_is_valid(area, snap)) { ++info.invalid_slots; continue; }
+        if (!slot_is_valid(area, snap)) {
+            // A commit in this process may be rewriting it right now.
+            if (load_acquire(area.header(s)->generation) == snap.generation) ++info.invalid_slots;
+            continue;
+        }
         if (snap.generation > info.generation) {
             info.generation = snap.generation;
             info.size = snap.size;

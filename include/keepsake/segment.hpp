@@ -63,9 +63,10 @@ struct owner_info {
 };
 
 struct segment_options {
-    // Bytes of the file. A new segment gets this size; an existing one grows
-    // to it (never shrinks). tmpfs pages cost memory only once written.
-    std::uint64_t size = 16u << 20;
+    // Bytes of the file, backed by memory at open (posix_fallocate), so a
+    // full /dev/shm is an error at open rather than a SIGBUS later. A new
+    // segment gets this size; an existing one grows to it, never shrinks.
+    std::uint64_t size = 4u << 20;
     // Directory slots, fixed when the segment is created.
     std::uint32_t max_entries = 256;
     // File mode for a new segment.
@@ -95,6 +96,12 @@ inline constexpr std::uint32_t max_slots_per_entry = 64;
 inline constexpr std::uint32_t max_directory_entries = 1u << 20;
 
 KEEPSAKE_API std::uint64_t header_checksum_of(const segment_header& header) noexcept;
+
+// A directory entry as copied out of shared memory and validated.
+struct found_entry {
+    std::uint32_t index;
+    dir_entry entry;
+};
 
 // The open mapping of one segment in this process.
 class KEEPSAKE_API segment_impl {
@@ -154,9 +161,8 @@ private:
 
     static void check_options(const segment_options& options);
 
-    dir_entry* entries() const noexcept {
-        return reinterpret_cast<dir_entry*>(base_ + header_->directory_offset);
-    }
+    // The directory's place is fixed by the layout (validated at open).
+    dir_entry* entries() const noexcept { return reinterpret_cast<dir_entry*>(base_ + sizeof(segment_header)); }
 
     void map(std::uint64_t size);
 
@@ -164,16 +170,14 @@ private:
 
     std::uint64_t file_size() const;
 
-    // A file whose magic is still 0 is a creation that never finished
-    // (magic is the last thing creation writes). Any other unknown magic is
-    // not ours to overwrite.
-    bool needs_rebuild() const;
-
-    void build(const segment_options& options);
+    bool is_unfinished_creation() const;
+    bool only_zeros_from(std::uint64_t offset) const;
+    void reserve_memory(std::uint64_t size);
+    void build(const segment_options& options, bool created_file);
 
     void reopen(const segment_options& options);
 
-    void adopt_geometry() noexcept;
+    void adopt_geometry(const segment_header& validated) noexcept;
 
     [[noreturn]] void corrupt(const std::string& why) const;
 
@@ -189,7 +193,7 @@ private:
         return slot_area{base_ + entry.offset, entry.slot_count, entry.slot_capacity};
     }
 
-    std::optional<std::uint32_t> find_entry(const std::string& key) const;
+    std::optional<found_entry> find_entry(const std::string& key) const;
 
     // Adding an entry: mark a free directory slot WRITING, fill it, clear the
     // slot headers, move alloc_top past the region, then mark it READY. A
