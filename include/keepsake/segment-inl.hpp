@@ -7,6 +7,13 @@
 #include "keepsake/segment.hpp"
 #endif
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 namespace keepsake {
 namespace detail {
 

@@ -23,13 +23,6 @@
 #include <utility>
 #include <vector>
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "keepsake/detail/atomic.hpp"
 #include "keepsake/detail/config.hpp"
 #include "keepsake/detail/checksum.hpp"
