@@ -44,10 +44,23 @@ void write_file(const std::string& path, const std::string& bytes) {
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// Opens the reference segment (as build_reference made it, or as damaged).
+segment open_reference(const shm_dir& dir) {
+    return segment("ref", dir.options(64 * 1024, 4));
+}
+
+// Rewrites the reference segment's file with `damage` applied to its bytes.
+template <class Damage>
+void damage_reference(const shm_dir& dir, Damage&& damage) {
+    std::string bytes = read_file(dir.file("ref"));
+    damage(bytes);
+    write_file(dir.file("ref"), bytes);
+}
+
 // A segment with a raw key and a cereal key, each committed three times
 // (so both slots of each hold a valid state: generations 2 and 3).
 void build_reference(const shm_dir& dir) {
-    segment s("ref", dir.options(64 * 1024, 4));
+    segment s = open_reference(dir);
     keeper<blob<256>> raw(s, "raw");
     keeper<notes> text(s, "text");
     blob<256> value{};
@@ -87,14 +100,12 @@ void restore_any(segment& s, const std::string& key, Check&& check, int& restore
 TEST_CASE("a damaged newest slot falls back to the older valid one and says so", "[corruption]") {
     shm_dir dir;
     build_reference(dir);
-    std::string bytes = read_file(dir.file("ref"));
-    using namespace keepsake::detail;
-    const std::uint64_t raw_entry = entry_offset(bytes, "raw");
-    // Generation 3 is in slot 0 (1 -> slot 0, 2 -> slot 1, 3 -> slot 0).
-    bytes[raw_entry + sizeof(slot_header) + 17] ^= 0x40;
-    write_file(dir.file("ref"), bytes);
+    damage_reference(dir, [](std::string& bytes) {
+        // Generation 3 is in slot 0 (1 -> slot 0, 2 -> slot 1, 3 -> slot 0).
+        bytes[entry_offset(bytes, "raw") + sizeof(keepsake::detail::slot_header) + 17] ^= 0x40;
+    });
 
-    segment s("ref", dir.options(64 * 1024, 4));
+    segment s = open_reference(dir);
     keeper<blob<256>> raw(s, "raw");
     auto kept = raw.restore();
     REQUIRE(kept);
@@ -110,15 +121,15 @@ TEST_CASE("a damaged newest slot falls back to the older valid one and says so",
 TEST_CASE("a damaged slot at the last generation stops commits instead of wrapping to 0", "[corruption]") {
     shm_dir dir;
     build_reference(dir);
-    std::string bytes = read_file(dir.file("ref"));
-    using namespace keepsake::detail;
-    const std::uint64_t last = ~std::uint64_t{0};
-    // Slot 1 holds generation 2; make it claim the last generation (its
-    // checksum no longer holds, so it is not restored either).
-    const std::uint64_t slot1 = entry_offset(bytes, "raw") + slot_stride(sizeof(blob<256>));
-    std::memcpy(&bytes[slot1 + offsetof(slot_header, generation)], &last, sizeof(last));
-    write_file(dir.file("ref"), bytes);
-    segment s("ref", dir.options(64 * 1024, 4));
+    damage_reference(dir, [](std::string& bytes) {
+        using namespace keepsake::detail;
+        const std::uint64_t last = ~std::uint64_t{0};
+        // Slot 1 holds generation 2; make it claim the last generation (its
+        // checksum no longer holds, so it is not restored either).
+        const std::uint64_t slot1 = entry_offset(bytes, "raw") + slot_stride(sizeof(blob<256>));
+        std::memcpy(&bytes[slot1 + offsetof(slot_header, generation)], &last, sizeof(last));
+    });
+    segment s = open_reference(dir);
     keeper<blob<256>> raw(s, "raw");
     auto kept = raw.restore();
     REQUIRE(kept);
@@ -135,13 +146,12 @@ TEST_CASE("a damaged slot at the last generation stops commits instead of wrappi
 TEST_CASE("a damaged slot size never leads outside the slot", "[corruption]") {
     shm_dir dir;
     build_reference(dir);
-    std::string bytes = read_file(dir.file("ref"));
-    using namespace keepsake::detail;
-    const std::uint64_t text_entry = entry_offset(bytes, "text");
-    const std::uint64_t huge = ~std::uint64_t{0} / 2;
-    std::memcpy(&bytes[text_entry + offsetof(slot_header, size)], &huge, sizeof(huge));
-    write_file(dir.file("ref"), bytes);
-    segment s("ref", dir.options(64 * 1024, 4));
+    damage_reference(dir, [](std::string& bytes) {
+        const std::uint64_t huge = ~std::uint64_t{0} / 2;
+        std::memcpy(&bytes[entry_offset(bytes, "text") + offsetof(keepsake::detail::slot_header, size)], &huge,
+                    sizeof(huge));
+    });
+    segment s = open_reference(dir);
     keeper<notes> text(s, "text");
     auto kept = text.restore();
     REQUIRE(kept);
@@ -158,7 +168,7 @@ TEST_CASE("a damaged header or magic is a clear error, not a rebuild", "[corrupt
         bytes[at] ^= 0x01;
         write_file(dir.file("ref"), bytes);
         try {
-            segment s("ref", dir.options(64 * 1024, 4));
+            segment s = open_reference(dir);
             FAIL("opened a segment with a damaged header byte " << at);
         } catch (const keepsake::error& failure) {
             CHECK(failure.code() == errc::segment_corrupt);
@@ -171,12 +181,12 @@ TEST_CASE("a damaged header or magic is a clear error, not a rebuild", "[corrupt
 TEST_CASE("a damaged directory entry blocks its key with a clear error until dropped", "[corruption]") {
     shm_dir dir;
     build_reference(dir);
-    std::string bytes = read_file(dir.file("ref"));
-    using namespace keepsake::detail;
-    // Flip a byte of the first entry's key ("raw" -> "r?w").
-    bytes[sizeof(segment_header) + offsetof(dir_entry, key) + 1] ^= 0x20;
-    write_file(dir.file("ref"), bytes);
-    segment s("ref", dir.options(64 * 1024, 4));
+    damage_reference(dir, [](std::string& bytes) {
+        using namespace keepsake::detail;
+        // Flip a byte of the first entry's key ("raw" -> "r?w").
+        bytes[sizeof(segment_header) + offsetof(dir_entry, key) + 1] ^= 0x20;
+    });
+    segment s = open_reference(dir);
     CHECK(s.damaged_entries() == 1);
     try {
         keeper<blob<256>> raw(s, "raw");
@@ -211,7 +221,7 @@ TEST_CASE("random byte flips anywhere give a committed state or a clear error", 
         }
         write_file(dir.file("ref"), bytes);
         try {
-            segment s("ref", dir.options(64 * 1024, 4));
+            segment s = open_reference(dir);
             ++opened;
             restore_any<blob<256>>(s, "raw", [](const blob<256>& value, std::uint64_t generation) {
                 REQUIRE(value.consistent());
