@@ -73,7 +73,6 @@ public:
         setg(begin, begin, begin + size);
     }
     std::size_t written() const { return static_cast<std::size_t>(pptr() - pbase()); }
-    std::size_t unread() const { return static_cast<std::size_t>(egptr() - gptr()); }
 };
 
 // Counts what an archive would write, to tell the user the size to ask for.

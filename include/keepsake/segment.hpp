@@ -111,8 +111,6 @@ public:
 
     ~segment_impl();
 
-    std::byte* base() const noexcept { return base_; }
-    const segment_header& header() const noexcept { return *header_; }
     std::uint64_t total_size() const noexcept { return total_size_; }
 
     std::uint64_t free_bytes() const noexcept {

@@ -31,6 +31,5 @@ inline void store_relaxed(Int& word, Int value) noexcept {
 // before slot data is overwritten, so a reader never sees new data under an
 // old generation).
 inline void fence_release() noexcept { __atomic_thread_fence(__ATOMIC_RELEASE); }
-inline void fence_acquire() noexcept { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
 
 } // namespace keepsake::detail
