@@ -21,6 +21,20 @@ enum class errc {
     decode_failed,      // stored bytes could not be turned back into T
     key_in_use,         // a second keeper for a key already kept here
     concurrent_use,     // two threads used one keeper at the same time
+    // supervision (units, supervisors, runtime)
+    worker_crashed,     // the worker crashed while serving this call
+    not_running,        // the unit or supervisor is stopped (or stopping)
+    timeout,            // a call or a shutdown ran out of time
+    already_started,    // start_child: a child with this id is running
+    already_present,    // start_child: a child with this id exists, not running
+    not_found,          // no child, unit or name like that
+    child_running,      // restart_child / delete_child on a running child
+    limit_reached,      // a dynamic supervisor is at max_children
+    start_failed,       // a child (or the whole tree) failed to start
+    // durable export (stores, exporter)
+    store_failed,       // a store operation failed (I/O, disk full, SQLite)
+    record_corrupt,     // a stored record failed its size or checksum check
+    version_too_new,    // a record's schema is newer than this program knows
 };
 
 class error : public std::runtime_error {
