@@ -1,0 +1,398 @@
+// keepsake/detail/child.hpp: what a supervisor sees of a child (a unit or
+// another supervisor), and the mailbox-and-calls machinery both share.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include <boost/fiber/context.hpp>
+
+#include "keepsake/clock.hpp"
+#include "keepsake/detail/mailbox.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/events.hpp"
+#include "keepsake/detail/signal.hpp"
+#include "keepsake/restart_policy.hpp"
+#include "keepsake/runtime.hpp"
+
+namespace keepsake {
+
+enum class child_kind { worker, supervisor };
+
+enum class child_state { running, restarting, not_running };
+
+inline const char* to_string(child_state state) noexcept {
+    switch (state) {
+    case child_state::running: return "running";
+    case child_state::restarting: return "restarting";
+    case child_state::not_running: return "not_running";
+    }
+    return "unknown";
+}
+
+// The error a caller gets when the worker crashed while serving its call.
+class worker_crashed : public error {
+public:
+    worker_crashed(const std::string& unit, const std::string& reason)
+        : error(errc::worker_crashed, "unit '" + unit + "' crashed while serving this call: " + reason +
+                                          "; the unit restarts from its last commit, so the call may be retried"),
+          reason_(reason) {}
+    const std::string& reason() const noexcept { return reason_; }
+
+private:
+    std::string reason_;
+};
+
+namespace detail {
+
+// Called by a child when an instance ends by itself (not when its parent
+// stopped it): which instance, and why.
+using exit_handler = std::function<void(std::uint64_t instance, const exit_reason& why)>;
+
+class child_process {
+public:
+    virtual ~child_process() = default;
+    virtual child_kind kind() const noexcept = 0;
+    virtual const std::string& id() const noexcept = 0;
+    // Starts a new instance and returns when it runs. Throws
+    // error(start_failed) saying why if it cannot start.
+    virtual void start(exit_handler on_exit) = 0;
+    // Stops the running instance as `how` says and returns when it ended.
+    // `restart_follows`: calls keep queueing rather than failing.
+    virtual void stop(const shutdown_spec& how, bool restart_follows) = 0;
+    virtual bool is_running() const noexcept = 0;
+    virtual std::uint64_t instance() const noexcept = 0;
+    // No restart will follow: fail whatever waits for this child.
+    virtual void discard() = 0;
+};
+
+// A value or nothing, so call<void> and call<R> share one path.
+template <class R>
+using reply_value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+
+// A fiber (or thread) with a mailbox of callables, served one at a time:
+// the base of units and supervisors.
+class actor {
+public:
+    explicit actor(std::string name) : name_(std::move(name)) {}
+    virtual ~actor() { fail_pending(); }
+    actor(const actor&) = delete;
+    actor& operator=(const actor&) = delete;
+
+    const std::string& name() const noexcept { return name_; }
+    child_state state() const noexcept { return static_cast<child_state>(state_.load(std::memory_order_acquire)); }
+    std::size_t queued() const noexcept { return mailbox_.size(); }
+
+protected:
+    mailbox mailbox_;
+    reply_pool replies_;
+    message inflight_;  // the message being served; survives the worker's unwinding
+    std::atomic<int> state_{static_cast<int>(child_state::not_running)};
+    std::atomic<boost::fibers::context*> server_{nullptr};  // the fiber serving the mailbox
+
+    void set_state(child_state next) noexcept { state_.store(static_cast<int>(next), std::memory_order_release); }
+
+    // Queues `job` (called as job(target, reply)) and waits up to `timeout`
+    // (real time) for its answer.
+    template <class R, class Job>
+    R request(Job&& job, duration timeout) {
+        refuse_self_call();
+        check_accepting();
+        std::optional<reply_value<R>> result;
+        reply_cell* cell = replies_.acquire(&result);
+        mailbox_.push(std::forward<Job>(job), cell);
+        fail_if_stopped_meanwhile();
+        return await<R>(cell, result, timeout);
+    }
+
+    template <class Job>
+    void post(Job&& job) {
+        check_accepting();
+        mailbox_.push(std::forward<Job>(job), nullptr);
+        fail_if_stopped_meanwhile();
+    }
+
+    // Answers a call with a value (or completes a void one).
+    template <class R, class Value>
+    static void answer_value(reply_cell* reply, Value&& value) {
+        if (reply == nullptr) return;
+        answer(*reply, reply_cell::answered, [&](reply_cell& cell) {
+            *static_cast<std::optional<reply_value<R>>*>(cell.result) = std::forward<Value>(value);
+        });
+    }
+
+    // The in-flight message is done with (served or failed).
+    void finish_inflight() noexcept {
+        if (reply_cell* reply = inflight_.reply()) replies_.release(reply);
+        inflight_.reset();
+    }
+
+    void fail_inflight(const std::exception_ptr& failure) {
+        if (reply_cell* reply = inflight_.reply()) answer_failure(*reply, failure);
+        finish_inflight();
+    }
+
+    // Serves at most `limit` queued messages on this fiber.
+    std::size_t serve_queued(std::size_t limit) {
+        std::size_t served = 0;
+        while (served < limit && mailbox_.pop(inflight_)) {
+            inflight_.run(this);
+            finish_inflight();
+            ++served;
+        }
+        return served;
+    }
+
+    // Every queued call fails with not_running; casts are dropped.
+    void fail_pending() noexcept {
+        message pending;
+        while (mailbox_.pop(pending)) {
+            if (reply_cell* reply = pending.reply()) {
+                try {
+                    answer_failure(*reply, std::make_exception_ptr(not_running_error()));
+                } catch (...) {
+                    // Out of memory for the error: the caller still wakes
+                    // through the cell's state below.
+                }
+                replies_.release(reply);
+            }
+            pending.reset();
+        }
+    }
+
+    error not_running_error() const {
+        return error(errc::not_running, "'" + name_ +
+                                            "' is not running (stopped, or its supervisor gave up); start it "
+                                            "again (restart_child) before calling it");
+    }
+
+private:
+    std::string name_;
+
+    void check_accepting() const {
+        if (state() == child_state::not_running) throw not_running_error();
+    }
+
+    void refuse_self_call() const {
+        if (server_.load(std::memory_order_relaxed) == boost::fibers::context::active())
+            throw error(errc::invalid_argument, "'" + name_ +
+                                                    "' called itself from its own worker; that would wait "
+                                                    "forever (change the state directly instead)");
+    }
+
+    // A stop that raced with the push drained the mailbox before the
+    // message arrived: drain again so nothing waits for a stopped actor.
+    void fail_if_stopped_meanwhile() noexcept {
+        if (state() == child_state::not_running) fail_pending();
+    }
+
+    template <class R>
+    R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout) {
+        // A timeout of a century or more waits forever (and cannot overflow).
+        const auto deadline = timeout >= std::chrono::hours(24 * 365 * 100)
+                                  ? std::chrono::steady_clock::time_point::max()
+                                  : std::chrono::steady_clock::now() +
+                                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+        if (!await_answer(*cell, deadline)) {
+            replies_.release(cell);
+            throw error(errc::timeout, "a call to '" + name_ + "' got no answer within " +
+                                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+                                           " ms; it may still be served later (raise the timeout, or use cast)");
+        }
+        const bool failed = cell->state.load(std::memory_order_acquire) == reply_cell::failed;
+        std::exception_ptr failure = std::move(cell->failure);
+        replies_.release(cell);
+        if (failed) std::rethrow_exception(failure);
+        if constexpr (!std::is_void_v<R>) return std::move(*result);
+    }
+};
+
+// An actor with a lifecycle a supervisor drives: each start runs a new
+// instance on a fiber, and stop asks, waits up to the shutdown timeout, then
+// forces (at the instance's next suspension point: fibers cannot be
+// pre-empted). Units and supervisors are both this.
+class supervised_actor : public actor, public child_process, public root_process {
+public:
+    supervised_actor(runtime& where, std::string name, shutdown_spec own_shutdown, std::size_t stack_size)
+        : actor(std::move(name)), runtime_(where), own_shutdown_(own_shutdown), stack_size_(stack_size) {}
+
+    const std::string& id() const noexcept override { return name(); }
+    bool is_running() const noexcept override { return fiber_alive_.load(std::memory_order_acquire); }
+    std::uint64_t instance() const noexcept override { return instance_.load(std::memory_order_acquire); }
+
+    void start(exit_handler on_exit) override {
+        if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
+        const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
+        prepare_instance(std::move(on_exit));
+        set_state(child_state::running);
+        runtime_.spawn([self = self_pointer(), number] { self->fiber_main(number); }, stack_size_);
+        runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
+        if (start_outcome_ == outcome::failed)
+            throw error(errc::start_failed, "'" + name() + "' failed to start: " + start_error_);
+    }
+
+    void stop(const shutdown_spec& how, bool restart_follows) override {
+        stopped_by_parent_.store(true, std::memory_order_release);
+        if (is_running()) {
+            if (how.how == shutdown_spec::mode::brutal_kill) force();
+            else request_stop();
+            const duration deadline =
+                how.how == shutdown_spec::mode::timeout ? runtime_.clock().now() + how.limit : forever;
+            if (!wait_ended(deadline)) {
+                force();
+                wait_ended(forever);
+            }
+        }
+        if (restart_follows) {
+            set_state(child_state::restarting);
+        } else {
+            set_state(child_state::not_running);
+            fail_pending();
+        }
+    }
+
+    void discard() override {
+        set_state(child_state::not_running);
+        fail_pending();
+    }
+
+    void stop_root() override { stop(own_shutdown_, false); }
+
+    runtime& runtime_of() const noexcept { return runtime_; }
+
+    duration uptime() const {
+        return is_running() ? runtime_.clock().now() - duration(started_at_.load(std::memory_order_relaxed))
+                            : duration::zero();
+    }
+
+protected:
+    runtime& runtime_;
+
+    // One instance, on its fiber. Call report_started() once it runs; an
+    // exception before that is a failed start.
+    virtual exit_reason run_instance(std::uint64_t number) = 0;
+    // Wake the instance so it sees a stop request.
+    virtual void wake_for_stop() { mailbox_.wake(); }
+    virtual std::shared_ptr<supervised_actor> self_pointer() = 0;
+
+    void report_started() { report_start(outcome::started, {}); }
+    bool started() const noexcept { return started_; }
+    bool stop_requested() const noexcept { return stop_requested_.load(std::memory_order_acquire); }
+    bool forced() const noexcept { return forced_.load(std::memory_order_acquire); }
+    bool stopped_by_parent() const noexcept { return stopped_by_parent_.load(std::memory_order_acquire); }
+
+private:
+    enum class outcome { pending, started, failed };
+
+    shutdown_spec own_shutdown_;
+    std::size_t stack_size_;
+    detail::signal lifecycle_;  // start outcome, fiber end
+    exit_handler on_exit_;
+    outcome start_outcome_ = outcome::pending;  // under lifecycle_
+    std::string start_error_;
+    bool started_ = false;  // the instance's fiber only
+    std::atomic<bool> fiber_alive_{false};
+    std::atomic<bool> stop_requested_{false};
+    std::atomic<bool> forced_{false};
+    std::atomic<bool> stopped_by_parent_{false};
+    std::atomic<std::uint64_t> instance_{0};
+    std::atomic<std::int64_t> started_at_{0};
+
+    void prepare_instance(exit_handler on_exit) {
+        auto lock = lifecycle_.lock();
+        on_exit_ = std::move(on_exit);
+        start_outcome_ = outcome::pending;
+        start_error_.clear();
+        started_ = false;
+        stop_requested_.store(false, std::memory_order_relaxed);
+        forced_.store(false, std::memory_order_relaxed);
+        stopped_by_parent_.store(false, std::memory_order_relaxed);
+        fiber_alive_.store(true, std::memory_order_release);
+        started_at_.store(runtime_.clock().now().count(), std::memory_order_relaxed);
+    }
+
+    void report_start(outcome result, std::string why) {
+        {
+            auto lock = lifecycle_.lock();
+            start_outcome_ = result;
+            start_error_ = std::move(why);
+            started_ = result == outcome::started;
+        }
+        lifecycle_.notify_all();
+    }
+
+    void request_stop() {
+        stop_requested_.store(true, std::memory_order_release);
+        wake_for_stop();
+    }
+
+    void force() {
+        forced_.store(true, std::memory_order_release);
+        request_stop();
+    }
+
+    bool wait_ended(duration deadline) {
+        return runtime_.wait_until(lifecycle_, deadline, [&] { return !is_running(); });
+    }
+
+    void fiber_main(std::uint64_t number) {
+        server_.store(boost::fibers::context::active(), std::memory_order_relaxed);
+        exit_reason reason;
+        try {
+            reason = run_instance(number);
+        } catch (const std::exception& thrown) {
+            if (!started_) return fail_start(thrown.what());
+            reason = exit_reason{exit_kind::crashed, thrown.what()};
+        } catch (...) {
+            if (!started_) return fail_start("an exception not derived from std::exception");
+            reason = exit_reason{exit_kind::crashed, "an exception not derived from std::exception"};
+        }
+        end_instance(number, reason);
+    }
+
+    void fail_start(const std::string& why) {
+        server_.store(nullptr, std::memory_order_relaxed);
+        finish_inflight();
+        fiber_alive_.store(false, std::memory_order_release);
+        report_start(outcome::failed, why);
+    }
+
+    void end_instance(std::uint64_t number, const exit_reason& reason) {
+        server_.store(nullptr, std::memory_order_relaxed);
+        // Read before the fiber is marked ended: a stopper may start the
+        // next instance (with a new handler) as soon as it sees that.
+        const bool by_parent = stopped_by_parent();
+        exit_handler tell_parent = by_parent ? exit_handler{} : on_exit_;
+        if (!by_parent) set_state(child_state::restarting);
+        {
+            auto lock = lifecycle_.lock();
+            fiber_alive_.store(false, std::memory_order_release);
+        }
+        lifecycle_.notify_all();
+        if (tell_parent) tell_parent(number, reason);
+    }
+};
+
+// What an exception says about itself, for exit reasons.
+inline std::string describe(const std::exception_ptr& failure) {
+    try {
+        std::rethrow_exception(failure);
+    } catch (const std::exception& thrown) {
+        return thrown.what();
+    } catch (...) {
+        return "an exception not derived from std::exception";
+    }
+}
+
+} // namespace detail
+} // namespace keepsake

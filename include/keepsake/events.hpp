@@ -1,0 +1,107 @@
+// keepsake/events.hpp: what happened to whom. Every start, exit (with its
+// reason), restart, give-up and stop is published to the runtime's event bus;
+// tests count them, log_events() logs them through spdlog.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "keepsake/clock.hpp"
+#include "keepsake/detail/listeners.hpp"
+#include "keepsake/log.hpp"
+
+namespace keepsake {
+
+// How a worker or supervisor ended. normal and shutdown are normal exits (a
+// transient child is not restarted after them); crashed and killed are not.
+enum class exit_kind {
+    normal,    // returned, or stopped when asked
+    shutdown,  // stopped by its supervisor, or a supervisor that gave up
+    crashed,   // an exception escaped, or an explicit crash call
+    killed,    // forced termination after the shutdown timeout (or brutal_kill)
+};
+
+inline const char* to_string(exit_kind kind) noexcept {
+    switch (kind) {
+    case exit_kind::normal: return "normal";
+    case exit_kind::shutdown: return "shutdown";
+    case exit_kind::crashed: return "crashed";
+    case exit_kind::killed: return "killed";
+    }
+    return "unknown";
+}
+
+struct exit_reason {
+    exit_kind kind = exit_kind::normal;
+    std::string what;  // the exception's message, or why it stopped
+
+    bool is_normal() const noexcept { return kind == exit_kind::normal || kind == exit_kind::shutdown; }
+};
+
+enum class event_kind {
+    started,       // a child (unit or supervisor) started
+    start_failed,  // a child failed to start
+    exited,        // a child ended by itself (reason says how)
+    restarted,     // a child (or a unit's worker) was restarted
+    gave_up,       // restart intensity exceeded: no more restarts
+    stopped,       // a child was stopped by its supervisor, or a supervisor stopped
+};
+
+inline const char* to_string(event_kind kind) noexcept {
+    switch (kind) {
+    case event_kind::started: return "started";
+    case event_kind::start_failed: return "start_failed";
+    case event_kind::exited: return "exited";
+    case event_kind::restarted: return "restarted";
+    case event_kind::gave_up: return "gave_up";
+    case event_kind::stopped: return "stopped";
+    }
+    return "unknown";
+}
+
+// An event refers to names owned by the runtime: copy what you keep. It is
+// delivered synchronously, on the fiber where it happened, in order.
+struct event {
+    event_kind kind = event_kind::started;
+    std::string_view supervisor;  // who acted: a supervisor, or a unit for its own worker
+    std::string_view child;       // the child (or the unit whose worker it is)
+    std::uint64_t instance = 0;   // which start of that child
+    exit_kind reason_kind = exit_kind::normal;
+    std::string_view reason;
+    duration at{};                // the runtime's clock
+};
+
+class event_bus {
+public:
+    using handler = std::function<void(const event&)>;
+
+    // Returns an id for unsubscribe().
+    std::uint64_t subscribe(handler on_event) { return handlers_.add(std::move(on_event)); }
+    void unsubscribe(std::uint64_t id) { handlers_.remove(id); }
+    void publish(const event& what) const { handlers_.notify(what); }
+
+private:
+    detail::listener_list<const event&> handlers_;
+};
+
+// Logs every event through keepsake's logger (quiet until the user sets a
+// level: see log.hpp). Crashes and give-ups are warnings, the rest info.
+inline std::uint64_t log_events(event_bus& bus) {
+    return bus.subscribe([](const event& what) {
+        const bool bad = what.kind == event_kind::gave_up || what.kind == event_kind::start_failed ||
+                         (what.kind == event_kind::exited && (what.reason_kind == exit_kind::crashed ||
+                                                              what.reason_kind == exit_kind::killed));
+        detail::log(bad ? spdlog::level::warn : spdlog::level::info, [&] {
+            std::string line = std::string(what.supervisor) + ": " + to_string(what.kind) + " '" +
+                               std::string(what.child) + "' #" + std::to_string(what.instance);
+            if (what.kind == event_kind::exited || what.kind == event_kind::gave_up ||
+                what.kind == event_kind::start_failed)
+                line += std::string(" (") + to_string(what.reason_kind) + ": " + std::string(what.reason) + ")";
+            return line;
+        });
+    });
+}
+
+} // namespace keepsake

@@ -1,0 +1,91 @@
+// keepsake/restart_policy.hpp: the OTP vocabulary of a child: when it is
+// restarted, how it is stopped, and how many restarts are too many.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "keepsake/clock.hpp"
+#include "keepsake/error.hpp"
+
+namespace keepsake {
+
+enum class restart_type {
+    permanent,  // always restarted, even after a normal exit
+    transient,  // restarted only after a crash
+    temporary,  // never restarted; its spec is dropped when it exits
+};
+
+inline const char* to_string(restart_type type) noexcept {
+    switch (type) {
+    case restart_type::permanent: return "permanent";
+    case restart_type::transient: return "transient";
+    case restart_type::temporary: return "temporary";
+    }
+    return "unknown";
+}
+
+// How a supervisor stops a child: ask, wait up to a timeout, then force.
+struct shutdown_spec {
+    enum class mode { timeout, infinity, brutal_kill };
+    mode how = mode::timeout;
+    duration limit = std::chrono::seconds(5);
+
+    static shutdown_spec after(duration limit) { return {mode::timeout, limit}; }
+    static shutdown_spec infinity() { return {mode::infinity, duration::zero()}; }
+    static shutdown_spec brutal_kill() { return {mode::brutal_kill, duration::zero()}; }
+};
+
+// At most max_restarts restarts within any period.
+struct restart_intensity {
+    std::uint32_t max_restarts = 3;
+    duration period = std::chrono::seconds(5);
+};
+
+namespace detail {
+
+inline constexpr std::uint32_t max_restart_limit = 1u << 20;
+
+inline void check_intensity(const restart_intensity& limits, const std::string& owner) {
+    if (limits.period <= duration::zero())
+        throw error(errc::invalid_argument, owner + ": restart intensity period must be positive");
+    if (limits.max_restarts > max_restart_limit)
+        throw error(errc::invalid_argument, owner + ": max_restarts above " + std::to_string(max_restart_limit) +
+                                                " is not supported; use a shorter period");
+}
+
+// OTP's restart log: before each automatic restart, record now and drop
+// entries older than now - period (an entry exactly period old still
+// counts); more than max_restarts entries left means give up. A ring sized
+// once, so counting a restart never allocates.
+class restart_log {
+public:
+    explicit restart_log(restart_intensity limits)
+        : limits_(limits), times_(static_cast<std::size_t>(limits.max_restarts) + 1) {}
+
+    // Records a restart at `now`; false means intensity is exceeded.
+    bool allow(duration now) {
+        while (count_ != 0 && now - times_[head_] > limits_.period) {
+            head_ = (head_ + 1) % times_.size();
+            --count_;
+        }
+        if (count_ == limits_.max_restarts) return false;
+        times_[(head_ + count_) % times_.size()] = now;
+        ++count_;
+        return true;
+    }
+
+    void clear() noexcept { head_ = count_ = 0; }
+    std::size_t recent() const noexcept { return count_; }
+
+private:
+    restart_intensity limits_;
+    std::vector<duration> times_;
+    std::size_t head_ = 0;
+    std::size_t count_ = 0;
+};
+
+} // namespace detail
+} // namespace keepsake

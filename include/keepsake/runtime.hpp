@@ -1,0 +1,325 @@
+// keepsake/runtime.hpp: where units and supervisors run. A runtime owns the
+// fiber scheduler and the clock, either on threads of its own or pumped by
+// the host program (a game or control loop gives it a slice of each frame).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <typeindex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <boost/fiber/algo/shared_work.hpp>
+#include <boost/fiber/fiber.hpp>
+#include <boost/fiber/operations.hpp>
+#include <boost/fiber/protected_fixedsize_stack.hpp>
+
+#include "keepsake/clock.hpp"
+#include "keepsake/detail/scheduling.hpp"
+#include "keepsake/detail/signal.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/events.hpp"
+#include "keepsake/log.hpp"
+
+namespace keepsake {
+
+class segment;
+
+struct runtime_options {
+    // 0: pumped by the thread that constructs the runtime (poll, run_for).
+    // 1 or more: fibers run on that many threads of the runtime's own,
+    // sharing work when there are several.
+    unsigned threads = 1;
+    // The clock; null means the real monotonic clock.
+    std::shared_ptr<keepsake::clock> time;
+    // Stack per fiber (units and supervisors). Stacks are mapped lazily with
+    // a guard page: an idle unit costs the pages it touched, and an overflow
+    // is a segfault (which shared memory survives), not silent corruption.
+    std::size_t stack_size = 128 * 1024;
+    // The segment units keep their state in, unless their spec names one.
+    const segment* default_segment = nullptr;
+};
+
+namespace detail {
+
+// Something the runtime stops when it is destroyed (a top-level unit or
+// supervisor), newest first.
+class root_process {
+public:
+    virtual ~root_process() = default;
+    virtual void stop_root() = 0;
+};
+
+} // namespace detail
+
+class runtime {
+public:
+    explicit runtime(runtime_options options = {})
+        : options_(std::move(options)), time_(options_.time ? options_.time : std::make_shared<steady_clock>()) {
+        if (options_.stack_size < 16 * 1024)
+            throw error(errc::invalid_argument, "runtime_options::stack_size must be at least 16 KiB");
+        if (options_.threads == 0) {
+            install_scheduler();
+            owner_threads_.push_back(std::this_thread::get_id());
+            spawn_launcher();
+        } else {
+            start_threads();
+        }
+    }
+
+    runtime(const runtime&) = delete;
+    runtime& operator=(const runtime&) = delete;
+
+    // Stops every top-level unit and supervisor (newest first, each by its
+    // shutdown rules), waits for every fiber to end, then for the threads.
+    ~runtime() { shutdown(); }
+
+    bool pumped() const noexcept { return options_.threads == 0; }
+    const keepsake::clock& clock() const noexcept { return *time_; }
+    const runtime_options& options() const noexcept { return options_; }
+    event_bus& events() noexcept { return events_; }
+
+    // Pumped runtimes: runs every fiber that is ready once. Returns how many
+    // were ready. Must be called on the thread that constructed the runtime.
+    std::size_t poll() {
+        check_pumping_thread("poll");
+        const std::size_t ready = ready_workers_.load(std::memory_order_relaxed);
+        boost::this_fiber::yield();
+        return ready;
+    }
+
+    // Pumped runtimes: runs fibers until none is ready or `budget` (real
+    // time) is spent. Returns the number of polls.
+    std::size_t run_for(duration budget) {
+        check_pumping_thread("run_for");
+        const auto until = std::chrono::steady_clock::now() + budget;
+        std::size_t rounds = 0;
+        do {
+            boost::this_fiber::yield();
+            ++rounds;
+        } while (ready_workers_.load(std::memory_order_relaxed) != 0 && std::chrono::steady_clock::now() < until);
+        return rounds;
+    }
+
+    // Is the calling thread one the runtime's fibers run on?
+    bool on_runtime_thread() const {
+        const auto self = std::this_thread::get_id();
+        return std::find(owner_threads_.begin(), owner_threads_.end(), self) != owner_threads_.end();
+    }
+
+    // Starts `body` on a new fiber of this runtime (from any thread).
+    void spawn(std::function<void()> body, std::size_t stack_size = 0) {
+        if (stack_size == 0) stack_size = options_.stack_size;
+        live_fibers_.fetch_add(1, std::memory_order_relaxed);
+        if (on_runtime_thread()) {
+            launch(std::move(body), stack_size);
+            return;
+        }
+        {
+            auto lock = spawn_signal_.lock();
+            spawn_queue_.emplace_back(std::move(body), stack_size);
+        }
+        spawn_signal_.notify_all();
+    }
+
+    // Fibers waiting on `signal` until `ready()` or `deadline` on this clock.
+    template <class Predicate>
+    bool wait_until(detail::signal& on, duration deadline, Predicate ready) const {
+        return on.wait_until(*time_, deadline, ready);
+    }
+
+    // The fiber-side sleep on this runtime's clock.
+    void sleep_for(duration span) const {
+        if (!time_->is_manual()) {
+            boost::this_fiber::sleep_for(span);
+            return;
+        }
+        detail::signal alarm;
+        const duration until = time_->now() + span;
+        alarm.wait_until(*time_, until, [] { return false; });
+    }
+
+    // --- name registry (whereis) --------------------------------------
+    // Units register under their name; a name is held by one unit at a time.
+    void register_name(const std::string& name, std::type_index type, std::weak_ptr<void> who) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        auto found = registry_.find(name);
+        if (found != registry_.end() && !found->second.who.expired())
+            throw error(errc::already_started, "the name '" + name +
+                                                   "' is already registered in this runtime; give each unit "
+                                                   "a unique name");
+        registry_.insert_or_assign(name, registered{type, std::move(who)});
+    }
+
+    void unregister_name(const std::string& name, const void* who) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        auto found = registry_.find(name);
+        if (found == registry_.end()) return;
+        auto held = found->second.who.lock();
+        if (!held || held.get() == who) registry_.erase(found);
+    }
+
+    // The registered object of that name and type, or null.
+    template <class Core>
+    std::shared_ptr<Core> find_registered(const std::string& name) const {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        auto found = registry_.find(name);
+        if (found == registry_.end() || found->second.type != std::type_index(typeid(Core))) return nullptr;
+        return std::static_pointer_cast<Core>(found->second.who.lock());
+    }
+
+    // Top-level processes, stopped newest first when the runtime goes.
+    void add_root(std::shared_ptr<detail::root_process> root) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        roots_.push_back(std::move(root));
+    }
+
+    void remove_root(const detail::root_process* root) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        roots_.erase(std::remove_if(roots_.begin(), roots_.end(), [&](const auto& held) { return held.get() == root; }),
+                     roots_.end());
+    }
+
+    // Stops everything (as the destructor does); idempotent.
+    void shutdown() {
+        if (shut_down_.exchange(true)) return;
+        stop_roots();
+        fibers_done_.wait([&] { return live_fibers_.load(std::memory_order_acquire) == 0; });
+        {
+            auto lock = spawn_signal_.lock();
+            stopping_ = true;
+        }
+        spawn_signal_.notify_all();
+        if (pumped()) {
+            // The launcher fiber ends at its next turn.
+            while (!launcher_done_.load(std::memory_order_acquire)) boost::this_fiber::yield();
+        }
+        for (auto& thread : threads_) thread.join();
+        threads_.clear();
+    }
+
+private:
+    struct registered {
+        std::type_index type;
+        std::weak_ptr<void> who;
+    };
+
+    runtime_options options_;
+    std::shared_ptr<keepsake::clock> time_;
+    event_bus events_;
+    std::atomic<std::size_t> ready_workers_{0};
+    std::atomic<std::size_t> live_fibers_{0};
+    std::atomic<bool> shut_down_{false};
+    std::atomic<bool> launcher_done_{false};
+    detail::signal fibers_done_;
+    detail::signal spawn_signal_;
+    std::vector<std::pair<std::function<void()>, std::size_t>> spawn_queue_;
+    bool stopping_ = false;  // under spawn_signal_
+    std::vector<std::thread> threads_;
+    std::vector<std::thread::id> owner_threads_;
+    mutable std::mutex registry_mutex_;
+    std::unordered_map<std::string, registered> registry_;
+    std::vector<std::shared_ptr<detail::root_process>> roots_;
+
+    void check_pumping_thread(const char* what) const {
+        if (!pumped() || owner_threads_.front() != std::this_thread::get_id())
+            throw error(errc::invalid_argument, std::string("runtime::") + what +
+                                                    " pumps a runtime made with threads = 0, on the thread "
+                                                    "that made it; this runtime runs on its own threads");
+    }
+
+    void install_scheduler() {
+        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(&ready_workers_);
+    }
+
+    void launch(std::function<void()> body, std::size_t stack_size) {
+        boost::fibers::fiber(std::allocator_arg, boost::fibers::protected_fixedsize_stack(stack_size),
+                             [this, body = std::move(body)] {
+                                 try {
+                                     body();
+                                 } catch (...) {
+                                     // An exception escaping a fiber would call std::terminate.
+                                     detail::log(spdlog::level::err, [] {
+                                         return std::string("an exception escaped a keepsake fiber; ignored");
+                                     });
+                                 }
+                                 fiber_ended();
+                             })
+            .detach();
+    }
+
+    void fiber_ended() {
+        if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) fibers_done_.notify_all();
+    }
+
+    // Launches fibers asked for by threads that are not the runtime's.
+    void launcher_loop() {
+        for (;;) {
+            std::vector<std::pair<std::function<void()>, std::size_t>> batch;
+            {
+                auto lock = spawn_signal_.lock();
+                while (spawn_queue_.empty() && !stopping_) spawn_signal_.wait(lock);
+                if (spawn_queue_.empty() && stopping_) break;
+                batch.swap(spawn_queue_);
+            }
+            for (auto& request : batch) launch(std::move(request.first), request.second);
+        }
+        launcher_done_.store(true, std::memory_order_release);
+    }
+
+    void spawn_launcher() {
+        boost::fibers::fiber([this] { launcher_loop(); }).detach();
+    }
+
+    void start_threads() {
+        std::mutex ready_mutex;
+        std::condition_variable ready_cv;
+        std::size_t ready = 0;
+        for (unsigned index = 0; index < options_.threads; ++index) {
+            threads_.emplace_back([this, index, &ready_mutex, &ready_cv, &ready] {
+                if (options_.threads > 1) boost::fibers::use_scheduling_algorithm<boost::fibers::algo::shared_work>();
+                else install_scheduler();
+                {
+                    std::lock_guard<std::mutex> lock(ready_mutex);
+                    owner_threads_.push_back(std::this_thread::get_id());
+                    ++ready;
+                }
+                ready_cv.notify_all();
+                if (index == 0) launcher_loop();
+                else thread_park();
+            });
+        }
+        std::unique_lock<std::mutex> lock(ready_mutex);
+        ready_cv.wait(lock, [&] { return ready == options_.threads; });
+    }
+
+    // Threads other than the first keep running shared fibers until stop.
+    void thread_park() {
+        auto lock = spawn_signal_.lock();
+        while (!stopping_) spawn_signal_.wait(lock);
+    }
+
+    void stop_roots() {
+        for (;;) {
+            std::shared_ptr<detail::root_process> newest;
+            {
+                std::lock_guard<std::mutex> lock(registry_mutex_);
+                if (roots_.empty()) break;
+                newest = roots_.back();
+                roots_.pop_back();
+            }
+            newest->stop_root();
+        }
+    }
+};
+
+} // namespace keepsake
