@@ -18,7 +18,6 @@
 #include <utility>
 #include <vector>
 
-#include <boost/fiber/algo/shared_work.hpp>
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
 #include <boost/fiber/protected_fixedsize_stack.hpp>
@@ -36,8 +35,9 @@ class segment;
 
 struct runtime_options {
     // 0: pumped by the thread that constructs the runtime (poll, run_for).
-    // 1 or more: fibers run on that many threads of the runtime's own,
-    // sharing work when there are several.
+    // 1 or more: fibers run on that many threads of the runtime's own; new
+    // units and supervisors are spread over them in turn (a fiber stays on
+    // the thread it started on).
     unsigned threads = 1;
     // The clock; null means the real monotonic clock.
     std::shared_ptr<keepsake::clock> time;
@@ -92,7 +92,7 @@ public:
     // were ready. Must be called on the thread that constructed the runtime.
     std::size_t poll() {
         check_pumping_thread("poll");
-        const std::size_t ready = ready_workers_.load(std::memory_order_relaxed);
+        const std::size_t ready = ready_workers_->load(std::memory_order_relaxed);
         boost::this_fiber::yield();
         return ready;
     }
@@ -106,7 +106,7 @@ public:
         do {
             boost::this_fiber::yield();
             ++rounds;
-        } while (ready_workers_.load(std::memory_order_relaxed) != 0 && std::chrono::steady_clock::now() < until);
+        } while (ready_workers_->load(std::memory_order_relaxed) != 0 && std::chrono::steady_clock::now() < until);
         return rounds;
     }
 
@@ -120,15 +120,16 @@ public:
     void spawn(std::function<void()> body, std::size_t stack_size = 0) {
         if (stack_size == 0) stack_size = options_.stack_size;
         live_fibers_.fetch_add(1, std::memory_order_relaxed);
-        if (on_runtime_thread()) {
+        if (launchers_.size() == 1 && on_runtime_thread()) {
             launch(std::move(body), stack_size);
             return;
         }
+        launcher& target = *launchers_[next_launcher_.fetch_add(1, std::memory_order_relaxed) % launchers_.size()];
         {
-            auto lock = spawn_signal_.lock();
-            spawn_queue_.emplace_back(std::move(body), stack_size);
+            auto lock = target.wake.lock();
+            target.queue.emplace_back(std::move(body), stack_size);
         }
-        spawn_signal_.notify_all();
+        target.wake.notify_all();
     }
 
     // Fibers waiting on `signal` until `ready()` or `deadline` on this clock.
@@ -194,14 +195,16 @@ public:
         if (shut_down_.exchange(true)) return;
         stop_roots();
         fibers_done_.wait([&] { return live_fibers_.load(std::memory_order_acquire) == 0; });
-        {
-            auto lock = spawn_signal_.lock();
-            stopping_ = true;
+        for (auto& each : launchers_) {
+            {
+                auto lock = each->wake.lock();
+                each->stopping = true;
+            }
+            each->wake.notify_all();
         }
-        spawn_signal_.notify_all();
         if (pumped()) {
             // The launcher fiber ends at its next turn.
-            while (!launcher_done_.load(std::memory_order_acquire)) boost::this_fiber::yield();
+            while (!launchers_.front()->done.load(std::memory_order_acquire)) boost::this_fiber::yield();
         }
         for (auto& thread : threads_) thread.join();
         threads_.clear();
@@ -216,14 +219,19 @@ private:
     runtime_options options_;
     std::shared_ptr<keepsake::clock> time_;
     event_bus events_;
-    std::atomic<std::size_t> ready_workers_{0};
+    std::shared_ptr<std::atomic<std::size_t>> ready_workers_ = std::make_shared<std::atomic<std::size_t>>(0);
     std::atomic<std::size_t> live_fibers_{0};
     std::atomic<bool> shut_down_{false};
-    std::atomic<bool> launcher_done_{false};
     detail::signal fibers_done_;
-    detail::signal spawn_signal_;
-    std::vector<std::pair<std::function<void()>, std::size_t>> spawn_queue_;
-    bool stopping_ = false;  // under spawn_signal_
+    // Each runtime thread launches the fibers other threads ask it for.
+    struct launcher {
+        detail::signal wake;
+        std::vector<std::pair<std::function<void()>, std::size_t>> queue;  // under wake
+        bool stopping = false;                                             // under wake
+        std::atomic<bool> done{false};
+    };
+    std::vector<std::unique_ptr<launcher>> launchers_;
+    std::atomic<std::size_t> next_launcher_{0};
     std::vector<std::thread> threads_;
     std::vector<std::thread::id> owner_threads_;
     mutable std::mutex registry_mutex_;
@@ -238,7 +246,7 @@ private:
     }
 
     void install_scheduler() {
-        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(&ready_workers_);
+        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(ready_workers_);
     }
 
     void launch(std::function<void()> body, std::size_t stack_size) {
@@ -261,51 +269,45 @@ private:
         if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) fibers_done_.notify_all();
     }
 
-    // Launches fibers asked for by threads that are not the runtime's.
-    void launcher_loop() {
+    // Launches the fibers other threads ask this thread for, until stop.
+    void launcher_loop(launcher& mine) {
         for (;;) {
             std::vector<std::pair<std::function<void()>, std::size_t>> batch;
             {
-                auto lock = spawn_signal_.lock();
-                while (spawn_queue_.empty() && !stopping_) spawn_signal_.wait(lock);
-                if (spawn_queue_.empty() && stopping_) break;
-                batch.swap(spawn_queue_);
+                auto lock = mine.wake.lock();
+                while (mine.queue.empty() && !mine.stopping) mine.wake.wait(lock);
+                if (mine.queue.empty() && mine.stopping) break;
+                batch.swap(mine.queue);
             }
             for (auto& request : batch) launch(std::move(request.first), request.second);
         }
-        launcher_done_.store(true, std::memory_order_release);
+        mine.done.store(true, std::memory_order_release);
     }
 
     void spawn_launcher() {
-        boost::fibers::fiber([this] { launcher_loop(); }).detach();
+        launchers_.push_back(std::make_unique<launcher>());
+        boost::fibers::fiber([this] { launcher_loop(*launchers_.front()); }).detach();
     }
 
     void start_threads() {
+        for (unsigned index = 0; index < options_.threads; ++index) launchers_.push_back(std::make_unique<launcher>());
         std::mutex ready_mutex;
         std::condition_variable ready_cv;
         std::size_t ready = 0;
         for (unsigned index = 0; index < options_.threads; ++index) {
             threads_.emplace_back([this, index, &ready_mutex, &ready_cv, &ready] {
-                if (options_.threads > 1) boost::fibers::use_scheduling_algorithm<boost::fibers::algo::shared_work>();
-                else install_scheduler();
+                install_scheduler();
                 {
                     std::lock_guard<std::mutex> lock(ready_mutex);
                     owner_threads_.push_back(std::this_thread::get_id());
                     ++ready;
                 }
                 ready_cv.notify_all();
-                if (index == 0) launcher_loop();
-                else thread_park();
+                launcher_loop(*launchers_[index]);
             });
         }
         std::unique_lock<std::mutex> lock(ready_mutex);
         ready_cv.wait(lock, [&] { return ready == options_.threads; });
-    }
-
-    // Threads other than the first keep running shared fibers until stop.
-    void thread_park() {
-        auto lock = spawn_signal_.lock();
-        while (!stopping_) spawn_signal_.wait(lock);
     }
 
     void stop_roots() {

@@ -354,11 +354,16 @@ private:
     }
 
     // Stops the given children, newest first; temporary ones are dropped.
+    // When no restart follows, a child already down (the one that crashed
+    // past the intensity, one whose restart failed) is discarded too, so
+    // calls to it fail at once instead of queueing for a restart that will
+    // not come.
     void stop_group(const std::vector<record*>& group, bool restart_follows) {
         for (auto each = group.rbegin(); each != group.rend(); ++each) {
             record& child = **each;
             child.retry_pending = false;
             if (child.process->is_running()) stop_record(child, restart_follows);
+            else if (!restart_follows) child.process->discard();
             if (child.spec.restart == restart_type::temporary) remove_record(child);
         }
     }
@@ -377,11 +382,28 @@ private:
         start_static_children();
         report_started();
         while (!leaving_ && !stop_requested()) {
-            if (serve_queued(1) == 0) mailbox_.wait([&] { return stop_requested(); });
+            if (serve_queued(1) == 0) mailbox_.wait_until(runtime_.clock(), forever, [&] { return stop_requested(); });
         }
         stop_group(children_from(0), false);
-        if (leaving_) return *leaving_;
-        return exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal, "stopped on request"};
+        exit_reason reason = leaving_ ? *leaving_
+                                      : exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
+                                                    "stopped on request"};
+        publish_stopped(reason);
+        return reason;
+    }
+
+    // The supervisor's own stop (asked, gave up or auto shutdown), after its
+    // children: observable for a root supervisor too.
+    void publish_stopped(const exit_reason& reason) const {
+        event what;
+        what.kind = event_kind::stopped;
+        what.supervisor = name();
+        what.child = name();
+        what.instance = instance();
+        what.reason_kind = reason.kind;
+        what.reason = reason.what;
+        what.at = runtime_.clock().now();
+        runtime_.events().publish(what);
     }
 
     // A restarted supervisor starts with its static children only.

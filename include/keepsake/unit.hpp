@@ -302,10 +302,16 @@ public:
         check_forced();
     }
 
+    // Messages that arrive during the sleep are served at once; the sleep
+    // then goes on to its deadline.
     void context_sleep(duration span) override {
-        check_forced();
-        serve_queued(serve_batch);
-        runtime_.wait_until(wake_, runtime_.clock().now() + span, [&] { return context_stop_requested(); });
+        const duration deadline = runtime_.clock().now() + span;
+        for (;;) {
+            check_forced();
+            serve_queued(serve_batch);
+            if (context_stop_requested()) return;
+            if (!mailbox_.wait_until(runtime_.clock(), deadline, [&] { return context_stop_requested(); })) break;
+        }
         check_forced();
     }
 
@@ -338,7 +344,6 @@ private:
     std::optional<State> last_committed_;  // for on_state_changed(old, new)
     restart_log log_;
     context_type context_;
-    detail::signal wake_;  // sleeping loop workers
     std::atomic<std::uint64_t> restarts_{0};
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> commits_{0};
@@ -372,11 +377,6 @@ private:
     }
 
     std::shared_ptr<supervised_actor> self_pointer() override { return this->shared_from_this(); }
-
-    void wake_for_stop() override {
-        mailbox_.wake();
-        wake_.notify_all();
-    }
 
     void check_forced() const {
         if (forced()) throw forced_stop{};
@@ -438,12 +438,6 @@ private:
         }
     }
 
-    // A message worker with nothing to do commits what a batching policy
-    // left uncommitted: idle time is free.
-    void commit_when_idle() {
-        if (dirty_ && spec_.commit.when != commit_policy::mode::manual) commit_now();
-    }
-
     void serve_mailbox() {
         for (;;) {
             if (mailbox_.pop(inflight_)) {
@@ -453,8 +447,7 @@ private:
                 continue;
             }
             if (context_stop_requested()) return;
-            commit_when_idle();
-            mailbox_.wait([&] { return context_stop_requested(); });
+            mailbox_.wait_until(runtime_.clock(), forever, [&] { return context_stop_requested(); });
         }
     }
 

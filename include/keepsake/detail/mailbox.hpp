@@ -25,6 +25,8 @@
 #include <boost/fiber/mutex.hpp>
 #include <boost/fiber/operations.hpp>
 
+#include "keepsake/clock.hpp"
+#include "keepsake/detail/signal.hpp"
 #include "keepsake/detail/spinlock.hpp"
 
 namespace keepsake {
@@ -257,28 +259,26 @@ public:
 
     std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
 
-    // The consumer waits for a message or for `wake_anyway()` to hold.
+    // The consumer waits for a message or for `wake_anyway()` to hold, or
+    // until `deadline` on `time` (forever: no deadline). Returns false if
+    // the deadline passed first.
     template <class Predicate>
-    void wait(Predicate wake_anyway) {
+    bool wait_until(const clock& time, duration deadline, Predicate wake_anyway) {
+        auto ready = [&] { return size_.load(std::memory_order_relaxed) != 0 || wake_anyway(); };
         // A producer on this thread usually runs next: one yield saves the
         // sleep and the wake-up (an idle consumer then blocks, so a pumped
         // runtime sees nothing ready).
-        if (size() == 0 && !wake_anyway()) boost::this_fiber::yield();
-        if (size() != 0 || wake_anyway()) return;
+        if (!ready()) boost::this_fiber::yield();
+        if (ready()) return true;
         consumer_waiting_.store(true, std::memory_order_relaxed);
         std::atomic_thread_fence(std::memory_order_seq_cst);
-        {
-            std::unique_lock<boost::fibers::mutex> lock(wait_mutex_);
-            while (size_.load(std::memory_order_relaxed) == 0 && !wake_anyway()) wait_cv_.wait(lock);
-        }
+        const bool woken = waiting_.wait_until(time, deadline, ready);
         consumer_waiting_.store(false, std::memory_order_relaxed);
+        return woken;
     }
 
     // Wakes the consumer (after changing what its predicate reads).
-    void wake() {
-        std::lock_guard<boost::fibers::mutex> guard(wait_mutex_);
-        wait_cv_.notify_all();
-    }
+    void wake() { waiting_.notify_all(); }
 
 private:
     static constexpr std::size_t initial_capacity = 64;
@@ -290,8 +290,7 @@ private:
     std::size_t count_ = 0;
     std::atomic<std::size_t> size_{0};
     std::atomic<bool> consumer_waiting_{false};
-    boost::fibers::mutex wait_mutex_;
-    boost::fibers::condition_variable wait_cv_;
+    signal waiting_;
 
     void grow() {
         std::unique_ptr<message[]> larger(new message[capacity_ * 2]);

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <cstddef>
+#include <memory>
+#include <utility>
 
 #include <boost/fiber/algo/round_robin.hpp>
 #include <boost/fiber/context.hpp>
@@ -15,7 +17,10 @@ namespace detail {
 
 class counting_round_robin final : public boost::fibers::algo::round_robin {
 public:
-    explicit counting_round_robin(std::atomic<std::size_t>* ready_workers) : ready_workers_(ready_workers) {}
+    // Shared: the algorithm stays installed on the thread after the runtime
+    // that installed it is gone.
+    explicit counting_round_robin(std::shared_ptr<std::atomic<std::size_t>> ready_workers)
+        : ready_workers_(std::move(ready_workers)) {}
 
     void awakened(boost::fibers::context* ctx) noexcept override {
         if (is_worker(ctx)) ready_workers_->fetch_add(1, std::memory_order_relaxed);
@@ -29,7 +34,7 @@ public:
     }
 
 private:
-    std::atomic<std::size_t>* ready_workers_;
+    std::shared_ptr<std::atomic<std::size_t>> ready_workers_;
 
     static bool is_worker(boost::fibers::context* ctx) noexcept {
         return ctx->is_context(boost::fibers::type::worker_context);
