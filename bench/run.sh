@@ -28,3 +28,29 @@ awk -F, '
              ns["BM_commit", s], ns["BM_restore", s], ns["BM_commit", s] / ns["BM_memcpy_xxh3", s], ns["BM_commit", s] / ns["BM_memcpy", s]
     }
   }' "$csv"
+
+# Units and supervision, against a plain Boost.Fiber channel in the same binary.
+cmake --build build-release -j "$(nproc)" --target keepsake_unit_bench >/dev/null
+build-release/bench/keepsake_unit_bench --benchmark_repetitions="${REPS:-7}" --benchmark_report_aggregates_only=true \
+  --benchmark_min_time=0.2 --benchmark_format=csv 2>/dev/null >"$csv"
+echo
+awk -F, '
+  /_median"/ {
+    gsub(/"/, "", $1); name = $1; sub(/_median$/, "", name); sub(/\/iterations:[0-9]+/, "", name)
+    ns[name] = $3 + 0
+    if (NF >= 11 && $11 != "") extra[name] = $11
+  }
+  END {
+    printf "%-34s %12s %14s %16s\n", "unit benchmark", "median", "per second", "ratio to floor"
+    row("call round trip", "BM_unit_call", "BM_channel_pingpong")
+    row("cast, served and committed", "BM_unit_cast_served", "BM_channel_push")
+    row("cast, 0 waiting", "BM_unit_cast_backlog/0", "BM_channel_push")
+    row("cast, 1 000 waiting", "BM_unit_cast_backlog/1000", "BM_channel_push")
+    row("cast, 100 000 waiting", "BM_unit_cast_backlog/100000", "BM_channel_push")
+    row("crash in a call -> restart -> call", "BM_unit_crash_restart_call", "BM_throw_catch")
+    row("crash in a cast -> restart -> call", "BM_unit_cast_crash_restart_call", "BM_throw_catch")
+  }
+  function row(label, name, floor,   per) {
+    per = name ~ /backlog/ ? ns[name] / 1000 : ns[name]
+    printf "%-34s %9.1f ns %11.2f M %15.2fx\n", label, per, 1000 / per, per / ns[floor]
+  }' "$csv"

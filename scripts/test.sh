@@ -4,6 +4,7 @@
 #   KEEPSAKE_BUILD_DIR=build-asan ./scripts/test.sh -DKEEPSAKE_SANITIZE=address
 # Extra arguments go to cmake's configure step. With CI set, warnings are errors.
 # KEEPSAKE_KILLS=10000 makes every crash test SIGKILL that many times.
+# KEEPSAKE_TEST_TARGET=<binary> builds and runs that one test binary only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -11,6 +12,12 @@ build_dir=${KEEPSAKE_BUILD_DIR:-build}
 werror=OFF
 [ -n "${CI:-}" ] && werror=ON
 cmake -S . -B "$build_dir" -DKEEPSAKE_WERROR=$werror "$@" >/dev/null
+if [ -n "${KEEPSAKE_TEST_TARGET:-}" ]; then
+  # One test binary only (CI's ThreadSanitizer run), e.g. keepsake_supervision_tests.
+  cmake --build "$build_dir" -j "$(nproc)" --target "$KEEPSAKE_TEST_TARGET"
+  "$build_dir/tests/$KEEPSAKE_TEST_TARGET"
+  exit
+fi
 cmake --build "$build_dir" -j "$(nproc)"
 cd "$build_dir"
 ctest --output-on-failure -j "$(nproc)"

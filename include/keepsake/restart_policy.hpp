@@ -2,7 +2,9 @@
 // restarted, how it is stopped, and how many restarts are too many.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -58,12 +60,12 @@ inline void check_intensity(const restart_intensity& limits, const std::string& 
 
 // OTP's restart log: before each automatic restart, record now and drop
 // entries older than now - period (an entry exactly period old still
-// counts); more than max_restarts entries left means give up. A ring sized
-// once, so counting a restart never allocates.
+// counts); more than max_restarts entries left means give up. A ring that
+// starts small and doubles only when more restarts fall in one window, so a
+// warmed-up log never allocates and an idle unit costs a few bytes.
 class restart_log {
 public:
-    explicit restart_log(restart_intensity limits)
-        : limits_(limits), times_(static_cast<std::size_t>(limits.max_restarts) + 1) {}
+    explicit restart_log(restart_intensity limits) : limits_(limits) {}
 
     // Records a restart at `now`; false means intensity is exceeded.
     bool allow(duration now) {
@@ -72,6 +74,7 @@ public:
             --count_;
         }
         if (count_ == limits_.max_restarts) return false;
+        if (count_ == times_.size()) grow();
         times_[(head_ + count_) % times_.size()] = now;
         ++count_;
         return true;
@@ -85,6 +88,15 @@ private:
     std::vector<duration> times_;
     std::size_t head_ = 0;
     std::size_t count_ = 0;
+
+    void grow() {
+        std::vector<duration> larger;
+        larger.reserve(std::min<std::size_t>(std::max<std::size_t>(times_.size() * 2, 8), limits_.max_restarts));
+        for (std::size_t index = 0; index < count_; ++index) larger.push_back(times_[(head_ + index) % times_.size()]);
+        larger.resize(larger.capacity());
+        times_ = std::move(larger);
+        head_ = 0;
+    }
 };
 
 } // namespace detail

@@ -1,0 +1,209 @@
+// Units against a floor in the same binary: a plain Boost.Fiber channel
+// ping-pong. Call round trip, cast rate (with 0, 1 000 and 100 000 messages
+// waiting), worker crash -> restart -> answer, and heap bytes per idle unit.
+#include <benchmark/benchmark.h>
+
+#include <malloc.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <boost/fiber/buffered_channel.hpp>
+#include <boost/fiber/fiber.hpp>
+
+#include <keepsake/keepsake.hpp>
+
+namespace {
+
+struct counter {
+    long value = 0;
+};
+
+// A private segment directory for the run.
+struct bench_segment {
+    std::string directory = "/dev/shm/keepsake-bench-" + std::to_string(::getpid());
+    std::unique_ptr<keepsake::segment> seg;
+    bench_segment() {
+        std::filesystem::create_directories(directory);
+        keepsake::segment_options options;
+        options.directory = directory;
+        options.size = 64u << 20;
+        options.max_entries = 4096;
+        seg = std::make_unique<keepsake::segment>("bench", options);
+    }
+    ~bench_segment() {
+        seg.reset();
+        std::filesystem::remove_all(directory);
+    }
+};
+
+bench_segment& shared_segment() {
+    static bench_segment made;
+    return made;
+}
+
+keepsake::runtime_options pumped() {
+    keepsake::runtime_options options;
+    options.threads = 0;
+    options.default_segment = shared_segment().seg.get();
+    return options;
+}
+
+keepsake::unit_spec<counter> spec(const std::string& name) {
+    keepsake::unit_spec<counter> made;
+    made.name = name;
+    made.intensity = {1u << 20, std::chrono::seconds(10)};
+    return made;
+}
+
+// The floor: a fiber echoes what the caller sends over two channels.
+void BM_channel_pingpong(benchmark::State& state) {
+    boost::fibers::buffered_channel<long> requests(2), replies(2);
+    boost::fibers::fiber echo([&] {
+        long value = 0;
+        while (requests.pop(value) == boost::fibers::channel_op_status::success) replies.push(value + 1);
+    });
+    long value = 0;
+    for (auto _ : state) {
+        requests.push(value);
+        replies.pop(value);
+    }
+    benchmark::DoNotOptimize(value);
+    requests.close();
+    echo.join();
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_channel_pingpong);
+
+// The floor for casts: pushes into a channel a fiber drains.
+void BM_channel_push(benchmark::State& state) {
+    boost::fibers::buffered_channel<long> queue(1024);
+    long sum = 0;
+    boost::fibers::fiber drain([&] {
+        long value = 0;
+        while (queue.pop(value) == boost::fibers::channel_op_status::success) sum += value;
+    });
+    for (auto _ : state) queue.push(1);
+    queue.close();
+    drain.join();
+    benchmark::DoNotOptimize(sum);
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_channel_push);
+
+// One caller on the runtime's thread; every call commits (64 B state).
+void BM_unit_call(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto unit = keepsake::start_unit(rt, spec("call"));
+    for (auto _ : state) benchmark::DoNotOptimize(unit.call([](counter& c) { return ++c.value; }));
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_unit_call);
+
+// Casts served and committed (the worker drains them as they come).
+void BM_unit_cast_served(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto unit = keepsake::start_unit(rt, spec("cast"));
+    long sent = 0;
+    for (auto _ : state) {
+        unit.cast([](counter& c) { ++c.value; });
+        if (++sent % 256 == 0) rt.run_for(std::chrono::milliseconds(100));
+    }
+    rt.run_for(std::chrono::seconds(1));
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_unit_cast_served);
+
+// Enqueue rate with `backlog` messages already waiting (the worker does not
+// run while the batch of 1 000 is timed).
+void BM_unit_cast_backlog(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto unit = keepsake::start_unit(rt, spec("backlog" + std::to_string(state.range(0))));
+    const auto backlog = state.range(0);
+    constexpr int batch = 1000;
+    for (auto _ : state) {
+        state.PauseTiming();
+        for (long i = 0; i < backlog; ++i) unit.cast([](counter& c) { ++c.value; });
+        state.ResumeTiming();
+        for (int i = 0; i < batch; ++i) unit.cast([](counter& c) { ++c.value; });
+        state.PauseTiming();
+        unit.call([](const counter& c) { return c.value; });  // drains
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(state.iterations() * batch);
+}
+BENCHMARK(BM_unit_cast_backlog)->Arg(0)->Arg(1000)->Arg(100000)->Iterations(200);
+
+// A worker crashes in a call, is restarted from its keeper, and answers the
+// next call with its kept state: what a user waits from crash to answer.
+void BM_unit_crash_restart_call(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto unit = keepsake::start_unit(rt, spec("crash"));
+    unit.call([](counter& c) { c.value = 42; });
+    long kept = 0;
+    for (auto _ : state) {
+        try {
+            unit.call([](counter&) -> int { throw std::runtime_error("crash"); });
+        } catch (const keepsake::worker_crashed&) {
+        }
+        kept = unit.call([](const counter& c) { return c.value; });
+    }
+    if (kept != 42) state.SkipWithError("the kept state was lost");
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_unit_crash_restart_call);
+
+// The same, crashing in a cast: the user's throw is the only exception (a
+// crashing call adds a second: the caller's worker_crashed).
+void BM_unit_cast_crash_restart_call(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto unit = keepsake::start_unit(rt, spec("cast-crash"));
+    unit.call([](counter& c) { c.value = 42; });
+    long kept = 0;
+    for (auto _ : state) {
+        unit.cast([](counter&) { throw std::runtime_error("crash"); });
+        kept = unit.call([](const counter& c) { return c.value; });
+    }
+    if (kept != 42) state.SkipWithError("the kept state was lost");
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_unit_cast_crash_restart_call);
+
+// The floor of the crash: throwing and catching the same exception.
+void BM_throw_catch(benchmark::State& state) {
+    for (auto _ : state) {
+        try {
+            throw std::runtime_error("crash");
+        } catch (const std::exception& caught) {
+            benchmark::DoNotOptimize(caught.what());
+        }
+    }
+}
+BENCHMARK(BM_throw_catch);
+
+// Heap bytes per idle unit (fiber stacks are mapped separately, lazily).
+void BM_idle_unit_memory(benchmark::State& state) {
+    constexpr int units = 1000;
+    for (auto _ : state) {
+        keepsake::runtime rt(pumped());
+        const auto before = mallinfo2().uordblks;
+        std::vector<keepsake::unit<counter>> started;
+        started.reserve(units);
+        for (int i = 0; i < units; ++i) {
+            keepsake::unit_spec<counter> idle;  // default intensity: 1000 in 10 s
+            idle.name = "idle" + std::to_string(i);
+            started.push_back(keepsake::start_unit(rt, idle));
+        }
+        const auto after = mallinfo2().uordblks;
+        state.counters["heap_bytes_per_unit"] = static_cast<double>(after - before) / units;
+    }
+}
+BENCHMARK(BM_idle_unit_memory)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+} // namespace
+
+BENCHMARK_MAIN();
