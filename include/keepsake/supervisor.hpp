@@ -301,7 +301,7 @@ private:
     }
 
     void remove_record(record& which) {
-        which.process->discard();
+        which.process->forget();
         const std::size_t index = index_of(which);
         if (index < children_.size()) children_.erase(children_.begin() + static_cast<std::ptrdiff_t>(index));
     }

@@ -260,6 +260,11 @@ public:
 
     child_kind kind() const noexcept override { return child_kind::worker; }
 
+    void forget() override {
+        supervised_actor::forget();
+        keeper_.reset();  // the key is free for a new unit of that name
+    }
+
     const spec_type& spec() const noexcept { return spec_; }
 
     // --- the worker side (called from jobs and the context) --------------

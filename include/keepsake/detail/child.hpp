@@ -74,6 +74,9 @@ public:
     virtual std::uint64_t instance() const noexcept = 0;
     // No restart will follow: fail whatever waits for this child.
     virtual void discard() = 0;
+    // Its spec is deleted: also give up its name (and a unit its keeper),
+    // even if a handle still holds it, so the id can be used again.
+    virtual void forget() { discard(); }
 };
 
 // A value or nothing, so call<void> and call<R> share one path.
@@ -267,6 +270,11 @@ public:
     }
 
     void stop_root() override { stop(own_shutdown_, false); }
+
+    void forget() override {
+        discard();
+        runtime_.unregister_name(name(), this);
+    }
 
     runtime& runtime_of() const noexcept { return runtime_; }
 
