@@ -298,11 +298,13 @@ private:
             threads_.emplace_back([this, index, &ready_mutex, &ready_cv, &ready] {
                 install_scheduler();
                 {
+                    // Notified under the lock: the waiter owns the condition
+                    // variable and destroys it as soon as it sees the count.
                     std::lock_guard<std::mutex> lock(ready_mutex);
                     owner_threads_.push_back(std::this_thread::get_id());
                     ++ready;
+                    ready_cv.notify_all();
                 }
-                ready_cv.notify_all();
                 launcher_loop(*launchers_[index]);
             });
         }
