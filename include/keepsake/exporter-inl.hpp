@@ -49,6 +49,7 @@ KEEPSAKE_INLINE bool exporter::stop(std::chrono::milliseconds timeout) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!stopping_) {
             stopping_ = true;
+            stop_ticket_ = ++requested_;  // only a pass that begins now counts
             stop_deadline_ = std::chrono::steady_clock::now() + timeout;
         }
         wake_.notify_all();
@@ -95,7 +96,7 @@ KEEPSAKE_INLINE void exporter::run() {
         completed_ = ticket;
         ++stats_.passes;
         done_.notify_all();
-        clean = stopping_;
+        clean = stopping_ && completed_ >= stop_ticket_;
         if (clean) break;
     }
     if (!clean) {

@@ -125,6 +125,7 @@ private:
     std::uint64_t requested_ = 0;   // flush tickets asked for
     std::uint64_t completed_ = 0;   // highest ticket a complete pass began after
     bool stopping_ = false;
+    std::uint64_t stop_ticket_ = 0;
     bool stopped_ = false;
     bool stop_result_ = true;
     std::chrono::steady_clock::time_point stop_deadline_{};

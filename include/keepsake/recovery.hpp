@@ -122,7 +122,7 @@ recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string&
     } else {
         result.generation = kept.commit(result.value);
     }
-    log(spdlog::level::info, [&] {
+    detail::log(spdlog::level::info, [&] {
         return "recovered key '" + kept.key() + "' from " + to_string(result.source) + " at generation " +
                std::to_string(result.generation);
     });

@@ -20,30 +20,7 @@
 namespace keepsake {
 namespace detail {
 
-inline constexpr std::uint64_t file_record_magic = 0x0043455250454b4bull;  // "KKEPREC"
-inline constexpr std::uint32_t file_record_format = 1;
-// A record file larger than this is damage, not data (a bound before any
-// allocation sized by what the file says).
-inline constexpr std::uint64_t max_record_file = 1ull << 31;
 inline constexpr std::size_t max_file_name = 240;
-
-struct file_record_header {
-    std::uint64_t magic;
-    std::uint32_t format_version;
-    std::uint32_t key_length;
-    std::uint64_t generation;
-    std::uint64_t fingerprint;
-    std::uint32_t schema_version;
-    std::uint32_t codec;
-    std::uint64_t data_length;
-    std::uint64_t checksum;         // record_checksum: key, words and bytes
-    std::uint64_t header_checksum;  // the bytes above
-};
-static_assert(sizeof(file_record_header) == 64);
-
-KEEPSAKE_INLINE std::uint64_t file_header_checksum(const file_record_header& header) noexcept {
-    return hash_bytes(&header, offsetof(file_record_header, header_checksum), 0x66696c65ull);
-}
 
 KEEPSAKE_INLINE bool is_plain_name_char(unsigned char c) noexcept {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';

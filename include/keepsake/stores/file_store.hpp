@@ -31,6 +31,32 @@ struct file_store_options {
 
 namespace detail {
 
+// The on-disk frame: this header, the key, the bytes. One byte order, as
+// the segment.
+inline constexpr std::uint64_t file_record_magic = 0x0043455250454b4bull;  // "KKEPREC"
+inline constexpr std::uint32_t file_record_format = 1;
+// A record file larger than this is damage, not data (a bound before any
+// allocation sized by what the file says).
+inline constexpr std::uint64_t max_record_file = 1ull << 31;
+
+struct file_record_header {
+    std::uint64_t magic;
+    std::uint32_t format_version;
+    std::uint32_t key_length;
+    std::uint64_t generation;
+    std::uint64_t fingerprint;
+    std::uint32_t schema_version;
+    std::uint32_t codec;
+    std::uint64_t data_length;
+    std::uint64_t checksum;         // record_checksum: key, words and bytes
+    std::uint64_t header_checksum;  // the bytes above
+};
+static_assert(sizeof(file_record_header) == 64);
+
+inline std::uint64_t file_header_checksum(const file_record_header& header) noexcept {
+    return hash_bytes(&header, offsetof(file_record_header, header_checksum), 0x66696c65ull);
+}
+
 // What reading one file found.
 struct file_read {
     enum class status { missing, valid, corrupt } state = status::missing;
