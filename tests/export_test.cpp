@@ -114,15 +114,19 @@ TEST_CASE("exporter copies whole states while a worker commits", "[export]") {
     keeper<blob<4096>> k(s, "big");
     exporter out(s, store, quiet_options());
     std::atomic<bool> done{false};
+    std::atomic<bool> started{false};
     std::thread worker([&] {
+        commit_next(k);
+        started = true;
         while (!done.load(std::memory_order_relaxed)) commit_next(k);
     });
+    while (!started) std::this_thread::yield();
     std::uint64_t last = 0;
     int checked = 0;
     for (int i = 0; i < 200; ++i) {
         REQUIRE(out.flush(5s));
         const auto got = store.get("big");
-        if (!got) continue;
+        REQUIRE(got);
         const auto value = blob_of<4096>(*got);
         REQUIRE(value.consistent());
         REQUIRE(value.generation == got->generation);
@@ -132,7 +136,7 @@ TEST_CASE("exporter copies whole states while a worker commits", "[export]") {
     }
     done = true;
     worker.join();
-    CHECK(checked > 100);
+    CHECK(checked == 200);
     CHECK(last > 1);
 }
 

@@ -159,13 +159,14 @@ KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment
     exported_key& known = exported_[view.key];
     if (known.area != view.area.first) known = exported_key{view.area.first, 0, 0};
     known.seen_in_pass = pass_number_;
-    batch_.emplace_back();
+    batch_.push_back(take_spare());
     const detail::snapshot_status status = detail::snapshot_newest(view.area, known.generation, batch_.back());
     if (status != detail::snapshot_status::copied) {
+        spare_.push_back(std::move(batch_.back()));
         batch_.pop_back();
         return status == detail::snapshot_status::busy ? pass_result::incomplete : pass_result::complete;
     }
-    batch_.back().key = store_key(view.key);
+    batch_.back().key.assign(options_.prefix).append(view.key);
     batch_owners_.push_back(&known);
     if (batch_.size() < options_.batch_size) return pass_result::complete;
     if (abandoning()) return pass_result::abandoned;
@@ -175,9 +176,23 @@ KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment
 KEEPSAKE_INLINE bool exporter::abandoning() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!out_of_time()) return false;
+    recycle_batch();
+    return true;
+}
+
+// Records go back to a spare pool (at most one batch), so their key and
+// byte buffers are reused rather than allocated per record.
+KEEPSAKE_INLINE record exporter::take_spare() {
+    if (spare_.empty()) return record{};
+    record reused = std::move(spare_.back());
+    spare_.pop_back();
+    return reused;
+}
+
+KEEPSAKE_INLINE void exporter::recycle_batch() {
+    for (record& r : batch_) spare_.push_back(std::move(r));
     batch_.clear();
     batch_owners_.clear();
-    return true;
 }
 
 // Puts the batch; on success the store holds each record's generation (or a
@@ -194,8 +209,7 @@ KEEPSAKE_INLINE bool exporter::put_batch() {
     const std::size_t count = batch_.size();
     if (failure.empty())
         for (std::size_t i = 0; i < count; ++i) batch_owners_[i]->generation = batch_[i].generation;
-    batch_.clear();
-    batch_owners_.clear();
+    recycle_batch();
     export_event event;
     event.records = count;
     {

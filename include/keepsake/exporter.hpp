@@ -135,6 +135,7 @@ private:
     std::mutex pass_mutex_;  // a pass and forget() exclude each other
     std::unordered_map<std::string, exported_key> exported_;  // the thread's (and forget's, under pass_mutex_)
     std::vector<record> batch_;
+    std::vector<record> spare_;  // buffers of earlier batches, reused
     std::vector<exported_key*> batch_owners_;
     std::uint64_t pass_number_ = 0;
     std::thread thread_;
@@ -147,6 +148,8 @@ private:
     pass_result run_pass();
     pass_result export_key(const detail::segment_impl::entry_view& view);
     bool abandoning();
+    record take_spare();
+    void recycle_batch();
     bool put_batch();
     std::size_t pending_keys();
     void report(const export_event& event) const;
