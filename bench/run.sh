@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-release -j "$(nproc)" --target keepsake_bench >/dev/null
+cmake --build build-release -j "$(nproc)" --target keepsake_bench keepsake_export_bench >/dev/null
 csv=$(mktemp)
 trap 'rm -f "$csv"' EXIT
 build-release/bench/keepsake_bench --benchmark_repetitions="${REPS:-7}" --benchmark_report_aggregates_only=true \
@@ -54,3 +54,29 @@ awk -F, '
     per = name ~ /backlog/ ? ns[name] / 1000 : ns[name]
     printf "%-34s %9.1f ns %11.2f M %15.2fx\n", label, per, 1000 / per, per / ns[floor]
   }' "$csv"
+# Export: 100 000 changed 64 B states (10 000 keys x 10 rounds; the file
+# store does one round), beside a raw batched SQLite upsert of the same rows,
+# and a worker's commit latency alone, with an exporter, with a busy thread.
+latency=$(mktemp)
+trap 'rm -f "$csv" "$latency"' EXIT
+# Two runs: Google Benchmark's CSV wants one set of counters per run.
+for part in "BM_(export|raw)_:$csv" "latency:$latency"; do
+  build-release/bench/keepsake_export_bench --benchmark_filter="${part%%:*}" --benchmark_repetitions="${REPS:-7}" \
+    --benchmark_report_aggregates_only=true --benchmark_format=csv 2>/dev/null >"${part#*:}"
+done
+echo
+awk -F, '
+  FNR == 1 { delete column; for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); column[$i] = i }; next }
+  /_median"/ {
+    gsub(/"/, "", $1); name = $1; sub(/\/.*$/, "", name)
+    if ("items_per_second" in column) rate[name] = $column["items_per_second"] + 0
+    if ("p99_ns" in column) { p50[name] = $column["p50_ns"] + 0; p99[name] = $column["p99_ns"] + 0 }
+  }
+  END {
+    printf "%-22s %14s %10s\n", "export to", "records/s", "vs raw"
+    split("BM_raw_sqlite_upsert BM_export_sqlite BM_export_file BM_export_memory", order, " ")
+    for (i = 1; i <= 4; i++) printf "%-22s %14.0f %9.2fx\n", order[i], rate[order[i]], rate[order[i]] / rate["BM_raw_sqlite_upsert"]
+    printf "\n%-30s %8s %8s %10s\n", "worker commit", "p50 ns", "p99 ns", "p99 ratio"
+    split("BM_commit_latency_alone BM_commit_latency_exporting BM_commit_latency_busy_thread", runs, " ")
+    for (i = 1; i <= 3; i++) printf "%-30s %8.0f %8.0f %9.2fx\n", runs[i], p50[runs[i]], p99[runs[i]], p99[runs[i]] / p99["BM_commit_latency_alone"]
+  }' "$csv" "$latency"

@@ -5,3 +5,5 @@
 #endif
 
 #include "keepsake/segment-inl.hpp"
+#include "keepsake/exporter-inl.hpp"
+#include "keepsake/stores/file_store-inl.hpp"

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -19,34 +20,42 @@
 
 namespace test_support {
 
-// A private directory in /dev/shm for one test's segments, removed after.
-class shm_dir {
+// A private directory below `parent` for one test, removed after: a
+// temp_dir on a real disk (/tmp) for stores, an shm_dir in /dev/shm for
+// segments.
+class temp_dir {
 public:
-    shm_dir() {
+    explicit temp_dir(const std::string& parent = std::filesystem::temp_directory_path().string()) {
         static std::atomic<int> counter{0};
-        path_ = "/dev/shm/keepsake-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+        path_ = parent + "/keepsake-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
         std::filesystem::remove_all(path_);
         std::filesystem::create_directories(path_);
     }
-    ~shm_dir() {
+    ~temp_dir() {
         std::error_code ignored;
         std::filesystem::remove_all(path_, ignored);
     }
-    shm_dir(const shm_dir&) = delete;
-    shm_dir& operator=(const shm_dir&) = delete;
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
 
     const std::string& path() const { return path_; }
-    std::string file(const std::string& name) const { return path_ + "/keepsake." + name; }
+
+private:
+    std::string path_;
+};
+
+class shm_dir : public temp_dir {
+public:
+    shm_dir() : temp_dir("/dev/shm") {}
+
+    std::string file(const std::string& name) const { return path() + "/keepsake." + name; }
     keepsake::segment_options options(std::uint64_t size = 1u << 20, std::uint32_t max_entries = 64) const {
         keepsake::segment_options options;
-        options.directory = path_;
+        options.directory = path();
         options.size = size;
         options.max_entries = max_entries;
         return options;
     }
-
-private:
-    std::string path_;
 };
 
 // A state whose every word follows from its generation, so a torn or mixed
@@ -113,6 +122,18 @@ inline bool wait_ready(const std::atomic<int>& ready, pid_t pid, std::chrono::se
         std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
     return true;
+}
+
+// The keepsake::error `action` throws; a test that expected one fails with
+// a logic_error when none comes.
+template <class Action>
+keepsake::error error_from(Action&& action) {
+    try {
+        action();
+    } catch (const keepsake::error& failure) {
+        return failure;
+    }
+    throw std::logic_error("expected a keepsake::error, and none was thrown");
 }
 
 inline int env_count(const char* name, int fallback) {

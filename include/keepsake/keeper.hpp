@@ -133,6 +133,14 @@ public:
         return generation;
     }
 
+    // commit() at a generation of at least `at_least`. Recovery from a store
+    // uses it to seed a new segment at the store's generation, so the
+    // exports that follow are newer than what the store holds.
+    std::uint64_t commit_at_least(const T& value, std::uint64_t at_least) {
+        if (at_least != 0 && highest_generation_ < at_least - 1) highest_generation_ = at_least - 1;
+        return commit(value);
+    }
+
     // Puts the newest valid committed state into `out`. Returns nothing (and
     // leaves `out` alone) if no slot holds a valid state.
     std::optional<restore_info> restore_into(T& out) {
@@ -189,6 +197,7 @@ public:
     std::uint64_t generation() const noexcept { return highest_generation_; }
     const std::string& key() const noexcept { return key_; }
     std::uint64_t slot_capacity() const noexcept { return area_.capacity; }
+    const keeper_options<T>& options() const noexcept { return options_; }
 
 private:
     // Catches a second user inside commit/restore of one keeper (re-entry

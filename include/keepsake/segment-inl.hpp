@@ -209,6 +209,16 @@ KEEPSAKE_INLINE std::vector<entry_info> segment_impl::list_entries() const {
     return listed;
 }
 
+KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<entry_view> views;
+    for (std::uint32_t i = 0; i < max_entries_; ++i) {
+        dir_entry entry{};
+        if (read_valid_entry(i, entry)) views.push_back({std::string(entry.key, entry.key_length), area_of(entry)});
+    }
+    return views;
+}
+
 KEEPSAKE_INLINE void segment_impl::check_options(const segment_options& options) {
     if (options.max_entries == 0 || options.max_entries > max_directory_entries)
         throw error(errc::invalid_argument, "segment_options::max_entries must be 1 to " +

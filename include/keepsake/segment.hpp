@@ -138,6 +138,15 @@ public:
 
     std::vector<entry_info> list_entries() const;
 
+    // Each valid key with its slots as mapped here, for a reader that copies
+    // committed state out (the exporter). An area stays mapped, and is never
+    // given to another key, while this segment_impl lives.
+    struct entry_view {
+        std::string key;
+        slot_area area;
+    };
+    std::vector<entry_view> entry_views() const;
+
 private:
     int fd_ = -1;
     std::byte* base_ = nullptr;

@@ -32,4 +32,8 @@ inline void store_relaxed(Int& word, Int value) noexcept {
 // old generation).
 inline void fence_release() noexcept { __atomic_thread_fence(__ATOMIC_RELEASE); }
 
+// Orders every load before it ahead of every load after it: a seqlock
+// reader's copy of slot data before its second read of the generation.
+inline void fence_acquire() noexcept { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+
 } // namespace keepsake::detail

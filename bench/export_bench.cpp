@@ -1,0 +1,237 @@
+// Export throughput beside its floor in the same binary (a raw batched
+// SQLite upsert of the same rows, same table shape, same synchronous level
+// and batch size), the same workload on the file and memory stores, and a
+// worker's commit latency with and without an exporter running.
+//
+// Workload: 10 000 keys of 64 B, all changed before each export; 10 rounds
+// make the 100 000 changed states (the file store, one fsync and two
+// renames per record, does one round). Keys are kept few enough that
+// creating them stays quick (a segment finds a key by a linear scan).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include <keepsake/keepsake.hpp>
+#include <keepsake/stores/file_store.hpp>
+#include <keepsake/stores/memory_store.hpp>
+#include <keepsake/stores/sqlite_store.hpp>
+
+namespace {
+
+constexpr std::size_t key_count = 10000;
+constexpr std::size_t batch_size = 1024;
+
+struct state64 {
+    std::uint64_t words[8];
+};
+
+std::string scratch(const std::string& name) {
+    const std::string dir = std::filesystem::temp_directory_path().string() + "/keepsake-bench-" +
+                            std::to_string(::getpid());
+    std::filesystem::create_directories(dir);
+    return dir + "/" + name;
+}
+
+// One segment with key_count keepers for the whole run.
+struct workload {
+    keepsake::segment segment;
+    std::vector<keepsake::keeper<state64>> keepers;
+    std::uint64_t round = 0;
+
+    workload() : segment(open_segment()) {
+        keepers.reserve(key_count);
+        for (std::size_t i = 0; i < key_count; ++i) keepers.emplace_back(segment, "bench/k" + std::to_string(i));
+    }
+
+    static keepsake::segment open_segment() {
+        const std::string name = "export-bench-" + std::to_string(::getpid());
+        keepsake::segment_options options;
+        options.size = 16u << 20;
+        options.max_entries = key_count + 16;
+        keepsake::segment::remove(name);
+        keepsake::segment opened(name, options);
+        ::unlink(opened.path().c_str());  // gone from /dev/shm; the mapping lives on
+        return opened;
+    }
+
+    void change_all() {
+        ++round;
+        state64 value{};
+        for (std::size_t i = 0; i < key_count; ++i) {
+            std::fill(std::begin(value.words), std::end(value.words), round * key_count + i);
+            keepers[i].commit(value);
+        }
+    }
+};
+
+workload& shared_workload() {
+    static workload w;
+    return w;
+}
+
+keepsake::exporter_options bench_options() {
+    keepsake::exporter_options options;
+    options.interval = std::chrono::hours(1);  // passes on flush only
+    options.batch_size = batch_size;
+    return options;
+}
+
+// Each iteration changes every key (untimed) and times one flush.
+void export_rounds(benchmark::State& run, keepsake::store& target) {
+    workload& w = shared_workload();
+    keepsake::exporter out(w.segment, target, bench_options());
+    for (auto _ : run) {
+        run.PauseTiming();
+        w.change_all();
+        run.ResumeTiming();
+        if (!out.flush(std::chrono::minutes(5))) run.SkipWithError("flush timed out");
+    }
+    run.SetItemsProcessed(static_cast<std::int64_t>(run.iterations() * key_count));
+}
+
+void BM_export_sqlite(benchmark::State& run) {
+    const std::string path = scratch("export.db");
+    std::filesystem::remove(path);
+    keepsake::sqlite_store store(path);
+    export_rounds(run, store);
+}
+
+void BM_export_memory(benchmark::State& run) {
+    keepsake::memory_store store;
+    export_rounds(run, store);
+}
+
+void BM_export_file(benchmark::State& run) {
+    const std::string path = scratch("files");
+    std::filesystem::remove_all(path);
+    keepsake::file_store store(path);
+    export_rounds(run, store);
+}
+
+void check(int code, sqlite3* db, benchmark::State& run) {
+    if (code != SQLITE_OK && code != SQLITE_DONE && code != SQLITE_ROW) run.SkipWithError(sqlite3_errmsg(db));
+}
+
+// The floor: the same rows upserted with a prepared statement, batch_size
+// rows per transaction, WAL and synchronous=FULL as the store's default.
+void BM_raw_sqlite_upsert(benchmark::State& run) {
+    const std::string path = scratch("raw.db");
+    std::filesystem::remove(path);
+    sqlite3* db = nullptr;
+    check(sqlite3_open(path.c_str(), &db), db, run);
+    check(sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                           "CREATE TABLE t (key BLOB PRIMARY KEY NOT NULL, generation INTEGER NOT NULL,"
+                           " schema_version INTEGER NOT NULL, codec INTEGER NOT NULL, fingerprint INTEGER NOT NULL,"
+                           " checksum INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID",
+                       nullptr, nullptr, nullptr),
+          db, run);
+    sqlite3_stmt* upsert = nullptr;
+    check(sqlite3_prepare_v2(db,
+                             "INSERT INTO t VALUES (?1, ?2, 1, 1, 7, 9, ?3) ON CONFLICT(key) DO UPDATE SET"
+                             " generation = excluded.generation, schema_version = excluded.schema_version,"
+                             " codec = excluded.codec, fingerprint = excluded.fingerprint,"
+                             " checksum = excluded.checksum, data = excluded.data"
+                             " WHERE excluded.generation > t.generation",
+                             -1, &upsert, nullptr),
+          db, run);
+    std::vector<std::string> keys;
+    for (std::size_t i = 0; i < key_count; ++i) keys.push_back("bench/k" + std::to_string(i));
+    state64 value{};
+    std::int64_t round = 0;
+    for (auto _ : run) {
+        ++round;
+        for (std::size_t i = 0; i < key_count; ++i) {
+            if (i % batch_size == 0) sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+            std::fill(std::begin(value.words), std::end(value.words), static_cast<std::uint64_t>(round) * key_count + i);
+            sqlite3_bind_blob(upsert, 1, keys[i].data(), static_cast<int>(keys[i].size()), SQLITE_STATIC);
+            sqlite3_bind_int64(upsert, 2, round);
+            sqlite3_bind_blob(upsert, 3, &value, sizeof(value), SQLITE_STATIC);
+            check(sqlite3_step(upsert), db, run);
+            sqlite3_reset(upsert);
+            if (i % batch_size == batch_size - 1 || i == key_count - 1) check(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr), db, run);
+        }
+    }
+    sqlite3_finalize(upsert);
+    sqlite3_close(db);
+    run.SetItemsProcessed(static_cast<std::int64_t>(run.iterations() * key_count));
+}
+
+// A worker commits the keys round-robin, timing each commit; beside it,
+// nothing, an exporter to SQLite passing every millisecond (each pass finds
+// every key changed), or a thread busy on its own memory.
+enum class beside { nothing, exporter, busy_thread };
+
+// A thread as busy as an exporter, on its own memory: how much any second
+// busy thread costs a worker's commits on this machine.
+struct busy_thread {
+    std::atomic<bool> done{false};
+    std::thread thread{[this] {
+        std::vector<std::uint64_t> own(1u << 20);
+        while (!done.load(std::memory_order_relaxed)) {
+            for (auto& word : own) word = word * 3 + 1;
+            benchmark::DoNotOptimize(own.data());
+        }
+    }};
+    ~busy_thread() {
+        done = true;
+        thread.join();
+    }
+};
+
+void commit_latency(benchmark::State& run, beside other) {
+    workload& w = shared_workload();
+    const std::string path = scratch("latency.db");
+    std::filesystem::remove(path);
+    keepsake::sqlite_store store(path);
+    constexpr std::size_t commits = 1000000;
+    std::vector<std::uint32_t> took(commits);
+    for (auto _ : run) {
+        std::unique_ptr<keepsake::exporter> out;
+        std::unique_ptr<busy_thread> busy;
+        if (other == beside::busy_thread) busy = std::make_unique<busy_thread>();
+        if (other == beside::exporter) {
+            auto options = bench_options();
+            options.interval = std::chrono::milliseconds(1);
+            out = std::make_unique<keepsake::exporter>(w.segment, store, options);
+        }
+        state64 value{};
+        for (std::size_t i = 0; i < commits; ++i) {
+            value.words[0] = i;
+            const auto start = std::chrono::steady_clock::now();
+            w.keepers[i % key_count].commit(value);
+            took[i] = static_cast<std::uint32_t>((std::chrono::steady_clock::now() - start).count());
+        }
+        if (out && !out->stop(std::chrono::minutes(1))) run.SkipWithError("stop timed out");
+    }
+    std::sort(took.begin(), took.end());
+    run.counters["p50_ns"] = took[commits / 2];
+    run.counters["p99_ns"] = took[commits * 99 / 100];
+    run.counters["p999_ns"] = took[commits * 999 / 1000];
+}
+
+void BM_commit_latency_alone(benchmark::State& run) { commit_latency(run, beside::nothing); }
+void BM_commit_latency_exporting(benchmark::State& run) { commit_latency(run, beside::exporter); }
+void BM_commit_latency_busy_thread(benchmark::State& run) { commit_latency(run, beside::busy_thread); }
+
+} // namespace
+
+BENCHMARK(BM_raw_sqlite_upsert)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_export_sqlite)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_export_memory)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_export_file)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_commit_latency_alone)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_commit_latency_exporting)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_commit_latency_busy_thread)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();

@@ -1,0 +1,162 @@
+// keepsake/exporter.hpp: a background thread that copies each key's newest
+// committed generation from a segment to a store.
+//
+// It runs a pass every interval, on flush() and on stop(). A pass lists the
+// segment's keys and, for each key whose newest committed generation is
+// above the one it last exported, copies that generation straight out of
+// the slots (detail/snapshot.hpp: no lock a committer takes, so a worker's
+// commit never waits for it) into a batch for the store. So a key committed
+// 1 000 times between two passes is written once, and its memory is one
+// entry per key plus one batch, whatever the commit rate.
+//
+// A store failure (any exception) abandons the pass; the next one, after a
+// backoff that doubles up to retry_max, copies what is newest then. Nothing
+// is lost meanwhile: the shared-memory copy stays the source until the store
+// holds that generation, and stores refuse a generation older than theirs.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "keepsake/detail/config.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/segment.hpp"
+#include "keepsake/store.hpp"
+
+namespace keepsake {
+
+enum class export_event_kind {
+    exported,      // a batch reached the store
+    store_failed,  // the store threw; the pass is retried after retry_in
+    timed_out,     // stop() ran out of time with keys not yet exported
+};
+
+inline const char* to_string(export_event_kind kind) noexcept {
+    switch (kind) {
+    case export_event_kind::exported: return "exported";
+    case export_event_kind::store_failed: return "store_failed";
+    case export_event_kind::timed_out: return "timed_out";
+    }
+    return "unknown";
+}
+
+struct export_event {
+    export_event_kind kind = export_event_kind::exported;
+    std::size_t records = 0;                // exported: in the batch; timed_out: keys left behind
+    std::uint32_t attempt = 0;              // store_failed: failures in a row, this one included
+    std::chrono::milliseconds retry_in{0};  // store_failed: the wait before the next pass
+    std::string message;                    // the same in words (the store's error for store_failed)
+};
+
+struct exporter_options {
+    std::chrono::milliseconds interval{1000};  // between passes when nobody asks for one
+    std::string prefix;                        // store key = prefix + segment key
+    std::size_t batch_size = 1024;             // records per store put (one transaction)
+    std::chrono::milliseconds retry_min{10};   // first wait after a store failure
+    std::chrono::milliseconds retry_max{5000}; // the wait doubles up to this
+    std::chrono::milliseconds stop_timeout{10000};  // the destructor's stop()
+    // Called on the exporter's thread; exceptions from it are logged and
+    // ignored. Events are also logged (exported at debug, the rest at
+    // warn/error).
+    std::function<void(const export_event&)> on_event;
+};
+
+struct exporter_stats {
+    std::uint64_t passes = 0;    // passes that reached the end of the keys
+    std::uint64_t batches = 0;   // puts that succeeded
+    std::uint64_t records = 0;   // records in them
+    std::uint64_t failures = 0;  // puts that threw
+};
+
+class KEEPSAKE_API exporter {
+public:
+    // Starts the thread. The store must outlive the exporter; the segment
+    // mapping is kept alive by the exporter itself.
+    exporter(const segment& source, store& target, exporter_options options = {});
+    ~exporter();
+
+    exporter(const exporter&) = delete;
+    exporter& operator=(const exporter&) = delete;
+
+    // Returns true once the store durably holds every generation committed
+    // before the call (or a newer one); false if `timeout` ran out first
+    // (the export goes on in the background). Throws errc::not_running
+    // after stop().
+    bool flush(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+    // Exports everything committed, then ends the thread. Returns false, and
+    // reports a timed_out event, if `timeout` ran out first: what was not
+    // exported stays in shared memory. A store call in progress is not
+    // interrupted, so stop() may return one store call after the timeout.
+    bool stop(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+    // Terminate-and-delete: removes `key` from the segment and from the
+    // store, between two passes so no export can bring it back. Throws
+    // errc::key_in_use while a keeper holds it. False if it was in neither.
+    bool forget(const std::string& key);
+
+    std::string store_key(const std::string& key) const { return options_.prefix + key; }
+    exporter_stats stats() const;
+
+private:
+    struct exported_key {
+        const std::byte* area = nullptr;  // a key removed and added again gets a new area
+        std::uint64_t generation = 0;     // the newest generation the store holds
+        std::uint64_t seen_in_pass = 0;
+    };
+    enum class pass_result { complete, incomplete, failed, abandoned };
+
+    std::shared_ptr<detail::segment_impl> segment_;
+    store& store_;
+    exporter_options options_;
+
+    mutable std::mutex mutex_;      // the fields below, up to pass_mutex_
+    std::condition_variable wake_;  // the thread waits for work
+    std::condition_variable done_;  // flush() waits for a pass
+    std::uint64_t requested_ = 0;   // flush tickets asked for
+    std::uint64_t completed_ = 0;   // highest ticket a complete pass began after
+    bool stopping_ = false;
+    std::uint64_t stop_ticket_ = 0;
+    bool stopped_ = false;
+    bool stop_result_ = true;
+    std::chrono::steady_clock::time_point stop_deadline_{};
+    exporter_stats stats_;
+    std::uint32_t failures_in_row_ = 0;  // store failures since the last complete pass
+
+    std::mutex pass_mutex_;  // a pass and forget() exclude each other
+    std::unordered_map<std::string, exported_key> exported_;  // the thread's (and forget's, under pass_mutex_)
+    std::vector<record> batch_;
+    std::vector<record> spare_;  // buffers of earlier batches, reused
+    std::vector<exported_key*> batch_owners_;
+    std::uint64_t pass_number_ = 0;
+    std::thread thread_;
+
+    void run();
+    void report_timeout();
+    std::chrono::milliseconds backoff(std::uint32_t attempt) const;
+    std::chrono::steady_clock::time_point next_pass_time(bool incomplete) const;
+    bool out_of_time() const;
+    pass_result run_pass();
+    pass_result export_key(const detail::segment_impl::entry_view& view);
+    bool abandoning();
+    record take_spare();
+    void recycle_batch();
+    bool put_batch();
+    std::size_t pending_keys();
+    void report(const export_event& event) const;
+};
+
+} // namespace keepsake
+
+#ifdef KEEPSAKE_HEADER_ONLY
+#include "keepsake/exporter-inl.hpp"
+#endif

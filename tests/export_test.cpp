@@ -1,0 +1,504 @@
+// The exporter and recovery: coalescing, flush and stop, retries with zero
+// loss through a fault-injecting store, a full disk, a reboot, SIGKILL
+// during export, damaged and too-new records, terminate-and-delete.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <vector>
+
+#include <keepsake/keepsake.hpp>
+#include <keepsake/stores/faulty_store.hpp>
+#include <keepsake/stores/file_store.hpp>
+#include <keepsake/stores/memory_store.hpp>
+#include <keepsake/stores/sqlite_store.hpp>
+
+#include "support.hpp"
+
+using keepsake::errc;
+using keepsake::exporter;
+using keepsake::keeper;
+using keepsake::recovery_source;
+using keepsake::segment;
+using test_support::blob;
+using test_support::error_from;
+using test_support::shm_dir;
+using test_support::temp_dir;
+using namespace std::chrono_literals;
+
+namespace {
+
+using state64 = blob<64>;
+
+state64 state_at(std::uint64_t generation) {
+    state64 value{};
+    state64::make(value, generation);
+    return value;
+}
+
+// The blob a store record holds; its own words say whether it is whole.
+template <std::size_t N>
+blob<N> blob_of(const keepsake::record& r) {
+    keepsake::stored_record view;
+    view.codec = static_cast<keepsake::codec_kind>(r.codec);
+    view.data = r.bytes.data();
+    view.size = r.bytes.size();
+    return keepsake::decode_as<blob<N>>(view);
+}
+
+// Commits the blob of its own generation, so store contents can be checked.
+template <std::size_t N>
+std::uint64_t commit_next(keeper<blob<N>>& k) {
+    blob<N> value{};
+    blob<N>::make(value, k.generation() + 1);
+    return k.commit(value);
+}
+
+// Events seen on the exporter's thread, for the test's thread to read.
+struct event_log {
+    std::mutex mutex;
+    std::vector<keepsake::export_event> events;
+
+    std::function<void(const keepsake::export_event&)> sink() {
+        return [this](const keepsake::export_event& event) {
+            std::lock_guard<std::mutex> lock(mutex);
+            events.push_back(event);
+        };
+    }
+    std::size_t count(keepsake::export_event_kind kind) {
+        std::lock_guard<std::mutex> lock(mutex);
+        return static_cast<std::size_t>(
+            std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.kind == kind; }));
+    }
+};
+
+keepsake::exporter_options quiet_options(event_log* log = nullptr) {
+    keepsake::exporter_options options;
+    options.interval = 1h;  // passes only when asked, so counts are exact
+    options.retry_min = 1ms;
+    options.retry_max = 8ms;
+    if (log) options.on_event = log->sink();
+    return options;
+}
+
+} // namespace
+
+TEST_CASE("exporter copies newest generations, coalesced, durable at flush", "[export]") {
+    shm_dir dir;
+    segment s("export", dir.options());
+    keepsake::memory_store store;
+    keeper<state64> a(s, "a"), b(s, "b");
+    exporter out(s, store, quiet_options());
+    commit_next(a);
+    commit_next(b);
+    commit_next(b);
+    REQUIRE(out.flush(5s));
+    CHECK(store.get("a")->generation == 1);
+    CHECK(blob_of<64>(*store.get("b")).generation == 2);
+    CHECK(store.records_put() == 2);
+    for (int i = 0; i < 1000; ++i) commit_next(a);
+    REQUIRE(out.flush(5s));
+    CHECK(store.records_put() == 3);  // 1000 commits, one write
+    CHECK(blob_of<64>(*store.get("a")).generation == 1001);
+    CHECK(blob_of<64>(*store.get("a")).consistent());
+    REQUIRE(out.flush(5s));
+    CHECK(store.records_put() == 3);  // nothing changed, nothing written
+    CHECK(out.stats().records == 3);
+}
+
+TEST_CASE("exporter copies whole states while a worker commits", "[export]") {
+    shm_dir dir;
+    segment s("busy", dir.options(4u << 20));
+    keepsake::memory_store store;
+    keeper<blob<4096>> k(s, "big");
+    exporter out(s, store, quiet_options());
+    std::atomic<bool> done{false};
+    std::atomic<bool> started{false};
+    std::thread worker([&] {
+        commit_next(k);
+        started = true;
+        while (!done.load(std::memory_order_relaxed)) commit_next(k);
+    });
+    while (!started) std::this_thread::yield();
+    std::uint64_t last = 0;
+    int checked = 0;
+    for (int i = 0; i < 200; ++i) {
+        REQUIRE(out.flush(5s));
+        const auto got = store.get("big");
+        REQUIRE(got);
+        const auto value = blob_of<4096>(*got);
+        REQUIRE(value.consistent());
+        REQUIRE(value.generation == got->generation);
+        REQUIRE(got->generation >= last);
+        last = got->generation;
+        ++checked;
+    }
+    done = true;
+    worker.join();
+    CHECK(checked == 200);
+    CHECK(last > 1);
+}
+
+TEST_CASE("store failures are retried with backoff until nothing is lost", "[export]") {
+    shm_dir dir;
+    segment s("retry", dir.options());
+    keepsake::memory_store inner;
+    keepsake::faulty_store faulty(inner);
+    faulty.fail_every(3);
+    faulty.fail_halfway(true);
+    event_log log;
+    auto options = quiet_options(&log);
+    options.batch_size = 4;
+    exporter out(s, faulty, options);
+    std::vector<std::unique_ptr<keeper<state64>>> keepers;
+    for (int i = 0; i < 30; ++i) keepers.push_back(std::make_unique<keeper<state64>>(s, "k" + std::to_string(i)));
+    for (auto kind : {keepsake::fault_kind::store_error, keepsake::fault_kind::foreign,
+                      keepsake::fault_kind::disk_full}) {
+        faulty.fail_with(kind);
+        for (int round = 0; round < 3; ++round) {
+            for (auto& k : keepers) commit_next(*k);
+            REQUIRE(out.flush(10s));
+            for (auto& k : keepers) REQUIRE(inner.get(k->key())->generation == k->generation());
+        }
+    }
+    CHECK(faulty.failures() >= 5);
+    CHECK(log.count(keepsake::export_event_kind::store_failed) == faulty.failures());
+    std::lock_guard<std::mutex> lock(log.mutex);
+    const auto failed = std::find_if(log.events.begin(), log.events.end(), [](const auto& e) {
+        return e.kind == keepsake::export_event_kind::store_failed;
+    });
+    CHECK(failed->message.find("injected failure") != std::string::npos);
+    CHECK(failed->retry_in >= 1ms);
+}
+
+TEST_CASE("a stalled store never holds up a commit; stop reports its timeout", "[export]") {
+    shm_dir dir;
+    segment s("stall", dir.options());
+    keepsake::memory_store inner;
+    keepsake::faulty_store slow(inner);
+    slow.stall(300ms);
+    event_log log;
+    auto out = std::make_unique<exporter>(s, slow, quiet_options(&log));
+    keeper<state64> k(s, "k");
+    commit_next(k);
+    CHECK_FALSE(out->flush(50ms));  // the store is still in its first call
+    auto longest = 0ns;
+    for (int i = 0; i < 2000; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        commit_next(k);
+        longest = std::max(longest, std::chrono::steady_clock::now() - start);
+    }
+    CHECK(longest < 20ms);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_FALSE(out->stop(50ms));
+    CHECK(std::chrono::steady_clock::now() - start < 2s);
+    CHECK(log.count(keepsake::export_event_kind::timed_out) == 1);
+    CHECK(error_from([&] { (void)out->flush(1s); }).code() == errc::not_running);
+    std::lock_guard<std::mutex> lock(log.mutex);
+    CHECK(log.events.back().records == 1);  // the key left behind
+}
+
+TEST_CASE("stop exports everything committed before it returns", "[export]") {
+    shm_dir dir;
+    temp_dir disk;
+    segment s("stop", dir.options());
+    keepsake::sqlite_store store(disk.path() + "/s.db");
+    auto options = quiet_options();
+    options.prefix = "prog/";
+    exporter out(s, store, options);
+    keeper<state64> a(s, "a"), b(s, "b");
+    for (int i = 0; i < 10; ++i) commit_next(a);
+    commit_next(b);
+    CHECK(out.stop(5s));
+    CHECK(store.get("prog/a")->generation == 10);
+    CHECK(store.get("prog/b")->generation == 1);
+    CHECK(store.list("") == std::vector<std::string>{"prog/a", "prog/b"});
+}
+
+TEST_CASE("a reboot: with the segment gone, the state comes from the store", "[export][recovery]") {
+    shm_dir dir;
+    temp_dir disk;
+    keepsake::file_store store(disk.path());
+    {
+        segment s("reboot", dir.options());
+        keeper<state64> k(s, "k");
+        CHECK(keepsake::recover(k, store, state_at(0)).source == recovery_source::initial);
+        exporter out(s, store, quiet_options());
+        for (int i = 0; i < 41; ++i) commit_next(k);
+        REQUIRE(out.stop(5s));
+    }
+    REQUIRE(segment::remove("reboot", dir.path()));  // what a reboot does to /dev/shm
+    segment s("reboot", dir.options());
+    REQUIRE(s.outcome() == keepsake::open_outcome::created);
+    keeper<state64> k(s, "k");
+    const auto got = keepsake::recover(k, store, state_at(0));
+    CHECK(got.source == recovery_source::store);
+    CHECK(got.generation == 42);
+    CHECK(got.value.generation == 42);
+    CHECK(got.value.consistent());
+    CHECK(k.restore()->info.generation == 42);  // seeded into shared memory
+    exporter out(s, store, quiet_options());
+    commit_next(k);  // carries on above the store's generation, so it is exported
+    REQUIRE(out.flush(5s));
+    CHECK(store.get("k")->generation == 43);
+}
+
+TEST_CASE("recovery takes the newest valid of shared memory and store", "[recovery]") {
+    shm_dir dir;
+    keepsake::memory_store store;
+    segment s("newest", dir.options());
+    keeper<state64> k(s, "k");
+    for (int i = 0; i < 5; ++i) commit_next(k);
+    keepsake::record older;
+    {
+        exporter out(s, store, quiet_options());
+        REQUIRE(out.flush(5s));
+        older = *store.get("k");
+    }
+    commit_next(k);  // shared memory is now ahead of the store
+    auto got = keepsake::recover(k, store, state_at(0));
+    CHECK(got.source == recovery_source::shared_memory);
+    CHECK(got.generation == 6);
+    CHECK(got.store_generation == 5);
+    keepsake::record newer = older;
+    newer.generation = 9;  // the store ahead: another host exported later
+    store.put_batch({newer});
+    got = keepsake::recover(k, store, state_at(0));
+    CHECK(got.source == recovery_source::store);
+    CHECK(got.value.generation == 5);  // the bytes the record holds
+    CHECK(got.generation == 9);
+}
+
+TEST_CASE("a damaged store record: a clear error, and the older valid copy is used", "[recovery]") {
+    shm_dir dir;
+    temp_dir disk;
+    segment s("damaged", dir.options());
+    keeper<state64> k(s, "k");
+    for (int i = 0; i < 3; ++i) commit_next(k);
+    const std::string db = disk.path() + "/s.db";
+    keepsake::sqlite_store store(db);
+    {
+        exporter out(s, store, quiet_options());
+        REQUIRE(out.flush(5s));
+    }
+    keepsake::record bad = *store.get("k");
+    {
+        keepsake::sqlite_store raw(db);  // damage: a row whose checksum cannot hold
+        sqlite3* handle = nullptr;
+        REQUIRE(sqlite3_open(db.c_str(), &handle) == SQLITE_OK);
+        REQUIRE(sqlite3_exec(handle, "UPDATE keepsake_records SET generation = 50", nullptr, nullptr, nullptr) ==
+                SQLITE_OK);
+        sqlite3_close(handle);
+    }
+    CHECK(error_from([&] { store.get("k"); }).code() == errc::record_corrupt);
+    const auto got = keepsake::recover(k, store, state_at(0));
+    CHECK(got.source == recovery_source::shared_memory);
+    CHECK(got.generation == 3);
+    REQUIRE(got.problems.size() == 1);
+    CHECK(got.problems[0].find("checksum") != std::string::npos);
+    exporter out(s, store, quiet_options());  // the valid copy takes the damaged one's place
+    REQUIRE(out.flush(5s));
+    CHECK(store.get("k")->generation == 3);
+}
+
+TEST_CASE("a truncated store file with nothing else valid gives the initial state", "[recovery]") {
+    shm_dir dir;
+    temp_dir disk;
+    keepsake::file_store store(disk.path());
+    store.put_batch({[] {
+        keepsake::record r;
+        r.key = "k";
+        r.generation = 4;
+        return r;
+    }()});
+    { std::ofstream(store.path_of("k"), std::ios::binary | std::ios::trunc) << "KKEP"; }
+    segment s("truncated", dir.options());
+    keeper<state64> k(s, "k");
+    const auto got = keepsake::recover(k, store, state_at(77));
+    CHECK(got.source == recovery_source::initial);
+    CHECK(got.value.generation == 77);
+    CHECK(got.generation == 1);
+    CHECK(got.problems.size() == 1);
+}
+
+namespace {
+
+struct old_state {
+    std::uint32_t hits;
+};
+struct new_state {
+    std::uint64_t hits;
+    std::uint64_t misses;
+};
+
+} // namespace
+
+TEST_CASE("versioned records: older ones are upgraded, newer ones refused untouched", "[recovery]") {
+    shm_dir dir;
+    keepsake::memory_store store;
+    {
+        segment s("v1", dir.options());
+        keeper<old_state> k(s, "k");
+        k.commit(old_state{12});
+        exporter out(s, store, quiet_options());
+        REQUIRE(out.flush(5s));
+    }
+    segment s("v2", dir.options());
+    keepsake::keeper_options<new_state> options;
+    options.schema_version = 2;
+    options.upgrade = [](const keepsake::stored_record& old) {
+        return new_state{keepsake::decode_as<old_state>(old).hits, 0};
+    };
+    {
+        keeper<new_state> k(s, "k", options);
+        const auto got = keepsake::recover(k, store, new_state{});
+        CHECK(got.source == recovery_source::store);
+        CHECK(got.value.hits == 12);
+        CHECK(got.generation == 1);
+    }
+    s.remove_key("k");  // without a hook another type is refused, not reinterpreted
+    keeper<new_state> plain(s, "k");
+    CHECK(error_from([&] { keepsake::recover(plain, store, new_state{}); }).code() == errc::type_mismatch);
+
+    keepsake::record future = *store.get("k");
+    future.schema_version = 7;
+    future.generation = 2;
+    store.put_batch({future});
+    const keepsake::error too_new = error_from([&] {
+        segment other("v3", dir.options());
+        keeper<new_state> k(other, "k", options);
+        keepsake::recover(k, store, new_state{});
+    });
+    CHECK(too_new.code() == errc::version_too_new);
+    CHECK(std::string(too_new.what()).find("schema version 7") != std::string::npos);
+    const auto kept = store.get("k");
+    CHECK(kept->schema_version == 7);
+    CHECK(kept->bytes == future.bytes);
+}
+
+TEST_CASE("terminate-and-delete removes a key from shared memory and the store", "[export]") {
+    shm_dir dir;
+    keepsake::memory_store store;
+    segment s("forget", dir.options());
+    exporter out(s, store, quiet_options());
+    {
+        keeper<state64> k(s, "gone");
+        commit_next(k);
+        REQUIRE(out.flush(5s));
+        CHECK(error_from([&] { out.forget("gone"); }).code() == errc::key_in_use);
+    }
+    CHECK(out.forget("gone"));
+    CHECK_FALSE(store.get("gone"));
+    CHECK(s.entries().empty());
+    REQUIRE(out.flush(5s));
+    CHECK_FALSE(store.get("gone"));  // no pass brings it back
+    CHECK_FALSE(out.forget("gone"));
+    keeper<state64> again(s, "gone");
+    CHECK(keepsake::recover(again, store, state_at(5)).source == recovery_source::initial);
+    CHECK(keepsake::forget(s, store, "other") == false);
+}
+
+TEST_CASE("a full disk: the export waits and retries, and loses nothing", "[export][disk]") {
+    shm_dir dir;
+    temp_dir mount;
+    if (std::system(("mount -t tmpfs -o size=64k keepsake-store " + mount.path() + " 2>/dev/null").c_str()) != 0) {
+        WARN("cannot mount a small tmpfs here (needs root); the injected disk_full path covers this case");
+        return;
+    }
+    struct unmount {
+        std::string at;
+        ~unmount() { (void)std::system(("umount " + at).c_str()); }
+    } cleanup{mount.path()};
+    keepsake::file_store store(mount.path() + "/store");
+    segment s("full", dir.options(2u << 20));
+    event_log log;
+    exporter out(s, store, quiet_options(&log));
+    std::vector<std::unique_ptr<keeper<blob<4096>>>> keepers;
+    for (int i = 0; i < 24; ++i) {  // 24 x 4 KiB, with .prev copies: more than 64 KiB
+        keepers.push_back(std::make_unique<keeper<blob<4096>>>(s, "k" + std::to_string(i)));
+        commit_next(*keepers.back());
+        commit_next(*keepers.back());
+    }
+    CHECK_FALSE(out.flush(300ms));
+    REQUIRE(log.count(keepsake::export_event_kind::store_failed) > 0);
+    {
+        std::lock_guard<std::mutex> lock(log.mutex);
+        CHECK(log.events.back().message.find("No space left") != std::string::npos);
+    }
+    REQUIRE(std::system(("mount -o remount,size=2m " + mount.path()).c_str()) == 0);
+    REQUIRE(out.flush(10s));
+    for (auto& k : keepers) {
+        const auto got = store.get(k->key());
+        REQUIRE(got->generation == 2);
+        REQUIRE(blob_of<4096>(*got).consistent());
+    }
+}
+
+namespace {
+
+struct child_progress {
+    std::atomic<int> ready{0};
+    std::atomic<std::uint64_t> exported{0};  // generation a flush saw durable
+};
+
+// A child that commits and exports as fast as it can, until it is killed.
+template <class Store>
+[[noreturn]] void export_forever(const shm_dir& dir, const std::string& where, child_progress& progress) {
+    segment s("killed", dir.options(2u << 20));
+    Store store(where);
+    keeper<blob<4096>> k(s, "k");
+    keepsake::recover(k, store, blob<4096>{});
+    auto options = quiet_options();
+    options.interval = 1ms;
+    exporter out(s, store, options);
+    progress.ready.store(1, std::memory_order_release);
+    for (;;) {
+        for (int i = 0; i < 5; ++i) commit_next(k);
+        const std::uint64_t generation = k.generation();
+        if (out.flush(10s)) progress.exported.store(generation, std::memory_order_release);
+    }
+}
+
+// SIGKILLs the exporting child at random instants; after each kill the
+// store holds a whole record, never older than one a flush saw durable.
+template <class Store>
+void kill_exporter_repeatedly(const std::string& where) {
+    shm_dir dir;
+    auto* progress = test_support::shared_anonymous<child_progress>();
+    std::mt19937_64 rng(std::random_device{}());
+    std::uint64_t last = 0;
+    const int kills = test_support::env_count("KEEPSAKE_KILLS", 200) / 10;
+    for (int kill = 0; kill < kills; ++kill) {
+        progress->ready.store(0);
+        const pid_t child = test_support::fork_child([&] { export_forever<Store>(dir, where, *progress); });
+        REQUIRE(test_support::wait_ready(progress->ready, child));
+        std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 30000)(rng)));
+        test_support::kill_and_reap(child);
+        Store store(where);
+        const auto got = store.get("k");
+        const std::uint64_t durable = progress->exported.load(std::memory_order_acquire);
+        if (!got) {
+            REQUIRE(durable == 0);
+            continue;
+        }
+        const auto value = blob_of<4096>(*got);
+        REQUIRE(value.consistent());
+        REQUIRE(got->generation >= std::max(last, durable));
+        last = got->generation;
+    }
+    test_support::release_shared(progress);
+    CHECK(last > 0);
+}
+
+} // namespace
+
+TEST_CASE("SIGKILL during export leaves a whole old or new record (file store)", "[export][crash]") {
+    temp_dir disk;
+    kill_exporter_repeatedly<keepsake::file_store>(disk.path());
+}
+
+TEST_CASE("SIGKILL during export leaves a whole old or new record (SQLite store)", "[export][crash]") {
+    temp_dir disk;
+    kill_exporter_repeatedly<keepsake::sqlite_store>(disk.path() + "/s.db");
+}

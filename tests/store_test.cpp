@@ -1,0 +1,260 @@
+// One conformance suite run against every store, then what each store does
+// with damaged records, and the fault-injecting wrapper.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+
+#include <sqlite3.h>
+
+#include <keepsake/stores/faulty_store.hpp>
+#include <keepsake/stores/file_store.hpp>
+#include <keepsake/stores/memory_store.hpp>
+#include <keepsake/stores/sqlite_store.hpp>
+
+#include "support.hpp"
+
+using keepsake::errc;
+using keepsake::record;
+using test_support::error_from;
+using test_support::temp_dir;
+
+namespace {
+
+record make_record(const std::string& key, std::uint64_t generation, std::size_t size = 64, std::uint32_t schema = 1) {
+    record r;
+    r.key = key;
+    r.generation = generation;
+    r.schema_version = schema;
+    r.codec = 1;
+    r.fingerprint = 0xF00DF00DF00DF00Dull ^ generation;
+    r.bytes.resize(size);
+    for (std::size_t i = 0; i < size; ++i) r.bytes[i] = static_cast<std::byte>((generation * 31 + i) & 0xff);
+    return r;
+}
+
+bool same(const record& a, const record& b) {
+    return a.key == b.key && a.generation == b.generation && a.schema_version == b.schema_version &&
+           a.codec == b.codec && a.fingerprint == b.fingerprint && a.bytes == b.bytes;
+}
+
+std::uint64_t generation_of(keepsake::store& s, const std::string& key) {
+    const auto found = s.get(key);
+    return found ? found->generation : 0;
+}
+
+// Each kind opens its store; open() again sees the same records (for
+// memory, the same object).
+struct memory_kind {
+    std::shared_ptr<keepsake::memory_store> shared = std::make_shared<keepsake::memory_store>();
+    std::shared_ptr<keepsake::store> open() { return shared; }
+};
+
+struct file_kind {
+    temp_dir dir;
+    std::shared_ptr<keepsake::store> open() { return std::make_shared<keepsake::file_store>(dir.path()); }
+};
+
+struct sqlite_kind {
+    temp_dir dir;
+    std::shared_ptr<keepsake::store> open() { return std::make_shared<keepsake::sqlite_store>(dir.path() + "/s.db"); }
+};
+
+} // namespace
+
+TEMPLATE_TEST_CASE("store conformance", "[store]", memory_kind, file_kind, sqlite_kind) {
+    TestType kind;
+    auto s = kind.open();
+
+    SECTION("a record comes back exactly as it was put, empty bytes too") {
+        const record full = make_record("k", 7, 300, 3);
+        const record empty = make_record("e", 1, 0);
+        s->put_batch({full, empty});
+        REQUIRE(same(*s->get("k"), full));
+        REQUIRE(same(*s->get("e"), empty));
+    }
+    SECTION("a missing key is nothing, and removing it is false") {
+        CHECK_FALSE(s->get("absent"));
+        CHECK_FALSE(s->remove("absent"));
+    }
+    SECTION("an older or equal generation never replaces a newer one") {
+        s->put_batch({make_record("k", 5)});
+        s->put_batch({make_record("k", 3)});
+        CHECK(same(*s->get("k"), make_record("k", 5)));
+        record equal = make_record("k", 5);
+        equal.bytes[0] = std::byte{0x55};
+        s->put_batch({equal});
+        CHECK(same(*s->get("k"), make_record("k", 5)));
+        s->put_batch({make_record("k", 9), make_record("k", 8)});  // within one batch too
+        CHECK(same(*s->get("k"), make_record("k", 9)));
+    }
+    SECTION("remove takes a key out of get and list") {
+        s->put_batch({make_record("a", 1), make_record("b", 1)});
+        CHECK(s->remove("a"));
+        CHECK_FALSE(s->get("a"));
+        CHECK(s->list("") == std::vector<std::string>{"b"});
+        s->put_batch({make_record("a", 1)});  // a removed key starts afresh
+        CHECK(generation_of(*s, "a") == 1);
+    }
+    SECTION("a prefix scopes keys") {
+        s->put_batch({make_record("app1/x", 1), make_record("app1/y", 1), make_record("app2/x", 1),
+                      make_record("app1", 1)});
+        CHECK(s->list("app1/") == std::vector<std::string>{"app1/x", "app1/y"});
+        CHECK(s->list("app2/") == std::vector<std::string>{"app2/x"});
+        CHECK(s->list("") == std::vector<std::string>{"app1", "app1/x", "app1/y", "app2/x"});
+    }
+    SECTION("keys with any bytes round-trip") {
+        const std::string odd = std::string("p:q/r.s%t u\x01") + char(0xff);
+        s->put_batch({make_record(odd, 2)});
+        CHECK(same(*s->get(odd), make_record(odd, 2)));
+        CHECK(s->list("p:") == std::vector<std::string>{odd});
+    }
+    SECTION("a large batch lands whole, and a store opened again still has it") {
+        std::vector<record> batch;
+        for (int i = 0; i < 300; ++i) batch.push_back(make_record("key/" + std::to_string(i), 1 + i % 5));
+        s->put_batch(batch);
+        s.reset();
+        auto again = kind.open();
+        CHECK(again->list("key/").size() == 300);
+        for (int i = 0; i < 300; i += 37) CHECK(same(*again->get(batch[i].key), batch[i]));
+    }
+}
+
+namespace {
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+} // namespace
+
+TEST_CASE("file store: a damaged newest file falls back to the previous record", "[store][file]") {
+    temp_dir dir;
+    keepsake::file_store s(dir.path());
+    s.put_batch({make_record("k", 1)});
+    s.put_batch({make_record("k", 2)});
+    const std::string rec = s.path_of("k");
+    const std::string prev = rec.substr(0, rec.size() - 4) + ".prev";
+    const std::string good = read_file(rec);
+
+    SECTION("truncated") {
+        write_file(rec, good.substr(0, good.size() - 1));
+        CHECK(same(*s.get("k"), make_record("k", 1)));
+    }
+    SECTION("wrong checksum") {
+        std::string bad = good;
+        bad[bad.size() - 1] ^= 0x20;
+        write_file(rec, bad);
+        CHECK(same(*s.get("k"), make_record("k", 1)));
+        // A put over a damaged file keeps the older valid copy as fallback.
+        s.put_batch({make_record("k", 3)});
+        CHECK(s.get("k")->generation == 3);
+        CHECK(read_file(prev) != bad);
+        write_file(rec, "junk");
+        CHECK(s.get("k")->generation == 1);
+    }
+    SECTION("a record format this keepsake does not know") {
+        std::string other = good;
+        other[8] = 99;  // format_version, with a header checksum to match
+        keepsake::detail::file_record_header header{};
+        std::memcpy(&header, other.data(), sizeof(header));
+        header.header_checksum = keepsake::detail::file_header_checksum(header);
+        std::memcpy(other.data(), &header, sizeof(header));
+        write_file(rec, other);
+        CHECK(same(*s.get("k"), make_record("k", 1)));
+    }
+    SECTION("no valid copy left is a clear record_corrupt error") {
+        write_file(rec, good.substr(0, 10));
+        write_file(prev, "");
+        const keepsake::error failure = error_from([&] { s.get("k"); });
+        CHECK(failure.code() == errc::record_corrupt);
+        CHECK(std::string(failure.what()).find("truncated") != std::string::npos);
+        CHECK(std::string(failure.what()).find("key 'k'") != std::string::npos);
+    }
+    SECTION("a file holding another key is refused") {
+        s.put_batch({make_record("other", 5)});
+        write_file(rec, read_file(s.path_of("other")));
+        CHECK(s.get("k")->generation == 1);
+    }
+}
+
+TEST_CASE("file store: leftovers of an interrupted put are cleared at open", "[store][file]") {
+    temp_dir dir;
+    {
+        keepsake::file_store s(dir.path());
+        s.put_batch({make_record("k", 4)});
+    }
+    write_file(dir.path() + "/k.tmp", "half a record");
+    std::rename((dir.path() + "/k.rec").c_str(), (dir.path() + "/k.prev").c_str());  // crash between renames
+    keepsake::file_store s(dir.path());
+    CHECK_FALSE(std::filesystem::exists(dir.path() + "/k.tmp"));
+    CHECK(s.list("") == std::vector<std::string>{"k"});
+    CHECK(s.get("k")->generation == 4);
+    s.put_batch({make_record("k", 3)});  // still older than the .prev it has
+    CHECK(s.get("k")->generation == 4);
+}
+
+TEST_CASE("SQLite store: a damaged row is record_corrupt, WAL is on", "[store][sqlite]") {
+    temp_dir dir;
+    const std::string path = dir.path() + "/s.db";
+    keepsake::sqlite_store s(path);
+    s.put_batch({make_record("k", 2), make_record("j", 1)});
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(raw, "UPDATE keepsake_records SET data = substr(data, 1, 10) WHERE key = CAST('k' AS BLOB)",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_stmt* mode = nullptr;
+    REQUIRE(sqlite3_prepare_v2(raw, "PRAGMA journal_mode", -1, &mode, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(mode) == SQLITE_ROW);
+    CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(mode, 0))) == "wal");
+    sqlite3_finalize(mode);
+    sqlite3_close(raw);
+    const keepsake::error failure = error_from([&] { s.get("k"); });
+    CHECK(failure.code() == errc::record_corrupt);
+    CHECK(std::string(failure.what()).find("checksum") != std::string::npos);
+    CHECK(same(*s.get("j"), make_record("j", 1)));
+}
+
+TEST_CASE("SQLite store: a bad option or path is a clear error", "[store][sqlite]") {
+    keepsake::sqlite_store_options options;
+    options.table = "x; DROP";
+    CHECK(error_from([&] { keepsake::sqlite_store s(":memory:", options); }).code() == errc::invalid_argument);
+    CHECK(error_from([] { keepsake::sqlite_store s("/nonexistent-dir/s.db"); }).code() == errc::store_failed);
+}
+
+TEST_CASE("faulty store fails every Nth call, halfway if asked, as asked", "[store][faulty]") {
+    keepsake::memory_store inner;
+    keepsake::faulty_store s(inner);
+    s.fail_every(2);
+    s.fail_halfway(true);
+    s.put_batch({make_record("a", 1)});  // call 1 passes
+    std::vector<record> batch{make_record("b", 1), make_record("c", 1), make_record("d", 1), make_record("e", 1)};
+    CHECK(error_from([&] { s.put_batch(batch); }).code() == errc::store_failed);  // call 2 fails after half
+    CHECK(inner.list("") == std::vector<std::string>{"a", "b", "c"});
+    s.fail_with(keepsake::fault_kind::foreign);
+    CHECK(s.get("a"));  // call 3
+    bool foreign = false;
+    try {
+        s.list("");  // call 4
+    } catch (const keepsake::error&) {
+    } catch (const std::runtime_error&) {
+        foreign = true;
+    }
+    CHECK(foreign);
+    s.fail_with(keepsake::fault_kind::disk_full);
+    CHECK(s.remove("a"));  // call 5
+    CHECK(std::string(error_from([&] { s.get("b"); }).what()).find("No space") != std::string::npos);
+    CHECK(s.failures() == 3);
+    s.fail_every(0);
+    s.stall(std::chrono::milliseconds(30));
+    const auto start = std::chrono::steady_clock::now();
+    s.put_batch(batch);
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(30));
+    CHECK(inner.list("").size() == 4);
+}
