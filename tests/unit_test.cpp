@@ -49,6 +49,15 @@ keepsake::runtime_options pumped(const keepsake::segment& where, std::shared_ptr
     return options;
 }
 
+// A private segment and a runtime the test thread pumps.
+struct pumped_runtime {
+    shm_dir dir;
+    keepsake::segment seg;
+    keepsake::runtime rt;
+    explicit pumped_runtime(const std::string& name, std::shared_ptr<keepsake::clock> time = nullptr)
+        : seg(name, dir.options()), rt(pumped(seg, std::move(time))) {}
+};
+
 keepsake::unit_spec<counter> counter_spec(const std::string& name) {
     keepsake::unit_spec<counter> spec;
     spec.name = name;
@@ -66,9 +75,8 @@ void crash_with(keepsake::unit<counter>& unit, const char* why) {
 } // namespace
 
 TEST_CASE("call returns the handler's result and cast is served in order", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("calls", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("calls");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     for (int i = 0; i < 100; ++i) unit.cast([i](counter& state) { state.value = state.value * 2 % 1000003 + i; });
     long expected = 0;
@@ -80,9 +88,8 @@ TEST_CASE("call returns the handler's result and cast is served in order", "[uni
 }
 
 TEST_CASE("every message that may change the state is committed before its reply; reads are not", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("commits", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("commits");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     unit.call([](counter& state) { state.value = 41; });
     const auto after_write = unit.stats().generation;
@@ -93,9 +100,8 @@ TEST_CASE("every message that may change the state is committed before its reply
 }
 
 TEST_CASE("typed messages go to the unit's handler; a const handler is read-only", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("typed", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("typed");
+    auto& rt = harness.rt;
     keepsake::unit_spec<tally, tally_handler> spec;
     spec.name = "t";
     auto unit = keepsake::start_unit(rt, spec);
@@ -110,9 +116,8 @@ TEST_CASE("typed messages go to the unit's handler; a const handler is read-only
 }
 
 TEST_CASE("a crash answers the caller with worker_crashed and restarts from the last commit", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("crash", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("crash");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     unit.call([](counter& state) { state.value = 10; });
     try {
@@ -130,9 +135,8 @@ TEST_CASE("a crash answers the caller with worker_crashed and restarts from the 
 }
 
 TEST_CASE("messages queued behind a crashing one are served by the restarted worker", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("queued", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("queued");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     unit.cast([](counter& state) { state.value += 1; });
     crash_with(unit, "boom");
@@ -142,9 +146,8 @@ TEST_CASE("messages queued behind a crashing one are served by the restarted wor
 }
 
 TEST_CASE("lost updates: an increment followed at once by a crash, 10 000 times", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("lost", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("lost");
+    auto& rt = harness.rt;
     auto spec = counter_spec("c");
     spec.intensity = {100000, 10s};
     auto unit = keepsake::start_unit(rt, spec);
@@ -158,9 +161,8 @@ TEST_CASE("lost updates: an increment followed at once by a crash, 10 000 times"
 }
 
 TEST_CASE("a counter under random crashes ends at exactly the number of increments", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("random", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("random");
+    auto& rt = harness.rt;
     auto spec = counter_spec("c");
     spec.intensity = {100000, 10s};
     auto unit = keepsake::start_unit(rt, spec);
@@ -191,10 +193,9 @@ TEST_CASE("a counter under random crashes ends at exactly the number of incremen
 }
 
 TEST_CASE("a unit gives up past its restart intensity; then calls fail at once", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("intensity", dir.options());
     auto clock = std::make_shared<keepsake::manual_clock>();
-    keepsake::runtime rt(pumped(seg, clock));
+    pumped_runtime harness("intensity", clock);
+    auto& rt = harness.rt;
     auto spec = counter_spec("c");
     spec.intensity = {2, 10s};
     std::vector<std::string> seen;
@@ -220,10 +221,9 @@ TEST_CASE("a unit gives up past its restart intensity; then calls fail at once",
 }
 
 TEST_CASE("the default intensity allows 1000 restarts in 10 s", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("default-intensity", dir.options());
     auto clock = std::make_shared<keepsake::manual_clock>();
-    keepsake::runtime rt(pumped(seg, clock));
+    pumped_runtime harness("default-intensity", clock);
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     for (int i = 0; i < 1000; ++i) crash_with(unit, "again");
     CHECK(read(unit) == 0);
@@ -234,9 +234,8 @@ TEST_CASE("the default intensity allows 1000 restarts in 10 s", "[unit]") {
 }
 
 TEST_CASE("commit policies: every N, manual, and the commit at a graceful stop", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("policies", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("policies");
+    auto& rt = harness.rt;
 
     auto batched = counter_spec("batched");
     batched.commit = keepsake::commit_policy::every(3);
@@ -261,9 +260,8 @@ TEST_CASE("commit policies: every N, manual, and the commit at a graceful stop",
 }
 
 TEST_CASE("the init hook sees the handed-over state on every (re)start and may adjust it", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("init", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("init");
+    auto& rt = harness.rt;
     std::vector<keepsake::start_info> starts;
     auto spec = counter_spec("c");
     spec.initial.value = 100;
@@ -285,10 +283,9 @@ TEST_CASE("the init hook sees the handed-over state on every (re)start and may a
 }
 
 TEST_CASE("a loop worker ticks, commits when it says, serves messages at yields, and stops when asked", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("loop", dir.options());
     auto clock = std::make_shared<keepsake::manual_clock>();
-    keepsake::runtime rt(pumped(seg, clock));
+    pumped_runtime harness("loop", clock);
+    auto& rt = harness.rt;
     auto spec = counter_spec("ticker");
     spec.loop = [](keepsake::unit_context<counter>& context) {
         while (!context.stop_requested()) {
@@ -317,9 +314,8 @@ TEST_CASE("a loop worker ticks, commits when it says, serves messages at yields,
 }
 
 TEST_CASE("a loop worker that crashes restarts from its last commit; an explicit crash counts", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("loop-crash", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("loop-crash");
+    auto& rt = harness.rt;
     std::atomic<int> runs{0};
     auto spec = counter_spec("l");
     spec.loop = [&](keepsake::unit_context<counter>& context) {
@@ -341,9 +337,8 @@ TEST_CASE("a loop worker that crashes restarts from its last commit; an explicit
 }
 
 TEST_CASE("listeners: on_state_changed in commit order, on_terminate with the reason", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("listeners", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("listeners");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     std::vector<std::pair<long, long>> changes;
     std::vector<std::string> ends;
@@ -405,9 +400,8 @@ TEST_CASE("calls and casts from two OS threads at once", "[unit][threads]") {
 }
 
 TEST_CASE("a pumped runtime runs only when polled; run_for returns once nothing is ready", "[unit][runtime]") {
-    shm_dir dir;
-    keepsake::segment seg("pump", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("pump");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
     unit.cast([](counter& state) { state.value = 3; });
     CHECK(unit.stats().messages == 0);  // nothing runs until the host lets it
@@ -468,9 +462,8 @@ TEST_CASE("a process killed while running units resumes every unit at its last c
 }
 
 TEST_CASE("unit specs are checked when the unit is made", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("specs", dir.options());
-    keepsake::runtime rt(pumped(seg));
+    pumped_runtime harness("specs");
+    auto& rt = harness.rt;
     auto bad_policy = counter_spec("p");
     bad_policy.commit = keepsake::commit_policy::every(0);
     CHECK_THROWS_AS(keepsake::start_unit(rt, bad_policy), keepsake::error);

@@ -81,7 +81,6 @@ public:
     }
 
     void clear() noexcept { head_ = count_ = 0; }
-    std::size_t recent() const noexcept { return count_; }
 
 private:
     restart_intensity limits_;

@@ -138,17 +138,6 @@ public:
         return on.wait_until(*time_, deadline, ready);
     }
 
-    // The fiber-side sleep on this runtime's clock.
-    void sleep_for(duration span) const {
-        if (!time_->is_manual()) {
-            boost::this_fiber::sleep_for(span);
-            return;
-        }
-        detail::signal alarm;
-        const duration until = time_->now() + span;
-        alarm.wait_until(*time_, until, [] { return false; });
-    }
-
     // --- name registry (whereis) --------------------------------------
     // Units register under their name; a name is held by one unit at a time.
     void register_name(const std::string& name, std::type_index type, std::weak_ptr<void> who) {

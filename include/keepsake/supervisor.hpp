@@ -84,18 +84,31 @@ struct supervisor_stats {
     duration uptime{};
 };
 
-template <class State, class Handler>
-child_spec child(unit_spec<State, Handler> spec) {
+namespace detail {
+
+// A child spec from a unit's or a supervisor's spec: the same fields, and a
+// maker that makes a fresh core from a copy of the spec.
+template <class Spec, class Make>
+child_spec child_spec_of(Spec spec, child_kind kind, Make make_core) {
     child_spec made;
     made.id = spec.name;
-    made.kind = child_kind::worker;
+    made.kind = kind;
     made.restart = spec.restart;
     made.shutdown = spec.shutdown;
     made.significant = spec.significant;
-    made.make = [spec = std::move(spec)](runtime& where) -> std::shared_ptr<detail::child_process> {
-        return detail::make_unit_core(where, spec);
+    made.make = [spec = std::move(spec), make_core](runtime& where) -> std::shared_ptr<child_process> {
+        return make_core(where, spec);
     };
     return made;
+}
+
+} // namespace detail
+
+template <class State, class Handler>
+child_spec child(unit_spec<State, Handler> spec) {
+    return detail::child_spec_of(std::move(spec), child_kind::worker, [](runtime& where, const auto& kept) {
+        return detail::make_unit_core(where, kept);
+    });
 }
 
 child_spec child(supervisor_spec spec);
@@ -517,24 +530,15 @@ private:
 };
 
 inline std::shared_ptr<supervisor_core> make_supervisor_core(runtime& where, supervisor_spec spec) {
-    auto core = std::make_shared<supervisor_core>(where, std::move(spec));
-    where.register_name(core->name(), typeid(supervisor_core), core);
-    return core;
+    return make_registered<supervisor_core>(where, std::move(spec));
 }
 
 } // namespace detail
 
 inline child_spec child(supervisor_spec spec) {
-    child_spec made;
-    made.id = spec.name;
-    made.kind = child_kind::supervisor;
-    made.restart = spec.restart;
-    made.shutdown = spec.shutdown;
-    made.significant = spec.significant;
-    made.make = [spec = std::move(spec)](runtime& where) -> std::shared_ptr<detail::child_process> {
-        return detail::make_supervisor_core(where, spec);
-    };
-    return made;
+    return detail::child_spec_of(std::move(spec), child_kind::supervisor, [](runtime& where, const auto& kept) {
+        return detail::make_supervisor_core(where, kept);
+    });
 }
 
 // A handle to a supervisor; management calls are safe from any thread

@@ -368,8 +368,6 @@ private:
         check_intensity(spec_.intensity, "unit '" + name() + "'");
         if (spec_.call_timeout <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': call_timeout must be positive");
-        if (spec_.significant && spec_.restart == restart_type::permanent)
-            throw error(errc::invalid_argument, "unit '" + name() + "': a permanent child cannot be significant");
     }
 
     const segment& segment_to_use() const {
@@ -510,7 +508,7 @@ private:
                 ended = exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
                                     stop_requested() ? "stopped on request" : "the worker returned"};
             } catch (const forced_stop&) {
-                fail_inflight(std::make_exception_ptr(not_running_error()));
+                fail_inflight(not_running_failure());
                 ended = exit_reason{exit_kind::killed, "forced to stop after its shutdown timeout"};
             } catch (const std::exception& thrown) {
                 if (!started()) throw;
@@ -606,9 +604,7 @@ namespace detail {
 // its children; start_unit for a unit of its own).
 template <class State, class Handler>
 std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_spec<State, Handler> spec) {
-    auto core = std::make_shared<unit_core<State, Handler>>(where, std::move(spec));
-    where.register_name(core->name(), typeid(unit_core<State, Handler>), core);
-    return core;
+    return make_registered<unit_core<State, Handler>>(where, std::move(spec));
 }
 
 } // namespace detail

@@ -9,6 +9,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <typeinfo>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -161,15 +163,21 @@ protected:
         message pending;
         while (mailbox_.pop(pending)) {
             if (reply_cell* reply = pending.reply()) {
-                try {
-                    answer_failure(*reply, std::make_exception_ptr(not_running_error()));
-                } catch (...) {
-                    // Out of memory for the error: the caller still wakes
-                    // through the cell's state below.
-                }
+                answer_failure(*reply, not_running_failure());
                 replies_.release(reply);
             }
             pending.reset();
+        }
+    }
+
+    // The error for a caller nobody will serve. Without memory for its
+    // message, bad_alloc (from the exception runtime's emergency pool) still
+    // wakes the caller.
+    std::exception_ptr not_running_failure() const noexcept {
+        try {
+            return std::make_exception_ptr(not_running_error());
+        } catch (...) {
+            return std::make_exception_ptr(std::bad_alloc());
         }
     }
 
@@ -391,15 +399,13 @@ private:
     }
 };
 
-// What an exception says about itself, for exit reasons.
-inline std::string describe(const std::exception_ptr& failure) {
-    try {
-        std::rethrow_exception(failure);
-    } catch (const std::exception& thrown) {
-        return thrown.what();
-    } catch (...) {
-        return "an exception not derived from std::exception";
-    }
+// Makes a unit's or supervisor's core and registers its name, so whereis
+// finds it and a second one of that name is refused.
+template <class Core, class Spec>
+std::shared_ptr<Core> make_registered(runtime& where, Spec spec) {
+    auto core = std::make_shared<Core>(where, std::move(spec));
+    where.register_name(core->name(), typeid(Core), core);
+    return core;
 }
 
 } // namespace detail
