@@ -321,15 +321,7 @@ private:
 
     void publish(event_kind kind, const record& child, exit_kind reason_kind = exit_kind::normal,
                  std::string_view reason = {}) const {
-        event what;
-        what.kind = kind;
-        what.supervisor = name();
-        what.child = child.spec.id;
-        what.instance = child.process->instance();
-        what.reason_kind = reason_kind;
-        what.reason = reason;
-        what.at = runtime_.clock().now();
-        runtime_.events().publish(what);
+        supervised_actor::publish(kind, child.spec.id, child.process->instance(), reason_kind, reason);
     }
 
     // --- starting and stopping children --------------------------------------
@@ -408,15 +400,7 @@ private:
     // The supervisor's own stop (asked, gave up or auto shutdown), after its
     // children: observable for a root supervisor too.
     void publish_stopped(const exit_reason& reason) const {
-        event what;
-        what.kind = event_kind::stopped;
-        what.supervisor = name();
-        what.child = name();
-        what.instance = instance();
-        what.reason_kind = reason.kind;
-        what.reason = reason.what;
-        what.at = runtime_.clock().now();
-        runtime_.events().publish(what);
+        supervised_actor::publish(event_kind::stopped, name(), instance(), reason.kind, reason.what);
     }
 
     // A restarted supervisor starts with its static children only.

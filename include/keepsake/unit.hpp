@@ -265,35 +265,19 @@ public:
         keeper_.reset();  // the key is free for a new unit of that name
     }
 
-    const spec_type& spec() const noexcept { return spec_; }
-
     // --- the worker side (called from jobs and the context) --------------
     template <class R, class F>
     void serve_callable(F& callable, reply_cell* reply) {
-        if constexpr (std::is_void_v<R>) {
-            invoke_on_state(callable, state_, context_);
-            after_message(reads_only<F, State, context_type>());
-            answer_value<R>(reply, std::monostate{});
-        } else {
-            R result = invoke_on_state(callable, state_, context_);
-            after_message(reads_only<F, State, context_type>());
-            answer_value<R>(reply, std::move(result));
-        }
+        serve<R>([&]() -> decltype(auto) { return invoke_on_state(callable, state_, context_); },
+                 reads_only<F, State, context_type>(), reply);
     }
 
     template <class R, class M>
     void serve_message(const M& message, reply_cell* reply) {
         constexpr bool read_only = std::is_invocable_v<Handler&, const State&, const M&> ||
                                    std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
-        if constexpr (std::is_void_v<R>) {
-            invoke_handler(spec_.handler, message, state_, context_);
-            after_message(read_only);
-            answer_value<R>(reply, std::monostate{});
-        } else {
-            R result = invoke_handler(spec_.handler, message, state_, context_);
-            after_message(read_only);
-            answer_value<R>(reply, std::move(result));
-        }
+        serve<R>([&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+                 read_only, reply);
     }
 
     const std::string& context_name() const noexcept override { return name(); }
@@ -322,6 +306,21 @@ public:
 
 private:
     static constexpr std::size_t serve_batch = 64;
+
+    // Runs one message, commits per the policy, then answers: the reply is
+    // never sent before the commit that makes it true.
+    template <class R, class Invoke>
+    void serve(Invoke&& invoke, bool read_only, reply_cell* reply) {
+        if constexpr (std::is_void_v<R>) {
+            invoke();
+            after_message(read_only);
+            answer_value<R>(reply, std::monostate{});
+        } else {
+            R result = invoke();
+            after_message(read_only);
+            answer_value<R>(reply, std::move(result));
+        }
+    }
 
     template <class M>
     using handler_result = decltype(invoke_handler(std::declval<Handler&>(), std::declval<const M&>(),
@@ -459,16 +458,9 @@ private:
         else serve_mailbox();
     }
 
+    // Events about this unit's own worker.
     void publish(event_kind kind, exit_kind reason_kind, std::string_view reason) const {
-        event what;
-        what.kind = kind;
-        what.supervisor = name();
-        what.child = name();
-        what.instance = instance();
-        what.reason_kind = reason_kind;
-        what.reason = reason;
-        what.at = runtime_.clock().now();
-        runtime_.events().publish(what);
+        supervised_actor::publish(kind, name(), instance(), reason_kind, reason);
     }
 
     // A crash inside the instance: answer the call that crashed, forget the
@@ -489,7 +481,7 @@ private:
                                                        " restarts within the period; last crash: " + std::string(what)};
         }
         ++restarts_this_instance_;
-        restarts_.fetch_add(1, std::memory_order_relaxed);
+        bump(restarts_);
         publish(event_kind::restarted, exit_kind::crashed, what);
         return std::nullopt;
     }

@@ -13,6 +13,7 @@
 #include <typeinfo>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -302,6 +303,21 @@ protected:
     virtual std::shared_ptr<supervised_actor> self_pointer() = 0;
 
     void report_started() { report_start(outcome::started, {}); }
+
+    // Publishes what this actor did to `child` (itself, for a unit's worker
+    // or a supervisor's own stop), stamped with the runtime's clock.
+    void publish(event_kind kind, std::string_view child, std::uint64_t child_instance,
+                 exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
+        event what;
+        what.kind = kind;
+        what.supervisor = name();
+        what.child = child;
+        what.instance = child_instance;
+        what.reason_kind = reason_kind;
+        what.reason = reason;
+        what.at = runtime_.clock().now();
+        runtime_.events().publish(what);
+    }
     bool started() const noexcept { return started_; }
     bool stop_requested() const noexcept { return stop_requested_.load(std::memory_order_acquire); }
     bool forced() const noexcept { return forced_.load(std::memory_order_acquire); }
