@@ -36,11 +36,19 @@ struct state64 {
     std::uint64_t words[8];
 };
 
+// The run's store files, in /tmp (a real disk), removed at exit.
+struct scratch_dir {
+    std::string path = std::filesystem::temp_directory_path().string() + "/keepsake-bench-" + std::to_string(::getpid());
+    scratch_dir() { std::filesystem::create_directories(path); }
+    ~scratch_dir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+};
+
 std::string scratch(const std::string& name) {
-    const std::string dir = std::filesystem::temp_directory_path().string() + "/keepsake-bench-" +
-                            std::to_string(::getpid());
-    std::filesystem::create_directories(dir);
-    return dir + "/" + name;
+    static scratch_dir dir;
+    return dir.path + "/" + name;
 }
 
 // One segment with key_count keepers for the whole run.
