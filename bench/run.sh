@@ -45,6 +45,7 @@ awk -F, '
   END {
     printf "%-34s %12s %14s %16s\n", "unit benchmark", "median", "per second", "ratio to floor"
     row("call round trip", "BM_unit_call", "BM_channel_pingpong")
+    row("call round trip, queued", "BM_unit_call_queued", "BM_channel_pingpong")
     row("cast, served and committed", "BM_unit_cast_served", "BM_channel_push")
     row("cast, 0 waiting", "BM_unit_cast_backlog/0", "BM_channel_push")
     row("cast, 1 000 waiting", "BM_unit_cast_backlog/1000", "BM_channel_push")

@@ -95,7 +95,8 @@ void BM_channel_push(benchmark::State& state) {
 }
 BENCHMARK(BM_channel_push);
 
-// One caller on the runtime's thread; every call commits (64 B state).
+// One caller on the runtime's thread; every call commits (64 B state). The
+// worker is idle, so the call runs in its lent turn (unit_spec::direct_calls).
 void BM_unit_call(benchmark::State& state) {
     keepsake::runtime rt(pumped());
     auto unit = keepsake::start_unit(rt, spec("call"));
@@ -103,6 +104,18 @@ void BM_unit_call(benchmark::State& state) {
     state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_unit_call);
+
+// The same call with direct calls off: queued, served on the worker fiber,
+// answered across two context switches.
+void BM_unit_call_queued(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto queued = spec("call-queued");
+    queued.direct_calls = false;
+    auto unit = keepsake::start_unit(rt, queued);
+    for (auto _ : state) benchmark::DoNotOptimize(unit.call([](counter& c) { return ++c.value; }));
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_unit_call_queued);
 
 // Casts served and committed (the worker drains them as they come).
 void BM_unit_cast_served(benchmark::State& state) {

@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include <boost/fiber/operations.hpp>
+
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -58,9 +60,10 @@ struct pumped_runtime {
         : seg(name, dir.options()), rt(pumped(seg, std::move(time))) {}
 };
 
-keepsake::unit_spec<counter> counter_spec(const std::string& name) {
+keepsake::unit_spec<counter> counter_spec(const std::string& name, bool direct_calls = true) {
     keepsake::unit_spec<counter> spec;
     spec.name = name;
+    spec.direct_calls = direct_calls;
     return spec;
 }
 
@@ -75,9 +78,10 @@ void crash_with(keepsake::unit<counter>& unit, const char* why) {
 } // namespace
 
 TEST_CASE("call returns the handler's result and cast is served in order", "[unit]") {
+    const bool direct = GENERATE(true, false);
     pumped_runtime harness("calls");
     auto& rt = harness.rt;
-    auto unit = keepsake::start_unit(rt, counter_spec("c"));
+    auto unit = keepsake::start_unit(rt, counter_spec("c", direct));
     for (int i = 0; i < 100; ++i) unit.cast([i](counter& state) { state.value = state.value * 2 % 1000003 + i; });
     long expected = 0;
     for (int i = 0; i < 100; ++i) expected = expected * 2 % 1000003 + i;
@@ -116,9 +120,10 @@ TEST_CASE("typed messages go to the unit's handler; a const handler is read-only
 }
 
 TEST_CASE("a crash answers the caller with worker_crashed and restarts from the last commit", "[unit]") {
+    const bool direct = GENERATE(true, false);
     pumped_runtime harness("crash");
     auto& rt = harness.rt;
-    auto unit = keepsake::start_unit(rt, counter_spec("c"));
+    auto unit = keepsake::start_unit(rt, counter_spec("c", direct));
     unit.call([](counter& state) { state.value = 10; });
     try {
         unit.call([](counter& state) -> int {
@@ -161,9 +166,10 @@ TEST_CASE("lost updates: an increment followed at once by a crash, 10 000 times"
 }
 
 TEST_CASE("a counter under random crashes ends at exactly the number of increments", "[unit]") {
+    const bool direct = GENERATE(true, false);
     pumped_runtime harness("random");
     auto& rt = harness.rt;
-    auto spec = counter_spec("c");
+    auto spec = counter_spec("c", direct);
     spec.intensity = {100000, 10s};
     auto unit = keepsake::start_unit(rt, spec);
     std::mt19937 random(12345);
@@ -190,6 +196,79 @@ TEST_CASE("a counter under random crashes ends at exactly the number of incremen
         }
     }
     CHECK(read(unit) == increments);
+}
+
+TEST_CASE("direct calls: an idle worker's turn is lent to a caller on its thread", "[unit][direct]") {
+    pumped_runtime harness("direct");
+    auto& rt = harness.rt;
+    auto direct = keepsake::start_unit(rt, counter_spec("direct", true));
+    auto queued = keepsake::start_unit(rt, counter_spec("queued", false));
+    auto served_on = [](keepsake::unit<counter>& unit) {
+        return unit.call([](counter& state) {
+            ++state.value;
+            return boost::this_fiber::get_id();
+        });
+    };
+    rt.run_for(10ms);  // both workers park on their empty mailboxes
+    CHECK(served_on(direct) == boost::this_fiber::get_id());
+    CHECK(served_on(queued) != boost::this_fiber::get_id());
+    CHECK(direct.stats().commits == 1);  // committed before it returned, as on the worker
+    CHECK(direct.stats().generation == 1);
+
+    SECTION("a message waiting in the mailbox is served first, so the call queues behind it") {
+        direct.cast([](counter& state) { state.value *= 100; });
+        CHECK(served_on(direct) != boost::this_fiber::get_id());
+        CHECK(read(direct) == 101);
+    }
+    SECTION("while a lent turn is suspended, other messages wait: one at a time, in order") {
+        bool release = false;
+        rt.spawn([&] {
+            direct.call([&](counter& state) {
+                state.value = 1;
+                while (!release) boost::this_fiber::yield();  // suspended inside the message
+                state.value += 1;
+            });
+        });
+        rt.run_for(10ms);
+        direct.cast([](counter& state) { state.value *= 10; });  // from another fiber: queued
+        rt.spawn([&] { direct.call([](counter& state) { state.value += 5; }); });
+        rt.run_for(10ms);
+        CHECK(direct.stats().queued == 2);
+        release = true;
+        rt.run_for(10ms);
+        CHECK(read(direct) == (1 + 1) * 10 + 5);  // interleaved it would be 1 * 10 + 5 + 1
+    }
+    SECTION("a message that calls its own unit is refused, as on the worker") {
+        try {
+            direct.call([&](counter&) { return read(direct); });
+            FAIL("a self-call must not succeed");
+        } catch (const keepsake::worker_crashed& crashed) {
+            CHECK_THAT(crashed.reason(), Catch::Matchers::Contains("called itself"));
+        }
+        CHECK(read(direct) == 1);
+        CHECK(direct.stats().restarts == 1);
+    }
+    SECTION("a stop waits for a lent turn to come back") {
+        bool release = false;
+        bool finished = false;
+        rt.spawn([&] {
+            direct.call([&](counter& state) {
+                while (!release) boost::this_fiber::yield();
+                state.value = 77;
+            });
+            finished = true;
+        });
+        rt.run_for(10ms);
+        rt.spawn([&] { keepsake::stop_unit(rt, direct); });
+        rt.run_for(10ms);
+        CHECK(direct.state() != keepsake::child_state::not_running);
+        release = true;
+        rt.run_for(50ms);
+        CHECK(finished);
+        CHECK(direct.state() == keepsake::child_state::not_running);
+        CHECK(direct.stats().commits == 2);  // the lent message committed before the unit stopped
+        CHECK(direct.stats().generation == 2);
+    }
 }
 
 TEST_CASE("a unit gives up past its restart intensity; then calls fail at once", "[unit]") {
