@@ -18,7 +18,7 @@ int main() {
                   << " at " << c.value << std::endl;
     };
     spec.loop = [](keepsake::unit_context<counter>& context) {
-        for (;;) {
+        while (!context.stop_requested()) {
             long value = ++context.state().value;
             context.commit();                      // from here on, no crash can lose it
             std::cout << "count " << value << std::endl;

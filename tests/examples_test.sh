@@ -58,6 +58,11 @@ line_after() { grep -A1 -Fx "$2" "$1" | sed -n 2p; }
 
 quick_start() {
   local first=$dir/first.log second=$dir/second.log
+  # The README's quick start is this example, word for word.
+  local root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  sed -n '/^## Quick start$/,/^## /p' "$root/README.md" | sed -n '/^```cpp$/,/^```$/p' | sed '1d;$d' >"$dir/readme.cpp"
+  diff -u "$root/examples/quick_start.cpp" "$dir/readme.cpp" >&2 || fail "README's Quick start code differs from examples/quick_start.cpp"
   start "$first"
   wait_for "$first" '^count 12$'
   kill9
