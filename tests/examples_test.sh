@@ -2,7 +2,8 @@
 # Runs one example briefly, as a user would, and checks what it prints:
 #   examples_test.sh quick_start|game_loop|robot_loop|bench_harness BINARY
 # No timing asserts: waits poll with generous limits. Each run gets its own
-# KEEPSAKE_SHM_DIR.
+# KEEPSAKE_SHM_DIR. Standard error goes to its own file: a sanitizer's notes
+# must not come between the lines the checks read.
 set -euo pipefail
 example=$1
 bin=$2
@@ -31,7 +32,7 @@ fail() {
 start() {
   local log=$1
   shift
-  "$bin" "$@" >"$log" 2>&1 &
+  "$bin" "$@" >"$log" 2>"${log%.log}.stderr.log" &
   pid=$!
   pids+=("$pid")
 }
@@ -89,7 +90,7 @@ quick_start() {
 game_loop() {
   local first=$dir/first.log second=$dir/second.log rc=0
   # 120 frames, a crash every 15 frames: 8 crashes.
-  timeout 120 "$bin" --seconds 2 --crash-every 0.25 --entities 50 >"$first" 2>&1 || rc=$?
+  timeout 120 "$bin" --seconds 2 --crash-every 0.25 --entities 50 >"$first" 2>"$dir/first.stderr.log" || rc=$?
   [ "$rc" = 0 ] || fail "exit status $rc"
   grep -Fxq "frames 120" "$first" || fail "should run 120 frames"
   grep -Eq '^frame interval +p50 +[0-9.]+ ms +p99 +[0-9.]+ ms +max +[0-9.]+ ms$' "$first" || fail "no frame-interval statistics"
@@ -104,7 +105,7 @@ game_loop() {
 
   # A second run resumes the world from shared memory.
   rc=0
-  timeout 120 "$bin" --seconds 0.5 --crash-every 0 --entities 50 >"$second" 2>&1 || rc=$?
+  timeout 120 "$bin" --seconds 0.5 --crash-every 0 --entities 50 >"$second" 2>"$dir/second.stderr.log" || rc=$?
   [ "$rc" = 0 ] || fail "second run: exit status $rc"
   grep -Fxq "script resumed from shared memory with ticks=112" "$second" || fail "second run should resume at ticks=112"
   grep -Fxq "state check: ok" "$second" || fail "second run: state check"
@@ -120,7 +121,7 @@ robot_loop() {
   local last
   last=$(grep '^tick ' "$first" | tail -1 | awk '{print $2}')
 
-  timeout 120 "$bin" --ticks 200 --print-every 50 >"$second" 2>&1 || rc=$?
+  timeout 120 "$bin" --ticks 200 --print-every 50 >"$second" 2>"$dir/second.stderr.log" || rc=$?
   [ "$rc" = 0 ] || fail "second run: exit status $rc"
   local resumed generation
   read -r resumed generation <<<"$(head -1 "$second" | awk '$1 == "resumed" {print $4, $6}')"
@@ -147,7 +148,7 @@ finish_runs() {
     runs=$((runs + 1))
     [ "$runs" -le 6 ] || fail "$name: not finished after 6 runs"
     rc=0
-    timeout 120 "$bin" --segment "$name" --case-ms "$case_ms" --log "$log" >"$dir/$name.run$runs.log" 2>&1 || rc=$?
+    timeout 120 "$bin" --segment "$name" --case-ms "$case_ms" --log "$log" >"$dir/$name.run$runs.log" 2>"$dir/$name.run$runs.stderr.log" || rc=$?
     statuses+=("$rc")
     grep -q '^all 8 cases finished' "$dir/$name.run$runs.log" && break
     [ "$rc" != 0 ] || fail "$name run $runs exited 0 without finishing"
@@ -191,7 +192,7 @@ bench_harness() {
   done
   # A run after the end runs nothing.
   local again=$dir/plain.again.log
-  "$bin" --segment plain --log "$cases" --case-ms 40 >"$again" 2>&1 || fail "a run after the end should exit 0"
+  "$bin" --segment plain --log "$cases" --case-ms 40 >"$again" 2>"$dir/plain.again.stderr.log" || fail "a run after the end should exit 0"
   grep -q '^resuming (run 4): 8 of 8 cases finished' "$again" || fail "a run after the end should find all 8 finished"
   ! grep -q '^start ' "$again" || fail "a run after the end should start no case"
 
