@@ -13,11 +13,14 @@
 //   - a run killed with kill -9 resumes at the case it was in. A finished
 //     case is never run again: its "done" is committed with its result.
 //
-//   bench_harness [--case-ms MS] [--log FILE] [--segment NAME] [--reset]
+//   bench_harness [--case-ms MS] [--log FILE] [--store DIR] [--segment NAME] [--reset]
 //
 // Rerun it until it prints "all N cases finished". --log appends "done NAME"
-// to FILE after each case's result is committed.
+// to FILE after each case's result is committed. --store also exports the
+// progress to a file store in DIR (every 100 ms and at the end), so it
+// survives a reboot too: a run that finds no segment recovers from there.
 #include <keepsake/keepsake.hpp>
+#include <keepsake/stores/file_store.hpp>
 
 #include <sys/mman.h>
 
@@ -29,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -42,13 +46,15 @@ using clock_type = std::chrono::steady_clock;
 struct arguments {
     long case_ms = 200;
     std::string log;
+    std::string store;
     std::string segment = "bench-harness";
     bool reset = false;
 };
 
 [[noreturn]] void usage(const std::string& why) {
     std::fprintf(stderr,
-                 "bench_harness: %s\nusage: bench_harness [--case-ms MS] [--log FILE] [--segment NAME] [--reset]\n",
+                 "bench_harness: %s\n"
+                 "usage: bench_harness [--case-ms MS] [--log FILE] [--store DIR] [--segment NAME] [--reset]\n",
                  why.c_str());
     std::exit(2);
 }
@@ -63,6 +69,7 @@ arguments parse(int argc, char** argv) {
         };
         if (flag == "--case-ms") parsed.case_ms = std::atol(value().c_str());
         else if (flag == "--log") parsed.log = value();
+        else if (flag == "--store") parsed.store = value();
         else if (flag == "--segment") parsed.segment = value();
         else if (flag == "--reset") parsed.reset = true;
         else usage("unknown option " + flag);
@@ -222,7 +229,25 @@ void print_results(const harness_state& s) {
 
 int run(const arguments& args) {
     keepsake::segment segment(args.segment);
-    if (args.reset) segment.remove_key("progress");
+    const std::string key = "progress";
+    std::optional<keepsake::file_store> store;
+    std::optional<keepsake::exporter> exporter;  // declared before the runtime: it exports the last commit
+    if (!args.store.empty()) {
+        store.emplace(args.store);
+        if (args.reset) keepsake::forget(segment, *store, key, "bench/");
+        {
+            // The newer of shared memory and the store (after a reboot: the store).
+            keepsake::keeper<harness_state> progress(segment, key);
+            const auto found = keepsake::recover(progress, *store, harness_state{}, "bench/");
+            std::printf("progress from %s\n", keepsake::to_string(found.source));
+        }
+        keepsake::exporter_options export_options;
+        export_options.interval = std::chrono::milliseconds(100);
+        export_options.prefix = "bench/";
+        exporter.emplace(segment, *store, export_options);
+    } else if (args.reset) {
+        segment.remove_key(key);
+    }
 
     keepsake::runtime_options options;
     options.threads = 0;  // this thread runs the cases
@@ -234,7 +259,7 @@ int run(const arguments& args) {
     harness_state end{};  // the final state, copied out by the runner
 
     keepsake::unit_spec<harness_state> runner;
-    runner.name = "progress";
+    runner.name = key;
     runner.initial = harness_state{};
     runner.commit = keepsake::commit_policy::manual();  // the loop commits at each step
     runner.init = [&](harness_state& s, const keepsake::start_info& info) {

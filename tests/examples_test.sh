@@ -138,17 +138,18 @@ robot_loop() {
   echo "robot_loop: killed after tick $last printed, resumed at tick $resumed"
 }
 
-# finish_runs NAME LOG CASE_MS: reruns the harness until it finishes (at
-# most 6 runs); sets `runs` and `statuses` (exit status of each run).
+# finish_runs NAME LOG CASE_MS [ARGS...]: reruns the harness until it
+# finishes (at most 6 runs); sets `runs` and `statuses` (exit status of each run).
 finish_runs() {
   local name=$1 log=$2 case_ms=$3 rc
+  shift 3
   runs=0
   statuses=()
   while :; do
     runs=$((runs + 1))
     [ "$runs" -le 6 ] || fail "$name: not finished after 6 runs"
     rc=0
-    timeout 120 "$bin" --segment "$name" --case-ms "$case_ms" --log "$log" >"$dir/$name.run$runs.log" 2>"$dir/$name.run$runs.stderr.log" || rc=$?
+    timeout 120 "$bin" --segment "$name" --case-ms "$case_ms" --log "$log" "$@" >"$dir/$name.run$runs.log" 2>"$dir/$name.run$runs.stderr.log" || rc=$?
     statuses+=("$rc")
     grep -q '^all 8 cases finished' "$dir/$name.run$runs.log" && break
     [ "$rc" != 0 ] || fail "$name run $runs exited 0 without finishing"
@@ -168,8 +169,9 @@ done_lines() { grep -cFx "done $2" "$1" || true; }
 bench_harness() {
   # 1. Throwing cases are retried once in process; the segfaulting case
   #    kills the process twice and is then recorded as crashed.
-  local cases=$dir/cases.log
-  finish_runs plain "$cases" 40
+  #    Progress is also exported to a file store.
+  local cases=$dir/cases.log store=$dir/store
+  finish_runs plain "$cases" 40 --store "$store"
   [ "$runs" = 3 ] || fail "should finish in 3 runs (two segfaults), took $runs"
   [ "${statuses[0]}" != 0 ] && [ "${statuses[1]}" != 0 ] || fail "the segfault should kill runs 1 and 2"
   [ "${statuses[2]}" = 0 ] || fail "run 3 should exit 0"
@@ -192,9 +194,18 @@ bench_harness() {
   done
   # A run after the end runs nothing.
   local again=$dir/plain.again.log
-  "$bin" --segment plain --log "$cases" --case-ms 40 >"$again" 2>"$dir/plain.again.stderr.log" || fail "a run after the end should exit 0"
+  "$bin" --segment plain --log "$cases" --case-ms 40 --store "$store" >"$again" 2>"$dir/plain.again.stderr.log" || fail "a run after the end should exit 0"
   grep -q '^resuming (run 4): 8 of 8 cases finished' "$again" || fail "a run after the end should find all 8 finished"
   ! grep -q '^start ' "$again" || fail "a run after the end should start no case"
+  # A reboot loses shared memory: the progress comes back from the store.
+  rm "$dir/keepsake.plain"
+  local reboot=$dir/plain.reboot.log
+  "$bin" --segment plain --log "$cases" --case-ms 40 --store "$store" >"$reboot" 2>"$dir/plain.reboot.stderr.log" ||
+    fail "the run after a reboot should exit 0"
+  grep -Fxq "progress from store" "$reboot" || fail "after a reboot the progress should come from the store"
+  grep -Eq '^resuming \(run [0-9]+\): 8 of 8 cases finished' "$reboot" || fail "after a reboot all 8 should be finished"
+  ! grep -q '^start ' "$reboot" || fail "after a reboot no case should start again"
+  check_table "$reboot" null_deref crashed 2 0
 
   # 2. SIGKILL in the middle of a case, then rerun until done.
   local killed=$dir/killed-cases.log first=$dir/killed.first.log
@@ -217,7 +228,7 @@ bench_harness() {
     "case hash_map_1k: attempt 1 cut short (the process died while it ran)" | "start flaky_network attempt 1") ;;
     *) fail "the rerun should resume at hash_map_1k, the case the kill interrupted" ;;
   esac
-  echo "bench_harness: finished in 3 runs around two segfaults; after a SIGKILL in hash_map_1k, resumed there, no case repeated"
+  echo "bench_harness: finished in 3 runs around two segfaults, results kept through a reboot (file store); after a SIGKILL in hash_map_1k, resumed there, no case repeated"
 }
 
 case $example in
