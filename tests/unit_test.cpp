@@ -13,6 +13,9 @@
 
 #include <boost/fiber/operations.hpp>
 
+#include <keepsake/exporter.hpp>
+#include <keepsake/stores/memory_store.hpp>
+
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -268,6 +271,47 @@ TEST_CASE("direct calls: an idle worker's turn is lent to a caller on its thread
         CHECK(direct.state() == keepsake::child_state::not_running);
         CHECK(direct.stats().commits == 2);  // the lent message committed before the unit stopped
         CHECK(direct.stats().generation == 2);
+    }
+}
+
+TEST_CASE("a unit with a store opens through recovery: after a reboot its state comes from the store", "[unit][store]") {
+    keepsake::memory_store durable;
+    std::vector<keepsake::start_info> starts;
+    auto spec = counter_spec("kept");
+    spec.recover_from = &durable;
+    spec.store_prefix = "app/";
+    spec.init = [&starts](counter&, const keepsake::start_info& info) { starts.push_back(info); };
+    {
+        pumped_runtime before("boot1");
+        auto unit = keepsake::start_unit(before.rt, spec);
+        REQUIRE(starts.size() == 1);
+        CHECK(starts[0].source == keepsake::recovery_source::initial);
+        for (int i = 0; i < 5; ++i) unit.call([](counter& state) { ++state.value; });
+        {
+            keepsake::exporter out(before.seg, durable, [] {
+                keepsake::exporter_options options;
+                options.prefix = "app/";
+                return options;
+            }());
+            REQUIRE(out.flush());
+        }  // stopped: it exports nothing more
+        unit.call([](counter& state) { state.value += 100; });  // committed, never exported
+        keepsake::stop_unit(before.rt, unit);
+    }  // the segment's directory is removed: a reboot
+    pumped_runtime after("boot2");
+    auto unit = keepsake::start_unit(after.rt, spec);
+    REQUIRE(starts.size() == 2);
+    CHECK(starts[1].source == keepsake::recovery_source::store);
+    CHECK(starts[1].restored);
+    CHECK(read(unit) == 5);  // the export survived; the unexported commit did not
+    CHECK(unit.stats().generation >= starts[1].generation);
+
+    SECTION("a restart inside the same run takes shared memory, which is newer") {
+        unit.call([](counter& state) { state.value = 40; });
+        CHECK_THROWS_AS(unit.call([](counter&) -> int { throw std::runtime_error("boom"); }), keepsake::worker_crashed);
+        REQUIRE(starts.size() == 3);
+        CHECK(starts[2].source == keepsake::recovery_source::shared_memory);
+        CHECK(read(unit) == 40);
     }
 }
 

@@ -32,6 +32,7 @@
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/keeper.hpp"
+#include "keepsake/recovery.hpp"
 #include "keepsake/restart_policy.hpp"
 #include "keepsake/runtime.hpp"
 #include "keepsake/segment.hpp"
@@ -59,7 +60,9 @@ struct start_info {
     std::uint64_t instance = 0;    // starts of the unit by its supervisor (1: first)
     std::uint64_t restarts = 0;    // worker restarts within this instance
     std::uint64_t generation = 0;  // the committed generation handed over (0: the initial state)
-    bool restored = false;         // the state came from the keeper, not from `initial`
+    bool restored = false;         // the state came from the keeper (or store), not from `initial`
+    // Where the first start found it; restarts always take shared memory.
+    recovery_source source = recovery_source::initial;
 };
 
 struct unit_stats {
@@ -90,6 +93,12 @@ struct unit_spec {
     // Called on every (re)start with the state handed over; may adjust it.
     std::function<void(State&, const start_info&)> init;
     const segment* where = nullptr;  // null: the runtime's default segment
+    // A durable store (the one an exporter writes): the first start takes
+    // the newest of shared memory and this store's record under
+    // store_prefix + name (recover()), so the state survives a reboot.
+    // Null: shared memory only.
+    store* recover_from = nullptr;
+    std::string store_prefix;  // as exporter_options::prefix
     keeper_options<State> keeper{};
     commit_policy commit{};
     restart_intensity intensity{1000, std::chrono::seconds(10)};
@@ -467,21 +476,34 @@ private:
         if (forced()) throw forced_stop{};
     }
 
-    // Newest commit, else the initial state; then the init hook.
+    // Newest commit (on the first start, of shared memory and the store),
+    // else the initial state; then the init hook, whose changes count as
+    // uncommitted changes.
     void hand_over_state(std::uint64_t number) {
-        if (!keeper_) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        const bool first = !keeper_;
+        if (first) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
         start_info info;
         info.instance = number;
         info.restarts = restarts_this_instance_;
-        if (auto found = keeper_->restore_into(state_)) {
+        if (first && spec_.recover_from != nullptr) {
+            recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+            state_ = std::move(found.value);
+            info.source = found.source;
+            info.generation = found.generation;
+            info.restored = found.source != recovery_source::initial;
+        } else if (auto found = keeper_->restore_into(state_)) {
             info.generation = found->generation;
             info.restored = true;
+            info.source = recovery_source::shared_memory;
         } else {
             state_ = spec_.initial;
         }
         generation_.store(keeper_->generation(), std::memory_order_relaxed);
-        if (spec_.init) spec_.init(state_, info);
         dirty_ = false;
+        if (spec_.init) {
+            spec_.init(state_, info);
+            dirty_ = true;
+        }
         uncommitted_messages_ = 0;
         if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
         if (state_changed_.any()) last_committed_ = state_;
