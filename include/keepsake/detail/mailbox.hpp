@@ -22,10 +22,10 @@
 #include <vector>
 
 #include <boost/fiber/condition_variable.hpp>
-#include <boost/fiber/mutex.hpp>
 #include <boost/fiber/operations.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/fiber_mutex.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/detail/spinlock.hpp"
 
@@ -42,8 +42,8 @@ struct reply_cell {
 
     std::atomic<int> state{waiting};
     std::atomic<bool> sleeper{false};  // the caller is blocked on answered_cv
-    boost::fibers::mutex mutex;
-    boost::fibers::condition_variable answered_cv;
+    fiber_mutex mutex;
+    boost::fibers::condition_variable_any answered_cv;
     void* result = nullptr;            // the caller's std::optional<R>, while it waits
     std::exception_ptr failure;
     std::atomic<int> holders{0};       // the caller and the message
@@ -108,7 +108,7 @@ void answer(reply_cell& cell, reply_cell::status outcome, Fill fill) {
     // announces itself, then looks at the state (both under the mutex).
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (cell.sleeper.load(std::memory_order_relaxed)) {
-        std::lock_guard<boost::fibers::mutex> guard(cell.mutex);
+        std::lock_guard<fiber_mutex> guard(cell.mutex);
         cell.answered_cv.notify_all();
     }
 }
@@ -125,7 +125,7 @@ inline bool await_answer(reply_cell& cell, std::chrono::steady_clock::time_point
         if (cell.settled()) return true;
         boost::this_fiber::yield();
     }
-    std::unique_lock<boost::fibers::mutex> lock(cell.mutex);
+    std::unique_lock<fiber_mutex> lock(cell.mutex);
     cell.sleeper.store(true, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (cell.answered_cv.wait_until(lock, deadline, [&] { return cell.settled(); })) return true;
