@@ -87,6 +87,7 @@ public:
     std::uint64_t subscribe(handler on_event) { return handlers_.add(std::move(on_event)); }
     void unsubscribe(std::uint64_t id) { handlers_.remove(id); }
     void publish(const event& what) const { handlers_.notify(what); }
+    bool any() const noexcept { return handlers_.any(); }
 
 private:
     detail::listener_list<const event&> handlers_;

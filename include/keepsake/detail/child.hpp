@@ -309,6 +309,7 @@ protected:
     // or a supervisor's own stop), stamped with the runtime's clock.
     void publish(event_kind kind, std::string_view child, std::uint64_t child_instance,
                  exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
+        if (!runtime_.events().any()) return;  // not even the clock read: a crash's path is hot
         event what;
         what.kind = kind;
         what.supervisor = name();
