@@ -219,10 +219,26 @@ TEST_CASE("direct calls: an idle worker's turn is lent to a caller on its thread
     CHECK(direct.stats().commits == 1);  // committed before it returned, as on the worker
     CHECK(direct.stats().generation == 1);
 
-    SECTION("a message waiting in the mailbox is served first, so the call queues behind it") {
+    SECTION("messages waiting in the mailbox are served first, in the same lent turn") {
         direct.cast([](counter& state) { state.value *= 100; });
+        CHECK(served_on(direct) == boost::this_fiber::get_id());
+        CHECK(read(direct) == 101);
+        CHECK(direct.stats().commits == 3);
+    }
+    SECTION("a waiting message that takes the worker's context is never lent: the call queues behind it") {
+        direct.cast([](counter& state, keepsake::unit_context<counter>&) { state.value *= 100; });
         CHECK(served_on(direct) != boost::this_fiber::get_id());
         CHECK(read(direct) == 101);
+    }
+    SECTION("a waiting message that crashes restarts the worker in the lent turn; the call then runs") {
+        direct.cast([](counter& state) {
+            state.value = -5;  // never committed
+            throw std::runtime_error("queued crash");
+        });
+        direct.cast([](counter& state) { state.value += 10; });
+        CHECK(served_on(direct) == boost::this_fiber::get_id());
+        CHECK(read(direct) == 12);
+        CHECK(direct.stats().restarts == 1);
     }
     SECTION("while a lent turn is suspended, other messages wait: one at a time, in order") {
         bool release = false;

@@ -230,19 +230,21 @@ public:
         using M = std::decay_t<Message>;
         if constexpr (is_state_callable<M, State, context_type>()) {
             using R = state_call_result<M, State, context_type>;
-            if constexpr (!std::is_invocable_v<M&, State&, context_type&>)
-                if (borrow_turn())
+            constexpr bool on_worker = std::is_invocable_v<M&, State&, context_type&>;
+            if constexpr (!on_worker)
+                if (borrow_turn() && serve_backlog_in_turn())
                     return serve_borrowed<R>([&]() -> decltype(auto) { return invoke_on_state(message, state_, context_); },
                                              reads_only<M, State, context_type>());
-            return this->template request<R>(callable_job<R, M>{std::forward<Message>(message)}, timeout);
+            return this->template request<R>(callable_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
         } else {
             using R = handler_result<M>;
-            if constexpr (!handler_takes_context<M>())
-                if (borrow_turn())
+            constexpr bool on_worker = handler_takes_context<M>();
+            if constexpr (!on_worker)
+                if (borrow_turn() && serve_backlog_in_turn())
                     return serve_borrowed<R>(
                         [&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
                         handler_reads_only<M>());
-            return this->template request<R>(handler_job<R, M>{std::forward<Message>(message)}, timeout);
+            return this->template request<R>(handler_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
         }
     }
 
@@ -251,9 +253,9 @@ public:
         using M = std::decay_t<Message>;
         if constexpr (is_state_callable<M, State, context_type>()) {
             using R = state_call_result<M, State, context_type>;
-            this->post(callable_job<R, M>{std::forward<Message>(message)});
+            this->post(callable_job<R, M>{std::forward<Message>(message)}, std::is_invocable_v<M&, State&, context_type&>);
         } else {
-            this->post(handler_job<handler_result<M>, M>{std::forward<Message>(message)});
+            this->post(handler_job<handler_result<M>, M>{std::forward<Message>(message)}, handler_takes_context<M>());
         }
     }
 
@@ -357,26 +359,70 @@ private:
     }
 
     // Takes the idle worker's turn for a call from its own thread (see
-    // unit_spec::direct_calls). The fiber running the message stands in as
+    // unit_spec::direct_calls). The fiber running the messages stands in as
     // the server, so a message that calls its own unit is still refused.
     bool borrow_turn() {
-        if (!spec_.direct_calls || crash_handed_over_) return false;
+        if (!spec_.direct_calls) return false;
         boost::fibers::context* caller = boost::fibers::context::active();
         if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
         if (caller == server_.load(std::memory_order_relaxed)) return false;
-        if (state() != child_state::running || stop_requested() || !mailbox_.try_borrow()) return false;
+        if (state() != child_state::running || stop_requested() || ended_in_turn_ || !mailbox_.try_borrow())
+            return false;
         lender_ = server_.exchange(caller, std::memory_order_relaxed);
         return true;
     }
 
     void return_turn() {
         server_.store(lender_, std::memory_order_relaxed);
-        mailbox_.give_back(crash_handed_over_ || stop_requested());
+        mailbox_.give_back(ended_in_turn_.has_value() || stop_requested());
     }
 
-    // Runs a message on the caller's fiber in the worker's turn. A throw is
-    // the worker's crash: the worker restarts from the last commit (before
-    // it serves anything else) and the caller gets worker_crashed.
+    // In a borrowed turn, first serves what was queued before the call (it
+    // is older), restarting in place after a crash as the worker would.
+    // False if the turn went back to the worker (the unit is ending): the
+    // call then queues, as it would have.
+    bool serve_backlog_in_turn() {
+        while (mailbox_.pop(inflight_, true)) {
+            if (serve_inflight()) {
+                finish_inflight();
+            } else if (!restart_in_turn()) {
+                return false;
+            }
+            if (stop_requested()) {
+                return_turn();
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // A crash in a borrowed turn (reason in crash_reason_): the restart is
+    // done here, from the last commit, unless the unit gives up or is
+    // stopping; then the worker ends the instance, and the turn goes back.
+    bool restart_in_turn() {
+        for (;;) {
+            if (std::optional<exit_reason> ended = on_crash(crash_reason_)) {
+                ended_in_turn_ = std::move(*ended);
+                return_turn();
+                // As a queued call's caller would, go on once the worker took it.
+                while (ended_in_turn_) boost::this_fiber::yield();
+                return false;
+            }
+            // A restart that throws (the init hook) is another crash, as on the worker.
+            try {
+                hand_over_state(instance());
+                return true;
+            } catch (const std::exception& thrown) {
+                crash_reason_ = thrown.what();
+            } catch (...) {
+                crash_reason_ = "an exception not derived from std::exception";
+            }
+        }
+    }
+
+    // Runs the caller's own message in the borrowed turn. A throw is the
+    // worker's crash: restarted from the last commit, and the caller gets
+    // worker_crashed.
     template <class R, class Invoke>
     R serve_borrowed(Invoke&& invoke, bool read_only) {
         try {
@@ -392,21 +438,13 @@ private:
                 return result;
             }
         } catch (const std::exception& thrown) {
-            hand_crash_to_worker(thrown.what());
+            crash_reason_ = thrown.what();
         } catch (...) {
-            hand_crash_to_worker("an exception not derived from std::exception");
+            crash_reason_ = "an exception not derived from std::exception";
         }
-        // As a queued call's caller would, hear of the crash once the worker
-        // has taken it (told its listeners and its supervisor).
-        std::string reason = crash_reason_;
-        while (crash_handed_over_) boost::this_fiber::yield();
-        throw worker_crashed(name(), reason);
-    }
-
-    void hand_crash_to_worker(const char* what) {
-        crash_reason_ = what;
-        crash_handed_over_ = true;
-        return_turn();
+        worker_crashed failure(name(), crash_reason_);
+        if (restart_in_turn()) return_turn();
+        throw failure;
     }
 
     template <class M>
@@ -443,10 +481,11 @@ private:
     std::uint32_t uncommitted_messages_ = 0;
     duration last_commit_at_{};
     bool dirty_ = false;
-    // A borrowed call crashed; the worker restarts before serving more. Both
-    // are touched on the worker's thread only (borrowers run there).
-    bool crash_handed_over_ = false;
+    // The last crash's reason, and how an instance ended in a borrowed turn
+    // (the worker finishes it). Touched on the worker's thread only
+    // (borrowers run there).
     std::string crash_reason_;
+    std::optional<exit_reason> ended_in_turn_;
     boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
     listener_list<const State&, const State&> state_changed_;
     listener_list<const exit_reason&, const State&> terminated_;
@@ -545,24 +584,22 @@ private:
         }
     }
 
-    // Serves messages until a stop is requested (returns false) or a
-    // message crashes, here or in a borrowed turn (true; the reason is in
-    // crash_reason_).
-    bool serve_mailbox() {
-        auto stop_or_crash = [&] { return crash_handed_over_ || (context_stop_requested() && !mailbox_.lent()); };
+    enum class served { stopped, crashed, ended_in_turn };
+
+    // Serves messages until a stop is requested, a message crashes (the
+    // reason is in crash_reason_), or a borrowed turn ended the instance.
+    served serve_mailbox() {
+        auto stop_or_end = [&] { return ended_in_turn_ || (context_stop_requested() && !mailbox_.lent()); };
         for (;;) {
-            if (crash_handed_over_) {
-                crash_handed_over_ = false;
-                return true;
-            }
+            if (ended_in_turn_) return served::ended_in_turn;
             if (mailbox_.pop(inflight_)) {
-                if (!serve_inflight()) return true;
+                if (!serve_inflight()) return served::crashed;
                 finish_inflight();
-                if (context_stop_requested()) return false;
+                if (context_stop_requested()) return served::stopped;
                 continue;
             }
-            if (context_stop_requested() && !mailbox_.lent()) return false;
-            mailbox_.wait_until(runtime_.clock(), forever, stop_or_crash, spec_.direct_calls);
+            if (context_stop_requested() && !mailbox_.lent()) return served::stopped;
+            mailbox_.wait_until(runtime_.clock(), forever, stop_or_end, spec_.direct_calls);
         }
     }
 
@@ -582,11 +619,10 @@ private:
         return false;
     }
 
-    // Returns true if it ended with a crash (reason in crash_reason_).
-    bool run_body() {
+    served run_body() {
         if (spec_.loop) {
             spec_.loop(context_);
-            return false;
+            return served::stopped;
         }
         return serve_mailbox();
     }
@@ -629,11 +665,16 @@ private:
             try {
                 hand_over_state(number);
                 if (!started()) report_started();
-                if (run_body()) {
-                    ended = on_crash(crash_reason_);
-                } else {
+                switch (run_body()) {
+                case served::crashed: ended = on_crash(crash_reason_); break;
+                case served::ended_in_turn:
+                    ended = std::move(ended_in_turn_);
+                    ended_in_turn_.reset();
+                    break;
+                case served::stopped:
                     ended = exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
                                         stop_requested() ? "stopped on request" : "the worker returned"};
+                    break;
                 }
             } catch (const forced_stop&) {
                 fail_inflight(not_running_failure());

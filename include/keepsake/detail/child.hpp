@@ -111,21 +111,22 @@ protected:
 
     // Queues `job` (called as job(target, reply)) and waits up to `timeout`
     // (real time) for its answer.
+    // `on_worker`: the job must run on the worker fiber, never in a lent turn.
     template <class R, class Job>
-    R request(Job&& job, duration timeout) {
+    R request(Job&& job, duration timeout, bool on_worker = false) {
         refuse_self_call();
         check_accepting();
         std::optional<reply_value<R>> result;
         reply_cell* cell = replies_.acquire(&result);
-        mailbox_.push(std::forward<Job>(job), cell);
+        mailbox_.push(std::forward<Job>(job), cell, on_worker);
         fail_if_stopped_meanwhile();
         return await<R>(cell, result, timeout);
     }
 
     template <class Job>
-    void post(Job&& job) {
+    void post(Job&& job, bool on_worker = false) {
         check_accepting();
-        mailbox_.push(std::forward<Job>(job), nullptr);
+        mailbox_.push(std::forward<Job>(job), nullptr, on_worker);
         fail_if_stopped_meanwhile();
     }
 

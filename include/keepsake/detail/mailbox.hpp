@@ -147,7 +147,7 @@ public:
     ~message() { reset(); }
 
     template <class Callable>
-    void emplace(Callable&& callable, reply_cell* reply) {
+    void emplace(Callable&& callable, reply_cell* reply, bool on_worker = false) {
         using stored = std::decay_t<Callable>;
         if constexpr (fits<stored>()) {
             ::new (static_cast<void*>(storage_)) stored(std::forward<Callable>(callable));
@@ -158,18 +158,21 @@ public:
             ops_ = &heap_ops<stored>;
         }
         reply_ = reply;
+        on_worker_ = on_worker;
     }
 
     // Moves `from` into this (empty) message, leaving `from` empty.
     void take(message& from) noexcept {
         ops_ = from.ops_;
         reply_ = from.reply_;
+        on_worker_ = from.on_worker_;
         if (ops_ != nullptr) ops_->relocate(from.storage_, storage_);
         from.ops_ = nullptr;
         from.reply_ = nullptr;
     }
 
     bool empty() const noexcept { return ops_ == nullptr; }
+    bool on_worker() const noexcept { return on_worker_; }  // it takes the worker's context
     reply_cell* reply() const noexcept { return reply_; }
 
     void run(void* target) { ops_->run(storage_, target, reply_); }
@@ -178,6 +181,7 @@ public:
         if (ops_ != nullptr) ops_->drop(storage_);
         ops_ = nullptr;
         reply_ = nullptr;
+        on_worker_ = false;
     }
 
 private:
@@ -219,16 +223,18 @@ private:
 
     const operations* ops_ = nullptr;
     reply_cell* reply_ = nullptr;
+    bool on_worker_ = false;
     alignas(std::max_align_t) unsigned char storage_[inline_size];
 };
 
 // Many producers (any thread), one consumer (the worker fiber).
 //
-// The consumer may also *lend* its turn: while it is parked idle on an empty
-// mailbox, a caller on the worker's own thread can take the turn, run its
-// message on its own fiber (no queueing, no context switch) and give the
-// turn back. While the turn is lent the consumer pops nothing, so messages
-// are still served one at a time and in order.
+// The consumer may also *lend* its turn: while it is parked idle, a caller on
+// the worker's own thread can take the turn, serve what is queued and then
+// its own message on its own fiber (no context switch), and give the turn
+// back. While the turn is lent the consumer pops nothing, so messages are
+// still served one at a time and in order. Messages that must run on the
+// worker (`on_worker`) are never lent.
 class mailbox {
 public:
     mailbox() : ring_(new message[initial_capacity]), capacity_(initial_capacity) {}
@@ -236,13 +242,14 @@ public:
     mailbox& operator=(const mailbox&) = delete;
 
     template <class Callable>
-    void push(Callable&& callable, reply_cell* reply) {
+    void push(Callable&& callable, reply_cell* reply, bool on_worker = false) {
         bool wake_consumer = false;
         {
             std::lock_guard<spinlock> guard(lock_);
             if (count_ == capacity_) grow();
-            ring_[(head_ + count_) & (capacity_ - 1)].emplace(std::forward<Callable>(callable), reply);
+            ring_[(head_ + count_) & (capacity_ - 1)].emplace(std::forward<Callable>(callable), reply, on_worker);
             ++count_;
+            if (on_worker) ++worker_only_;
             size_.store(count_, std::memory_order_relaxed);
             // Under the lock the consumer announces its sleep, so no fence is
             // needed; while the turn is lent, give_back() wakes it instead.
@@ -253,11 +260,12 @@ public:
     }
 
     // Moves the oldest message into `out`; false if there is none, or if
-    // the consumer's turn is lent.
-    bool pop(message& out) noexcept {
+    // the consumer's turn is lent (unless the borrower asks).
+    bool pop(message& out, bool by_borrower = false) noexcept {
         std::lock_guard<spinlock> guard(lock_);
-        if (count_ == 0 || lent_) return false;
+        if (count_ == 0 || (lent_ && !by_borrower)) return false;
         out.take(ring_[head_]);
+        if (out.on_worker()) --worker_only_;
         head_ = (head_ + 1) & (capacity_ - 1);
         --count_;
         size_.store(count_, std::memory_order_relaxed);
@@ -279,9 +287,12 @@ public:
         // runtime sees nothing ready).
         if (!ready()) boost::this_fiber::yield();
         bool woken = ready();
-        if (!woken) {
+        while (!woken) {
+            // Armed again after every wake-up: a borrower may have served
+            // the messages that woke it, and the next push must wake it.
             set_consumer(true, lendable);
-            woken = waiting_.wait_until(time, deadline, ready);
+            if (!waiting_.wait_until(time, deadline, [&] { return ready() || !armed(); })) break;
+            woken = ready();
         }
         set_consumer(false, false);
         return woken;
@@ -290,11 +301,12 @@ public:
     // Wakes the consumer (after changing what its predicate reads).
     void wake() { waiting_.notify_all(); }
 
-    // Takes the consumer's turn if it sleeps idle on an empty mailbox and
-    // nobody holds the turn; the caller must be on the consumer's thread.
+    // Takes the consumer's turn if it is parked idle, nobody holds the turn
+    // and nothing queued must run on the worker; the caller must be on the
+    // consumer's thread.
     bool try_borrow() noexcept {
         std::lock_guard<spinlock> guard(lock_);
-        if (!consumer_idle_ || lent_ || count_ != 0) return false;
+        if (!consumer_idle_ || lent_ || worker_only_ != 0) return false;
         lent_ = true;
         lent_flag_.store(true, std::memory_order_relaxed);
         return true;
@@ -327,11 +339,17 @@ private:
     bool consumer_waiting_ = false;  // under lock_: it sleeps on waiting_
     bool consumer_idle_ = false;     // under lock_: ... and may lend its turn
     bool lent_ = false;              // under lock_: a caller holds the turn
+    std::size_t worker_only_ = 0;    // under lock_: queued messages that must run on the worker
     std::atomic<std::size_t> size_{0};
     std::atomic<bool> lent_flag_{false};  // lent_, for predicates
     signal waiting_;
 
     bool has_work() const noexcept { return size() != 0 && !lent(); }
+
+    bool armed() noexcept {
+        std::lock_guard<spinlock> guard(lock_);
+        return consumer_waiting_;
+    }
 
     void set_consumer(bool waiting, bool idle) noexcept {
         std::lock_guard<spinlock> guard(lock_);
