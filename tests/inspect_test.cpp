@@ -73,6 +73,10 @@ std::vector<char> file_bytes(const std::string& path) {
     return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// Whether the file holds exactly `bytes` (a bool: Catch would print a
+// whole segment for a failed vector comparison).
+bool file_holds(const std::string& path, const std::vector<char>& bytes) { return file_bytes(path) == bytes; }
+
 void write_byte(const std::string& path, std::size_t offset, unsigned char value) {
     std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
     io.seekp(static_cast<std::streamoff>(offset));
@@ -190,7 +194,7 @@ TEST_CASE("a read-only view works beside a live owner and changes nothing", "[in
         CHECK(test_support::error_from([&] { view.remove_key("pos"); }).code() == errc::invalid_argument);
         CHECK(test_support::error_from([&] { view.drop_damaged_entries(); }).code() == errc::invalid_argument);
     }
-    CHECK(file_bytes(owner.path()) == before);
+    CHECK(file_holds(owner.path(), before));
     // A maintenance view needs the lock, which the owner holds.
     const keepsake::error refused =
         test_support::error_from([&] { segment::open_existing("live", segment_access::maintenance, dir.path()); });
@@ -242,10 +246,15 @@ TEST_CASE("inspect lists, shows, dumps, exports and deletes the segment of a SIG
         CHECK(listed.out == "app  2 keys, 1048576 bytes, crashed: pid " + pid + " died without closing it\n");
     }
     SECTION("show") {
-        const ran shown = run_tool(tool, dir, {"show", "app"});
+        const ran text = run_tool(tool, dir, {"show", "app"});
+        REQUIRE(text.status == 0);
+        CHECK(text.out.find("owner     crashed: pid " + pid + " died without closing it") != std::string::npos);
+        CHECK(text.out.find("keys      2\n") != std::string::npos);
+        CHECK(text.out.find("\nKEY      GENERATION  SIZE  FINGERPRINT         TYPE      CODEC   SCHEMA  COMMITTED") !=
+              std::string::npos);
+        const ran shown = run_tool(tool, dir, {"show", "app", "--tsv"});
         REQUIRE(shown.status == 0);
-        CHECK(shown.out.find("owner     crashed: pid " + pid + " died without closing it") != std::string::npos);
-        CHECK(shown.out.find("keys      2\n") != std::string::npos);
+        CHECK(shown.out.compare(0, 4, "KEY\t") == 0);
         const segment view = segment::open_existing("app", segment_access::read_only, dir.path());
         for (const keepsake::entry_info& entry : view.entries()) {
             CHECK(entry.commit_ns >= started);
@@ -329,17 +338,17 @@ TEST_CASE("inspect lists, shows, dumps, exports and deletes the segment of a SIG
         CHECK(decoded.scores == std::vector<int>{3, 1, 4});
     }
     // None of the above changed a byte of the segment.
-    CHECK(file_bytes(dir.file("app")) == untouched);
+    CHECK(file_holds(dir.file("app"), untouched));
 
     SECTION("delete") {
         const ran deleted = run_tool(tool, dir, {"delete", "app", "pos"});
         CHECK(deleted.status == 0);
         CHECK(deleted.out == "deleted key 'pos' from segment 'app'\n");
-        const ran shown = run_tool(tool, dir, {"show", "app"});
+        const ran shown = run_tool(tool, dir, {"show", "app", "--tsv"});
         CHECK(row_of(shown.out, "pos").empty());
         CHECK(row_of(shown.out, "profile").size() == 10);
         // The crash is still there for the program's next run to see.
-        CHECK(shown.out.find("crashed: pid " + pid) != std::string::npos);
+        CHECK(run_tool(tool, dir, {"show", "app"}).out.find("crashed: pid " + pid) != std::string::npos);
         const ran again = run_tool(tool, dir, {"delete", "app", "pos"});
         CHECK(again.status == 1);
         CHECK(again.err.find("has no key 'pos'") != std::string::npos);
@@ -403,6 +412,7 @@ TEST_CASE("inspect gives a clear error and a non-zero status on bad input, never
         fails({"frobnicate"}, 2, "unknown command 'frobnicate'");
         fails({"dump", "good"}, 2, "dump takes SEGMENT KEY (1 given)");
         fails({"show", "good", "--json"}, 2, "--json and --raw go with dump");
+        fails({"dump", "good", "plain", "--tsv"}, 2, "--tsv goes with show");
         fails({"export", "good"}, 2, "export takes one store");
         fails({"export", "good", "--sqlite", "a", "--files", "b"}, 2, "export takes one store");
         fails({"list", "--bogus"}, 2, "unknown option --bogus");
@@ -428,7 +438,7 @@ TEST_CASE("inspect gives a clear error and a non-zero status on bad input, never
             const ran listed = run_tool(tool, dir, {"list"});
             CHECK(listed.status == 0);
             CHECK(listed.out.find("good  unreadable: segment 'good' is damaged") != std::string::npos);
-            CHECK(file_bytes(file) == damaged);  // looked at, never rebuilt or wiped
+            CHECK(file_holds(file, damaged));  // looked at, never rebuilt or wiped
             write_byte(file, offset, static_cast<unsigned char>(original[offset]));
         }
         write_byte(file, 0, 0x00);  // the magic
@@ -445,7 +455,7 @@ TEST_CASE("inspect gives a clear error and a non-zero status on bad input, never
             plain.commit(43);  // generation 2, in slot 1
         }
         write_byte(dir.file("good"), slot_offset(dir.file("good"), 1) + sizeof(keepsake::detail::slot_header), 0x77);
-        const ran shown = run_tool(tool, dir, {"show", "good"});
+        const ran shown = run_tool(tool, dir, {"show", "good", "--tsv"});
         CHECK(shown.status == 0);
         const std::vector<std::string> row = row_of(shown.out, "plain");
         REQUIRE(row.size() == 10);

@@ -31,13 +31,12 @@ run show demo | grep -qF "open, owned by pid $pid (alive)" || fail "show beside 
 run dump demo counter --json | grep -q '"value": ' || fail "dump beside a live owner"
 expect_error 1 "owned by pid $pid" delete demo counter
 
-kill -9 $pid
-wait $pid 2>/dev/null || true
+{ kill -9 $pid; wait $pid; } 2>/dev/null || true
 last=$(grep committed "$work/log" | tail -1 | awk '{print $2}')
 [ -n "$last" ] || fail "the counter committed nothing"
 
 run list | grep -q "^demo  1 key, [0-9]* bytes, crashed: pid $pid died without closing it$" || fail "list: $(run list)"
-row=$(run show demo | grep "^counter"$'\t')
+row=$(run show demo --tsv | grep "^counter"$'\t')
 IFS=$'\t' read -r key generation size fingerprint type codec schema committed slots notes <<<"$row"
 # The last printed commit is kept; one more may have finished unprinted.
 [ "$generation" -ge "$last" ] && [ "$generation" -le $((last + 1)) ] || fail "generation $generation, last printed $last"

@@ -17,6 +17,7 @@
 // non-zero exit status, never a crash: 1 for a failure, 2 for a usage error.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -101,6 +102,27 @@ inline void hex_dump(const std::vector<std::byte>& bytes, std::ostream& out) {
     }
 }
 
+// Columns padded to their widest cell and parted by `gap`; with a tab as
+// the gap, no padding (for scripts).
+inline void print_table(const std::vector<std::vector<std::string>>& rows, const std::string& gap, std::ostream& out) {
+    std::vector<std::size_t> widths;
+    for (const auto& row : rows)
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            if (widths.size() <= i) widths.push_back(0);
+            widths[i] = std::max(widths[i], row[i].size());
+        }
+    const bool pad = gap != "\t";
+    for (const auto& row : rows) {
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            out << row[i];
+            if (i + 1 == row.size()) break;
+            if (pad) out << std::string(widths[i] - row[i].size(), ' ');
+            out << gap;
+        }
+        out << "\n";
+    }
+}
+
 inline std::string owner_words(const segment_status& status) {
     const std::string pid = "pid " + std::to_string(status.owner.pid);
     if (status.closed_cleanly) return "closed cleanly by " + pid;
@@ -168,8 +190,9 @@ public:
         return "usage: keepsake-inspect [--dir DIR] COMMAND ...\n"
                "\n"
                "  list                          the segments in DIR, with their owner and state\n"
-               "  show SEGMENT                  owner, clean or crashed, and each key: generation, size,\n"
-               "                                type fingerprint, schema version, last commit time\n"
+               "  show SEGMENT [--tsv]          owner, clean or crashed, and each key: generation, size,\n"
+               "                                type fingerprint, schema version, last commit time;\n"
+               "                                --tsv: only the key table, tab-separated, for scripts\n"
                "  dump SEGMENT KEY [--json|--raw]\n"
                "                                the newest valid state of KEY: hex (default), JSON for a\n"
                "                                registered type, or the bytes as they are\n"
@@ -198,6 +221,7 @@ private:
         std::string directory;
         std::vector<std::string> words;  // the command and its operands
         std::string format;              // dump: "", "json" or "raw"
+        bool tsv = false;                // show: only the key table, tab-separated
         std::string sqlite_path;
         std::string files_directory;
         std::string prefix;
@@ -218,6 +242,7 @@ private:
             else if (arg == "--dir") line.directory = value();
             else if (arg == "--json") line.format = "json";
             else if (arg == "--raw") line.format = "raw";
+            else if (arg == "--tsv") line.tsv = true;
             else if (arg == "--sqlite") line.sqlite_path = value();
             else if (arg == "--files") line.files_directory = value();
             else if (arg == "--prefix") line.prefix = value();
@@ -248,6 +273,7 @@ private:
         const std::string& name = line.words[0];
         const bool store_options = !line.sqlite_path.empty() || !line.files_directory.empty() || !line.prefix.empty();
         if (name != "dump" && !line.format.empty()) throw detail::usage_error("--json and --raw go with dump");
+        if (name != "show" && line.tsv) throw detail::usage_error("--tsv goes with show");
         if (name != "export" && store_options) throw detail::usage_error("--sqlite, --files and --prefix go with export");
         if (name == "list") {
             expect_operands(line, 0, "no operands");
@@ -324,6 +350,13 @@ private:
         const segment view = open_view(line);
         const segment_status status = view.status();
         const std::vector<entry_info> entries = view.entries();
+        std::vector<std::vector<std::string>> table{
+            {"KEY", "GENERATION", "SIZE", "FINGERPRINT", "TYPE", "CODEC", "SCHEMA", "COMMITTED", "SLOTS", "NOTES"}};
+        for (const entry_info& entry : entries) table.push_back(row_of(entry));
+        if (line.tsv) {
+            detail::print_table(table, "\t", out);
+            return 0;
+        }
         out << "segment   " << view.name() << "\n"
             << "file      " << view.path() << "\n"
             << "size      " << view.size() << " bytes, " << view.free_bytes() << " free\n"
@@ -337,22 +370,28 @@ private:
                 << " directory entries failed their checksum (their keys are lost)\n";
         out << "keys      " << entries.size() << "\n";
         if (entries.empty()) return 0;
-        out << "\nKEY\tGENERATION\tSIZE\tFINGERPRINT\tTYPE\tCODEC\tSCHEMA\tCOMMITTED\tSLOTS\tNOTES\n";
-        for (const entry_info& entry : entries) {
-            std::string notes;
-            if (entry.generation == 0) notes += "no valid state; ";
-            if (entry.invalid_slots != 0) notes += std::to_string(entry.invalid_slots) + " damaged slot(s); ";
-            if (entry.unpublished_slots != 0)
-                notes += std::to_string(entry.unpublished_slots) + " unfinished commit(s); ";
-            if (!notes.empty()) notes.resize(notes.size() - 2);
-            else notes = "-";
-            out << entry.key << "\t" << entry.generation << "\t" << entry.size << "\t"
-                << detail::hex64(entry.fingerprint) << "\t" << type_words(entry.fingerprint, entry.codec) << "\t"
-                << detail::codec_name(entry.codec) << "\t" << entry.schema_version << "\t"
-                << detail::utc_time(entry.commit_ns) << "\t" << entry.slot_count << " x " << entry.slot_capacity
-                << " B\t" << notes << "\n";
-        }
+        out << "\n";
+        detail::print_table(table, "  ", out);
         return 0;
+    }
+
+    std::vector<std::string> row_of(const entry_info& entry) const {
+        std::string notes;
+        if (entry.generation == 0) notes += "no valid state; ";
+        if (entry.invalid_slots != 0) notes += std::to_string(entry.invalid_slots) + " damaged slot(s); ";
+        if (entry.unpublished_slots != 0) notes += std::to_string(entry.unpublished_slots) + " unfinished commit(s); ";
+        if (!notes.empty()) notes.resize(notes.size() - 2);
+        else notes = "-";
+        return {entry.key,
+                std::to_string(entry.generation),
+                std::to_string(entry.size),
+                detail::hex64(entry.fingerprint),
+                type_words(entry.fingerprint, entry.codec),
+                detail::codec_name(entry.codec),
+                std::to_string(entry.schema_version),
+                detail::utc_time(entry.commit_ns),
+                std::to_string(entry.slot_count) + " x " + std::to_string(entry.slot_capacity) + " B",
+                notes};
     }
 
     // The newest valid generation of a key, copied out as the exporter
