@@ -130,28 +130,43 @@ pid_t start_owner(const shm_dir& dir, child_report& report) {
 
 } // namespace
 
-TEST_CASE("a commit records its time, covered by the slot checksum", "[inspect][keeper]") {
+TEST_CASE("a commit records its time, and a slot without one stays valid", "[inspect][keeper]") {
     shm_dir dir;
+    {
+        segment s("timed", dir.options());
+        keeper<position> timed(s, "timed");
+        const std::uint64_t before = keepsake::detail::commit_clock_ns();
+        timed.commit(position{1, 2, 3});
+        const std::uint64_t after = keepsake::detail::commit_clock_ns();
+        REQUIRE(s.entries().size() == 1);
+        CHECK(s.entries()[0].commit_ns >= before);
+        CHECK(s.entries()[0].commit_ns <= after);
+        CHECK(s.entries()[0].commit_ns != 0);
+    }
+    // A slot written before commit times were recorded (commit_ns 0, the
+    // checksum of then) still checks out: old segments keep their state.
+    const std::size_t slot0 = slot_offset(dir.file("timed"), 0);
+    const std::vector<char> bytes = file_bytes(dir.file("timed"));
+    keepsake::detail::slot_header header{};
+    std::memcpy(&header, bytes.data() + slot0, sizeof(header));
+    REQUIRE(header.generation == 1);
+    header.commit_ns = 0;
+    header.checksum = keepsake::detail::slot_checksum(header.generation, header.size, header.fingerprint,
+                                                      header.schema_version, header.codec,
+                                                      bytes.data() + slot0 + sizeof(header));
+    {
+        std::fstream io(dir.file("timed"), std::ios::in | std::ios::out | std::ios::binary);
+        io.seekp(static_cast<std::streamoff>(slot0));
+        io.write(reinterpret_cast<const char*>(&header), sizeof(header));
+    }
     segment s("timed", dir.options());
     keeper<position> timed(s, "timed");
-    keepsake::keeper_options<position> untimed_options;
-    untimed_options.record_commit_time = false;
-    keeper<position> untimed(s, "untimed", untimed_options);
-
-    const std::uint64_t before = keepsake::detail::commit_clock_ns();
-    timed.commit(position{1, 2, 3});
-    const std::uint64_t after = keepsake::detail::commit_clock_ns();
-    untimed.commit(position{4, 5, 6});
-    for (const keepsake::entry_info& entry : s.entries()) {
-        if (entry.key == "timed") {
-            CHECK(entry.commit_ns >= before);
-            CHECK(entry.commit_ns <= after);
-        } else {
-            CHECK(entry.commit_ns == 0);
-            CHECK(entry.generation == 1);  // a slot without a time is valid
-        }
-    }
-
+    const auto restored = timed.restore();
+    REQUIRE(restored);
+    CHECK(restored->value.id == 3);
+    CHECK(restored->info.skipped_slots == 0);
+    CHECK(s.entries()[0].commit_ns == 0);
+    CHECK(run_tool(make_tool(), dir, {"show", "timed", "--tsv"}).out.find("\tunknown\t") != std::string::npos);
 }
 
 TEST_CASE("a flipped commit time fails the slot's checksum", "[inspect][corruption]") {
@@ -195,6 +210,8 @@ TEST_CASE("a read-only view works beside a live owner and changes nothing", "[in
         CHECK(test_support::error_from([&] { view.drop_damaged_entries(); }).code() == errc::invalid_argument);
     }
     CHECK(file_holds(owner.path(), before));
+    CHECK(test_support::error_from([&] { segment::open_existing("live", segment_access::owner, dir.path()); })
+              .code() == errc::invalid_argument);
     // A maintenance view needs the lock, which the owner holds.
     const keepsake::error refused =
         test_support::error_from([&] { segment::open_existing("live", segment_access::maintenance, dir.path()); });

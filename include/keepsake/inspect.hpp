@@ -61,7 +61,8 @@ inline std::string hex64(std::uint64_t value) {
     return text;
 }
 
-// ns since the epoch as UTC, to the millisecond; 0 is "unknown".
+// ns since the epoch as UTC, with milliseconds when it has any (commit
+// times are whole seconds); 0 is "unknown".
 inline std::string utc_time(std::uint64_t ns) {
     if (ns == 0) return "unknown";
     const std::time_t seconds = static_cast<std::time_t>(ns / 1000000000ull);
@@ -69,8 +70,9 @@ inline std::string utc_time(std::uint64_t ns) {
     if (!gmtime_r(&seconds, &parts)) return "unknown";
     char text[64];
     const std::size_t length = std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &parts);
-    std::snprintf(text + length, sizeof(text) - length, ".%03uZ",
-                  static_cast<unsigned>((ns / 1000000ull) % 1000ull));
+    const auto millis = static_cast<unsigned>((ns / 1000000ull) % 1000ull);
+    if (millis != 0) std::snprintf(text + length, sizeof(text) - length, ".%03uZ", millis);
+    else std::snprintf(text + length, sizeof(text) - length, "Z");
     return text;
 }
 

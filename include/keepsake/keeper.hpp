@@ -41,10 +41,6 @@ struct keeper_options {
     // Turns bytes of another type or schema version into a T. Without it,
     // such bytes are a type_mismatch error, never reinterpreted.
     std::function<T(const stored_record&)> upgrade;
-    // Record the wall-clock time of each commit (coarse: 1 to 10 ms steps),
-    // shown by keepsake-inspect. It costs about 4 ns of a ~20 ns commit;
-    // without it the time shows as unknown.
-    bool record_commit_time = true;
 };
 
 // What restore found.
@@ -108,7 +104,7 @@ public:
         detail::slot_header& header = *area_.header(target);
         if (highest_generation_ == ~std::uint64_t{0}) throw_generations_exhausted();
         const std::uint64_t generation = highest_generation_ + 1;
-        const std::uint64_t commit_ns = options_.record_commit_time ? detail::commit_clock_ns() : 0;
+        const std::uint64_t commit_ns = detail::commit_clock_ns();  // for keepsake-inspect; in the checksum
         // Unpublish the target before touching its data; the fence keeps the
         // data stores from being seen ahead of this one.
         detail::store_relaxed(header.generation, std::uint64_t{0});

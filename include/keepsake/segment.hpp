@@ -284,6 +284,9 @@ public:
     // and validates the header and directory as an owner's open does.
     static segment open_existing(const std::string& name, segment_access access,
                                  const std::string& directory = {}) {
+        if (access == segment_access::owner)
+            throw error(errc::invalid_argument, "segment::open_existing opens read_only or for maintenance; "
+                                                "to own segment '" + name + "', construct a keepsake::segment");
         segment_options options;
         options.directory = directory;
         return segment(std::make_shared<detail::segment_impl>(name, options, access));
