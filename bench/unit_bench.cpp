@@ -5,6 +5,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -95,7 +96,8 @@ void BM_channel_push(benchmark::State& state) {
 }
 BENCHMARK(BM_channel_push);
 
-// One caller on the runtime's thread; every call commits (64 B state).
+// One caller on the runtime's thread; every call commits (64 B state). The
+// worker is idle, so the call runs in its lent turn (unit_spec::direct_calls).
 void BM_unit_call(benchmark::State& state) {
     keepsake::runtime rt(pumped());
     auto unit = keepsake::start_unit(rt, spec("call"));
@@ -103,6 +105,18 @@ void BM_unit_call(benchmark::State& state) {
     state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_unit_call);
+
+// The same call with direct calls off: queued, served on the worker fiber,
+// answered across two context switches.
+void BM_unit_call_queued(benchmark::State& state) {
+    keepsake::runtime rt(pumped());
+    auto queued = spec("call-queued");
+    queued.direct_calls = false;
+    auto unit = keepsake::start_unit(rt, queued);
+    for (auto _ : state) benchmark::DoNotOptimize(unit.call([](counter& c) { return ++c.value; }));
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_unit_call_queued);
 
 // Casts served and committed (the worker drains them as they come).
 void BM_unit_cast_served(benchmark::State& state) {
@@ -184,6 +198,41 @@ void BM_throw_catch(benchmark::State& state) {
     }
 }
 BENCHMARK(BM_throw_catch);
+
+// A game or control loop's frame: run_for(budget) with 1 000 busy units
+// (each commits and yields, always ready). Reports how far past its budget
+// run_for returned: p50, p99 and max, in microseconds.
+void BM_run_for_overshoot(benchmark::State& state) {
+    constexpr int units = 1000;
+    const auto budget = std::chrono::microseconds(state.range(0));
+    keepsake::runtime rt(pumped());
+    std::vector<keepsake::unit<counter>> started;
+    for (int i = 0; i < units; ++i) {
+        auto busy = spec("busy" + std::to_string(i));
+        busy.loop = [](keepsake::unit_context<counter>& ctx) {
+            while (!ctx.stop_requested()) {
+                ++ctx.state().value;
+                ctx.commit();
+                ctx.yield();
+            }
+        };
+        started.push_back(keepsake::start_unit(rt, busy));
+    }
+    std::vector<double> overshoot_us;
+    for (auto _ : state) {
+        const auto began = std::chrono::steady_clock::now();
+        rt.run_for(budget);
+        const auto spent = std::chrono::steady_clock::now() - began;
+        overshoot_us.push_back(std::chrono::duration<double, std::micro>(spent - budget).count());
+    }
+    std::sort(overshoot_us.begin(), overshoot_us.end());
+    auto at = [&](double q) { return overshoot_us[static_cast<std::size_t>(q * (overshoot_us.size() - 1))]; };
+    state.counters["p50_over_us"] = at(0.5);
+    state.counters["p99_over_us"] = at(0.99);
+    state.counters["max_over_us"] = overshoot_us.back();
+    for (auto& unit : started) keepsake::stop_unit(rt, unit);
+}
+BENCHMARK(BM_run_for_overshoot)->Arg(1000)->Arg(4000)->Iterations(2000)->Unit(benchmark::kMicrosecond);
 
 // Heap bytes per idle unit (fiber stacks are mapped separately, lazily).
 void BM_idle_unit_memory(benchmark::State& state) {

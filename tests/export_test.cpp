@@ -150,6 +150,15 @@ TEST_CASE("store failures are retried with backoff until nothing is lost", "[exp
     event_log log;
     auto options = quiet_options(&log);
     options.batch_size = 4;
+    keepsake::event_bus bus;  // as a runtime's events()
+    std::mutex bus_mutex;
+    std::vector<std::string> bus_seen;
+    bus.subscribe([&](const keepsake::event& what) {
+        std::lock_guard<std::mutex> lock(bus_mutex);
+        bus_seen.push_back(std::string(keepsake::to_string(what.kind)) + " " + std::string(what.supervisor) + " " +
+                           std::string(what.reason));
+    });
+    options.events = &bus;
     exporter out(s, faulty, options);
     std::vector<std::unique_ptr<keeper<state64>>> keepers;
     for (int i = 0; i < 30; ++i) keepers.push_back(std::make_unique<keeper<state64>>(s, "k" + std::to_string(i)));
@@ -170,6 +179,11 @@ TEST_CASE("store failures are retried with backoff until nothing is lost", "[exp
     });
     CHECK(failed->message.find("injected failure") != std::string::npos);
     CHECK(failed->retry_in >= 1ms);
+    std::lock_guard<std::mutex> bus_lock(bus_mutex);
+    CHECK(bus_seen.size() == faulty.failures());  // every failure also reached the event bus
+    REQUIRE_FALSE(bus_seen.empty());
+    CHECK(bus_seen.front().rfind("export_failed exporter ", 0) == 0);
+    CHECK(bus_seen.front().find("injected failure") != std::string::npos);
 }
 
 TEST_CASE("a stalled store never holds up a commit; stop reports its timeout", "[export]") {

@@ -3,6 +3,7 @@
 // several threads, and a process killed while running units.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <random>
@@ -10,6 +11,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <boost/fiber/operations.hpp>
+
+#include <keepsake/exporter.hpp>
+#include <keepsake/stores/memory_store.hpp>
 
 #include "support.hpp"
 
@@ -58,9 +64,10 @@ struct pumped_runtime {
         : seg(name, dir.options()), rt(pumped(seg, std::move(time))) {}
 };
 
-keepsake::unit_spec<counter> counter_spec(const std::string& name) {
+keepsake::unit_spec<counter> counter_spec(const std::string& name, bool direct_calls = true) {
     keepsake::unit_spec<counter> spec;
     spec.name = name;
+    spec.direct_calls = direct_calls;
     return spec;
 }
 
@@ -75,9 +82,10 @@ void crash_with(keepsake::unit<counter>& unit, const char* why) {
 } // namespace
 
 TEST_CASE("call returns the handler's result and cast is served in order", "[unit]") {
+    const bool direct = GENERATE(true, false);
     pumped_runtime harness("calls");
     auto& rt = harness.rt;
-    auto unit = keepsake::start_unit(rt, counter_spec("c"));
+    auto unit = keepsake::start_unit(rt, counter_spec("c", direct));
     for (int i = 0; i < 100; ++i) unit.cast([i](counter& state) { state.value = state.value * 2 % 1000003 + i; });
     long expected = 0;
     for (int i = 0; i < 100; ++i) expected = expected * 2 % 1000003 + i;
@@ -116,9 +124,10 @@ TEST_CASE("typed messages go to the unit's handler; a const handler is read-only
 }
 
 TEST_CASE("a crash answers the caller with worker_crashed and restarts from the last commit", "[unit]") {
+    const bool direct = GENERATE(true, false);
     pumped_runtime harness("crash");
     auto& rt = harness.rt;
-    auto unit = keepsake::start_unit(rt, counter_spec("c"));
+    auto unit = keepsake::start_unit(rt, counter_spec("c", direct));
     unit.call([](counter& state) { state.value = 10; });
     try {
         unit.call([](counter& state) -> int {
@@ -161,9 +170,10 @@ TEST_CASE("lost updates: an increment followed at once by a crash, 10 000 times"
 }
 
 TEST_CASE("a counter under random crashes ends at exactly the number of increments", "[unit]") {
+    const bool direct = GENERATE(true, false);
     pumped_runtime harness("random");
     auto& rt = harness.rt;
-    auto spec = counter_spec("c");
+    auto spec = counter_spec("c", direct);
     spec.intensity = {100000, 10s};
     auto unit = keepsake::start_unit(rt, spec);
     std::mt19937 random(12345);
@@ -190,6 +200,120 @@ TEST_CASE("a counter under random crashes ends at exactly the number of incremen
         }
     }
     CHECK(read(unit) == increments);
+}
+
+TEST_CASE("direct calls: an idle worker's turn is lent to a caller on its thread", "[unit][direct]") {
+    pumped_runtime harness("direct");
+    auto& rt = harness.rt;
+    auto direct = keepsake::start_unit(rt, counter_spec("direct", true));
+    auto queued = keepsake::start_unit(rt, counter_spec("queued", false));
+    auto served_on = [](keepsake::unit<counter>& unit) {
+        return unit.call([](counter& state) {
+            ++state.value;
+            return boost::this_fiber::get_id();
+        });
+    };
+    rt.run_for(10ms);  // both workers park on their empty mailboxes
+    CHECK(served_on(direct) == boost::this_fiber::get_id());
+    CHECK(served_on(queued) != boost::this_fiber::get_id());
+    CHECK(direct.stats().commits == 1);  // committed before it returned, as on the worker
+    CHECK(direct.stats().generation == 1);
+
+    SECTION("a message waiting in the mailbox is served first, so the call queues behind it") {
+        direct.cast([](counter& state) { state.value *= 100; });
+        CHECK(served_on(direct) != boost::this_fiber::get_id());
+        CHECK(read(direct) == 101);
+    }
+    SECTION("while a lent turn is suspended, other messages wait: one at a time, in order") {
+        bool release = false;
+        rt.spawn([&] {
+            direct.call([&](counter& state) {
+                state.value = 1;
+                while (!release) boost::this_fiber::yield();  // suspended inside the message
+                state.value += 1;
+            });
+        });
+        rt.run_for(10ms);
+        direct.cast([](counter& state) { state.value *= 10; });  // from another fiber: queued
+        rt.spawn([&] { direct.call([](counter& state) { state.value += 5; }); });
+        rt.run_for(10ms);
+        CHECK(direct.stats().queued == 2);
+        release = true;
+        rt.run_for(10ms);
+        CHECK(read(direct) == (1 + 1) * 10 + 5);  // interleaved it would be 1 * 10 + 5 + 1
+    }
+    SECTION("a message that calls its own unit is refused, as on the worker") {
+        try {
+            direct.call([&](counter&) { return read(direct); });
+            FAIL("a self-call must not succeed");
+        } catch (const keepsake::worker_crashed& crashed) {
+            CHECK_THAT(crashed.reason(), Catch::Matchers::Contains("called itself"));
+        }
+        CHECK(read(direct) == 1);
+        CHECK(direct.stats().restarts == 1);
+    }
+    SECTION("a stop waits for a lent turn to come back") {
+        bool release = false;
+        bool finished = false;
+        rt.spawn([&] {
+            direct.call([&](counter& state) {
+                while (!release) boost::this_fiber::yield();
+                state.value = 77;
+            });
+            finished = true;
+        });
+        rt.run_for(10ms);
+        rt.spawn([&] { keepsake::stop_unit(rt, direct); });
+        rt.run_for(10ms);
+        CHECK(direct.state() != keepsake::child_state::not_running);
+        release = true;
+        rt.run_for(50ms);
+        CHECK(finished);
+        CHECK(direct.state() == keepsake::child_state::not_running);
+        CHECK(direct.stats().commits == 2);  // the lent message committed before the unit stopped
+        CHECK(direct.stats().generation == 2);
+    }
+}
+
+TEST_CASE("a unit with a store opens through recovery: after a reboot its state comes from the store", "[unit][store]") {
+    keepsake::memory_store durable;
+    std::vector<keepsake::start_info> starts;
+    auto spec = counter_spec("kept");
+    spec.recover_from = &durable;
+    spec.store_prefix = "app/";
+    spec.init = [&starts](counter&, const keepsake::start_info& info) { starts.push_back(info); };
+    {
+        pumped_runtime before("boot1");
+        auto unit = keepsake::start_unit(before.rt, spec);
+        REQUIRE(starts.size() == 1);
+        CHECK(starts[0].source == keepsake::recovery_source::initial);
+        for (int i = 0; i < 5; ++i) unit.call([](counter& state) { ++state.value; });
+        {
+            keepsake::exporter out(before.seg, durable, [] {
+                keepsake::exporter_options options;
+                options.prefix = "app/";
+                return options;
+            }());
+            REQUIRE(out.flush());
+        }  // stopped: it exports nothing more
+        unit.call([](counter& state) { state.value += 100; });  // committed, never exported
+        keepsake::stop_unit(before.rt, unit);
+    }  // the segment's directory is removed: a reboot
+    pumped_runtime after("boot2");
+    auto unit = keepsake::start_unit(after.rt, spec);
+    REQUIRE(starts.size() == 2);
+    CHECK(starts[1].source == keepsake::recovery_source::store);
+    CHECK(starts[1].restored);
+    CHECK(read(unit) == 5);  // the export survived; the unexported commit did not
+    CHECK(unit.stats().generation >= starts[1].generation);
+
+    SECTION("a restart inside the same run takes shared memory, which is newer") {
+        unit.call([](counter& state) { state.value = 40; });
+        CHECK_THROWS_AS(unit.call([](counter&) -> int { throw std::runtime_error("boom"); }), keepsake::worker_crashed);
+        REQUIRE(starts.size() == 3);
+        CHECK(starts[2].source == keepsake::recovery_source::shared_memory);
+        CHECK(read(unit) == 40);
+    }
 }
 
 TEST_CASE("a unit gives up past its restart intensity; then calls fail at once", "[unit]") {
@@ -479,4 +603,73 @@ TEST_CASE("unit specs are checked when the unit is made", "[unit]") {
     } catch (const keepsake::error& failure) {
         CHECK(failure.code() == errc::start_failed);
     }
+}
+
+namespace {
+
+// One scripted run of a small tree on a manual clock and a pumped runtime:
+// loop workers tick on the clock, one crashes every few ticks, casts and
+// calls arrive at fixed times; every event is recorded with its timestamp.
+std::vector<std::string> scripted_run(const std::string& name) {
+    auto clock = std::make_shared<keepsake::manual_clock>();
+    pumped_runtime harness(name, clock);
+    auto& rt = harness.rt;
+    std::vector<std::string> trace;
+    rt.events().subscribe([&](const keepsake::event& what) {
+        trace.push_back(std::to_string(what.at.count()) + " " + keepsake::to_string(what.kind) + " " +
+                        std::string(what.supervisor) + "/" + std::string(what.child) + " #" +
+                        std::to_string(what.instance) + " " + keepsake::to_string(what.reason_kind) + " " +
+                        std::string(what.reason));
+    });
+    auto ticker = [](const std::string& id, long crash_every) {
+        auto spec = counter_spec(id);
+        spec.intensity = {3, 1s};
+        spec.loop = [crash_every](keepsake::unit_context<counter>& ctx) {
+            while (!ctx.stop_requested()) {
+                ++ctx.state().value;
+                ctx.commit();
+                if (crash_every != 0 && ctx.state().value % crash_every == 0) ctx.crash("tick " + std::to_string(ctx.state().value));
+                ctx.sleep_for(10ms);
+            }
+        };
+        return spec;
+    };
+    keepsake::supervisor_spec tree;
+    tree.name = "root";
+    tree.flags.strategy = keepsake::strategy::rest_for_one;
+    tree.flags.intensity = {2, 1s};
+    tree.children = {keepsake::child(ticker("steady", 0)), keepsake::child(ticker("flaky", 7)),
+                     keepsake::child(counter_spec("mailbox"))};
+    auto root = keepsake::start_supervisor(rt, tree);
+    auto mailbox = keepsake::whereis<counter>(rt, "mailbox");
+    REQUIRE(mailbox);
+    for (int step = 0; step < 400; ++step) {
+        clock->advance(1ms);
+        try {
+            if (step % 13 == 0) mailbox->cast([step](counter& state) { state.value += step; });
+            if (step % 50 == 0) trace.push_back("read " + std::to_string(read(*mailbox)));
+        } catch (const keepsake::error& failure) {
+            trace.push_back(std::string("failed ") + failure.what());
+        }
+        rt.run_for(100ms);
+    }
+    keepsake::stop_supervisor(rt, root);
+    rt.run_for(100ms);
+    return trace;
+}
+
+} // namespace
+
+TEST_CASE("a manual clock and a pumped runtime make a run deterministic", "[unit][runtime][determinism]") {
+    const std::vector<std::string> first = scripted_run("determinism-a");
+    const std::vector<std::string> second = scripted_run("determinism-b");
+    CHECK(first == second);
+    // The run is not trivial: crashes, restarts and a give-up all happened.
+    auto count = [&](const std::string& word) {
+        return std::count_if(first.begin(), first.end(),
+                             [&](const std::string& line) { return line.find(word) != std::string::npos; });
+    };
+    CHECK(count(" restarted ") >= 3);
+    CHECK(count(" exited ") >= 3);
+    CHECK(count(" stopped ") >= 1);
 }

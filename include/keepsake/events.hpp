@@ -47,6 +47,10 @@ enum class event_kind {
     restarted,     // a child (or a unit's worker) was restarted
     gave_up,       // restart intensity exceeded: no more restarts
     stopped,       // a child was stopped by its supervisor, or a supervisor stopped
+    // From an exporter given this bus (exporter_options::events), on its
+    // thread: supervisor "exporter", child the store, reason the message.
+    export_failed,     // a store put failed; it is retried (instance: failures in a row)
+    export_timed_out,  // stop ran out of time with keys not exported
 };
 
 inline const char* to_string(event_kind kind) noexcept {
@@ -57,6 +61,8 @@ inline const char* to_string(event_kind kind) noexcept {
     case event_kind::restarted: return "restarted";
     case event_kind::gave_up: return "gave_up";
     case event_kind::stopped: return "stopped";
+    case event_kind::export_failed: return "export_failed";
+    case event_kind::export_timed_out: return "export_timed_out";
     }
     return "unknown";
 }
@@ -90,12 +96,15 @@ private:
 // level: see log.hpp). Crashes and give-ups are warnings, the rest info.
 inline std::uint64_t log_events(event_bus& bus) {
     return bus.subscribe([](const event& what) {
-        const bool bad = what.kind == event_kind::gave_up || what.kind == event_kind::start_failed ||
+        const bool exporting = what.kind == event_kind::export_failed || what.kind == event_kind::export_timed_out;
+        const bool bad = exporting || what.kind == event_kind::gave_up || what.kind == event_kind::start_failed ||
                          (what.kind == event_kind::exited && (what.reason_kind == exit_kind::crashed ||
                                                               what.reason_kind == exit_kind::killed));
         detail::log(bad ? spdlog::level::warn : spdlog::level::info, [&] {
             std::string line = std::string(what.supervisor) + ": " + to_string(what.kind) + " '" +
                                std::string(what.child) + "' #" + std::to_string(what.instance);
+            if (exporting) return std::string(what.supervisor) + ": " + to_string(what.kind) + " to " +
+                                  std::string(what.child) + ": " + std::string(what.reason);
             if (what.kind == event_kind::exited || what.kind == event_kind::gave_up ||
                 what.kind == event_kind::start_failed)
                 line += std::string(" (") + to_string(what.reason_kind) + ": " + std::string(what.reason) + ")";

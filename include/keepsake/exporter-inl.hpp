@@ -246,11 +246,30 @@ KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
     return pending;
 }
 
+KEEPSAKE_INLINE void exporter::publish_on_bus(const export_event& happened) const {
+    const std::string target = store_.describe();
+    keepsake::event what;
+    what.kind = happened.kind == export_event_kind::store_failed ? event_kind::export_failed
+                                                                 : event_kind::export_timed_out;
+    what.supervisor = "exporter";
+    what.child = target;
+    what.instance = happened.attempt;
+    what.reason = happened.message;
+    what.at = std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch());
+    try {
+        options_.events->publish(what);
+    } catch (const std::exception& thrown) {
+        detail::log(spdlog::level::err,
+                    [&] { return std::string("exporter: an event bus subscriber threw: ") + thrown.what(); });
+    }
+}
+
 KEEPSAKE_INLINE void exporter::report(const export_event& event) const {
     const auto level = event.kind == export_event_kind::exported       ? spdlog::level::debug
                        : event.kind == export_event_kind::store_failed ? spdlog::level::warn
                                                                        : spdlog::level::err;
     detail::log(level, [&] { return std::string("exporter: ") + to_string(event.kind) + ": " + event.message; });
+    if (options_.events != nullptr && event.kind != export_event_kind::exported) publish_on_bus(event);
     if (!options_.on_event) return;
     try {
         options_.on_event(event);

@@ -29,6 +29,7 @@
 
 #include "keepsake/detail/config.hpp"
 #include "keepsake/error.hpp"
+#include "keepsake/events.hpp"
 #include "keepsake/segment.hpp"
 #include "keepsake/store.hpp"
 
@@ -68,6 +69,10 @@ struct exporter_options {
     // ignored. Events are also logged (exported at debug, the rest at
     // warn/error).
     std::function<void(const export_event&)> on_event;
+    // Also publish store failures and timeouts to this bus (a runtime's
+    // events()), as event_kind::export_failed / export_timed_out. Published
+    // from the exporter's thread; the bus must outlive the exporter.
+    event_bus* events = nullptr;
 };
 
 struct exporter_stats {
@@ -153,6 +158,7 @@ private:
     bool put_batch();
     std::size_t pending_keys();
     void report(const export_event& event) const;
+    void publish_on_bus(const export_event& happened) const;
 };
 
 } // namespace keepsake

@@ -98,15 +98,20 @@ public:
     }
 
     // Pumped runtimes: runs fibers until none is ready or `budget` (real
-    // time) is spent. Returns the number of polls.
+    // time) is spent. Returns the number of polls. Once the budget is spent
+    // the caller is resumed after the fiber running now suspends, ahead of
+    // the others still ready (fibers cannot be pre-empted).
     std::size_t run_for(duration budget) {
         check_pumping_thread("run_for");
         const auto until = std::chrono::steady_clock::now() + budget;
+        budget_->pump = boost::fibers::context::active();
+        budget_->until = until;
         std::size_t rounds = 0;
         do {
             boost::this_fiber::yield();
             ++rounds;
         } while (ready_workers_->load(std::memory_order_relaxed) != 0 && std::chrono::steady_clock::now() < until);
+        budget_->pump = nullptr;
         return rounds;
     }
 
@@ -209,6 +214,7 @@ private:
     std::shared_ptr<keepsake::clock> time_;
     event_bus events_;
     std::shared_ptr<std::atomic<std::size_t>> ready_workers_ = std::make_shared<std::atomic<std::size_t>>(0);
+    std::shared_ptr<detail::pump_budget> budget_ = std::make_shared<detail::pump_budget>();
     std::atomic<std::size_t> live_fibers_{0};
     std::atomic<bool> shut_down_{false};
     detail::signal fibers_done_;
@@ -235,7 +241,7 @@ private:
     }
 
     void install_scheduler() {
-        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(ready_workers_);
+        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(ready_workers_, budget_);
     }
 
     void launch(std::function<void()> body, std::size_t stack_size) {

@@ -32,6 +32,7 @@
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/keeper.hpp"
+#include "keepsake/recovery.hpp"
 #include "keepsake/restart_policy.hpp"
 #include "keepsake/runtime.hpp"
 #include "keepsake/segment.hpp"
@@ -59,7 +60,9 @@ struct start_info {
     std::uint64_t instance = 0;    // starts of the unit by its supervisor (1: first)
     std::uint64_t restarts = 0;    // worker restarts within this instance
     std::uint64_t generation = 0;  // the committed generation handed over (0: the initial state)
-    bool restored = false;         // the state came from the keeper, not from `initial`
+    bool restored = false;         // the state came from the keeper (or store), not from `initial`
+    // Where the first start found it; restarts always take shared memory.
+    recovery_source source = recovery_source::initial;
 };
 
 struct unit_stats {
@@ -90,6 +93,12 @@ struct unit_spec {
     // Called on every (re)start with the state handed over; may adjust it.
     std::function<void(State&, const start_info&)> init;
     const segment* where = nullptr;  // null: the runtime's default segment
+    // A durable store (the one an exporter writes): the first start takes
+    // the newest of shared memory and this store's record under
+    // store_prefix + name (recover()), so the state survives a reboot.
+    // Null: shared memory only.
+    store* recover_from = nullptr;
+    std::string store_prefix;  // as exporter_options::prefix
     keeper_options<State> keeper{};
     commit_policy commit{};
     restart_intensity intensity{1000, std::chrono::seconds(10)};
@@ -98,6 +107,12 @@ struct unit_spec {
     bool significant = false;
     duration call_timeout = std::chrono::seconds(5);
     std::size_t stack_size = 0;  // 0: the runtime's
+    // A call from the worker's own thread, made while the worker sleeps on
+    // an empty mailbox, runs on the caller's fiber: no queueing and no
+    // context switch, with the same ordering, commit and crash handling (a
+    // throw restarts the worker). Messages that take a unit_context always
+    // run on the worker. false: every message runs on the worker fiber.
+    bool direct_calls = true;
 };
 
 namespace detail {
@@ -215,9 +230,18 @@ public:
         using M = std::decay_t<Message>;
         if constexpr (is_state_callable<M, State, context_type>()) {
             using R = state_call_result<M, State, context_type>;
+            if constexpr (!std::is_invocable_v<M&, State&, context_type&>)
+                if (borrow_turn())
+                    return serve_borrowed<R>([&]() -> decltype(auto) { return invoke_on_state(message, state_, context_); },
+                                             reads_only<M, State, context_type>());
             return this->template request<R>(callable_job<R, M>{std::forward<Message>(message)}, timeout);
         } else {
             using R = handler_result<M>;
+            if constexpr (!handler_takes_context<M>())
+                if (borrow_turn())
+                    return serve_borrowed<R>(
+                        [&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+                        handler_reads_only<M>());
             return this->template request<R>(handler_job<R, M>{std::forward<Message>(message)}, timeout);
         }
     }
@@ -274,10 +298,8 @@ public:
 
     template <class R, class M>
     void serve_message(const M& message, reply_cell* reply) {
-        constexpr bool read_only = std::is_invocable_v<Handler&, const State&, const M&> ||
-                                   std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
         serve<R>([&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
-                 read_only, reply);
+                 handler_reads_only<M>(), reply);
     }
 
     const std::string& context_name() const noexcept override { return name(); }
@@ -323,6 +345,71 @@ private:
     }
 
     template <class M>
+    static constexpr bool handler_reads_only() {
+        return std::is_invocable_v<Handler&, const State&, const M&> ||
+               std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
+    }
+
+    template <class M>
+    static constexpr bool handler_takes_context() {
+        return std::is_invocable_v<Handler&, State&, const M&, context_type&> ||
+               std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
+    }
+
+    // Takes the idle worker's turn for a call from its own thread (see
+    // unit_spec::direct_calls). The fiber running the message stands in as
+    // the server, so a message that calls its own unit is still refused.
+    bool borrow_turn() {
+        if (!spec_.direct_calls || crash_handed_over_) return false;
+        boost::fibers::context* caller = boost::fibers::context::active();
+        if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
+        if (caller == server_.load(std::memory_order_relaxed)) return false;
+        if (state() != child_state::running || stop_requested() || !mailbox_.try_borrow()) return false;
+        lender_ = server_.exchange(caller, std::memory_order_relaxed);
+        return true;
+    }
+
+    void return_turn() {
+        server_.store(lender_, std::memory_order_relaxed);
+        mailbox_.give_back(crash_handed_over_ || stop_requested());
+    }
+
+    // Runs a message on the caller's fiber in the worker's turn. A throw is
+    // the worker's crash: the worker restarts from the last commit (before
+    // it serves anything else) and the caller gets worker_crashed.
+    template <class R, class Invoke>
+    R serve_borrowed(Invoke&& invoke, bool read_only) {
+        try {
+            if constexpr (std::is_void_v<R>) {
+                invoke();
+                after_message(read_only);
+                return_turn();
+                return;
+            } else {
+                R result = invoke();
+                after_message(read_only);
+                return_turn();
+                return result;
+            }
+        } catch (const std::exception& thrown) {
+            hand_crash_to_worker(thrown.what());
+        } catch (...) {
+            hand_crash_to_worker("an exception not derived from std::exception");
+        }
+        // As a queued call's caller would, hear of the crash once the worker
+        // has taken it (told its listeners and its supervisor).
+        std::string reason = crash_reason_;
+        while (crash_handed_over_) boost::this_fiber::yield();
+        throw worker_crashed(name(), reason);
+    }
+
+    void hand_crash_to_worker(const char* what) {
+        crash_reason_ = what;
+        crash_handed_over_ = true;
+        return_turn();
+    }
+
+    template <class M>
     using handler_result = decltype(invoke_handler(std::declval<Handler&>(), std::declval<const M&>(),
                                                    std::declval<State&>(), std::declval<context_type&>()));
 
@@ -356,6 +443,11 @@ private:
     std::uint32_t uncommitted_messages_ = 0;
     duration last_commit_at_{};
     bool dirty_ = false;
+    // A borrowed call crashed; the worker restarts before serving more. Both
+    // are touched on the worker's thread only (borrowers run there).
+    bool crash_handed_over_ = false;
+    std::string crash_reason_;
+    boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
     listener_list<const State&, const State&> state_changed_;
     listener_list<const exit_reason&, const State&> terminated_;
 
@@ -384,21 +476,34 @@ private:
         if (forced()) throw forced_stop{};
     }
 
-    // Newest commit, else the initial state; then the init hook.
+    // Newest commit (on the first start, of shared memory and the store),
+    // else the initial state; then the init hook, whose changes count as
+    // uncommitted changes.
     void hand_over_state(std::uint64_t number) {
-        if (!keeper_) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        const bool first = !keeper_;
+        if (first) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
         start_info info;
         info.instance = number;
         info.restarts = restarts_this_instance_;
-        if (auto found = keeper_->restore_into(state_)) {
+        if (first && spec_.recover_from != nullptr) {
+            recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+            state_ = std::move(found.value);
+            info.source = found.source;
+            info.generation = found.generation;
+            info.restored = found.source != recovery_source::initial;
+        } else if (auto found = keeper_->restore_into(state_)) {
             info.generation = found->generation;
             info.restored = true;
+            info.source = recovery_source::shared_memory;
         } else {
             state_ = spec_.initial;
         }
         generation_.store(keeper_->generation(), std::memory_order_relaxed);
-        if (spec_.init) spec_.init(state_, info);
         dirty_ = false;
+        if (spec_.init) {
+            spec_.init(state_, info);
+            dirty_ = true;
+        }
         uncommitted_messages_ = 0;
         if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
         if (state_changed_.any()) last_committed_ = state_;
@@ -440,22 +545,50 @@ private:
         }
     }
 
-    void serve_mailbox() {
+    // Serves messages until a stop is requested (returns false) or a
+    // message crashes, here or in a borrowed turn (true; the reason is in
+    // crash_reason_).
+    bool serve_mailbox() {
+        auto stop_or_crash = [&] { return crash_handed_over_ || (context_stop_requested() && !mailbox_.lent()); };
         for (;;) {
+            if (crash_handed_over_) {
+                crash_handed_over_ = false;
+                return true;
+            }
             if (mailbox_.pop(inflight_)) {
-                inflight_.run(static_cast<actor*>(this));
+                if (!serve_inflight()) return true;
                 finish_inflight();
-                if (context_stop_requested()) return;
+                if (context_stop_requested()) return false;
                 continue;
             }
-            if (context_stop_requested()) return;
-            mailbox_.wait_until(runtime_.clock(), forever, [&] { return context_stop_requested(); });
+            if (context_stop_requested() && !mailbox_.lent()) return false;
+            mailbox_.wait_until(runtime_.clock(), forever, stop_or_crash, spec_.direct_calls);
         }
     }
 
-    void run_body() {
-        if (spec_.loop) spec_.loop(context_);
-        else serve_mailbox();
+    // Caught here, next to the throw, rather than at the top of the
+    // instance: a crash then unwinds a few frames, not the whole worker.
+    bool serve_inflight() {
+        try {
+            inflight_.run(static_cast<actor*>(this));
+            return true;
+        } catch (const forced_stop&) {
+            throw;
+        } catch (const std::exception& thrown) {
+            crash_reason_ = thrown.what();
+        } catch (...) {
+            crash_reason_ = "an exception not derived from std::exception";
+        }
+        return false;
+    }
+
+    // Returns true if it ended with a crash (reason in crash_reason_).
+    bool run_body() {
+        if (spec_.loop) {
+            spec_.loop(context_);
+            return false;
+        }
+        return serve_mailbox();
     }
 
     // Events about this unit's own worker.
@@ -496,9 +629,12 @@ private:
             try {
                 hand_over_state(number);
                 if (!started()) report_started();
-                run_body();
-                ended = exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
-                                    stop_requested() ? "stopped on request" : "the worker returned"};
+                if (run_body()) {
+                    ended = on_crash(crash_reason_);
+                } else {
+                    ended = exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
+                                        stop_requested() ? "stopped on request" : "the worker returned"};
+                }
             } catch (const forced_stop&) {
                 fail_inflight(not_running_failure());
                 ended = exit_reason{exit_kind::killed, "forced to stop after its shutdown timeout"};

@@ -105,6 +105,7 @@ protected:
     message inflight_;  // the message being served; survives the worker's unwinding
     std::atomic<int> state_{static_cast<int>(child_state::not_running)};
     std::atomic<boost::fibers::context*> server_{nullptr};  // the fiber serving the mailbox
+    std::atomic<boost::fibers::scheduler*> server_scheduler_{nullptr};  // ... and its thread's scheduler
 
     void set_state(child_state next) noexcept { state_.store(static_cast<int>(next), std::memory_order_release); }
 
@@ -378,7 +379,9 @@ private:
     }
 
     void fiber_main(std::uint64_t number) {
-        server_.store(boost::fibers::context::active(), std::memory_order_relaxed);
+        boost::fibers::context* self = boost::fibers::context::active();
+        server_scheduler_.store(self->get_scheduler(), std::memory_order_relaxed);
+        server_.store(self, std::memory_order_relaxed);
         exit_reason reason;
         try {
             reason = run_instance(number);

@@ -22,10 +22,10 @@
 #include <vector>
 
 #include <boost/fiber/condition_variable.hpp>
-#include <boost/fiber/mutex.hpp>
 #include <boost/fiber/operations.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/fiber_mutex.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/detail/spinlock.hpp"
 
@@ -42,8 +42,8 @@ struct reply_cell {
 
     std::atomic<int> state{waiting};
     std::atomic<bool> sleeper{false};  // the caller is blocked on answered_cv
-    boost::fibers::mutex mutex;
-    boost::fibers::condition_variable answered_cv;
+    fiber_mutex mutex;
+    boost::fibers::condition_variable_any answered_cv;
     void* result = nullptr;            // the caller's std::optional<R>, while it waits
     std::exception_ptr failure;
     std::atomic<int> holders{0};       // the caller and the message
@@ -108,7 +108,7 @@ void answer(reply_cell& cell, reply_cell::status outcome, Fill fill) {
     // announces itself, then looks at the state (both under the mutex).
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (cell.sleeper.load(std::memory_order_relaxed)) {
-        std::lock_guard<boost::fibers::mutex> guard(cell.mutex);
+        std::lock_guard<fiber_mutex> guard(cell.mutex);
         cell.answered_cv.notify_all();
     }
 }
@@ -125,7 +125,7 @@ inline bool await_answer(reply_cell& cell, std::chrono::steady_clock::time_point
         if (cell.settled()) return true;
         boost::this_fiber::yield();
     }
-    std::unique_lock<boost::fibers::mutex> lock(cell.mutex);
+    std::unique_lock<fiber_mutex> lock(cell.mutex);
     cell.sleeper.store(true, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (cell.answered_cv.wait_until(lock, deadline, [&] { return cell.settled(); })) return true;
@@ -223,6 +223,12 @@ private:
 };
 
 // Many producers (any thread), one consumer (the worker fiber).
+//
+// The consumer may also *lend* its turn: while it is parked idle on an empty
+// mailbox, a caller on the worker's own thread can take the turn, run its
+// message on its own fiber (no queueing, no context switch) and give the
+// turn back. While the turn is lent the consumer pops nothing, so messages
+// are still served one at a time and in order.
 class mailbox {
 public:
     mailbox() : ring_(new message[initial_capacity]), capacity_(initial_capacity) {}
@@ -231,25 +237,26 @@ public:
 
     template <class Callable>
     void push(Callable&& callable, reply_cell* reply) {
+        bool wake_consumer = false;
         {
             std::lock_guard<spinlock> guard(lock_);
             if (count_ == capacity_) grow();
             ring_[(head_ + count_) & (capacity_ - 1)].emplace(std::forward<Callable>(callable), reply);
             ++count_;
             size_.store(count_, std::memory_order_relaxed);
+            // Under the lock the consumer announces its sleep, so no fence is
+            // needed; while the turn is lent, give_back() wakes it instead.
+            wake_consumer = consumer_waiting_ && !lent_;
+            if (wake_consumer) consumer_waiting_ = false;
         }
-        // Dekker with the consumer's wait: push, then look for a waiter;
-        // the consumer announces itself, then looks for messages.
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        if (consumer_waiting_.load(std::memory_order_relaxed) &&
-            consumer_waiting_.exchange(false, std::memory_order_relaxed))
-            wake();
+        if (wake_consumer) wake();
     }
 
-    // Moves the oldest message into `out`; false if there is none.
+    // Moves the oldest message into `out`; false if there is none, or if
+    // the consumer's turn is lent.
     bool pop(message& out) noexcept {
         std::lock_guard<spinlock> guard(lock_);
-        if (count_ == 0) return false;
+        if (count_ == 0 || lent_) return false;
         out.take(ring_[head_]);
         head_ = (head_ + 1) & (capacity_ - 1);
         --count_;
@@ -261,24 +268,53 @@ public:
 
     // The consumer waits for a message or for `wake_anyway()` to hold, or
     // until `deadline` on `time` (forever: no deadline). Returns false if
-    // the deadline passed first.
+    // the deadline passed first. `lendable`: callers may borrow the turn
+    // while it sleeps.
     template <class Predicate>
-    bool wait_until(const clock& time, duration deadline, Predicate wake_anyway) {
-        auto ready = [&] { return size_.load(std::memory_order_relaxed) != 0 || wake_anyway(); };
+    bool wait_until(const clock& time, duration deadline, Predicate wake_anyway, bool lendable = false) {
+        auto ready = [&] { return has_work() || wake_anyway(); };
+        if (lendable) set_consumer(false, true);
         // A producer on this thread usually runs next: one yield saves the
         // sleep and the wake-up (an idle consumer then blocks, so a pumped
         // runtime sees nothing ready).
         if (!ready()) boost::this_fiber::yield();
-        if (ready()) return true;
-        consumer_waiting_.store(true, std::memory_order_relaxed);
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        const bool woken = waiting_.wait_until(time, deadline, ready);
-        consumer_waiting_.store(false, std::memory_order_relaxed);
+        bool woken = ready();
+        if (!woken) {
+            set_consumer(true, lendable);
+            woken = waiting_.wait_until(time, deadline, ready);
+        }
+        set_consumer(false, false);
         return woken;
     }
 
     // Wakes the consumer (after changing what its predicate reads).
     void wake() { waiting_.notify_all(); }
+
+    // Takes the consumer's turn if it sleeps idle on an empty mailbox and
+    // nobody holds the turn; the caller must be on the consumer's thread.
+    bool try_borrow() noexcept {
+        std::lock_guard<spinlock> guard(lock_);
+        if (!consumer_idle_ || lent_ || count_ != 0) return false;
+        lent_ = true;
+        lent_flag_.store(true, std::memory_order_relaxed);
+        return true;
+    }
+
+    // Gives the turn back, waking the consumer if messages came meanwhile
+    // or `wake_anyway` (it has something else to see).
+    void give_back(bool wake_anyway) {
+        bool wake_consumer = false;
+        {
+            std::lock_guard<spinlock> guard(lock_);
+            lent_ = false;
+            lent_flag_.store(false, std::memory_order_relaxed);
+            wake_consumer = consumer_waiting_ && (count_ != 0 || wake_anyway);
+            if (wake_consumer) consumer_waiting_ = false;
+        }
+        if (wake_consumer) wake();
+    }
+
+    bool lent() const noexcept { return lent_flag_.load(std::memory_order_relaxed); }
 
 private:
     static constexpr std::size_t initial_capacity = 64;
@@ -288,9 +324,20 @@ private:
     std::size_t capacity_;
     std::size_t head_ = 0;
     std::size_t count_ = 0;
+    bool consumer_waiting_ = false;  // under lock_: it sleeps on waiting_
+    bool consumer_idle_ = false;     // under lock_: ... and may lend its turn
+    bool lent_ = false;              // under lock_: a caller holds the turn
     std::atomic<std::size_t> size_{0};
-    std::atomic<bool> consumer_waiting_{false};
+    std::atomic<bool> lent_flag_{false};  // lent_, for predicates
     signal waiting_;
+
+    bool has_work() const noexcept { return size() != 0 && !lent(); }
+
+    void set_consumer(bool waiting, bool idle) noexcept {
+        std::lock_guard<spinlock> guard(lock_);
+        consumer_waiting_ = waiting;
+        consumer_idle_ = idle;
+    }
 
     void grow() {
         std::unique_ptr<message[]> larger(new message[capacity_ * 2]);

@@ -6,7 +6,8 @@
 #include <mutex>
 
 #include <boost/fiber/condition_variable.hpp>
-#include <boost/fiber/mutex.hpp>
+
+#include "keepsake/detail/fiber_mutex.hpp"
 
 #include "keepsake/clock.hpp"
 
@@ -17,13 +18,13 @@ inline constexpr duration forever = duration::max();
 
 class signal final : public clock_waiter {
 public:
-    using lock_type = std::unique_lock<boost::fibers::mutex>;
+    using lock_type = std::unique_lock<fiber_mutex>;
 
     // Change what waiters test while holding this lock, then notify.
     lock_type lock() { return lock_type(mutex_); }
 
     void notify_all() {
-        std::lock_guard<boost::fibers::mutex> guard(mutex_);
+        std::lock_guard<fiber_mutex> guard(mutex_);
         cv_.notify_all();
     }
 
@@ -66,8 +67,8 @@ public:
     void clock_moved() override { notify_all(); }
 
 private:
-    boost::fibers::mutex mutex_;
-    boost::fibers::condition_variable cv_;
+    fiber_mutex mutex_;
+    boost::fibers::condition_variable_any cv_;
 };
 
 } // namespace detail

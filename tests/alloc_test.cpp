@@ -1,0 +1,157 @@
+// No heap allocation per commit, call, cast or restart once warmed up, for a
+// trivially copyable state. This binary replaces the global operator new to
+// count every allocation made on the test's thread (a pumped runtime runs
+// the workers on that thread too).
+#include <catch2/catch.hpp>
+
+#include <cstddef>
+#include <cstdlib>
+#include <exception>
+#include <new>
+
+#include <keepsake/keepsake.hpp>
+
+#include "support.hpp"
+
+namespace {
+
+thread_local std::size_t allocations = 0;
+
+void* counted(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
+    ++allocations;
+    void* memory = nullptr;
+    if (alignment <= alignof(std::max_align_t)) memory = std::malloc(size == 0 ? 1 : size);
+    else if (::posix_memalign(&memory, alignment, size == 0 ? alignment : size) != 0) memory = nullptr;
+    return memory;
+}
+
+} // namespace
+
+void* operator new(std::size_t size) {
+    if (void* memory = counted(size)) return memory;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) { return ::operator new(size); }
+void* operator new(std::size_t size, std::align_val_t alignment) {
+    if (void* memory = counted(size, static_cast<std::size_t>(alignment))) return memory;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t size, std::align_val_t alignment) { return ::operator new(size, alignment); }
+void* operator new(std::size_t size, const std::nothrow_t&) noexcept { return counted(size); }
+void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return counted(size); }
+void operator delete(void* memory) noexcept { std::free(memory); }
+void operator delete[](void* memory) noexcept { std::free(memory); }
+void operator delete(void* memory, std::size_t) noexcept { std::free(memory); }
+void operator delete[](void* memory, std::size_t) noexcept { std::free(memory); }
+void operator delete(void* memory, std::align_val_t) noexcept { std::free(memory); }
+void operator delete[](void* memory, std::align_val_t) noexcept { std::free(memory); }
+void operator delete(void* memory, std::size_t, std::align_val_t) noexcept { std::free(memory); }
+void operator delete[](void* memory, std::size_t, std::align_val_t) noexcept { std::free(memory); }
+
+namespace {
+
+struct pose {  // trivially copyable: stored as raw bytes
+    long tick = 0;
+    double joints[6] = {};
+};
+
+// A crash whose own throw allocates nothing (a std::runtime_error would
+// allocate its message: that would be the test's allocation, not ours).
+struct fault : std::exception {
+    const char* what() const noexcept override { return "fault"; }
+};
+
+// Allocations made by `work` run `times` times.
+template <class Work>
+std::size_t allocations_in(int times, Work&& work) {
+    const std::size_t before = allocations;
+    for (int i = 0; i < times; ++i) work(i);
+    return allocations - before;
+}
+
+struct pumped_unit {
+    std::shared_ptr<keepsake::manual_clock> clock = std::make_shared<keepsake::manual_clock>();  // before rt
+    test_support::shm_dir dir;
+    keepsake::segment seg;
+    keepsake::runtime rt;
+    keepsake::unit<pose> unit;
+
+    explicit pumped_unit(bool direct_calls)
+        : seg("alloc", dir.options()), rt([this] {
+              keepsake::runtime_options options;
+              options.threads = 0;
+              options.default_segment = &seg;
+              options.time = clock;
+              return options;
+          }()) {
+        keepsake::unit_spec<pose> spec;
+        spec.name = "arm";
+        spec.direct_calls = direct_calls;
+        spec.intensity = {10, std::chrono::seconds(1)};
+        unit = keepsake::start_unit(rt, spec);
+    }
+};
+
+constexpr int warm_up = 2000;
+constexpr int measured = 10000;
+
+} // namespace
+
+TEST_CASE("a keeper commit allocates nothing", "[alloc]") {
+    test_support::shm_dir dir;
+    keepsake::segment seg("alloc-keeper", dir.options());
+    keepsake::keeper<pose> kept(seg, "pose");
+    pose state;
+    auto commit = [&](int i) {
+        state.tick = i;
+        kept.commit(state);
+    };
+    allocations_in(warm_up, commit);
+    CHECK(allocations_in(measured, commit) == 0);
+}
+
+TEST_CASE("a call allocates nothing, direct or queued", "[alloc]") {
+    const bool direct = GENERATE(true, false);
+    pumped_unit harness(direct);
+    auto call = [&](int i) {
+        harness.unit.call([i](pose& state) {
+            state.tick = i;
+            return state.tick;
+        });
+    };
+    allocations_in(warm_up, call);
+    CHECK(allocations_in(measured, call) == 0);
+    CHECK(harness.unit.stats().commits >= warm_up + measured);
+}
+
+TEST_CASE("casts, queued and served, allocate nothing", "[alloc]") {
+    pumped_unit harness(true);
+    auto cast = [&](int i) {
+        harness.unit.cast([](pose& state) { ++state.tick; });
+        if (i % 256 == 255) harness.rt.run_for(std::chrono::milliseconds(100));
+    };
+    allocations_in(warm_up, cast);
+    harness.rt.run_for(std::chrono::milliseconds(100));
+    CHECK(allocations_in(measured, cast) == 0);
+    harness.rt.run_for(std::chrono::milliseconds(100));
+    CHECK(harness.unit.call([](const pose& state) { return state.tick; }) == warm_up + measured);
+}
+
+TEST_CASE("a worker crash and restart allocate nothing", "[alloc]") {
+    pumped_unit harness(true);
+    harness.unit.call([](pose& state) { state.tick = 7; });
+    auto crash_and_read = [&](int) {
+        harness.unit.cast([](pose& state) {
+            state.tick = -1;  // never committed
+            throw fault();
+        });
+        harness.rt.run_for(std::chrono::milliseconds(100));
+        // Restarts spread out in time: the unit's restart log (which grows
+        // to its busiest window, at most `intensity` entries) stays small.
+        harness.clock->advance(std::chrono::milliseconds(200));
+    };
+    allocations_in(warm_up / 10, crash_and_read);
+    CHECK(allocations_in(measured / 10, crash_and_read) == 0);
+    CHECK(harness.unit.stats().restarts == (warm_up + measured) / 10);
+    CHECK(harness.unit.call([](const pose& state) { return state.tick; }) == 7);
+}
