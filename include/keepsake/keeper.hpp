@@ -104,6 +104,7 @@ public:
         detail::slot_header& header = *area_.header(target);
         if (highest_generation_ == ~std::uint64_t{0}) throw_generations_exhausted();
         const std::uint64_t generation = highest_generation_ + 1;
+        const std::uint64_t commit_ns = detail::commit_clock_ns();  // for keepsake-inspect; in the checksum
         // Unpublish the target before touching its data; the fence keeps the
         // data stores from being seen ahead of this one.
         detail::store_relaxed(header.generation, std::uint64_t{0});
@@ -124,9 +125,10 @@ public:
         detail::store_relaxed(header.fingerprint, fingerprint);
         detail::store_relaxed(header.schema_version, options_.schema_version);
         detail::store_relaxed(header.codec, codec);
+        detail::store_relaxed(header.commit_ns, commit_ns);
         detail::store_relaxed(header.checksum,
                               detail::slot_checksum(generation, size, fingerprint, options_.schema_version, codec,
-                                                    area_.data(target)));
+                                                    area_.data(target), commit_ns));
         detail::store_release(header.generation, generation);
         highest_generation_ = generation;
         newest_slot_ = target;

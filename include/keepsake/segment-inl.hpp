@@ -68,17 +68,25 @@ KEEPSAKE_INLINE std::uint64_t directory_end(std::uint32_t max_entries) noexcept 
     return sizeof(segment_header) + std::uint64_t{max_entries} * sizeof(dir_entry);
 }
 
-// Reads the owner pid of a segment file without owning it, for messages.
-KEEPSAKE_INLINE long peek_owner_pid(int fd) noexcept {
+// Reads the owner of a segment file without owning it, for messages.
+KEEPSAKE_INLINE owner_info peek_owner(int fd) noexcept {
     segment_header header{};
-    if (::pread(fd, &header, sizeof(header), 0) != static_cast<ssize_t>(sizeof(header))) return 0;
-    return header.magic == segment_magic ? static_cast<long>(header.owner_pid) : 0;
+    if (::pread(fd, &header, sizeof(header), 0) != static_cast<ssize_t>(sizeof(header))) return {};
+    if (header.magic != segment_magic) return {};
+    return owner_info{static_cast<long>(header.owner_pid), header.owner_start_time};
 }
 
 [[noreturn]] KEEPSAKE_INLINE void throw_owned(const std::string& name, int fd) {
-    const long pid = peek_owner_pid(fd);
+    const owner_info owner = peek_owner(fd);
+    const long pid = owner.pid;
+    // A maintenance handle (keepsake-inspect delete) holds the lock without
+    // recording itself: the recorded owner is then gone.
+    const bool recorded_owner_gone =
+        pid > 0 && owner.start_time != 0 && process_start_time(pid) != owner.start_time;
     std::string who = pid == 0 ? std::string("another process (it is still creating it)")
                     : pid == static_cast<long>(::getpid()) ? "this process (pid " + std::to_string(pid) + ")"
+                    : recorded_owner_gone ? "another process, not its last owner (pid " + std::to_string(pid) +
+                                                ", gone): a tool such as keepsake-inspect may hold it for a moment"
                     : "pid " + std::to_string(pid);
     throw error(errc::segment_owned,
                 "segment '" + name + "' is owned by " + who +
@@ -134,9 +142,14 @@ KEEPSAKE_INLINE int open_and_claim(const std::string& name, const std::string& p
                                         " keeps being removed and recreated while opening; retry later");
 }
 
-KEEPSAKE_INLINE segment_impl::segment_impl(std::string segment_name, const segment_options& options)
-    : name(std::move(segment_name)), path(segment_path(name, options.directory)) {
+KEEPSAKE_INLINE segment_impl::segment_impl(std::string segment_name, const segment_options& options,
+                                           segment_access mode)
+    : name(std::move(segment_name)), path(segment_path(name, options.directory)), access_(mode) {
     check_segment_name(name);
+    if (access_ != segment_access::owner) {
+        open_existing(options.directory);
+        return;
+    }
     check_options(options);
     bool created_file = false;
     fd_ = open_and_claim(name, path, true, options.mode, created_file);
@@ -156,14 +169,67 @@ KEEPSAKE_INLINE segment_impl::segment_impl(std::string segment_name, const segme
     });
 }
 
+// Read-only or maintenance: the same validation as an owner's reopen, and
+// no write to the header or the directory.
+KEEPSAKE_INLINE void segment_impl::open_existing(const std::string& directory) {
+    bool created_file = false;
+    fd_ = access_ == segment_access::read_only ? ::open(path.c_str(), O_RDONLY | O_CLOEXEC)
+                                               : open_and_claim(name, path, false, 0600, created_file);
+    if (fd_ < 0) {
+        if (errno != ENOENT) throw_system("cannot open segment file " + path);
+        throw error(errc::not_found, "there is no segment '" + name + "' in " + segment_directory(directory) +
+                                         "; check the name and the directory (keepsake::segment::list shows "
+                                         "the segments there)");
+    }
+    try {
+        if (is_unfinished_creation())
+            throw error(errc::not_found, "segment '" + name + "' was never finished: its creator died (or is "
+                                         "still busy) creating it, so it holds no state; the next program that "
+                                         "opens it rebuilds it, or remove it");
+        const std::uint64_t on_disk = file_size();
+        segment_header copy = validated_header(on_disk);
+        map(on_disk);
+        copy.total_size = on_disk;  // as reopen() does, without recording it
+        adopt_geometry(copy);
+        recover_directory();
+    } catch (...) {
+        unmap();
+        ::close(fd_);
+        throw;
+    }
+}
+
 KEEPSAKE_INLINE segment_impl::~segment_impl() {
-    if (header_) store_release(header_->clean_state, state_clean);
+    if (header_ && access_ == segment_access::owner) store_release(header_->clean_state, state_clean);
     unmap();
     if (fd_ >= 0) ::close(fd_);  // drops the flock claim
 }
 
+KEEPSAKE_INLINE segment_status segment_impl::status() const {
+    segment_status status;
+    status.owner.pid = static_cast<long>(load_relaxed(header_->owner_pid));
+    status.owner.start_time = load_relaxed(header_->owner_start_time);
+    status.owner_since_ns = load_relaxed(header_->owner_since_ns);
+    status.created_ns = header_->created_ns;  // covered by the header checksum
+    status.closed_cleanly = load_acquire(header_->clean_state) == state_clean;
+    if (status.owner.pid > 0) {
+        const std::uint64_t running_since = process_start_time(status.owner.pid);
+        status.owner_alive = running_since != 0 &&
+                             (status.owner.start_time == 0 || running_since == status.owner.start_time);
+    }
+    return status;
+}
+
+KEEPSAKE_INLINE void segment_impl::refuse_unless(segment_access allowed, const char* what) const {
+    if (access_ == segment_access::owner || access_ == allowed) return;
+    throw error(errc::invalid_argument, std::string("cannot ") + what + " in segment '" + name + "': this handle " +
+                                            "opened it as " + to_string(access_) + "; open it with "
+                                            "keepsake::segment (as its owner) for that");
+}
+
 KEEPSAKE_INLINE slot_area segment_impl::attach(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity) {
     check_key(key);
+    refuse_unless(segment_access::owner, ("keep key '" + key + "'").c_str());
     if (slot_count < 2 || slot_count > max_slots_per_entry)
         throw error(errc::invalid_argument, "slot count for key '" + key + "' must be 2 to " +
                                                 std::to_string(max_slots_per_entry));
@@ -183,6 +249,7 @@ KEEPSAKE_INLINE slot_area segment_impl::attach(const std::string& key, std::uint
 
 KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
     check_key(key);
+    refuse_unless(segment_access::maintenance, ("remove key '" + key + "'").c_str());
     std::lock_guard<std::mutex> lock(mutex_);
     if (attached_.count(key))
         throw error(errc::key_in_use, "key '" + key + "' still has a keeper; destroy it first");
@@ -193,6 +260,7 @@ KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
 }
 
 KEEPSAKE_INLINE void segment_impl::drop_damaged_entries() {
+    refuse_unless(segment_access::maintenance, "drop damaged entries");
     std::lock_guard<std::mutex> lock(mutex_);
     for (std::uint32_t index : damaged_) store_release(entries()[index].state, entry_free);
     damaged_.clear();
@@ -219,6 +287,14 @@ KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views(
     return views;
 }
 
+KEEPSAKE_INLINE std::optional<segment_impl::entry_view> segment_impl::entry_view_of(const std::string& key) const {
+    check_key(key);
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto found = find_valid_entry(key);
+    if (!found) return std::nullopt;
+    return entry_view{key, area_of(found->entry)};
+}
+
 KEEPSAKE_INLINE void segment_impl::check_options(const segment_options& options) {
     if (options.max_entries == 0 || options.max_entries > max_directory_entries)
         throw error(errc::invalid_argument, "segment_options::max_entries must be 1 to " +
@@ -233,7 +309,8 @@ KEEPSAKE_INLINE void segment_impl::check_options(const segment_options& options)
 
 KEEPSAKE_INLINE void segment_impl::map(std::uint64_t size) {
     unmap();
-    void* address = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    const int protection = access_ == segment_access::read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+    void* address = ::mmap(nullptr, size, protection, MAP_SHARED, fd_, 0);
     if (address == MAP_FAILED) throw_system("cannot map segment '" + name + "'");
     base_ = static_cast<std::byte*>(address);
     mapped_ = size;
@@ -341,6 +418,25 @@ KEEPSAKE_INLINE void segment_impl::build(const segment_options& options, bool cr
 
 KEEPSAKE_INLINE void segment_impl::reopen(const segment_options& options) {
     const std::uint64_t on_disk = file_size();
+    segment_header copy = validated_header(on_disk);
+    // The file's length is the size (the recorded one may lag a crashed
+    // growth); it only ever grows, so a damaged record never shrinks it.
+    const std::uint64_t size = std::max(on_disk, options.size);
+    if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+        throw_system("cannot grow segment '" + name + "' to " + std::to_string(size) + " bytes");
+    try {
+        reserve_memory(size);
+    } catch (...) {
+        if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(on_disk)) != 0) { /* stays longer: harmless */ }
+        throw;
+    }
+    map(size);
+    store_release(header_->total_size, size);
+    copy.total_size = size;
+    adopt_geometry(copy);
+}
+
+KEEPSAKE_INLINE segment_header segment_impl::validated_header(std::uint64_t on_disk) {
     if (on_disk < sizeof(segment_header)) corrupt("the file is shorter than its header");
     map(sizeof(segment_header));
     segment_header copy{};
@@ -361,21 +457,7 @@ KEEPSAKE_INLINE void segment_impl::reopen(const segment_options& options) {
     outcome = copy.clean_state == state_clean ? open_outcome::reopened_clean
                                               : open_outcome::reopened_after_crash;
     previous_owner = owner_info{static_cast<long>(copy.owner_pid), copy.owner_start_time};
-    // The file's length is the size (the recorded one may lag a crashed
-    // growth); it only ever grows, so a damaged record never shrinks it.
-    const std::uint64_t size = std::max(on_disk, options.size);
-    if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(size)) != 0)
-        throw_system("cannot grow segment '" + name + "' to " + std::to_string(size) + " bytes");
-    try {
-        reserve_memory(size);
-    } catch (...) {
-        if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(on_disk)) != 0) { /* stays longer: harmless */ }
-        throw;
-    }
-    map(size);
-    store_release(header_->total_size, size);
-    copy.total_size = size;
-    adopt_geometry(copy);
+    return copy;
 }
 
 // Geometry comes from a header copy that passed validation, never from a
@@ -419,6 +501,10 @@ KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_entry(const std::s
                     "segment '" + name + "' has " + std::to_string(damaged_.size()) +
                         " damaged directory entries and key '" + key + "' may be one of them; "
                         "call segment::drop_damaged_entries() to give those keys up, or remove the segment");
+    return find_valid_entry(key);
+}
+
+KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_valid_entry(const std::string& key) const noexcept {
     for (std::uint32_t i = 0; i < max_entries_; ++i) {
         found_entry found{i, {}};
         if (read_valid_entry(i, found.entry) && found.entry.key_length == key.size() &&
@@ -467,6 +553,7 @@ KEEPSAKE_INLINE slot_area segment_impl::add_entry(const std::string& key, std::u
 }
 
 KEEPSAKE_INLINE void segment_impl::recover_directory() {
+    const bool repair = access_ == segment_access::owner;
     std::uint64_t top = load_relaxed(header_->alloc_top);
     if (top < data_offset_ || top > total_size_) {
         log(spdlog::level::warn, [&] {
@@ -478,7 +565,8 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
         dir_entry& slot = entries()[i];
         const std::uint32_t state = load_acquire(slot.state);
         if (state == entry_free) continue;
-        if (state == entry_writing) {  // an add that a crash cut short
+        if (state == entry_writing) {  // an add that a crash cut short (or, read-only, one under way)
+            if (!repair) continue;
             std::memset(reinterpret_cast<std::byte*>(&slot) + sizeof(slot.state), 0,
                         sizeof(slot) - sizeof(slot.state));
             store_release(slot.state, entry_free);
@@ -494,7 +582,7 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
             });
         }
     }
-    store_release(header_->alloc_top, top);
+    if (repair) store_release(header_->alloc_top, top);
 }
 
 KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const slot_area& area) {
@@ -519,6 +607,8 @@ KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const 
             info.size = snap.size;
             info.fingerprint = snap.fingerprint;
             info.schema_version = snap.schema_version;
+            info.codec = snap.codec;
+            info.commit_ns = snap.commit_ns;
         }
     }
     return info;

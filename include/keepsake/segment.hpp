@@ -55,6 +55,40 @@ struct owner_info {
     std::uint64_t start_time = 0;  // clock ticks after boot, from /proc
 };
 
+// How a handle opens a segment.
+enum class segment_access {
+    // The default: open or create, take the flock, claim ownership, finish
+    // what a crash cut short; marked closed-cleanly when the last handle goes.
+    owner,
+    // An existing segment, mapped read-only, with no lock and no write: for
+    // looking at a segment whose owner may be alive or dead, without
+    // disturbing either. Keepers cannot attach and keys cannot be removed.
+    read_only,
+    // An existing segment whose owner is dead (or that was closed): takes the
+    // flock, so a live owner is refused by pid and no program can open it
+    // meanwhile, but leaves the recorded owner, the clean/crashed flag and
+    // the size as found. Keys can be removed; keepers cannot attach.
+    maintenance,
+};
+
+inline const char* to_string(segment_access access) noexcept {
+    switch (access) {
+    case segment_access::owner: return "owner";
+    case segment_access::read_only: return "read_only";
+    case segment_access::maintenance: return "maintenance";
+    }
+    return "unknown";
+}
+
+// The owner as the segment's header records it (segment::status()).
+struct segment_status {
+    owner_info owner;             // the process that owns it, or owned it last
+    bool closed_cleanly = false;  // that owner let go of it (else it is open, or it crashed)
+    bool owner_alive = false;     // that pid runs now, with the same start time
+    std::uint64_t created_ns = 0;      // wall clock, ns since the epoch
+    std::uint64_t owner_since_ns = 0;  // when that owner took it
+};
+
 struct segment_options {
     // Bytes of the file, backed by memory at open (posix_fallocate), so a
     // full /dev/shm is an error at open rather than a SIGBUS later. A new
@@ -79,6 +113,8 @@ struct entry_info {
     std::uint32_t schema_version = 0;
     std::uint32_t invalid_slots = 0;    // published slots whose bytes fail their check
     std::uint32_t unpublished_slots = 0; // slots a commit started on and did not finish
+    std::uint32_t codec = 0;            // of the newest valid generation (a codec_kind value)
+    std::uint64_t commit_ns = 0;        // wall clock of that commit, ns since the epoch; 0 if unknown
 };
 
 namespace detail {
@@ -89,6 +125,8 @@ inline constexpr std::uint32_t max_slots_per_entry = 64;
 inline constexpr std::uint32_t max_directory_entries = 1u << 20;
 
 KEEPSAKE_API std::uint64_t header_checksum_of(const segment_header& header) noexcept;
+// Where segment files live: `requested`, else $KEEPSAKE_SHM_DIR, else /dev/shm.
+KEEPSAKE_API std::string segment_directory(const std::string& requested);
 
 // A directory entry as copied out of shared memory and validated.
 struct found_entry {
@@ -104,7 +142,8 @@ public:
     open_outcome outcome = open_outcome::created;
     std::optional<owner_info> previous_owner;
 
-    segment_impl(std::string segment_name, const segment_options& options);
+    segment_impl(std::string segment_name, const segment_options& options,
+                 segment_access mode = segment_access::owner);
 
     segment_impl(const segment_impl&) = delete;
     segment_impl& operator=(const segment_impl&) = delete;
@@ -116,6 +155,10 @@ public:
     std::uint64_t free_bytes() const noexcept {
         return total_size_ - std::min(total_size_, load_relaxed(header_->alloc_top));
     }
+
+    segment_access access() const noexcept { return access_; }
+
+    segment_status status() const;
 
     std::size_t damaged_count() const {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -146,8 +189,12 @@ public:
         slot_area area;
     };
     std::vector<entry_view> entry_views() const;
+    // The view of one valid key, or nothing. Unlike attach, it does not
+    // refuse while damaged entries exist: it only reads.
+    std::optional<entry_view> entry_view_of(const std::string& key) const;
 
 private:
+    segment_access access_ = segment_access::owner;
     int fd_ = -1;
     std::byte* base_ = nullptr;
     std::size_t mapped_ = 0;
@@ -176,6 +223,10 @@ private:
     void build(const segment_options& options, bool created_file);
 
     void reopen(const segment_options& options);
+    // Checks the header against the file's length; the validated copy.
+    segment_header validated_header(std::uint64_t on_disk);
+    void open_existing(const std::string& directory);
+    void refuse_unless(segment_access allowed, const char* what) const;
 
     void adopt_geometry(const segment_header& validated) noexcept;
 
@@ -194,6 +245,7 @@ private:
     }
 
     std::optional<found_entry> find_entry(const std::string& key) const;
+    std::optional<found_entry> find_valid_entry(const std::string& key) const noexcept;
 
     // Adding an entry: mark a free directory slot WRITING, fill it, clear the
     // slot headers, move alloc_top past the region, then mark it READY. A
@@ -201,7 +253,8 @@ private:
     // and at most some unused space.
     slot_area add_entry(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity);
 
-    // On open: finish what a crash interrupted, and set damaged entries aside.
+    // On open: set damaged entries aside and, as the owner, finish what a
+    // crash interrupted.
     void recover_directory();
 
     static entry_info describe(const dir_entry& entry, const slot_area& area);
@@ -224,11 +277,29 @@ public:
         return segment(name, options);
     }
 
+    // Opens an existing segment without becoming its owner (see
+    // segment_access): read_only works whether its owner is alive or dead;
+    // maintenance throws errc::segment_owned, naming the pid, while a live
+    // process owns it. Throws errc::not_found if there is no such segment,
+    // and validates the header and directory as an owner's open does.
+    static segment open_existing(const std::string& name, segment_access access,
+                                 const std::string& directory = {}) {
+        if (access == segment_access::owner)
+            throw error(errc::invalid_argument, "segment::open_existing opens read_only or for maintenance; "
+                                                "to own segment '" + name + "', construct a keepsake::segment");
+        segment_options options;
+        options.directory = directory;
+        return segment(std::make_shared<detail::segment_impl>(name, options, access));
+    }
+
     const std::string& name() const { return impl().name; }
     const std::string& path() const { return impl().path; }
     open_outcome outcome() const { return impl().outcome; }
     // The owner before this one, when the segment already existed.
     std::optional<owner_info> previous_owner() const { return impl().previous_owner; }
+    segment_access access() const { return impl().access(); }
+    // Who owns it, or owned it last, as its header says now.
+    segment_status status() const { return impl().status(); }
     std::uint64_t size() const { return impl().total_size(); }
     std::uint64_t free_bytes() const { return impl().free_bytes(); }
 
@@ -265,6 +336,8 @@ public:
 
 private:
     std::shared_ptr<detail::segment_impl> impl_;
+
+    explicit segment(std::shared_ptr<detail::segment_impl> opened) : impl_(std::move(opened)) {}
 
     detail::segment_impl& impl() const {
         if (!impl_) throw error(errc::invalid_argument, "this segment handle was closed; open the segment again");

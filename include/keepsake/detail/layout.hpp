@@ -72,7 +72,7 @@ struct slot_header {
     std::uint64_t fingerprint;    // of the type and codec that wrote it
     std::uint32_t schema_version;
     std::uint32_t codec;
-    std::uint64_t commit_ns;      // reserved for the inspect tool; 0 for now
+    std::uint64_t commit_ns;      // wall clock at commit (coarse), for the inspect tool; 0 if unknown
     std::uint64_t checksum;       // XXH3 of data, seeded by the words above
     std::uint64_t reserved[2];
 };

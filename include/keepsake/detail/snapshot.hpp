@@ -62,7 +62,7 @@ inline snapshot_status snapshot_newest(const slot_area& area, std::uint64_t newe
             continue;
         }
         if (fits && slot_checksum(snap.generation, snap.size, snap.fingerprint, snap.schema_version, snap.codec,
-                                  out.bytes.data()) == snap.checksum) {
+                                  out.bytes.data(), snap.commit_ns) == snap.checksum) {
             out.generation = snap.generation;
             out.schema_version = snap.schema_version;
             out.codec = snap.codec;

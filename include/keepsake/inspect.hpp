@@ -1,0 +1,525 @@
+// keepsake/inspect.hpp: the keepsake-inspect command-line tool as a small
+// library, so a program can build its own inspector that knows its types.
+//
+//   keepsake::inspector tool;
+//   tool.register_type<my_state>("my_state");   // dump --json can decode it
+//   return tool.run(argc, argv);
+//
+// It looks at segments without disturbing them: list, show and dump open a
+// segment read-only with no lock (segment_access::read_only), so they work
+// while its owner runs and after it died; export copies the newest valid
+// generation of each key through keepsake's exporter; delete takes the
+// segment's lock without becoming its owner (segment_access::maintenance),
+// so it is refused, naming the pid, while a live process owns the segment,
+// and leaves the crashed/clean flag and the recorded owner as they were.
+//
+// Needs keepsake::sqlite (export --sqlite). Errors are messages and a
+// non-zero exit status, never a crash: 1 for a failure, 2 for a usage error.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <sys/stat.h>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <cereal/archives/json.hpp>
+
+#include "keepsake/codec.hpp"
+#include "keepsake/detail/snapshot.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/exporter.hpp"
+#include "keepsake/segment.hpp"
+#include "keepsake/store.hpp"
+#include "keepsake/stores/file_store.hpp"
+#include "keepsake/stores/sqlite_store.hpp"
+
+namespace keepsake {
+
+namespace detail {
+
+// A command line that did not parse: exit status 2 and the usage hint.
+struct usage_error : error {
+    explicit usage_error(const std::string& message) : error(errc::invalid_argument, message) {}
+};
+
+inline std::string hex64(std::uint64_t value) {
+    char text[24];
+    std::snprintf(text, sizeof(text), "0x%016llx", static_cast<unsigned long long>(value));
+    return text;
+}
+
+// ns since the epoch as UTC, with milliseconds when it has any (commit
+// times are whole seconds); 0 is "unknown".
+inline std::string utc_time(std::uint64_t ns) {
+    if (ns == 0) return "unknown";
+    const std::time_t seconds = static_cast<std::time_t>(ns / 1000000000ull);
+    std::tm parts{};
+    if (!gmtime_r(&seconds, &parts)) return "unknown";
+    char text[64];
+    const std::size_t length = std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &parts);
+    const auto millis = static_cast<unsigned>((ns / 1000000ull) % 1000ull);
+    if (millis != 0) std::snprintf(text + length, sizeof(text) - length, ".%03uZ", millis);
+    else std::snprintf(text + length, sizeof(text) - length, "Z");
+    return text;
+}
+
+inline const char* codec_name(std::uint32_t codec) {
+    switch (codec) {
+    case static_cast<std::uint32_t>(codec_kind::raw): return "raw";
+    case static_cast<std::uint32_t>(codec_kind::cereal_binary): return "cereal";
+    default: return "unknown";
+    }
+}
+
+// Offset, 16 bytes in hex, the same as text: the layout of `xxd` and `hexdump -C`.
+inline void hex_dump(const std::vector<std::byte>& bytes, std::ostream& out) {
+    char line[96];
+    for (std::size_t at = 0; at < bytes.size(); at += 16) {
+        int used = std::snprintf(line, sizeof(line), "%08zx ", at);
+        std::string text;
+        for (std::size_t i = at; i < at + 16; ++i) {
+            if (i == at + 8) used += std::snprintf(line + used, sizeof(line) - static_cast<std::size_t>(used), " ");
+            if (i < bytes.size()) {
+                const auto byte = static_cast<unsigned>(std::to_integer<unsigned char>(bytes[i]));
+                used += std::snprintf(line + used, sizeof(line) - static_cast<std::size_t>(used), " %02x", byte);
+                text += byte >= 0x20 && byte < 0x7f ? static_cast<char>(byte) : '.';
+            } else {
+                used += std::snprintf(line + used, sizeof(line) - static_cast<std::size_t>(used), "   ");
+            }
+        }
+        out << line << "  |" << text << "|\n";
+    }
+}
+
+// Columns padded to their widest cell and parted by `gap`; with a tab as
+// the gap, no padding (for scripts).
+inline void print_table(const std::vector<std::vector<std::string>>& rows, const std::string& gap, std::ostream& out) {
+    std::vector<std::size_t> widths;
+    for (const auto& row : rows)
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            if (widths.size() <= i) widths.push_back(0);
+            widths[i] = std::max(widths[i], row[i].size());
+        }
+    const bool pad = gap != "\t";
+    for (const auto& row : rows) {
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            out << row[i];
+            if (i + 1 == row.size()) break;
+            if (pad) out << std::string(widths[i] - row[i].size(), ' ');
+            out << gap;
+        }
+        out << "\n";
+    }
+}
+
+inline std::string owner_words(const segment_status& status) {
+    const std::string pid = "pid " + std::to_string(status.owner.pid);
+    if (status.closed_cleanly) return "closed cleanly by " + pid;
+    if (status.owner_alive) return "open, owned by " + pid + " (alive)";
+    return "crashed: " + pid + " died without closing it";
+}
+
+} // namespace detail
+
+class inspector {
+public:
+    // Lets `dump --json` decode entries written by a keeper<T> with this
+    // schema version, and `show` name them. T needs a cereal serialize
+    // function (for the JSON), also when it is trivially copyable, and a
+    // default constructor. The entry is recognised by type_fingerprint<T>(),
+    // so register the T the program keeps, with the same state_traits.
+    template <class T>
+    inspector& register_type(std::string name, std::uint32_t schema_version = state_traits<T>::schema_version) {
+        static_assert(std::is_default_constructible_v<T>, "register_type<T> needs a default-constructible T");
+        registered_type type;
+        type.name = std::move(name);
+        type.fingerprint = type_fingerprint<T>();
+        type.schema_version = schema_version;
+        type.codec = static_cast<std::uint32_t>(codec_of<T>());
+        type.to_json = [](const record& r, std::ostream& out) {
+            T value{};
+            decode_into(r.bytes.data(), r.bytes.size(), value);
+            cereal::JSONOutputArchive archive(out);
+            archive(cereal::make_nvp("value", value));
+        };
+        types_.push_back(std::move(type));
+        return *this;
+    }
+
+    // Runs one command, as main() would; returns the exit status.
+    int run(int argc, char** argv) const {
+        std::vector<std::string> args;
+        for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+        return run(args, std::cout, std::cerr);
+    }
+
+    // The same, with the arguments after the program name and the streams
+    // to write to (for tests and embedding).
+    int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) const {
+        try {
+            command line = parse(args);
+            if (line.help) {
+                out << usage();
+                return 0;
+            }
+            return dispatch(line, out);
+        } catch (const detail::usage_error& failure) {
+            err << "keepsake-inspect: " << failure.what() << "\n" << "run keepsake-inspect --help for the commands\n";
+            return 2;
+        } catch (const std::exception& failure) {
+            err << "keepsake-inspect: " << failure.what() << "\n";
+            return 1;
+        } catch (...) {
+            err << "keepsake-inspect: failed with an exception that is not a std::exception\n";
+            return 1;
+        }
+    }
+
+    static std::string usage() {
+        return "usage: keepsake-inspect [--dir DIR] COMMAND ...\n"
+               "\n"
+               "  list                          the segments in DIR, with their owner and state\n"
+               "  show SEGMENT [--tsv]          owner, clean or crashed, and each key: generation, size,\n"
+               "                                type fingerprint, schema version, last commit time;\n"
+               "                                --tsv: only the key table, tab-separated, for scripts\n"
+               "  dump SEGMENT KEY [--json|--raw]\n"
+               "                                the newest valid state of KEY: hex (default), JSON for a\n"
+               "                                registered type, or the bytes as they are\n"
+               "  export SEGMENT (--sqlite PATH | --files DIR) [--prefix P] [--timeout SECONDS]\n"
+               "                                copy each key's newest valid state to a store\n"
+               "  delete SEGMENT KEY            remove KEY and its state (refused while the owner runs)\n"
+               "\n"
+               "  --dir DIR    where segments are (default: $KEEPSAKE_SHM_DIR, else /dev/shm)\n"
+               "  --help       this text\n"
+               "\n"
+               "list, show, dump and export only read: they work while the owner runs and after it\n"
+               "died, and change nothing. Exit status: 0 done, 1 failed (the message says why), 2 bad usage.\n";
+    }
+
+private:
+    struct registered_type {
+        std::string name;
+        std::uint64_t fingerprint = 0;
+        std::uint32_t schema_version = 0;
+        std::uint32_t codec = 0;
+        std::function<void(const record&, std::ostream&)> to_json;
+    };
+
+    struct command {
+        bool help = false;
+        std::string directory;
+        std::vector<std::string> words;  // the command and its operands
+        std::string format;              // dump: "", "json" or "raw"
+        bool tsv = false;                // show: only the key table, tab-separated
+        std::string sqlite_path;
+        std::string files_directory;
+        std::string prefix;
+        long timeout_seconds = 10;
+    };
+
+    std::vector<registered_type> types_;
+
+    static command parse(const std::vector<std::string>& args) {
+        command line;
+        for (std::size_t i = 0; i < args.size(); ++i) {
+            const std::string& arg = args[i];
+            auto value = [&]() -> std::string {
+                if (i + 1 >= args.size()) throw detail::usage_error(arg + " needs a value");
+                return args[++i];
+            };
+            if (arg == "--help" || arg == "-h") line.help = true;
+            else if (arg == "--dir") line.directory = value();
+            else if (arg == "--json") line.format = "json";
+            else if (arg == "--raw") line.format = "raw";
+            else if (arg == "--tsv") line.tsv = true;
+            else if (arg == "--sqlite") line.sqlite_path = value();
+            else if (arg == "--files") line.files_directory = value();
+            else if (arg == "--prefix") line.prefix = value();
+            else if (arg == "--timeout") line.timeout_seconds = parse_seconds(value());
+            else if (arg.size() > 1 && arg[0] == '-') throw detail::usage_error("unknown option " + arg);
+            else line.words.push_back(arg);
+        }
+        if (line.directory.empty()) line.directory = detail::segment_directory({});
+        return line;
+    }
+
+    static long parse_seconds(const std::string& text) {
+        char* end = nullptr;
+        const long seconds = std::strtol(text.c_str(), &end, 10);
+        if (text.empty() || *end != '\0' || seconds <= 0 || seconds > 86400)
+            throw detail::usage_error("--timeout wants whole seconds, 1 to 86400, not '" + text + "'");
+        return seconds;
+    }
+
+    static void expect_operands(const command& line, std::size_t count, const char* shape) {
+        if (line.words.size() != count + 1)
+            throw detail::usage_error(line.words[0] + " takes " + shape + " (" + std::to_string(line.words.size() - 1) +
+                                      " given)");
+    }
+
+    int dispatch(const command& line, std::ostream& out) const {
+        if (line.words.empty()) throw detail::usage_error("no command given");
+        const std::string& name = line.words[0];
+        const bool store_options = !line.sqlite_path.empty() || !line.files_directory.empty() || !line.prefix.empty();
+        if (name != "dump" && !line.format.empty()) throw detail::usage_error("--json and --raw go with dump");
+        if (name != "show" && line.tsv) throw detail::usage_error("--tsv goes with show");
+        if (name != "export" && store_options) throw detail::usage_error("--sqlite, --files and --prefix go with export");
+        if (name == "list") {
+            expect_operands(line, 0, "no operands");
+            return list(line, out);
+        }
+        if (name == "show") {
+            expect_operands(line, 1, "SEGMENT");
+            return show(line, out);
+        }
+        if (name == "dump") {
+            expect_operands(line, 2, "SEGMENT KEY");
+            return dump(line, out);
+        }
+        if (name == "export") {
+            expect_operands(line, 1, "SEGMENT");
+            return export_segment(line, out);
+        }
+        if (name == "delete") {
+            expect_operands(line, 2, "SEGMENT KEY");
+            return remove_key(line, out);
+        }
+        throw detail::usage_error("unknown command '" + name + "'");
+    }
+
+    static void check_directory(const std::string& directory) {
+        struct stat info {};
+        if (::stat(directory.c_str(), &info) != 0 || !S_ISDIR(info.st_mode))
+            throw error(errc::not_found, "segment directory " + directory +
+                                             " does not exist; give --dir DIR or set KEEPSAKE_SHM_DIR");
+    }
+
+    static segment open_view(const command& line, segment_access access = segment_access::read_only) {
+        check_directory(line.directory);
+        return segment::open_existing(line.words[1], access, line.directory);
+    }
+
+    const registered_type* type_of(std::uint64_t fingerprint, std::uint32_t codec) const {
+        for (const registered_type& type : types_)
+            if (type.fingerprint == fingerprint && type.codec == codec) return &type;
+        return nullptr;
+    }
+
+    std::string type_words(std::uint64_t fingerprint, std::uint32_t codec) const {
+        const registered_type* type = type_of(fingerprint, codec);
+        return type ? type->name : std::string("-");
+    }
+
+    // A segment that fails to open is a row with its error, not the end
+    // of the listing: list exits 0 when it could read the directory.
+    int list(const command& line, std::ostream& out) const {
+        check_directory(line.directory);
+        const std::vector<std::string> names = segment::list(line.directory);
+        if (names.empty()) {
+            out << "no segments in " << line.directory << "\n";
+            return 0;
+        }
+        for (const std::string& name : names) {
+            out << name << "  ";
+            try {
+                const segment view = segment::open_existing(name, segment_access::read_only, line.directory);
+                const std::size_t keys = view.entries().size();
+                out << keys << (keys == 1 ? " key, " : " keys, ") << view.size() << " bytes, "
+                    << detail::owner_words(view.status());
+                if (view.damaged_entries() != 0) out << ", " << view.damaged_entries() << " damaged directory entries";
+                out << "\n";
+            } catch (const std::exception& failure) {
+                out << "unreadable: " << failure.what() << "\n";
+            }
+        }
+        return 0;
+    }
+
+    int show(const command& line, std::ostream& out) const {
+        const segment view = open_view(line);
+        const segment_status status = view.status();
+        const std::vector<entry_info> entries = view.entries();
+        std::vector<std::vector<std::string>> table{
+            {"KEY", "GENERATION", "SIZE", "FINGERPRINT", "TYPE", "CODEC", "SCHEMA", "COMMITTED", "SLOTS", "NOTES"}};
+        for (const entry_info& entry : entries) table.push_back(row_of(entry));
+        if (line.tsv) {
+            detail::print_table(table, "\t", out);
+            return 0;
+        }
+        out << "segment   " << view.name() << "\n"
+            << "file      " << view.path() << "\n"
+            << "size      " << view.size() << " bytes, " << view.free_bytes() << " free\n"
+            << "created   " << detail::utc_time(status.created_ns) << "\n"
+            << "owner     " << detail::owner_words(status) << ", since " << detail::utc_time(status.owner_since_ns)
+            << "\n";
+        if (status.owner_alive && !status.closed_cleanly)
+            out << "          (its owner runs: what follows may change while you look)\n";
+        if (view.damaged_entries() != 0)
+            out << "damaged   " << view.damaged_entries()
+                << " directory entries failed their checksum (their keys are lost)\n";
+        out << "keys      " << entries.size() << "\n";
+        if (entries.empty()) return 0;
+        out << "\n";
+        detail::print_table(table, "  ", out);
+        return 0;
+    }
+
+    std::vector<std::string> row_of(const entry_info& entry) const {
+        std::string notes;
+        if (entry.generation == 0) notes += "no valid state; ";
+        if (entry.invalid_slots != 0) notes += std::to_string(entry.invalid_slots) + " damaged slot(s); ";
+        if (entry.unpublished_slots != 0) notes += std::to_string(entry.unpublished_slots) + " unfinished commit(s); ";
+        if (!notes.empty()) notes.resize(notes.size() - 2);
+        else notes = "-";
+        return {entry.key,
+                std::to_string(entry.generation),
+                std::to_string(entry.size),
+                detail::hex64(entry.fingerprint),
+                type_words(entry.fingerprint, entry.codec),
+                detail::codec_name(entry.codec),
+                std::to_string(entry.schema_version),
+                detail::utc_time(entry.commit_ns),
+                std::to_string(entry.slot_count) + " x " + std::to_string(entry.slot_capacity) + " B",
+                notes};
+    }
+
+    // The newest valid generation of a key, copied out as the exporter
+    // copies it (seqlock, checksum on the copy).
+    static record read_newest(const segment& view, const std::string& key) {
+        const auto found = view.shared_impl()->entry_view_of(key);
+        if (!found)
+            throw error(errc::not_found, "segment '" + view.name() + "' has no key '" + key +
+                                             "'; keepsake-inspect show " + view.name() + " lists its keys");
+        record copied;
+        switch (detail::snapshot_newest(found->area, 0, copied)) {
+        case detail::snapshot_status::copied: break;
+        case detail::snapshot_status::busy:
+            throw error(errc::timeout, "key '" + key + "' was committed again during every copy; its owner "
+                                       "commits it too often to catch a stable copy now: try again");
+        default:
+            throw error(errc::not_found, "key '" + key + "' in segment '" + view.name() +
+                                             "' holds no valid committed state (never committed, or every slot "
+                                             "failed its checksum); keepsake-inspect show lists its slots");
+        }
+        copied.key = key;
+        return copied;
+    }
+
+    int dump(const command& line, std::ostream& out) const {
+        const segment view = open_view(line);
+        const record copied = read_newest(view, line.words[2]);
+        if (line.format == "raw") {
+            out.write(reinterpret_cast<const char*>(copied.bytes.data()),
+                      static_cast<std::streamsize>(copied.bytes.size()));
+            return 0;
+        }
+        if (line.format == "json") {
+            print_json(copied, out);
+            return 0;
+        }
+        out << "key " << copied.key << ", generation " << copied.generation << ", " << copied.bytes.size()
+            << " bytes, fingerprint " << detail::hex64(copied.fingerprint) << " ("
+            << type_words(copied.fingerprint, copied.codec) << ", " << detail::codec_name(copied.codec)
+            << "), schema " << copied.schema_version << "\n";
+        detail::hex_dump(copied.bytes, out);
+        return 0;
+    }
+
+    void print_json(const record& copied, std::ostream& out) const {
+        const registered_type* type = type_of(copied.fingerprint, copied.codec);
+        if (!type) {
+            std::string known;
+            for (const registered_type& each : types_) known += (known.empty() ? "" : ", ") + each.name;
+            throw error(errc::type_mismatch,
+                        "key '" + copied.key + "' holds type fingerprint " + detail::hex64(copied.fingerprint) +
+                            ", which no registered type has (registered: " + (known.empty() ? "none" : known) +
+                            "); build an inspector that registers the type (README, keepsake-inspect), "
+                            "or dump the bytes without --json");
+        }
+        if (type->schema_version != copied.schema_version)
+            throw error(errc::type_mismatch, "key '" + copied.key + "' holds " + type->name + " at schema version " +
+                                                 std::to_string(copied.schema_version) + ", registered as version " +
+                                                 std::to_string(type->schema_version) +
+                                                 "; register it with that schema version, or dump the bytes");
+        // Rendered aside first: a decode that fails leaves no half object.
+        std::ostringstream rendered;
+        try {
+            type->to_json(copied, rendered);
+        } catch (const error&) {
+            throw;
+        } catch (const std::exception& failure) {
+            throw error(errc::decode_failed, "key '" + copied.key + "' does not render as JSON: " + failure.what());
+        }
+        out << rendered.str() << "\n";
+    }
+
+    static std::unique_ptr<store> open_store(const command& line) {
+        if (line.sqlite_path.empty() == line.files_directory.empty())
+            throw detail::usage_error("export takes one store: --sqlite PATH or --files DIR");
+        if (!line.sqlite_path.empty()) return std::make_unique<sqlite_store>(line.sqlite_path);
+        return std::make_unique<file_store>(line.files_directory);
+    }
+
+    // The exporter does the copying (seqlock reads, batches, the store's
+    // never-older rule); stop() makes its one full pass and waits for it.
+    static int export_segment(const command& line, std::ostream& out) {
+        const segment view = open_view(line);
+        const std::unique_ptr<store> target = open_store(line);
+        std::size_t exported = 0;
+        std::string last_failure;
+        exporter_options options;
+        options.interval = std::chrono::hours(1);
+        options.prefix = line.prefix;
+        options.retry_max = std::chrono::milliseconds(1000);
+        options.on_event = [&](const export_event& event) {  // on the exporter's thread, until stop() returns
+            if (event.kind == export_event_kind::exported) exported += event.records;
+            if (event.kind == export_event_kind::store_failed) last_failure = event.message;
+        };
+        exporter copier(view, *target, options);
+        if (!copier.stop(std::chrono::seconds(line.timeout_seconds)))
+            throw error(errc::store_failed,
+                        "export of segment '" + view.name() + "' to " + target->describe() + " did not finish in " +
+                            std::to_string(line.timeout_seconds) + " s" +
+                            (last_failure.empty() ? std::string("; its owner may be committing too often")
+                                                  : "; last failure: " + last_failure) +
+                            "; fix the store (space, permissions) and run it again, or give a longer --timeout");
+        out << "exported " << exported << " record(s) of segment '" << view.name() << "' to " << target->describe()
+            << (line.prefix.empty() ? std::string() : " with prefix '" + line.prefix + "'") << "\n";
+        return 0;
+    }
+
+    static segment open_to_change(const command& line, const std::string& what) {
+        try {
+            return open_view(line, segment_access::maintenance);
+        } catch (const error& failure) {
+            if (failure.code() != errc::segment_owned) throw;
+            throw error(errc::segment_owned, "cannot " + what + ": " + failure.what() +
+                                                 "; keepsake-inspect changes a segment only when no process owns it");
+        }
+    }
+
+    static int remove_key(const command& line, std::ostream& out) {
+        const std::string& key = line.words[2];
+        segment held = open_to_change(line, "delete key '" + key + "'");
+        if (!held.remove_key(key))
+            throw error(errc::not_found, "segment '" + held.name() + "' has no key '" + key +
+                                             "'; keepsake-inspect show " + held.name() + " lists its keys");
+        out << "deleted key '" << key << "' from segment '" << held.name() << "'\n";
+        return 0;
+    }
+};
+
+} // namespace keepsake
