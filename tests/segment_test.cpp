@@ -325,3 +325,36 @@ TEST_CASE("a missing segment directory is a clear system error", "[segment]") {
     CHECK(message.find("No such file or directory") != std::string::npos);
     CHECK(code_of([&] { segment s("nowhere", options); }) == errc::system_error);
 }
+
+TEST_CASE("many keys: added, removed, added again and reopened, each finds its own state", "[segment]") {
+    shm_dir dir;
+    auto options = dir.options();
+    options.max_entries = 3000;
+    options.size = 8u << 20;
+    constexpr int keys = 2000;
+    {
+        segment s("many", options);
+        for (int i = 0; i < keys; ++i) keepsake::keeper<long>(s, "k" + std::to_string(i)).commit(i);
+        for (int i = 0; i < keys; i += 3) CHECK(s.remove_key("k" + std::to_string(i)));
+        // Freed directory entries are used again (the region of a removed
+        // key is not: it is only unused space).
+        for (int i = 0; i < keys; i += 3) keepsake::keeper<long>(s, "again" + std::to_string(i)).commit(-i);
+        CHECK(s.entries().size() == static_cast<std::size_t>(keys));
+    }
+    segment reopened("many", options);
+    for (int i = 0; i < keys; ++i) {
+        keepsake::keeper<long> kept(reopened, "k" + std::to_string(i));
+        const auto found = kept.restore();
+        if (i % 3 == 0) {
+            CHECK_FALSE(found.has_value());  // removed: a fresh key now
+        } else {
+            REQUIRE(found.has_value());
+            CHECK(found->value == i);
+        }
+    }
+    for (int i = 0; i < keys; i += 3) {
+        const auto found = keepsake::keeper<long>(reopened, "again" + std::to_string(i)).restore();
+        REQUIRE(found.has_value());
+        CHECK(found->value == -i);
+    }
+}

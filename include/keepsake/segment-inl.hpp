@@ -256,13 +256,18 @@ KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
     auto found = find_entry(key);
     if (!found) return false;
     store_release(entries()[found->index].state, entry_free);  // one store: crash-safe
+    directory_index_.erase(key);
+    free_from_ = std::min(free_from_, found->index);
     return true;
 }
 
 KEEPSAKE_INLINE void segment_impl::drop_damaged_entries() {
     refuse_unless(segment_access::maintenance, "drop damaged entries");
     std::lock_guard<std::mutex> lock(mutex_);
-    for (std::uint32_t index : damaged_) store_release(entries()[index].state, entry_free);
+    for (std::uint32_t index : damaged_) {
+        store_release(entries()[index].state, entry_free);
+        free_from_ = std::min(free_from_, index);
+    }
     damaged_.clear();
 }
 
@@ -505,6 +510,16 @@ KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_entry(const std::s
 }
 
 KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_valid_entry(const std::string& key) const noexcept {
+    if (indexed()) {
+        const auto known = directory_index_.find(key);
+        found_entry found{0, {}};
+        if (known == directory_index_.end()) return std::nullopt;
+        found.index = known->second;
+        if (read_valid_entry(found.index, found.entry) && found.entry.key_length == key.size() &&
+            std::memcmp(found.entry.key, key.data(), key.size()) == 0)
+            return found;
+        return std::nullopt;  // damaged since it was indexed: as a scan would, skip it
+    }
     for (std::uint32_t i = 0; i < max_entries_; ++i) {
         found_entry found{i, {}};
         if (read_valid_entry(i, found.entry) && found.entry.key_length == key.size() &&
@@ -523,7 +538,7 @@ KEEPSAKE_INLINE slot_area segment_impl::add_entry(const std::string& key, std::u
                         key + "' needs " + std::to_string(needed) + " (" + std::to_string(slot_count) +
                         " slots of " + std::to_string(capacity) + " bytes); reopen it with "
                         "segment_options::size >= " + std::to_string(offset + needed) + " (it grows in place)");
-    std::uint32_t index = 0;
+    std::uint32_t index = indexed() ? free_from_ : 0;
     while (index < max_entries_ && load_acquire(entries()[index].state) != entry_free) ++index;
     if (index == max_entries_)
         throw error(errc::out_of_space,
@@ -537,6 +552,8 @@ KEEPSAKE_INLINE slot_area segment_impl::add_entry(const std::string& key, std::u
     fresh.created_ns = wall_clock_ns();
     std::memcpy(fresh.key, key.data(), key.size());
     fresh.checksum = entry_checksum_of(fresh);
+    // Indexed before anything is written: if this throws, nothing changed.
+    if (indexed()) directory_index_.insert_or_assign(key, index);
 
     dir_entry& target = entries()[index];
     store_release(target.state, entry_writing);
@@ -549,6 +566,7 @@ KEEPSAKE_INLINE slot_area segment_impl::add_entry(const std::string& key, std::u
         std::memset(static_cast<void*>(area.header(slot)), 0, sizeof(slot_header));
     store_release(header_->alloc_top, offset + needed);
     store_release(target.state, entry_ready);
+    if (indexed()) free_from_ = index + 1;
     return area;
 }
 
@@ -575,6 +593,7 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
         dir_entry entry{};
         if (read_valid_entry(i, entry)) {
             top = std::max(top, entry.offset + entry_region_size(entry.slot_count, entry.slot_capacity));
+            if (indexed()) directory_index_.insert_or_assign(std::string(entry.key, entry.key_length), i);
         } else {
             damaged_.push_back(i);
             log(spdlog::level::err, [&] {

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -205,6 +206,13 @@ private:
     mutable std::mutex mutex_;          // directory changes within this process
     std::set<std::string> attached_;    // keys with a live keeper here
     std::vector<std::uint32_t> damaged_;
+    // Where each valid key's entry is, so finding and adding keys does not
+    // scan the whole directory. Kept only while this handle holds the lock
+    // (owner, maintenance): then nobody else changes the directory.
+    std::unordered_map<std::string, std::uint32_t> directory_index_;
+    std::uint32_t free_from_ = 0;       // no free entry below this one (indexed handles)
+
+    bool indexed() const noexcept { return access_ != segment_access::read_only; }
 
     static void check_options(const segment_options& options);
 
