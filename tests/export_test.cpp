@@ -557,6 +557,39 @@ TEST_CASE("a key re-created below the store's generation is reported, not counte
     }
 }
 
+TEST_CASE("a damaged store record in a key's way is reported; the other keys are exported", "[export]") {
+    shm_dir dir;
+    temp_dir disk;
+    const std::string db = disk.path() + "/s.db";
+    keepsake::sqlite_store store(db);
+    keepsake::record ahead;
+    ahead.key = "k";
+    ahead.generation = 50;
+    store.put_batch({ahead});
+    sqlite3* handle = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &handle) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(handle, "UPDATE keepsake_records SET data = x'00'", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(handle);
+    segment s("damagedway", dir.options());
+    event_log log;
+    exporter out(s, store, quiet_options(&log));
+    keeper<state64> k(s, "k"), other(s, "other");
+    commit_next(k);
+    commit_next(other);
+    CHECK_FALSE(out.flush(5s));
+    CHECK(store.get("other")->generation == 1);
+    const auto stale = log.of(keepsake::export_event_kind::stale_generation);
+    REQUIRE(stale.size() == 1);
+    CHECK(stale[0].key == "k");
+    CHECK(stale[0].message.find("damaged record") != std::string::npos);
+    CHECK(log.count(keepsake::export_event_kind::store_failed) == 0);
+    // recover() removes the damaged record; the key's state is then exported.
+    CHECK(keepsake::recover(k, store, state_at(0)).source == recovery_source::shared_memory);
+    commit_next(k);
+    CHECK(out.flush(5s));
+    CHECK(store.get("k")->generation == 2);
+}
+
 TEST_CASE("a retried batch the store already holds counts as exported", "[export]") {
     shm_dir dir;
     segment s("held", dir.options());

@@ -355,10 +355,11 @@ KEEPSAKE_INLINE std::size_t exporter::put_records() {
     std::size_t exported = 0;
     for (std::size_t i = 0; i < batch_.size(); ++i) {
         std::uint64_t store_generation = 0;
+        std::string why;
         const put_outcome outcome = std::binary_search(skipped.begin(), skipped.end(), i)
-                                        ? judge_skipped(batch_[i], store_generation)
+                                        ? judge_skipped(batch_[i], store_generation, why)
                                         : put_outcome::exported;
-        exported += settle(i, outcome, store_generation, {});
+        exported += settle(i, outcome, store_generation, why);
     }
     return exported;
 }
@@ -372,7 +373,7 @@ KEEPSAKE_INLINE std::size_t exporter::put_one_at_a_time() {
         put_outcome outcome = put_outcome::exported;
         std::string why;
         try {
-            if (!store_.put_batch(one).empty()) outcome = judge_skipped(one[0], store_generation);
+            if (!store_.put_batch(one).empty()) outcome = judge_skipped(one[0], store_generation, why);
         } catch (const error& thrown) {
             if (thrown.code() != errc::invalid_argument) throw;
             outcome = put_outcome::rejected;
@@ -385,9 +386,19 @@ KEEPSAKE_INLINE std::size_t exporter::put_one_at_a_time() {
 
 // A record the store skipped as not newer: the same record (a retry of a
 // batch that failed after writing part of it) is exported; anything else
-// means the store keeps another state for the key than the key's own.
-KEEPSAKE_INLINE exporter::put_outcome exporter::judge_skipped(const record& r, std::uint64_t& store_generation) {
-    const std::optional<record> held = store_.get(r.key);
+// means the store keeps another state for the key than the key's own. A
+// damaged record in its way is stale too (recover() removes it), rather
+// than a store failure that would hold up every other key.
+KEEPSAKE_INLINE exporter::put_outcome exporter::judge_skipped(const record& r, std::uint64_t& store_generation,
+                                                              std::string& why) {
+    std::optional<record> held;
+    try {
+        held = store_.get(r.key);
+    } catch (const error& failure) {
+        if (failure.code() != errc::record_corrupt) throw;
+        why = failure.what();
+        return put_outcome::stale;
+    }
     if (!held || held->generation < r.generation)
         throw error(errc::store_failed, store_.describe() + " skipped the record of '" + r.key + "' (generation " +
                                             std::to_string(r.generation) +
@@ -420,14 +431,16 @@ KEEPSAKE_INLINE std::size_t exporter::settle(std::size_t index, put_outcome outc
     if (outcome == put_outcome::stale) {
         event.kind = export_event_kind::stale_generation;
         event.store_generation = store_generation;
+        const std::string held = !why.empty() ? "a damaged record at an equal or higher generation (" + why + ")"
+                                 : store_generation == r.generation
+                                     ? "another state at the same generation"
+                                     : "generation " + std::to_string(store_generation);
         event.message =
-            which + " was not exported: " + store_.describe() + " holds " +
-            (store_generation == r.generation ? "another state at the same generation"
-                                              : "generation " + std::to_string(store_generation)) +
-            " for '" + r.key + "', and never takes an older or equal one. The key was probably removed "
-            "(segment::remove_key) and created again while the store kept the old record, which a reboot would "
-            "restore. Call recover() on the key to carry on from the store's state, or delete the key with "
-            "exporter::forget() (keepsake::forget() when no exporter runs) before creating it again";
+            which + " was not exported: " + store_.describe() + " holds " + held + " for '" + r.key +
+            "', and never takes an older or equal one. The key was probably removed (segment::remove_key) and "
+            "created again while the store kept the old record, which a reboot would restore. Call recover() on "
+            "the key to carry on from the store's state, or delete the key with exporter::forget() "
+            "(keepsake::forget() when no exporter runs) before creating it again";
     } else {
         event.kind = export_event_kind::record_rejected;
         event.message = which + " was not exported: " + store_.describe() + " rejected it: " + why +

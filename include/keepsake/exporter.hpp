@@ -195,7 +195,7 @@ private:
     bool put_batch();
     std::size_t put_records();
     std::size_t put_one_at_a_time();
-    put_outcome judge_skipped(const record& r, std::uint64_t& store_generation);
+    put_outcome judge_skipped(const record& r, std::uint64_t& store_generation, std::string& why);
     std::size_t settle(std::size_t index, put_outcome outcome, std::uint64_t store_generation,
                        const std::string& why);
     void note_pass_failure(const char* what) noexcept;
