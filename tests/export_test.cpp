@@ -3,8 +3,10 @@
 // during export, damaged and too-new records, terminate-and-delete.
 #include <catch2/catch.hpp>
 
+#include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <new>
 #include <random>
 #include <vector>
 
@@ -71,6 +73,50 @@ struct event_log {
         return static_cast<std::size_t>(
             std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.kind == kind; }));
     }
+    std::vector<keepsake::export_event> of(keepsake::export_event_kind kind) {
+        std::lock_guard<std::mutex> lock(mutex);
+        std::vector<keepsake::export_event> found;
+        for (const auto& e : events)
+            if (e.kind == kind) found.push_back(e);
+        return found;
+    }
+};
+
+// A memory store whose put_batch blocks, once entered, until release().
+class gated_store : public keepsake::memory_store {
+public:
+    std::vector<std::size_t> put_batch(const std::vector<keepsake::record>& records) override {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            ++entered_;
+            changed_.notify_all();
+            changed_.wait(lock, [&] { return open_; });
+        }
+        auto skipped = memory_store::put_batch(records);
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++returned_;
+        return skipped;
+    }
+    void wait_until_entered() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        changed_.wait(lock, [&] { return entered_ > 0; });
+    }
+    void release() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        open_ = true;
+        changed_.notify_all();
+    }
+    int returned() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return returned_;
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    bool open_ = false;
+    int entered_ = 0;
+    int returned_ = 0;
 };
 
 keepsake::exporter_options quiet_options(event_log* log = nullptr) {
@@ -189,24 +235,19 @@ TEST_CASE("store failures are retried with backoff until nothing is lost", "[exp
 TEST_CASE("a stalled store never holds up a commit; stop reports its timeout", "[export]") {
     shm_dir dir;
     segment s("stall", dir.options());
-    keepsake::memory_store inner;
-    keepsake::faulty_store slow(inner);
-    slow.stall(300ms);
+    gated_store stalled;
     event_log log;
-    auto out = std::make_unique<exporter>(s, slow, quiet_options(&log));
+    auto out = std::make_unique<exporter>(s, stalled, quiet_options(&log));
     keeper<state64> k(s, "k");
     commit_next(k);
-    CHECK_FALSE(out->flush(50ms));  // the store is still in its first call
-    auto longest = 0ns;
-    for (int i = 0; i < 2000; ++i) {
-        const auto start = std::chrono::steady_clock::now();
-        commit_next(k);
-        longest = std::max(longest, std::chrono::steady_clock::now() - start);
-    }
-    CHECK(longest < 20ms);
-    const auto start = std::chrono::steady_clock::now();
-    CHECK_FALSE(out->stop(50ms));
-    CHECK(std::chrono::steady_clock::now() - start < 2s);
+    CHECK_FALSE(out->flush(50ms));  // the store cannot finish its first call
+    stalled.wait_until_entered();   // the exporter's thread is inside put_batch, blocked
+    for (int i = 0; i < 2000; ++i) commit_next(k);
+    CHECK(k.generation() == 2001);      // every commit completed...
+    CHECK(stalled.returned() == 0);     // ...while the store's put was still blocked
+    CHECK(stalled.get("k") == std::nullopt);
+    stalled.release();
+    CHECK_FALSE(out->stop(0ms));  // no time for another pass: generation 2001 stays behind
     CHECK(log.count(keepsake::export_event_kind::timed_out) == 1);
     CHECK(error_from([&] { (void)out->flush(1s); }).code() == errc::not_running);
     std::lock_guard<std::mutex> lock(log.mutex);
@@ -248,14 +289,17 @@ TEST_CASE("a reboot: with the segment gone, the state comes from the store", "[e
     keeper<state64> k(s, "k");
     const auto got = keepsake::recover(k, store, state_at(0));
     CHECK(got.source == recovery_source::store);
-    CHECK(got.generation == 42);
+    CHECK(got.store_generation == 42);
+    CHECK(got.generation == 43);  // one above the store's, so it is exported back
     CHECK(got.value.generation == 42);
     CHECK(got.value.consistent());
-    CHECK(k.restore()->info.generation == 42);  // seeded into shared memory
+    CHECK(k.restore()->info.generation == 43);  // seeded into shared memory
     exporter out(s, store, quiet_options());
-    commit_next(k);  // carries on above the store's generation, so it is exported
     REQUIRE(out.flush(5s));
     CHECK(store.get("k")->generation == 43);
+    commit_next(k);  // carries on above the store's generation, so it is exported
+    REQUIRE(out.flush(5s));
+    CHECK(store.get("k")->generation == 44);
 }
 
 TEST_CASE("recovery takes the newest valid of shared memory and store", "[recovery]") {
@@ -281,7 +325,7 @@ TEST_CASE("recovery takes the newest valid of shared memory and store", "[recove
     got = keepsake::recover(k, store, state_at(0));
     CHECK(got.source == recovery_source::store);
     CHECK(got.value.generation == 5);  // the bytes the record holds
-    CHECK(got.generation == 9);
+    CHECK(got.generation == 10);
 }
 
 TEST_CASE("a damaged store record: a clear error, and the older valid copy is used", "[recovery]") {
@@ -369,7 +413,7 @@ TEST_CASE("versioned records: older ones are upgraded, newer ones refused untouc
         const auto got = keepsake::recover(k, store, new_state{});
         CHECK(got.source == recovery_source::store);
         CHECK(got.value.hits == 12);
-        CHECK(got.generation == 1);
+        CHECK(got.generation == 2);  // upgraded: exported back above the old record
     }
     s.remove_key("k");  // without a hook another type is refused, not reinterpreted
     keeper<new_state> plain(s, "k");
@@ -447,6 +491,255 @@ TEST_CASE("a full disk: the export waits and retries, and loses nothing", "[expo
         REQUIRE(got->generation == 2);
         REQUIRE(blob_of<4096>(*got).consistent());
     }
+}
+
+TEST_CASE("a key re-created below the store's generation is reported, not counted as exported", "[export]") {
+    shm_dir dir;
+    segment s("recreated", dir.options());
+    keepsake::memory_store store;
+    event_log log;
+    exporter out(s, store, quiet_options(&log));
+    {
+        keeper<state64> old(s, "k");
+        for (int i = 0; i < 10; ++i) commit_next(old);
+        REQUIRE(out.flush(5s));
+    }
+    REQUIRE(s.remove_key("k"));  // not forgotten: the store keeps generation 10
+    REQUIRE(store.get("k")->generation == 10);
+
+    SECTION("a lower generation") {
+        keeper<state64> k(s, "k");
+        commit_next(k);  // generation 1
+        CHECK_FALSE(out.flush(5s));
+        const auto stale = log.of(keepsake::export_event_kind::stale_generation);
+        REQUIRE(stale.size() == 1);
+        CHECK(stale[0].key == "k");
+        CHECK(stale[0].generation == 1);
+        CHECK(stale[0].store_generation == 10);
+        CHECK(stale[0].message.find("key 'k'") != std::string::npos);
+        CHECK(stale[0].message.find("recover()") != std::string::npos);
+        CHECK(stale[0].message.find("exporter::forget()") != std::string::npos);
+        CHECK(out.stats().refused == 1);
+        CHECK(store.get("k")->generation == 10);
+        CHECK_FALSE(out.flush(5s));  // still not exported; reported once per generation
+        CHECK(log.count(keepsake::export_event_kind::stale_generation) == 1);
+
+        // What the message says: recover() carries on from the store's state.
+        const auto got = keepsake::recover(k, store, state_at(0));
+        CHECK(got.source == recovery_source::store);
+        CHECK(got.generation == 11);
+        REQUIRE(out.flush(5s));
+        CHECK(store.get("k")->generation == 11);
+        CHECK(blob_of<64>(*store.get("k")).generation == 10);  // the old key's state, carried on
+    }
+    SECTION("the same generation with another state") {
+        keeper<state64> k(s, "k");
+        for (std::uint64_t i = 1; i <= 10; ++i) k.commit(state_at(1000 + i));  // generation 10, other bytes
+        CHECK_FALSE(out.flush(5s));
+        const auto stale = log.of(keepsake::export_event_kind::stale_generation);
+        REQUIRE(stale.size() == 1);
+        CHECK(stale[0].generation == 10);
+        CHECK(stale[0].store_generation == 10);
+        CHECK(blob_of<64>(*store.get("k")).generation == 10);  // the old state, untouched
+    }
+    SECTION("stop does not claim success for it; forget clears it") {
+        {
+            keeper<state64> k(s, "k");
+            commit_next(k);
+            CHECK_FALSE(out.flush(5s));
+        }
+        CHECK(out.forget("k"));
+        CHECK(out.flush(5s));
+        keeper<state64> k(s, "k");
+        commit_next(k);
+        CHECK(out.stop(5s));
+        CHECK(store.get("k")->generation == 1);
+    }
+}
+
+TEST_CASE("a damaged store record in a key's way is reported; the other keys are exported", "[export]") {
+    shm_dir dir;
+    temp_dir disk;
+    const std::string db = disk.path() + "/s.db";
+    keepsake::sqlite_store store(db);
+    keepsake::record ahead;
+    ahead.key = "k";
+    ahead.generation = 50;
+    store.put_batch({ahead});
+    sqlite3* handle = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &handle) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(handle, "UPDATE keepsake_records SET data = x'00'", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(handle);
+    segment s("damagedway", dir.options());
+    event_log log;
+    exporter out(s, store, quiet_options(&log));
+    keeper<state64> k(s, "k"), other(s, "other");
+    commit_next(k);
+    commit_next(other);
+    CHECK_FALSE(out.flush(5s));
+    CHECK(store.get("other")->generation == 1);
+    const auto stale = log.of(keepsake::export_event_kind::stale_generation);
+    REQUIRE(stale.size() == 1);
+    CHECK(stale[0].key == "k");
+    CHECK(stale[0].message.find("damaged record") != std::string::npos);
+    CHECK(log.count(keepsake::export_event_kind::store_failed) == 0);
+    // recover() removes the damaged record; the key's state is then exported.
+    CHECK(keepsake::recover(k, store, state_at(0)).source == recovery_source::shared_memory);
+    commit_next(k);
+    CHECK(out.flush(5s));
+    CHECK(store.get("k")->generation == 2);
+}
+
+TEST_CASE("a retried batch the store already holds counts as exported", "[export]") {
+    shm_dir dir;
+    segment s("held", dir.options());
+    keepsake::memory_store inner;
+    keepsake::faulty_store faulty(inner);
+    event_log log;
+    auto options = quiet_options(&log);
+    exporter out(s, faulty, options);
+    keeper<state64> a(s, "a"), b(s, "b");
+    commit_next(a);
+    commit_next(b);
+    faulty.fail_every(1);
+    faulty.fail_halfway(true);  // the failing put writes one of the two records first
+    CHECK_FALSE(out.flush(50ms));
+    REQUIRE(inner.list("").size() == 1);
+    faulty.fail_every(0);
+    REQUIRE(out.flush(5s));  // one record written, one found already held
+    CHECK(log.count(keepsake::export_event_kind::stale_generation) == 0);
+    CHECK(inner.get("a")->generation == 1);
+    CHECK(inner.get("b")->generation == 1);
+}
+
+TEST_CASE("one record the store rejects does not hold up the others", "[export]") {
+    shm_dir dir;
+    temp_dir disk;
+    segment s("rejected", dir.options());
+    keepsake::file_store store(disk.path());
+    event_log log;
+    auto options = quiet_options(&log);
+    options.prefix = "p/";
+    exporter out(s, store, options);
+    const std::string too_long(80, '/');  // a valid segment key; "p/" + it encodes to 244 bytes of file name
+    keeper<state64> first(s, "first"), bad(s, too_long), last(s, "last");
+    commit_next(first);
+    commit_next(bad);
+    commit_next(last);
+    commit_next(last);
+    CHECK_FALSE(out.flush(5s));  // the store does not hold every key's state
+    CHECK(store.get("p/first")->generation == 1);
+    CHECK(store.get("p/last")->generation == 2);
+    const auto rejected = log.of(keepsake::export_event_kind::record_rejected);
+    REQUIRE(rejected.size() == 1);
+    CHECK(rejected[0].key == too_long);
+    CHECK(rejected[0].message.find("too long") != std::string::npos);
+    CHECK(log.count(keepsake::export_event_kind::store_failed) == 0);
+    commit_next(first);  // the others go on being exported
+    CHECK_FALSE(out.flush(5s));
+    CHECK(store.get("p/first")->generation == 2);
+    CHECK(log.count(keepsake::export_event_kind::record_rejected) == 1);  // once per generation
+}
+
+TEST_CASE("timeouts and intervals at their limits", "[export]") {
+    shm_dir dir;
+    segment s("limits", dir.options());
+    keepsake::memory_store store;
+    keeper<state64> k(s, "k");
+    commit_next(k);
+
+    SECTION("stop and flush with no time limit") {
+        exporter out(s, store, quiet_options());
+        CHECK(out.flush(std::chrono::milliseconds::max()));
+        commit_next(k);
+        CHECK(out.stop(std::chrono::milliseconds::max()));
+        CHECK(store.get("k")->generation == 2);
+    }
+    SECTION("the longest interval: passes only when asked") {
+        auto options = quiet_options();
+        options.interval = std::chrono::milliseconds::max();
+        exporter out(s, store, options);
+        for (int i = 0; i < 5; ++i) {
+            REQUIRE(out.flush(5s));
+            commit_next(k);
+        }
+        CHECK(out.stats().passes == 5);  // no pass of its own: it waits, never spins
+        CHECK(out.stop(5s));
+        CHECK(store.get("k")->generation == 6);
+    }
+    SECTION("an interval under 1 ms is refused") {
+        auto options = quiet_options();
+        options.interval = 0ms;
+        const keepsake::error failure = error_from([&] { exporter out(s, store, options); });
+        CHECK(failure.code() == errc::invalid_argument);
+        CHECK(std::string(failure.what()).find("interval") != std::string::npos);
+    }
+}
+
+TEST_CASE("two threads stopping one exporter at once both return", "[export]") {
+    shm_dir dir;
+    segment s("twostops", dir.options());
+    keepsake::memory_store store;
+    keeper<state64> k(s, "k");
+    for (int round = 0; round < 50; ++round) {
+        commit_next(k);
+        exporter out(s, store, quiet_options());
+        std::atomic<int> waiting{2};
+        std::atomic<int> stopped{0};
+        std::atomic<int> threw{0};
+        auto stop = [&] {
+            waiting.fetch_sub(1);
+            while (waiting.load() != 0) std::this_thread::yield();
+            try {
+                if (out.stop(5s)) stopped.fetch_add(1);
+            } catch (...) {
+                threw.fetch_add(1);
+            }
+        };
+        std::thread one(stop), two(stop);
+        one.join();
+        two.join();
+        REQUIRE(threw == 0);
+        REQUIRE(stopped == 2);
+        REQUIRE(store.get("k")->generation == k.generation());
+    }
+}
+
+namespace {
+
+// A store whose describe() throws std::bad_alloc once, when armed: the
+// exporter calls it on its own thread while reporting a batch.
+class throwing_describe_store : public keepsake::memory_store {
+public:
+    std::atomic<bool> armed{false};
+    std::string describe() const override {
+        if (const_cast<std::atomic<bool>&>(armed).exchange(false)) throw std::bad_alloc();
+        return "throwing store";
+    }
+};
+
+} // namespace
+
+TEST_CASE("an exception in the exporter's pass is a failed pass, retried", "[export]") {
+    shm_dir dir;
+    segment s("throws", dir.options());
+    throwing_describe_store store;
+    event_log log;
+    exporter out(s, store, quiet_options(&log));
+    keeper<state64> k(s, "k");
+    commit_next(k);
+    store.armed = true;
+    REQUIRE(out.flush(5s));  // the program goes on; the pass after the failed one completes
+    CHECK_FALSE(store.armed);
+    const auto failed = log.of(keepsake::export_event_kind::pass_failed);
+    REQUIRE(failed.size() == 1);
+    CHECK(failed[0].message.find("bad_alloc") != std::string::npos);
+    CHECK(failed[0].attempt == 1);
+    CHECK(failed[0].retry_in >= 1ms);
+    CHECK(out.stats().failures == 1);
+    commit_next(k);
+    REQUIRE(out.flush(5s));
+    CHECK(store.get("k")->generation == 2);
 }
 
 namespace {

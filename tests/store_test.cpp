@@ -2,11 +2,18 @@
 // with damaged records, and the fault-injecting wrapper.
 #include <catch2/catch.hpp>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <keepsake/stores/faulty_store.hpp>
 #include <keepsake/stores/file_store.hpp>
@@ -19,6 +26,42 @@ using keepsake::errc;
 using keepsake::record;
 using test_support::error_from;
 using test_support::temp_dir;
+
+// Fault injection for the file store's system calls: these definitions
+// take the place of the C library's unlink() and fsync() in this test
+// binary. Unarmed, they do what the C library does.
+namespace {
+std::atomic<const char*> fail_unlink_ending{nullptr};  // fail unlink() of a path ending so (EIO)
+std::atomic<int> fail_directory_syncs{0};              // fail this many fsync()s of a directory (EIO)
+std::atomic<int> directory_syncs{0};                   // fsync()s of a directory that succeeded
+
+bool ends_with(const char* text, const char* suffix) {
+    const std::size_t n = std::strlen(text), m = std::strlen(suffix);
+    return n >= m && std::strcmp(text + n - m, suffix) == 0;
+}
+} // namespace
+
+extern "C" int unlink(const char* path) noexcept {
+    const char* ending = fail_unlink_ending.load();
+    if (ending != nullptr && ends_with(path, ending)) {
+        errno = EIO;
+        return -1;
+    }
+    return ::unlinkat(AT_FDCWD, path, 0);
+}
+
+extern "C" int fsync(int fd) {
+    struct stat info {};
+    const bool directory = ::fstat(fd, &info) == 0 && S_ISDIR(info.st_mode);
+    if (directory && fail_directory_syncs.load() > 0) {
+        fail_directory_syncs.fetch_sub(1);
+        errno = EIO;
+        return -1;
+    }
+    const long result = ::syscall(SYS_fsync, fd);
+    if (directory && result == 0) directory_syncs.fetch_add(1);
+    return static_cast<int>(result);
+}
 
 namespace {
 
@@ -88,6 +131,15 @@ TEMPLATE_TEST_CASE("store conformance", "[store]", memory_kind, file_kind, sqlit
         CHECK(same(*s->get("k"), make_record("k", 5)));
         s->put_batch({make_record("k", 9), make_record("k", 8)});  // within one batch too
         CHECK(same(*s->get("k"), make_record("k", 9)));
+    }
+    SECTION("put_batch returns the indexes of the records it skipped as not newer") {
+        CHECK(s->put_batch({make_record("k", 5)}).empty());
+        const std::vector<std::size_t> skipped = s->put_batch(
+            {make_record("a", 1), make_record("k", 3), make_record("k", 5), make_record("k", 9), make_record("k", 8)});
+        CHECK(skipped == std::vector<std::size_t>{1, 2, 4});
+        CHECK(same(*s->get("k"), make_record("k", 9)));
+        CHECK(same(*s->get("a"), make_record("a", 1)));
+        CHECK(s->put_batch({}).empty());
     }
     SECTION("remove takes a key out of get and list") {
         s->put_batch({make_record("a", 1), make_record("b", 1)});
@@ -182,6 +234,58 @@ TEST_CASE("file store: a damaged newest file falls back to the previous record",
         write_file(rec, read_file(s.path_of("other")));
         CHECK(s.get("k")->generation == 1);
     }
+}
+
+TEST_CASE("file store: a forged header length cannot wrap into a match", "[store][file]") {
+    temp_dir dir;
+    keepsake::file_store s(dir.path());
+    const std::string key = "ten-chars!";  // 10 bytes
+    s.put_batch({make_record(key, 1, 0)});
+    const std::string rec = s.path_of(key);
+    // The header and 3 bytes; 64 + 10 + data_length wraps around to 67.
+    std::string forged = read_file(rec).substr(0, sizeof(keepsake::detail::file_record_header) + 3);
+    keepsake::detail::file_record_header header{};
+    std::memcpy(&header, forged.data(), sizeof(header));
+    REQUIRE(header.key_length == key.size());
+    header.data_length = ~std::uint64_t{0} - 6;  // 2^64 - 7
+    header.header_checksum = keepsake::detail::file_header_checksum(header);
+    std::memcpy(forged.data(), &header, sizeof(header));
+    write_file(rec, forged);
+    const keepsake::error failure = error_from([&] { s.get(key); });
+    CHECK(failure.code() == errc::record_corrupt);
+    CHECK(std::string(failure.what()).find("does not match its header") != std::string::npos);
+}
+
+TEST_CASE("file store: a remove stopped between its unlinks never brings back an older record", "[store][file]") {
+    temp_dir dir;
+    keepsake::file_store s(dir.path());
+    s.put_batch({make_record("k", 1)});
+    s.put_batch({make_record("k", 2)});  // k.rec holds 2, k.prev holds 1
+    fail_unlink_ending = "k.prev";
+    const keepsake::error failure = error_from([&] { s.remove("k"); });
+    fail_unlink_ending = nullptr;
+    CHECK(failure.code() == errc::store_failed);
+    const auto left = s.get("k");
+    REQUIRE(left);
+    CHECK(left->generation == 2);  // the newest, as before the remove; never generation 1
+    CHECK(s.remove("k"));          // done again, it completes
+    CHECK_FALSE(s.get("k"));
+    CHECK(s.list("").empty());
+}
+
+TEST_CASE("file store: a failed directory sync is retried by the next put", "[store][file]") {
+    temp_dir dir;
+    keepsake::file_store s(dir.path());
+    fail_directory_syncs = 1;
+    CHECK(error_from([&] { s.put_batch({make_record("k", 1)}); }).code() == errc::store_failed);
+    REQUIRE(fail_directory_syncs == 0);
+    directory_syncs = 0;
+    // Nothing new to rename (k.rec already holds generation 1), but the
+    // rename of the failed put is still to be made durable.
+    CHECK(s.put_batch({make_record("k", 1)}) == std::vector<std::size_t>{0});
+    CHECK(directory_syncs == 1);
+    CHECK(s.put_batch({make_record("k", 1)}) == std::vector<std::size_t>{0});
+    CHECK(directory_syncs == 1);  // and once durable, not again
 }
 
 TEST_CASE("file store: leftovers of an interrupted put are cleared at open", "[store][file]") {

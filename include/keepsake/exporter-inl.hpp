@@ -10,14 +10,33 @@
 #include "keepsake/log.hpp"
 
 namespace keepsake {
+namespace detail {
+
+// `from + wait`, saturating at the clock's end instead of overflowing (a
+// timeout of milliseconds::max() means "no time limit"); a negative wait is
+// `from`.
+inline std::chrono::steady_clock::time_point deadline_after(std::chrono::steady_clock::time_point from,
+                                                            std::chrono::milliseconds wait) noexcept {
+    using clock = std::chrono::steady_clock;
+    if (wait.count() <= 0) return from;
+    // Compared in milliseconds: converting `wait` to the clock's
+    // nanoseconds could itself overflow.
+    const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(clock::time_point::max() - from);
+    return wait >= room ? clock::time_point::max() : from + wait;
+}
+
+} // namespace detail
 
 KEEPSAKE_INLINE exporter::exporter(const segment& source, store& target, exporter_options options)
     : segment_(source.shared_impl()), store_(target), options_(std::move(options)) {
-    if (options_.batch_size == 0 || options_.interval.count() < 0 || options_.retry_min.count() <= 0 ||
-        options_.retry_max < options_.retry_min)
-        throw error(errc::invalid_argument, "exporter_options: batch_size must be at least 1, interval at least 0, "
-                                            "and 0 < retry_min <= retry_max");
-    thread_ = std::thread([this] { run(); });
+    if (options_.interval < std::chrono::milliseconds(1))
+        throw error(errc::invalid_argument, "exporter_options::interval is " + std::to_string(options_.interval.count()) +
+                                                " ms; it must be at least 1 ms (a shorter one would keep a core "
+                                                "busy): use a long interval and flush() to export on demand");
+    if (options_.batch_size == 0 || options_.retry_min.count() <= 0 || options_.retry_max < options_.retry_min)
+        throw error(errc::invalid_argument,
+                    "exporter_options: batch_size must be at least 1, and 0 < retry_min <= retry_max");
+    thread_ = std::thread([this] { run_guarded(); });
 }
 
 KEEPSAKE_INLINE exporter::~exporter() {
@@ -35,9 +54,19 @@ KEEPSAKE_INLINE bool exporter::flush(std::chrono::milliseconds timeout) {
                                            " is stopped; start a new one to export again");
     const std::uint64_t ticket = ++requested_;
     wake_.notify_all();
-    done_.wait_for(lock, timeout, [&] { return completed_ >= ticket || stopped_; });
-    if (completed_ >= ticket) return true;
+    done_.wait_until(lock, detail::deadline_after(std::chrono::steady_clock::now(), timeout),
+                     [&] { return completed_ >= ticket || stopped_; });
+    if (completed_ >= ticket && refused_keys_ == 0) return true;
+    const std::size_t refused = refused_keys_;
+    const bool ended = stopped_;
     detail::log(spdlog::level::warn, [&] {
+        if (refused != 0 && !ended)
+            return "exporter to " + store_.describe() + ": flush: the store refused the newest state of " +
+                   std::to_string(refused) + " key(s), so it does not hold what was committed (see the "
+                   "stale_generation / record_rejected events for which keys and what to do)";
+        if (ended)
+            return "exporter to " + store_.describe() + ": flush: the exporter thread has ended (see the error "
+                   "logged); start a new exporter to export again";
         return "exporter to " + store_.describe() + ": flush ran out of time after " +
                std::to_string(timeout.count()) + " ms; the export goes on in the background";
     });
@@ -50,11 +79,15 @@ KEEPSAKE_INLINE bool exporter::stop(std::chrono::milliseconds timeout) {
         if (!stopping_) {
             stopping_ = true;
             stop_ticket_ = ++requested_;  // only a pass that begins now counts
-            stop_deadline_ = std::chrono::steady_clock::now() + timeout;
+            stop_deadline_ = detail::deadline_after(std::chrono::steady_clock::now(), timeout);
         }
         wake_.notify_all();
     }
-    if (thread_.joinable()) thread_.join();
+    {
+        // A second caller waits here for the first one's join.
+        std::lock_guard<std::mutex> join_guard(join_mutex_);
+        if (thread_.joinable()) thread_.join();
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     return stop_result_;
 }
@@ -64,6 +97,7 @@ KEEPSAKE_INLINE bool exporter::forget(const std::string& key) {
     const bool in_memory = segment_->remove_key(key);
     const bool in_store = store_.remove(store_key(key));
     exported_.erase(key);
+    count_refused_keys();
     return in_memory || in_store;
 }
 
@@ -88,7 +122,7 @@ KEEPSAKE_INLINE void exporter::run() {
         if (out_of_time()) break;
         const std::uint64_t ticket = requested_;
         lock.unlock();
-        const pass_result result = run_pass();
+        const pass_result result = guarded_pass();
         lock.lock();
         incomplete = result == pass_result::incomplete;
         if (result != pass_result::complete) continue;
@@ -103,10 +137,80 @@ KEEPSAKE_INLINE void exporter::run() {
         lock.unlock();
         report_timeout();
         lock.lock();
+    } else if (refused_keys_ != 0) {
+        const std::size_t refused = refused_keys_;
+        detail::log(spdlog::level::err, [&] {
+            return "exporter to " + store_.describe() + ": stopped with the newest state of " +
+                   std::to_string(refused) + " key(s) refused by the store (see the stale_generation / "
+                   "record_rejected events); it stays in shared memory";
+        });
     }
-    stop_result_ = clean;
+    stop_result_ = clean && refused_keys_ == 0;
     stopped_ = true;
     done_.notify_all();
+}
+
+// The thread's body: nothing may escape a std::thread (it would end the
+// program). run() handles a failing pass itself; this is the last resort.
+KEEPSAKE_INLINE void exporter::run_guarded() noexcept {
+    try {
+        run();
+        return;
+    } catch (const std::exception& thrown) {
+        try {
+            detail::log(spdlog::level::err, [&] {
+                return std::string("exporter: its thread ended on an exception: ") + thrown.what() +
+                       "; what was not exported stays in shared memory";
+            });
+        } catch (...) {
+        }
+    } catch (...) {
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_result_ = false;
+        stopped_ = true;
+    }
+    done_.notify_all();
+}
+
+// A pass that throws (out of memory, a store's describe()...) is a failed
+// pass: reported, and retried after a backoff, like a store failure.
+KEEPSAKE_INLINE exporter::pass_result exporter::guarded_pass() noexcept {
+    try {
+        return run_pass();
+    } catch (const std::exception& thrown) {
+        note_pass_failure(thrown.what());
+    } catch (...) {
+        note_pass_failure("an exception that is not a std::exception");
+    }
+    return pass_result::failed;
+}
+
+KEEPSAKE_INLINE void exporter::note_pass_failure(const char* what) noexcept {
+    export_event event;
+    event.kind = export_event_kind::pass_failed;
+    {
+        // First, so the next pass waits for its backoff even if reporting fails too.
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++stats_.failures;
+        event.attempt = ++failures_in_row_;
+        event.retry_in = backoff(event.attempt);
+    }
+    try {
+        {
+            std::lock_guard<std::mutex> guard(pass_mutex_);
+            batch_.clear();  // not recycled: that may allocate
+            batch_owners_.clear();
+        }
+        event.message = std::string("an export pass failed: ") + what + " (attempt " +
+                        std::to_string(event.attempt) + ", retrying in " + std::to_string(event.retry_in.count()) +
+                        " ms); what it did not export stays in shared memory";
+        report(event);
+    } catch (...) {
+        // Out of memory even for the report: the failure is counted, and
+        // the pass is retried after its backoff all the same.
+    }
 }
 
 KEEPSAKE_INLINE void exporter::report_timeout() {
@@ -121,7 +225,8 @@ KEEPSAKE_INLINE void exporter::report_timeout() {
 
 KEEPSAKE_INLINE std::chrono::milliseconds exporter::backoff(std::uint32_t attempt) const {
     std::chrono::milliseconds wait = options_.retry_min;
-    for (std::uint32_t i = 1; i < attempt && wait < options_.retry_max; ++i) wait *= 2;
+    for (std::uint32_t i = 1; i < attempt && wait < options_.retry_max; ++i)
+        wait = wait > options_.retry_max / 2 ? options_.retry_max : wait * 2;  // never overflows
     return std::min(wait, options_.retry_max);
 }
 
@@ -130,7 +235,7 @@ KEEPSAKE_INLINE std::chrono::steady_clock::time_point exporter::next_pass_time(b
     const std::chrono::milliseconds wait = failures_in_row_ != 0 ? backoff(failures_in_row_)
                                            : incomplete          ? std::chrono::milliseconds(1)
                                                                  : options_.interval;
-    const auto due = std::chrono::steady_clock::now() + wait;
+    const auto due = detail::deadline_after(std::chrono::steady_clock::now(), wait);
     return stopping_ ? std::min(due, stop_deadline_) : due;
 }
 
@@ -152,15 +257,18 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
     // Keys gone from the segment are forgotten: memory follows the key count.
     for (auto it = exported_.begin(); it != exported_.end();)
         it = it->second.seen_in_pass == pass_number_ ? std::next(it) : exported_.erase(it);
+    count_refused_keys();
     return result;
 }
 
 KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment_impl::entry_view& view) {
     exported_key& known = exported_[view.key];
-    if (known.area != view.area.first) known = exported_key{view.area.first, 0, 0};
+    if (known.area != view.area.first) known = exported_key{view.area.first, 0, 0, 0};
     known.seen_in_pass = pass_number_;
     batch_.push_back(take_spare());
-    const detail::snapshot_status status = detail::snapshot_newest(view.area, known.generation, batch_.back());
+    // A generation the store refused is not copied again; a newer one is.
+    const detail::snapshot_status status =
+        detail::snapshot_newest(view.area, std::max(known.generation, known.refused), batch_.back());
     if (status != detail::snapshot_status::copied) {
         spare_.push_back(std::move(batch_.back()));
         batch_.pop_back();
@@ -196,27 +304,26 @@ KEEPSAKE_INLINE void exporter::recycle_batch() {
 }
 
 // Puts the batch; on success the store holds each record's generation (or a
-// newer one), which is what the next pass compares with.
+// newer one), which is what the next pass compares with, except for the
+// records it refused (reported one by one).
 KEEPSAKE_INLINE bool exporter::put_batch() {
     std::string failure;
+    std::size_t exported = 0;
     try {
-        store_.put_batch(batch_);
+        exported = put_records();
     } catch (const std::exception& thrown) {
         failure = thrown.what();
     } catch (...) {
         failure = "an exception that is not a std::exception";
     }
-    const std::size_t count = batch_.size();
-    if (failure.empty())
-        for (std::size_t i = 0; i < count; ++i) batch_owners_[i]->generation = batch_[i].generation;
     recycle_batch();
     export_event event;
-    event.records = count;
+    event.records = exported;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (failure.empty()) {
             ++stats_.batches;
-            stats_.records += count;
+            stats_.records += exported;
         } else {
             ++stats_.failures;
             event.kind = export_event_kind::store_failed;
@@ -224,12 +331,131 @@ KEEPSAKE_INLINE bool exporter::put_batch() {
             event.retry_in = backoff(event.attempt);
         }
     }
-    event.message = failure.empty() ? std::to_string(count) + " record(s) to " + store_.describe()
+    event.message = failure.empty() ? std::to_string(exported) + " record(s) to " + store_.describe()
                                     : store_.describe() + " failed (attempt " + std::to_string(event.attempt) +
                                           ", retrying in " + std::to_string(event.retry_in.count()) +
                                           " ms): " + failure;
     report(event);
     return failure.empty();
+}
+
+// Puts batch_ and settles every record; returns how many the store now
+// holds. A batch the store rejects as invalid goes again one record at a
+// time, so one bad record cannot hold up the others. Throws what the store
+// throws otherwise.
+KEEPSAKE_INLINE std::size_t exporter::put_records() {
+    std::vector<std::size_t> skipped;
+    try {
+        skipped = store_.put_batch(batch_);
+    } catch (const error& thrown) {
+        if (thrown.code() != errc::invalid_argument) throw;
+        return put_one_at_a_time();
+    }
+    std::sort(skipped.begin(), skipped.end());  // a store's answer is checked, not trusted
+    std::size_t exported = 0;
+    for (std::size_t i = 0; i < batch_.size(); ++i) {
+        std::uint64_t store_generation = 0;
+        std::string why;
+        const put_outcome outcome = std::binary_search(skipped.begin(), skipped.end(), i)
+                                        ? judge_skipped(batch_[i], store_generation, why)
+                                        : put_outcome::exported;
+        exported += settle(i, outcome, store_generation, why);
+    }
+    return exported;
+}
+
+KEEPSAKE_INLINE std::size_t exporter::put_one_at_a_time() {
+    std::size_t exported = 0;
+    std::vector<record> one(1);
+    for (std::size_t i = 0; i < batch_.size(); ++i) {
+        one[0] = batch_[i];
+        std::uint64_t store_generation = 0;
+        put_outcome outcome = put_outcome::exported;
+        std::string why;
+        try {
+            if (!store_.put_batch(one).empty()) outcome = judge_skipped(one[0], store_generation, why);
+        } catch (const error& thrown) {
+            if (thrown.code() != errc::invalid_argument) throw;
+            outcome = put_outcome::rejected;
+            why = thrown.what();
+        }
+        exported += settle(i, outcome, store_generation, why);
+    }
+    return exported;
+}
+
+// A record the store skipped as not newer: the same record (a retry of a
+// batch that failed after writing part of it) is exported; anything else
+// means the store keeps another state for the key than the key's own. A
+// damaged record in its way is stale too (recover() removes it), rather
+// than a store failure that would hold up every other key.
+KEEPSAKE_INLINE exporter::put_outcome exporter::judge_skipped(const record& r, std::uint64_t& store_generation,
+                                                              std::string& why) {
+    std::optional<record> held;
+    try {
+        held = store_.get(r.key);
+    } catch (const error& failure) {
+        if (failure.code() != errc::record_corrupt) throw;
+        why = failure.what();
+        return put_outcome::stale;
+    }
+    if (!held || held->generation < r.generation)
+        throw error(errc::store_failed, store_.describe() + " skipped the record of '" + r.key + "' (generation " +
+                                            std::to_string(r.generation) +
+                                            ") as not newer, but does not hold a newer one; retrying");
+    store_generation = held->generation;
+    const bool same = held->generation == r.generation && detail::record_checksum(*held) == detail::record_checksum(r);
+    return same ? put_outcome::exported : put_outcome::stale;
+}
+
+// Records what the store did with batch_[index]; 1 if it holds it.
+KEEPSAKE_INLINE std::size_t exporter::settle(std::size_t index, put_outcome outcome, std::uint64_t store_generation,
+                                             const std::string& why) {
+    exported_key& owner = *batch_owners_[index];
+    const record& r = batch_[index];
+    if (outcome == put_outcome::exported) {
+        owner.generation = r.generation;
+        owner.refused = 0;
+        return 1;
+    }
+    owner.refused = r.generation;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++stats_.refused;
+    }
+    export_event event;
+    event.records = 1;
+    event.key = r.key.substr(std::min(options_.prefix.size(), r.key.size()));
+    event.generation = r.generation;
+    const std::string which = "key '" + event.key + "' (generation " + std::to_string(r.generation) + ")";
+    if (outcome == put_outcome::stale) {
+        event.kind = export_event_kind::stale_generation;
+        event.store_generation = store_generation;
+        const std::string held = !why.empty() ? "a damaged record at an equal or higher generation (" + why + ")"
+                                 : store_generation == r.generation
+                                     ? "another state at the same generation"
+                                     : "generation " + std::to_string(store_generation);
+        event.message =
+            which + " was not exported: " + store_.describe() + " holds " + held + " for '" + r.key +
+            "', and never takes an older or equal one. The key was probably removed (segment::remove_key) and "
+            "created again while the store kept the old record, which a reboot would restore. Call recover() on "
+            "the key to carry on from the store's state, or delete the key with exporter::forget() "
+            "(keepsake::forget() when no exporter runs) before creating it again";
+    } else {
+        event.kind = export_event_kind::record_rejected;
+        event.message = which + " was not exported: " + store_.describe() + " rejected it: " + why +
+                        "; the other keys are exported. Rename the key (or shorten the prefix), or delete it "
+                        "with exporter::forget()";
+    }
+    report(event);
+    return 0;
+}
+
+KEEPSAKE_INLINE void exporter::count_refused_keys() {
+    std::size_t refused = 0;
+    for (const auto& entry : exported_) refused += entry.second.refused != 0 ? 1 : 0;
+    std::lock_guard<std::mutex> lock(mutex_);
+    refused_keys_ = refused;
 }
 
 KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
@@ -249,8 +475,8 @@ KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
 KEEPSAKE_INLINE void exporter::publish_on_bus(const export_event& happened) const {
     const std::string target = store_.describe();
     keepsake::event what;
-    what.kind = happened.kind == export_event_kind::store_failed ? event_kind::export_failed
-                                                                 : event_kind::export_timed_out;
+    what.kind = happened.kind == export_event_kind::timed_out ? event_kind::export_timed_out
+                                                              : event_kind::export_failed;
     what.supervisor = "exporter";
     what.child = target;
     what.instance = happened.attempt;
@@ -265,9 +491,10 @@ KEEPSAKE_INLINE void exporter::publish_on_bus(const export_event& happened) cons
 }
 
 KEEPSAKE_INLINE void exporter::report(const export_event& event) const {
-    const auto level = event.kind == export_event_kind::exported       ? spdlog::level::debug
-                       : event.kind == export_event_kind::store_failed ? spdlog::level::warn
-                                                                       : spdlog::level::err;
+    const auto level = event.kind == export_event_kind::exported ? spdlog::level::debug
+                       : event.kind == export_event_kind::store_failed || event.kind == export_event_kind::pass_failed
+                           ? spdlog::level::warn
+                           : spdlog::level::err;
     detail::log(level, [&] { return std::string("exporter: ") + to_string(event.kind) + ": " + event.message; });
     if (options_.events != nullptr && event.kind != export_event_kind::exported) publish_on_bus(event);
     if (!options_.on_event) return;

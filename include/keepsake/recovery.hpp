@@ -4,9 +4,11 @@
 // Recovery takes the newest valid of (shared memory, store), else the
 // initial state, and says which. Shared memory wins a tie: it is the copy
 // the store's was made from. When the store wins (after a reboot there is no
-// segment, so it always does), its state is committed into the keeper at
-// the store's generation, so the keeper carries on from there and the next
-// export is newer than what the store holds.
+// segment, so it always does), its state is committed into the keeper one
+// generation above the store's, so the keeper carries on from there and the
+// exporter writes it back: decoded and encoded again (or upgraded), its bytes
+// may differ from the record's, and at the store's own generation the
+// exporter would report it as a stale_generation.
 #pragma once
 
 #include <string>
@@ -114,7 +116,9 @@ recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string&
     if (stored && (!memory || stored->generation > memory->generation)) {
         detail::decode_record(*stored, kept.options(), result.value);
         result.source = recovery_source::store;
-        result.generation = kept.commit_at_least(result.value, stored->generation);
+        const std::uint64_t above = stored->generation == ~std::uint64_t{0} ? stored->generation
+                                                                           : stored->generation + 1;
+        result.generation = kept.commit_at_least(result.value, above);
     } else if (memory) {
         result.value = std::move(in_memory);
         result.source = recovery_source::shared_memory;

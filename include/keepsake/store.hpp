@@ -8,7 +8,9 @@
 //   - makes a batch durable before put_batch() returns (as far as its medium
 //     allows: see each store);
 //   - never replaces a record with one of a lower or equal generation: such
-//     a put is skipped, silently, since the newer record is what counts;
+//     a put is skipped, and put_batch() returns its index, so the caller can
+//     tell "already there" from "refused as older" (the exporter reports the
+//     latter: a key re-created below the generation the store holds);
 //   - checks what it reads back (sizes, checksum): a damaged record is an
 //     errc::record_corrupt error, never a crash and never bytes handed on;
 //   - may be called from several threads (the exporter's and the ones that
@@ -43,10 +45,14 @@ public:
     virtual ~store() = default;
 
     // Writes every record whose generation is higher than the one stored
-    // for its key; durable when it returns. Throws keepsake::error
-    // (errc::store_failed) if the batch could not be written; a batch that
+    // for its key; durable when it returns. Returns the indexes (into
+    // `records`, ascending) of the records it skipped because the store
+    // already held an equal or higher generation of their key; empty when
+    // all were written. Throws keepsake::error (errc::store_failed) if the
+    // batch could not be written, errc::invalid_argument if a record can
+    // never be stored (e.g. a key too long for the medium); a batch that
     // fails may have been applied in part, and putting it again is safe.
-    virtual void put_batch(const std::vector<record>& records) = 0;
+    virtual std::vector<std::size_t> put_batch(const std::vector<record>& records) = 0;
 
     // The record of `key`, or nothing. Throws errc::record_corrupt if what
     // is stored fails its checks, errc::store_failed if it cannot be read.

@@ -36,7 +36,7 @@ public:
     std::uint64_t calls() const noexcept { return calls_.load(std::memory_order_relaxed); }
     std::uint64_t failures() const noexcept { return failures_.load(std::memory_order_relaxed); }
 
-    void put_batch(const std::vector<record>& records) override {
+    std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
         if (!should_fail()) return inner_.put_batch(records);
         if (halfway_.load(std::memory_order_relaxed) && records.size() > 1)
             inner_.put_batch(std::vector<record>(records.begin(), records.begin() + records.size() / 2));

@@ -84,6 +84,7 @@ bool move_all(std::size_t size, Call call) {
     while (done < size) {
         const ssize_t moved = call(done);
         if (moved < 0 && errno == EINTR) continue;
+        if (moved == 0) errno = EIO;  // an early end of file (the file shrank): no errno of its own
         if (moved <= 0) return false;
         done += static_cast<std::size_t>(moved);
     }
@@ -105,7 +106,10 @@ KEEPSAKE_INLINE file_read parse_record_file(const std::vector<std::byte>& bytes,
     } else if (header.format_version != file_record_format) {
         result.why = "written in record format " + std::to_string(header.format_version) + ", this keepsake reads " +
                      std::to_string(file_record_format);
-    } else if (bytes.size() != sizeof(header) + std::uint64_t{header.key_length} + header.data_length) {
+    } else if (header.key_length > bytes.size() - sizeof(header) ||
+               header.data_length != bytes.size() - sizeof(header) - header.key_length) {
+        // Compared without adding the header's lengths: a forged length
+        // must not wrap a sum into a match.
         result.why = "length " + std::to_string(bytes.size()) + " does not match its header (truncated or extended)";
     } else if (header.key_length != key.size() || std::memcmp(bytes.data() + sizeof(header), key.data(), key.size()) != 0) {
         result.why = "it holds another key";
@@ -133,12 +137,13 @@ KEEPSAKE_INLINE file_read read_record_file(const std::string& path, const std::s
     struct stat info {};
     std::vector<std::byte> bytes;
     bool complete = ::fstat(fd, &info) == 0;
-    const int saved = errno;
+    int saved = complete ? 0 : errno;
     if (complete && static_cast<std::uint64_t>(info.st_size) <= max_record_file) {
         bytes.resize(static_cast<std::size_t>(info.st_size));
         complete = move_all(bytes.size(), [&](std::size_t done) {
             return ::read(fd, bytes.data() + done, bytes.size() - done);
         });
+        if (!complete) saved = errno;  // the read's error, not an earlier call's
     }
     ::close(fd);
     if (!complete) throw_store_io("cannot read " + path, saved != 0 ? saved : EIO);
@@ -196,11 +201,15 @@ KEEPSAKE_INLINE std::string file_store::path_of(const std::string& key) const {
     return directory_ + "/" + detail::encode_file_name(key) + ".rec";
 }
 
-KEEPSAKE_INLINE void file_store::put_batch(const std::vector<record>& records) {
+KEEPSAKE_INLINE std::vector<std::size_t> file_store::put_batch(const std::vector<record>& records) {
     std::lock_guard<std::mutex> lock(mutex_);
-    bool renamed = false;
-    for (const record& r : records) renamed = put_one(r) || renamed;
-    if (renamed) sync_directory();
+    std::vector<std::size_t> skipped;
+    for (std::size_t i = 0; i < records.size(); ++i)
+        if (!put_one(records[i])) skipped.push_back(i);
+    // Also after a batch that renamed nothing: an earlier batch's renames
+    // are not durable until a sync succeeds.
+    sync_directory_if_dirty();
+    return skipped;
 }
 
 KEEPSAKE_INLINE std::optional<record> file_store::get(const std::string& key) {
@@ -225,12 +234,19 @@ KEEPSAKE_INLINE bool file_store::remove(const std::string& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     const std::string base = directory_ + "/" + detail::encode_file_name(key);
     bool removed = false;
-    for (const char* suffix : {".rec", ".prev", ".tmp"}) {
+    // .rec last: stopped between two unlinks (a kill, or an unlink that
+    // fails), the key is left at its newest record, never at the older .prev
+    // alone, which get() would take for the key's state.
+    for (const char* suffix : {".tmp", ".prev", ".rec"}) {
         const std::string path = base + suffix;
-        if (::unlink(path.c_str()) == 0) removed = true;
-        else if (errno != ENOENT) detail::throw_store_io("cannot remove " + path, errno);
+        if (::unlink(path.c_str()) == 0) {
+            dir_dirty_ = true;
+            if (suffix[1] != 't') removed = true;
+        } else if (errno != ENOENT) {
+            detail::throw_store_io("cannot remove " + path, errno);
+        }
     }
-    if (removed) sync_directory();
+    sync_directory_if_dirty();
     return removed;
 }
 
@@ -275,9 +291,12 @@ KEEPSAKE_INLINE bool file_store::put_one(const record& r) {
     // Only a valid current record becomes the fallback; a damaged one is
     // dropped rather than kept over an older valid .prev.
     const std::string rec = base + ".rec";
-    if (rec_is_valid && ::rename(rec.c_str(), (base + ".prev").c_str()) != 0)
-        detail::throw_store_io("cannot rename " + rec, errno);
+    if (rec_is_valid) {
+        if (::rename(rec.c_str(), (base + ".prev").c_str()) != 0) detail::throw_store_io("cannot rename " + rec, errno);
+        dir_dirty_ = true;
+    }
     if (::rename((base + ".tmp").c_str(), rec.c_str()) != 0) detail::throw_store_io("cannot rename into " + rec, errno);
+    dir_dirty_ = true;
     return true;
 }
 
@@ -288,22 +307,29 @@ KEEPSAKE_INLINE void file_store::write_file(const std::string& path, const recor
     bool ok = detail::move_all(framed.size(), [&](std::size_t done) {
         return ::write(fd, framed.data() + done, framed.size() - done);
     });
-    if (ok && options_.sync) ok = ::fsync(fd) == 0;
-    const int saved = errno;
-    ok = (::close(fd) == 0) && ok;
+    int saved = ok ? 0 : errno;  // each failing call's own errno
+    if (ok && options_.sync && ::fsync(fd) != 0) {
+        ok = false;
+        saved = errno;
+    }
+    if (::close(fd) != 0 && ok) {
+        ok = false;
+        saved = errno;
+    }
     if (ok) return;
     ::unlink(path.c_str());  // a partial file would only take space
     detail::throw_store_io("cannot write " + path, saved != 0 ? saved : EIO);
 }
 
-KEEPSAKE_INLINE void file_store::sync_directory() const {
-    if (!options_.sync) return;
+KEEPSAKE_INLINE void file_store::sync_directory_if_dirty() {
+    if (!dir_dirty_ || !options_.sync) return;
     const int fd = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) detail::throw_store_io("cannot open store directory " + directory_, errno);
     const bool ok = ::fsync(fd) == 0;
-    const int saved = errno;
+    const int saved = ok ? 0 : errno;
     ::close(fd);
     if (!ok) detail::throw_store_io("cannot sync store directory " + directory_, saved);
+    dir_dirty_ = false;
 }
 
 KEEPSAKE_INLINE void file_store::remove_leftovers() const {

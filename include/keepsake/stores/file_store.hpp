@@ -72,7 +72,7 @@ public:
     // temporary files an interrupted put left behind.
     explicit file_store(std::string directory, file_store_options options = {});
 
-    void put_batch(const std::vector<record>& records) override;
+    std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
     std::optional<record> get(const std::string& key) override;
     bool remove(const std::string& key) override;
     std::vector<std::string> list(const std::string& prefix) override;
@@ -85,12 +85,16 @@ private:
     std::string directory_;
     file_store_options options_;
     std::mutex mutex_;  // put's compare-then-replace is one step per key
+    // A rename or unlink not yet made durable by a directory sync: set by
+    // each one, cleared only by a sync that succeeded, so a failed sync is
+    // retried by the next put or remove even if that one renames nothing.
+    bool dir_dirty_ = false;
 
     // The newest valid of (.rec, .prev); `damage` collects why a file failed.
     detail::file_read newest_valid(const std::string& key, std::string& damage, bool* rec_is_valid = nullptr) const;
     bool put_one(const record& r);
     void write_file(const std::string& path, const record& r) const;
-    void sync_directory() const;
+    void sync_directory_if_dirty();
     void remove_leftovers() const;
 };
 

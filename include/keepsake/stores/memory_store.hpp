@@ -13,14 +13,18 @@ namespace keepsake {
 
 class memory_store : public store {
 public:
-    void put_batch(const std::vector<record>& records) override {
+    std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
         std::lock_guard<std::mutex> lock(mutex_);
-        for (const record& r : records) {
+        std::vector<std::size_t> skipped;
+        for (std::size_t i = 0; i < records.size(); ++i) {
+            const record& r = records[i];
             auto found = records_.find(r.key);
             if (found == records_.end()) records_.emplace(r.key, r);
             else if (r.generation > found->second.generation) found->second = r;
+            else skipped.push_back(i);
         }
         puts_.fetch_add(records.size(), std::memory_order_relaxed);
+        return skipped;
     }
 
     std::optional<record> get(const std::string& key) override {

@@ -61,17 +61,20 @@ public:
         sqlite3_close(db_);
     }
 
-    void put_batch(const std::vector<record>& records) override {
-        if (records.empty()) return;
+    std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
+        std::vector<std::size_t> skipped;
+        if (records.empty()) return skipped;
         std::lock_guard<std::mutex> lock(mutex_);
         execute("BEGIN IMMEDIATE");
         try {
-            for (const record& r : records) upsert(r);
+            for (std::size_t i = 0; i < records.size(); ++i)
+                if (!upsert(records[i])) skipped.push_back(i);
             execute("COMMIT");
         } catch (...) {
             sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
             throw;
         }
+        return skipped;
     }
 
     std::optional<record> get(const std::string& key) override {
@@ -200,7 +203,8 @@ private:
         return word;
     }
 
-    void upsert(const record& r) {
+    // False if the row kept its equal or higher generation.
+    bool upsert(const record& r) {
         if (r.generation > static_cast<std::uint64_t>(INT64_MAX))
             throw error(errc::invalid_argument, "generation of key '" + r.key + "' is beyond what SQLite orders");
         statement_reset reset{upsert_};
@@ -215,6 +219,7 @@ private:
         sqlite3_bind_blob(upsert_, 7, r.bytes.empty() ? &empty : r.bytes.data(), static_cast<int>(r.bytes.size()),
                           SQLITE_STATIC);
         if (sqlite3_step(upsert_) != SQLITE_DONE) fail("cannot write key '" + r.key + "'");
+        return sqlite3_changes(db_) > 0;
     }
 
     record row_to_record(const std::string& key) const {
