@@ -115,9 +115,10 @@ public:
         } catch (const error& failure) {
             if (failure.code() != errc::state_too_large) throw;
             throw error(failure.code(), "cannot commit key '" + key_ + "': " + failure.what() +
-                                            "; slots are sized when a key is created: remove the key "
-                                            "(segment::remove_key) and create it with a larger "
-                                            "keeper_options::capacity");
+                                            "; slots are sized when a key is created: delete the key "
+                                            "(exporter::forget() while an exporter runs, keepsake::forget() "
+                                            "with a store, else segment::remove_key) and create it with a "
+                                            "larger keeper_options::capacity");
         }
         const std::uint64_t fingerprint = type_fingerprint<T>();
         const auto codec = static_cast<std::uint32_t>(codec_of<T>());
@@ -241,7 +242,9 @@ private:
         if (codec_of<T>() == codec_kind::raw && area_.capacity < sizeof(T))
             throw error(errc::state_too_large,
                         "key '" + key_ + "' has slots of " + std::to_string(area_.capacity) + " bytes but this type needs " +
-                            std::to_string(sizeof(T)) + "; remove the key (segment::remove_key) or use another key");
+                            std::to_string(sizeof(T)) +
+                            "; delete the key (exporter::forget() while an exporter runs, keepsake::forget() "
+                            "with a store, else segment::remove_key) or use another key");
     }
 
     // Newest slot with a generation below `below` (0 generations are empty).
@@ -274,8 +277,9 @@ private:
     [[noreturn]] void throw_generations_exhausted() const {
         throw error(errc::segment_corrupt, "key '" + key_ +
                                                "' has a slot at the largest generation there is, which only "
-                                               "damaged memory produces; remove the key (segment::remove_key) "
-                                               "to start it afresh");
+                                               "damaged memory produces; delete the key (exporter::forget() "
+                                               "while an exporter runs, keepsake::forget() with a store, else "
+                                               "segment::remove_key) to start it afresh");
     }
 
     T upgrade(const detail::slot_snapshot& snap) const {
