@@ -609,10 +609,10 @@ private:
         try {
             inflight_.run(static_cast<actor*>(this));
             return true;
+        } catch (const std::exception& thrown) {  // first: the common case matches at once
+            crash_reason_ = thrown.what();
         } catch (const forced_stop&) {
             throw;
-        } catch (const std::exception& thrown) {
-            crash_reason_ = thrown.what();
         } catch (...) {
             crash_reason_ = "an exception not derived from std::exception";
         }
