@@ -94,9 +94,10 @@ KEEPSAKE_INLINE bool exporter::stop(std::chrono::milliseconds timeout) {
 
 KEEPSAKE_INLINE bool exporter::forget(const std::string& key) {
     std::lock_guard<std::mutex> guard(pass_mutex_);
+    if (const auto view = segment_->entry_view_of(key))
+        if (view->index < exported_.size()) exported_[view->index] = exported_key{};
     const bool in_memory = segment_->remove_key(key);
     const bool in_store = store_.remove(store_key(key));
-    exported_.erase(key);
     count_refused_keys();
     return in_memory || in_store;
 }
@@ -247,6 +248,9 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
     std::lock_guard<std::mutex> guard(pass_mutex_);
     ++pass_number_;
     const std::vector<detail::segment_impl::entry_view> views = segment_->entry_views();
+    // Sized before any batch_owners_ pointer into it is taken.
+    for (const auto& view : views)
+        if (view.index >= exported_.size()) exported_.resize(view.index + 1);
     pass_result result = pass_result::complete;
     for (const auto& view : views) {
         const pass_result key_result = export_key(view);
@@ -254,15 +258,15 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
         if (key_result == pass_result::incomplete) result = key_result;
     }
     if (!batch_.empty() && !put_batch()) return pass_result::failed;
-    // Keys gone from the segment are forgotten: memory follows the key count.
-    for (auto it = exported_.begin(); it != exported_.end();)
-        it = it->second.seen_in_pass == pass_number_ ? std::next(it) : exported_.erase(it);
+    // Keys gone from the segment are forgotten (memory follows the directory).
+    for (exported_key& known : exported_)
+        if (known.seen_in_pass != pass_number_) known = exported_key{};
     count_refused_keys();
     return result;
 }
 
 KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment_impl::entry_view& view) {
-    exported_key& known = exported_[view.key];
+    exported_key& known = exported_[view.index];
     if (known.area != view.area.first) known = exported_key{view.area.first, 0, 0, 0};
     known.seen_in_pass = pass_number_;
     batch_.push_back(take_spare());
@@ -453,7 +457,7 @@ KEEPSAKE_INLINE std::size_t exporter::settle(std::size_t index, put_outcome outc
 
 KEEPSAKE_INLINE void exporter::count_refused_keys() {
     std::size_t refused = 0;
-    for (const auto& entry : exported_) refused += entry.second.refused != 0 ? 1 : 0;
+    for (const exported_key& known : exported_) refused += known.refused != 0 ? 1 : 0;
     std::lock_guard<std::mutex> lock(mutex_);
     refused_keys_ = refused;
 }
@@ -464,9 +468,9 @@ KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
     for (const auto& view : segment_->entry_views()) {
         detail::slot_snapshot newest;
         if (!detail::newest_published_below(view.area, ~std::uint64_t{0}, newest)) continue;
-        const auto known = exported_.find(view.key);
-        const bool exported = known != exported_.end() && known->second.area == view.area.first &&
-                              known->second.generation >= newest.generation;
+        const exported_key* known = view.index < exported_.size() ? &exported_[view.index] : nullptr;
+        const bool exported = known != nullptr && known->area == view.area.first &&
+                              known->generation >= newest.generation;
         if (!exported) ++pending;
     }
     return pending;

@@ -173,7 +173,9 @@ private:
     std::mutex join_mutex_;              // stop(): one thread joins, the others wait for it
 
     std::mutex pass_mutex_;  // a pass and forget() exclude each other
-    std::unordered_map<std::string, exported_key> exported_;  // the thread's (and forget's, under pass_mutex_)
+    // By directory entry, not by name: no hashing per key per pass. The
+    // thread's (and forget's, under pass_mutex_); sized at a pass's start.
+    std::vector<exported_key> exported_;
     std::vector<record> batch_;
     std::vector<record> spare_;  // buffers of earlier batches, reused
     std::vector<exported_key*> batch_owners_;

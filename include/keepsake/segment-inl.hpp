@@ -287,7 +287,7 @@ KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views(
     std::vector<entry_view> views;
     for (std::uint32_t i = 0; i < max_entries_; ++i) {
         dir_entry entry{};
-        if (read_valid_entry(i, entry)) views.push_back({std::string(entry.key, entry.key_length), area_of(entry)});
+        if (read_valid_entry(i, entry)) views.push_back({std::string(entry.key, entry.key_length), area_of(entry), i});
     }
     return views;
 }
@@ -297,7 +297,7 @@ KEEPSAKE_INLINE std::optional<segment_impl::entry_view> segment_impl::entry_view
     std::lock_guard<std::mutex> lock(mutex_);
     const auto found = find_valid_entry(key);
     if (!found) return std::nullopt;
-    return entry_view{key, area_of(found->entry)};
+    return entry_view{key, area_of(found->entry), found->index};
 }
 
 KEEPSAKE_INLINE void segment_impl::check_options(const segment_options& options) {

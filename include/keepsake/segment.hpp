@@ -188,6 +188,7 @@ public:
     struct entry_view {
         std::string key;
         slot_area area;
+        std::uint32_t index = 0;  // its directory entry
     };
     std::vector<entry_view> entry_views() const;
     // The view of one valid key, or nothing. Unlike attach, it does not
