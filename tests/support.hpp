@@ -13,6 +13,7 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -94,8 +95,13 @@ void release_shared(T* object) {
 // Forks a child that runs `body` and never returns into the test runner.
 template <class Body>
 pid_t fork_child(Body&& body) {
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid == 0) {
+        // A child outlives a test that failed (or a sanitizer that aborted
+        // it) and would hold ctest's output pipe open until the timeout.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(4);
         try {
             body();
         } catch (...) {

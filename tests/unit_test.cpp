@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -515,12 +516,13 @@ TEST_CASE("a call that is not answered in time fails with timeout", "[unit]") {
 TEST_CASE("calls and casts from two OS threads at once", "[unit][threads]") {
     shm_dir dir;
     keepsake::segment seg("threads", dir.options());
-    for (unsigned threads : {1u, 2u}) {
+    for (unsigned mode : {1u, 2u, 3u}) {  // 1 thread; 2 threads; 2 threads sharing work
         keepsake::runtime_options options;
-        options.threads = threads;
+        options.threads = mode == 1 ? 1 : 2;
+        options.share_work = mode == 3;
         options.default_segment = &seg;
         keepsake::runtime rt(options);
-        auto spec = counter_spec("shared" + std::to_string(threads));
+        auto spec = counter_spec("shared" + std::to_string(mode));
         auto unit = keepsake::start_unit(rt, spec);
         constexpr int per_thread = 3000;
         std::atomic<int> bad{0};
@@ -537,6 +539,52 @@ TEST_CASE("calls and casts from two OS threads at once", "[unit][threads]") {
         CHECK(bad == 0);
         CHECK(read(unit) == 2 * per_thread);
     }
+}
+
+TEST_CASE("threads sharing work: fibers move to a free thread; crashes, calls and stops still hold", "[unit][threads]") {
+    shm_dir dir;
+    keepsake::segment seg("sharing", dir.options());
+    keepsake::runtime_options options;
+    options.threads = 2;
+    options.share_work = true;
+    options.default_segment = &seg;
+    keepsake::runtime rt(options);
+    constexpr int loops = 4;
+    // Lock-free: a std::mutex taken in a loop that never blocks would starve
+    // the other thread (glibc's mutex is not fair).
+    std::atomic<std::size_t> first_thread[loops] = {};
+    std::atomic<bool> moved_threads{false};
+    std::vector<keepsake::unit<counter>> spinning;
+    for (int i = 0; i < loops; ++i) {
+        auto spec = counter_spec("spin" + std::to_string(i));
+        spec.loop = [i, &first_thread, &moved_threads](keepsake::unit_context<counter>& ctx) {
+            while (!ctx.stop_requested()) {
+                const std::size_t here = std::hash<std::thread::id>()(std::this_thread::get_id()) | 1u;
+                std::size_t expected = 0;
+                if (!first_thread[i].compare_exchange_strong(expected, here) && expected != here)
+                    moved_threads.store(true);
+                ++ctx.state().value;
+                if (ctx.state().value % 64 == 0) ctx.commit();
+                ctx.yield();
+            }
+        };
+        spinning.push_back(keepsake::start_unit(rt, spec));
+    }
+    auto moved = [&] { return moved_threads.load(); };
+    for (int waited = 0; waited < 1000 && !moved(); ++waited) std::this_thread::sleep_for(10ms);
+    CHECK(moved());  // some fiber ran on both threads
+    // A message unit beside them: crashes restart in place, nothing is lost.
+    auto spec = counter_spec("beside");
+    spec.intensity = {100000, 10s};
+    auto unit = keepsake::start_unit(rt, spec);
+    for (int i = 0; i < 500; ++i) {
+        unit.cast([](counter& state) { ++state.value; });
+        if (i % 50 == 0) unit.cast([](counter&) { throw std::runtime_error("shared boom"); });
+    }
+    CHECK(read(unit) == 500);
+    CHECK(unit.stats().restarts == 10);
+    for (auto& each : spinning) keepsake::stop_unit(rt, each);
+    for (auto& each : spinning) CHECK(each.state() == keepsake::child_state::not_running);
 }
 
 TEST_CASE("a pumped runtime runs only when polled; run_for returns once nothing is ready", "[unit][runtime]") {

@@ -36,8 +36,7 @@ class segment;
 struct runtime_options {
     // 0: pumped by the thread that constructs the runtime (poll, run_for).
     // 1 or more: fibers run on that many threads of the runtime's own; new
-    // units and supervisors are spread over them in turn (a fiber stays on
-    // the thread it started on).
+    // units and supervisors are spread over them in turn.
     unsigned threads = 1;
     // The clock; null means the real monotonic clock.
     std::shared_ptr<keepsake::clock> time;
@@ -47,6 +46,11 @@ struct runtime_options {
     std::size_t stack_size = 128 * 1024;
     // The segment units keep their state in, unless their spec names one.
     const segment* default_segment = nullptr;
+    // With threads >= 2: the threads share one ready queue, so a fiber runs
+    // on whichever thread is free and moves between them (its code must not
+    // rely on thread-local state). false: a fiber stays on the thread it
+    // started on.
+    bool share_work = false;
 };
 
 namespace detail {
@@ -215,6 +219,7 @@ private:
     event_bus events_;
     std::shared_ptr<std::atomic<std::size_t>> ready_workers_ = std::make_shared<std::atomic<std::size_t>>(0);
     std::shared_ptr<detail::pump_budget> budget_ = std::make_shared<detail::pump_budget>();
+    std::shared_ptr<detail::shared_ready_pool> shared_pool_ = std::make_shared<detail::shared_ready_pool>();
     std::atomic<std::size_t> live_fibers_{0};
     std::atomic<bool> shut_down_{false};
     detail::signal fibers_done_;
@@ -241,7 +246,10 @@ private:
     }
 
     void install_scheduler() {
-        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(ready_workers_, budget_);
+        if (options_.share_work && options_.threads >= 2)
+            boost::fibers::use_scheduling_algorithm<detail::sharing_algorithm>(shared_pool_);
+        else
+            boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(ready_workers_, budget_);
     }
 
     void launch(std::function<void()> body, std::size_t stack_size) {

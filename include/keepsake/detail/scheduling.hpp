@@ -3,13 +3,20 @@
 // pumped runtime can tell when it has nothing left to run.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <utility>
+#include <vector>
 
+#include <boost/fiber/algo/algorithm.hpp>
 #include <boost/fiber/algo/round_robin.hpp>
+#include <boost/fiber/scheduler.hpp>
 #include <boost/fiber/context.hpp>
 #include <boost/fiber/type.hpp>
 
@@ -65,6 +72,115 @@ private:
     static bool is_worker(boost::fibers::context* ctx) noexcept {
         return ctx->is_context(boost::fibers::type::worker_context);
     }
+};
+
+// Work sharing between a runtime's threads (runtime_options::share_work):
+// one ready queue per runtime, so a fiber made ready on a busy thread runs
+// on whichever thread is free. Boost.Fiber's own shared_work keeps a single
+// queue for the whole process (every runtime would share it), does not wake
+// a sleeping thread when work arrives, and lets always-ready fibers starve
+// the dispatcher (so wake-ups from other threads are never taken in); this
+// one does none of that.
+class sharing_algorithm;
+
+struct shared_ready_pool {
+    std::mutex mutex;
+    std::deque<boost::fibers::context*> ready;  // detached worker contexts
+    std::vector<sharing_algorithm*> sleeping;   // threads waiting for work
+};
+
+class sharing_algorithm final : public boost::fibers::algo::algorithm {
+public:
+    explicit sharing_algorithm(std::shared_ptr<shared_ready_pool> pool) : pool_(std::move(pool)) {}
+    sharing_algorithm(const sharing_algorithm&) = delete;
+    sharing_algorithm& operator=(const sharing_algorithm&) = delete;
+
+    void awakened(boost::fibers::context* ctx) noexcept override {
+        if (ctx->is_context(boost::fibers::type::pinned_context)) {  // main and dispatcher stay home
+            ctx->ready_link(local_);
+            return;
+        }
+        ctx->detach();
+        sharing_algorithm* wake = nullptr;
+        {
+            std::lock_guard<std::mutex> lock(pool_->mutex);
+            pool_->ready.push_back(ctx);
+            if (!pool_->sleeping.empty()) {
+                wake = pool_->sleeping.back();
+                pool_->sleeping.pop_back();
+            }
+        }
+        if (wake != nullptr && wake != this) wake->notify();
+    }
+
+    // The thread's own contexts (main, and the dispatcher, which moves
+    // fibers woken from other threads into the queue) take every other turn
+    // while both queues have work: fibers that are always ready would
+    // otherwise starve them.
+    boost::fibers::context* pick_next() noexcept override {
+        own_turn_ = !own_turn_;
+        if (own_turn_ && !local_.empty()) return pop_local();
+        boost::fibers::context* next = nullptr;
+        {
+            std::lock_guard<std::mutex> lock(pool_->mutex);
+            if (!pool_->ready.empty()) {
+                next = pool_->ready.front();
+                pool_->ready.pop_front();
+            }
+        }
+        if (next != nullptr) {
+            boost::fibers::context::active()->attach(next);
+            return next;
+        }
+        return local_.empty() ? nullptr : pop_local();
+    }
+
+    bool has_ready_fibers() const noexcept override {
+        if (!local_.empty()) return true;
+        std::lock_guard<std::mutex> lock(pool_->mutex);
+        return !pool_->ready.empty();
+    }
+
+    void suspend_until(const std::chrono::steady_clock::time_point& until) noexcept override {
+        {
+            // Listed as sleeping under the pool's lock, after looking at the
+            // queue: a fiber queued after that look wakes this thread.
+            std::lock_guard<std::mutex> lock(pool_->mutex);
+            if (!pool_->ready.empty()) return;
+            pool_->sleeping.push_back(this);
+        }
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            if (until == std::chrono::steady_clock::time_point::max())
+                woken_.wait(lock, [&] { return notified_; });
+            else
+                woken_.wait_until(lock, until, [&] { return notified_; });
+            notified_ = false;
+        }
+        std::lock_guard<std::mutex> lock(pool_->mutex);
+        auto& sleeping = pool_->sleeping;
+        sleeping.erase(std::remove(sleeping.begin(), sleeping.end(), this), sleeping.end());
+    }
+
+    boost::fibers::context* pop_local() noexcept {
+        boost::fibers::context* next = &local_.front();
+        local_.pop_front();
+        return next;
+    }
+
+    void notify() noexcept override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        notified_ = true;
+        woken_.notify_all();
+    }
+
+private:
+    std::shared_ptr<shared_ready_pool> pool_;
+    boost::fibers::scheduler::ready_queue_type local_;
+    bool own_turn_ = false;
+    std::mutex mutex_;
+    std::condition_variable woken_;
+    bool notified_ = false;
 };
 
 } // namespace detail
