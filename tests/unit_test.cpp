@@ -26,6 +26,16 @@ using test_support::shm_dir;
 
 namespace {
 
+// ThreadSanitizer keeps one shadow call stack per thread and cannot follow a
+// fiber that moves to another thread (Debian's Boost.Context does not tell
+// it about switches): its own runtime crashes. Work sharing is tested in the
+// other builds.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool fibers_may_move_threads = false;
+#else
+constexpr bool fibers_may_move_threads = true;
+#endif
+
 struct counter {
     long value = 0;
 };
@@ -517,6 +527,7 @@ TEST_CASE("calls and casts from two OS threads at once", "[unit][threads]") {
     shm_dir dir;
     keepsake::segment seg("threads", dir.options());
     for (unsigned mode : {1u, 2u, 3u}) {  // 1 thread; 2 threads; 2 threads sharing work
+        if (mode == 3 && !fibers_may_move_threads) continue;
         keepsake::runtime_options options;
         options.threads = mode == 1 ? 1 : 2;
         options.share_work = mode == 3;
@@ -542,6 +553,10 @@ TEST_CASE("calls and casts from two OS threads at once", "[unit][threads]") {
 }
 
 TEST_CASE("threads sharing work: fibers move to a free thread; crashes, calls and stops still hold", "[unit][threads]") {
+    if (!fibers_may_move_threads) {
+        WARN("skipped under ThreadSanitizer, which cannot follow fibers between threads");
+        return;
+    }
     shm_dir dir;
     keepsake::segment seg("sharing", dir.options());
     keepsake::runtime_options options;
