@@ -1,0 +1,538 @@
+// keepsake/detail/unit_core.hpp: the unit's machinery behind the handle in
+// keepsake/unit.hpp: the worker's life (restart in place from the newest
+// commit, give-up past the intensity), serving messages, direct calls.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include <boost/fiber/operations.hpp>
+
+#include "keepsake/clock.hpp"
+#include "keepsake/detail/child.hpp"
+#include "keepsake/detail/listeners.hpp"
+#include "keepsake/detail/signal.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/events.hpp"
+#include "keepsake/keeper.hpp"
+#include "keepsake/recovery.hpp"
+#include "keepsake/restart_policy.hpp"
+#include "keepsake/runtime.hpp"
+#include "keepsake/segment.hpp"
+#include "keepsake/unit_context.hpp"
+#include "keepsake/unit_spec.hpp"
+
+namespace keepsake {
+namespace detail {
+
+template <class State, class Handler>
+class unit_core final : public supervised_actor,
+                        public unit_context<State>::host,
+                        public std::enable_shared_from_this<unit_core<State, Handler>> {
+public:
+    using spec_type = unit_spec<State, Handler>;
+    using context_type = unit_context<State>;
+
+    unit_core(runtime& where, spec_type spec)
+        : supervised_actor(where, spec.name, spec.shutdown, spec.stack_size), spec_(std::move(spec)),
+          state_(spec_.initial),
+          log_(spec_.intensity), context_(*this, state_) {
+        check_spec();
+    }
+
+    ~unit_core() override { runtime_.unregister_name(name(), this); }
+
+    // --- callers' side ---------------------------------------------------
+    template <class Message>
+    auto call(Message&& message, duration timeout) {
+        using M = std::decay_t<Message>;
+        if constexpr (is_state_callable<M, State, context_type>()) {
+            using R = state_call_result<M, State, context_type>;
+            constexpr bool on_worker = std::is_invocable_v<M&, State&, context_type&>;
+            if constexpr (!on_worker)
+                if (borrow_turn() && serve_backlog_in_turn())
+                    return serve_borrowed<R>([&]() -> decltype(auto) { return invoke_on_state(message, state_, context_); },
+                                             reads_only<M, State, context_type>());
+            return this->template request<R>(callable_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
+        } else {
+            using R = handler_result<M>;
+            constexpr bool on_worker = handler_takes_context<M>();
+            if constexpr (!on_worker)
+                if (borrow_turn() && serve_backlog_in_turn())
+                    return serve_borrowed<R>(
+                        [&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+                        handler_reads_only<M>());
+            return this->template request<R>(handler_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
+        }
+    }
+
+    template <class Message>
+    void cast(Message&& message) {
+        using M = std::decay_t<Message>;
+        if constexpr (is_state_callable<M, State, context_type>()) {
+            using R = state_call_result<M, State, context_type>;
+            this->post(callable_job<R, M>{std::forward<Message>(message)}, std::is_invocable_v<M&, State&, context_type&>);
+        } else {
+            this->post(handler_job<handler_result<M>, M>{std::forward<Message>(message)}, handler_takes_context<M>());
+        }
+    }
+
+    duration call_timeout() const noexcept { return spec_.call_timeout; }
+
+    unit_stats stats() const {
+        unit_stats out;
+        out.instance = instance();
+        out.restarts = restarts_.load(std::memory_order_relaxed);
+        out.messages = messages_.load(std::memory_order_relaxed);
+        out.commits = commits_.load(std::memory_order_relaxed);
+        out.generation = generation_.load(std::memory_order_relaxed);
+        out.uptime = uptime();
+        out.queued = queued();
+        return out;
+    }
+
+    std::uint64_t add_state_listener(std::function<void(const State&, const State&)> on_change) {
+        return state_changed_.add(std::move(on_change));
+    }
+    std::uint64_t add_terminate_listener(std::function<void(const exit_reason&, const State&)> on_end) {
+        return terminated_.add(std::move(on_end));
+    }
+    void remove_listener(std::uint64_t id) {
+        state_changed_.remove(id);
+        terminated_.remove(id);
+    }
+
+    child_kind kind() const noexcept override { return child_kind::worker; }
+
+    void forget() override {
+        supervised_actor::forget();
+        keeper_.reset();  // the key is free for a new unit of that name
+    }
+
+    // --- the worker side (called from jobs and the context) --------------
+    template <class R, class F>
+    void serve_callable(F& callable, reply_cell* reply) {
+        serve<R>([&]() -> decltype(auto) { return invoke_on_state(callable, state_, context_); },
+                 reads_only<F, State, context_type>(), reply);
+    }
+
+    template <class R, class M>
+    void serve_message(const M& message, reply_cell* reply) {
+        serve<R>([&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+                 handler_reads_only<M>(), reply);
+    }
+
+    const std::string& context_name() const noexcept override { return name(); }
+    std::uint64_t context_commit() override { return commit_now(); }
+    bool context_stop_requested() const noexcept override { return stop_requested(); }
+
+    void context_yield() override {
+        check_forced();
+        serve_queued(serve_batch);
+        boost::this_fiber::yield();
+        check_forced();
+    }
+
+    // Messages that arrive during the sleep are served at once; the sleep
+    // then goes on to its deadline.
+    void context_sleep(duration span) override {
+        const duration deadline = runtime_.clock().now() + span;
+        for (;;) {
+            check_forced();
+            serve_queued(serve_batch);
+            if (context_stop_requested()) return;
+            if (!mailbox_.wait_until(runtime_.clock(), deadline, [&] { return context_stop_requested(); })) break;
+        }
+        check_forced();
+    }
+
+private:
+    static constexpr std::size_t serve_batch = 64;
+
+    // Runs one message, commits per the policy, then answers: the reply is
+    // never sent before the commit that makes it true.
+    template <class R, class Invoke>
+    void serve(Invoke&& invoke, bool read_only, reply_cell* reply) {
+        if constexpr (std::is_void_v<R>) {
+            invoke();
+            after_message(read_only);
+            answer_value<R>(reply, std::monostate{});
+        } else {
+            R result = invoke();
+            after_message(read_only);
+            answer_value<R>(reply, std::move(result));
+        }
+    }
+
+    template <class M>
+    static constexpr bool handler_reads_only() {
+        return std::is_invocable_v<Handler&, const State&, const M&> ||
+               std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
+    }
+
+    template <class M>
+    static constexpr bool handler_takes_context() {
+        return std::is_invocable_v<Handler&, State&, const M&, context_type&> ||
+               std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
+    }
+
+    // Takes the idle worker's turn for a call from its own thread (see
+    // unit_spec::direct_calls). The fiber running the messages stands in as
+    // the server, so a message that calls its own unit is still refused.
+    bool borrow_turn() {
+        if (!spec_.direct_calls) return false;
+        boost::fibers::context* caller = boost::fibers::context::active();
+        if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
+        if (caller == server_.load(std::memory_order_relaxed)) return false;
+        if (state() != child_state::running || stop_requested() || ended_in_turn_ || !mailbox_.try_borrow())
+            return false;
+        lender_ = server_.exchange(caller, std::memory_order_relaxed);
+        return true;
+    }
+
+    void return_turn() {
+        server_.store(lender_, std::memory_order_relaxed);
+        mailbox_.give_back(ended_in_turn_.has_value() || stop_requested());
+    }
+
+    // In a borrowed turn, first serves what was queued before the call (it
+    // is older), restarting in place after a crash as the worker would.
+    // False if the turn went back to the worker (the unit is ending): the
+    // call then queues, as it would have.
+    bool serve_backlog_in_turn() {
+        while (mailbox_.pop(inflight_, true)) {
+            if (serve_inflight()) {
+                finish_inflight();
+            } else if (!restart_in_turn()) {
+                return false;
+            }
+            if (stop_requested()) {
+                return_turn();
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // A crash in a borrowed turn (reason in crash_reason_): the restart is
+    // done here, from the last commit, unless the unit gives up or is
+    // stopping; then the worker ends the instance, and the turn goes back.
+    bool restart_in_turn() {
+        for (;;) {
+            if (std::optional<exit_reason> ended = on_crash(crash_reason_)) {
+                ended_in_turn_ = std::move(*ended);
+                return_turn();
+                // As a queued call's caller would, go on once the worker took it.
+                while (ended_in_turn_) boost::this_fiber::yield();
+                return false;
+            }
+            // A restart that throws (the init hook) is another crash, as on the worker.
+            try {
+                hand_over_state(instance());
+                return true;
+            } catch (const std::exception& thrown) {
+                crash_reason_ = thrown.what();
+            } catch (...) {
+                crash_reason_ = "an exception not derived from std::exception";
+            }
+        }
+    }
+
+    // Runs the caller's own message in the borrowed turn. A throw is the
+    // worker's crash: restarted from the last commit, and the caller gets
+    // worker_crashed.
+    template <class R, class Invoke>
+    R serve_borrowed(Invoke&& invoke, bool read_only) {
+        try {
+            if constexpr (std::is_void_v<R>) {
+                invoke();
+                after_message(read_only);
+                return_turn();
+                return;
+            } else {
+                R result = invoke();
+                after_message(read_only);
+                return_turn();
+                return result;
+            }
+        } catch (const std::exception& thrown) {
+            crash_reason_ = thrown.what();
+        } catch (...) {
+            crash_reason_ = "an exception not derived from std::exception";
+        }
+        worker_crashed failure(name(), crash_reason_);
+        if (restart_in_turn()) return_turn();
+        throw failure;
+    }
+
+    template <class M>
+    using handler_result = decltype(invoke_handler(std::declval<Handler&>(), std::declval<const M&>(),
+                                                   std::declval<State&>(), std::declval<context_type&>()));
+
+    template <class R, class F>
+    struct callable_job {
+        F callable;
+        void operator()(void* target, reply_cell* reply) {
+            static_cast<unit_core*>(static_cast<actor*>(target))->template serve_callable<R>(callable, reply);
+        }
+    };
+
+    template <class R, class M>
+    struct handler_job {
+        M message;
+        void operator()(void* target, reply_cell* reply) {
+            static_cast<unit_core*>(static_cast<actor*>(target))->template serve_message<R>(message, reply);
+        }
+    };
+
+    spec_type spec_;
+    State state_;
+    std::optional<keeper<State>> keeper_;
+    std::optional<State> last_committed_;  // for on_state_changed(old, new)
+    restart_log log_;
+    context_type context_;
+    std::atomic<std::uint64_t> restarts_{0};
+    std::atomic<std::uint64_t> messages_{0};
+    std::atomic<std::uint64_t> commits_{0};
+    std::atomic<std::uint64_t> generation_{0};
+    std::uint64_t restarts_this_instance_ = 0;
+    std::uint32_t uncommitted_messages_ = 0;
+    duration last_commit_at_{};
+    bool dirty_ = false;
+    // The last crash's reason, and how an instance ended in a borrowed turn
+    // (the worker finishes it). Touched on the worker's thread only
+    // (borrowers run there).
+    std::string crash_reason_;
+    std::optional<exit_reason> ended_in_turn_;
+    boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
+    listener_list<const State&, const State&> state_changed_;
+    listener_list<const exit_reason&, const State&> terminated_;
+
+    void check_spec() const {
+        if (spec_.commit.when == commit_policy::mode::every_n && spec_.commit.n == 0)
+            throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every(n) needs n >= 1");
+        if (spec_.commit.when == commit_policy::mode::interval && spec_.commit.period <= duration::zero())
+            throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every_interval needs a positive period");
+        check_intensity(spec_.intensity, "unit '" + name() + "'");
+        if (spec_.call_timeout <= duration::zero())
+            throw error(errc::invalid_argument, "unit '" + name() + "': call_timeout must be positive");
+    }
+
+    const segment& segment_to_use() const {
+        const segment* chosen = spec_.where != nullptr ? spec_.where : runtime_.options().default_segment;
+        if (chosen == nullptr)
+            throw error(errc::invalid_argument, "unit '" + name() +
+                                                    "' has no segment: set unit_spec::where or "
+                                                    "runtime_options::default_segment");
+        return *chosen;
+    }
+
+    std::shared_ptr<supervised_actor> self_pointer() override { return this->shared_from_this(); }
+
+    void check_forced() const {
+        if (forced()) throw forced_stop{};
+    }
+
+    // Newest commit (on the first start, of shared memory and the store),
+    // else the initial state; then the init hook, whose changes count as
+    // uncommitted changes.
+    void hand_over_state(std::uint64_t number) {
+        const bool first = !keeper_;
+        if (first) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        start_info info;
+        info.instance = number;
+        info.restarts = restarts_this_instance_;
+        if (first && spec_.recover_from != nullptr) {
+            recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+            state_ = std::move(found.value);
+            info.source = found.source;
+            info.generation = found.generation;
+            info.restored = found.source != recovery_source::initial;
+        } else if (auto found = keeper_->restore_into(state_)) {
+            info.generation = found->generation;
+            info.restored = true;
+            info.source = recovery_source::shared_memory;
+        } else {
+            state_ = spec_.initial;
+        }
+        generation_.store(keeper_->generation(), std::memory_order_relaxed);
+        dirty_ = false;
+        if (spec_.init) {
+            spec_.init(state_, info);
+            dirty_ = true;
+        }
+        uncommitted_messages_ = 0;
+        if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
+        if (state_changed_.any()) last_committed_ = state_;
+    }
+
+    std::uint64_t commit_now() {
+        const std::uint64_t generation = keeper_->commit(state_);
+        dirty_ = false;
+        uncommitted_messages_ = 0;
+        bump(commits_);
+        generation_.store(generation, std::memory_order_relaxed);
+        if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
+        if (state_changed_.any()) {
+            if (last_committed_) state_changed_.notify(*last_committed_, state_);
+            last_committed_ = state_;
+        }
+        return generation;
+    }
+
+    // Counters written by the worker only: no locked instruction needed.
+    static void bump(std::atomic<std::uint64_t>& counter) noexcept {
+        counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+
+    void after_message(bool read_only) {
+        bump(messages_);
+        if (read_only) return;
+        dirty_ = true;
+        ++uncommitted_messages_;
+        switch (spec_.commit.when) {
+        case commit_policy::mode::every_message: commit_now(); break;
+        case commit_policy::mode::every_n:
+            if (uncommitted_messages_ >= spec_.commit.n) commit_now();
+            break;
+        case commit_policy::mode::interval:
+            if (runtime_.clock().now() - last_commit_at_ >= spec_.commit.period) commit_now();
+            break;
+        case commit_policy::mode::manual: break;
+        }
+    }
+
+    enum class served { stopped, crashed, ended_in_turn };
+
+    // Serves messages until a stop is requested, a message crashes (the
+    // reason is in crash_reason_), or a borrowed turn ended the instance.
+    served serve_mailbox() {
+        auto stop_or_end = [&] { return ended_in_turn_ || (context_stop_requested() && !mailbox_.lent()); };
+        for (;;) {
+            if (ended_in_turn_) return served::ended_in_turn;
+            if (mailbox_.pop(inflight_)) {
+                if (!serve_inflight()) return served::crashed;
+                finish_inflight();
+                if (context_stop_requested()) return served::stopped;
+                continue;
+            }
+            if (context_stop_requested() && !mailbox_.lent()) return served::stopped;
+            mailbox_.wait_until(runtime_.clock(), forever, stop_or_end, spec_.direct_calls);
+        }
+    }
+
+    // Caught here, next to the throw, rather than at the top of the
+    // instance: a crash then unwinds a few frames, not the whole worker.
+    bool serve_inflight() {
+        try {
+            inflight_.run(static_cast<actor*>(this));
+            return true;
+        } catch (const std::exception& thrown) {  // first: the common case matches at once
+            crash_reason_ = thrown.what();
+        } catch (const forced_stop&) {
+            throw;
+        } catch (...) {
+            crash_reason_ = "an exception not derived from std::exception";
+        }
+        return false;
+    }
+
+    served run_body() {
+        if (spec_.loop) {
+            spec_.loop(context_);
+            return served::stopped;
+        }
+        return serve_mailbox();
+    }
+
+    // Events about this unit's own worker.
+    void publish(event_kind kind, exit_kind reason_kind, std::string_view reason) const {
+        supervised_actor::publish(kind, name(), instance(), reason_kind, reason);
+    }
+
+    // A crash inside the instance: answer the call that crashed, forget the
+    // uncommitted changes, and restart in place unless that is too often.
+    // Returns the exit reason when the unit gives up (or is stopping).
+    std::optional<exit_reason> on_crash(std::string_view what) {
+        if (inflight_.reply() != nullptr)
+            fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what))));
+        else
+            finish_inflight();
+        dirty_ = false;
+        if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
+        publish(event_kind::exited, exit_kind::crashed, what);
+        if (context_stop_requested()) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
+        if (!log_.allow(runtime_.clock().now())) {
+            publish(event_kind::gave_up, exit_kind::crashed, what);
+            return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_.intensity.max_restarts) +
+                                                       " restarts within the period; last crash: " + std::string(what)};
+        }
+        ++restarts_this_instance_;
+        bump(restarts_);
+        publish(event_kind::restarted, exit_kind::crashed, what);
+        return std::nullopt;
+    }
+
+    // The worker's life in one instance: restarted in place after each
+    // crash until it stops or gives up.
+    exit_reason run_instance(std::uint64_t number) override {
+        restarts_this_instance_ = 0;
+        log_.clear();
+        for (;;) {
+            std::optional<exit_reason> ended;
+            try {
+                hand_over_state(number);
+                if (!started()) report_started();
+                switch (run_body()) {
+                case served::crashed: ended = on_crash(crash_reason_); break;
+                case served::ended_in_turn:
+                    ended = std::move(ended_in_turn_);
+                    ended_in_turn_.reset();
+                    break;
+                case served::stopped:
+                    ended = exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
+                                        stop_requested() ? "stopped on request" : "the worker returned"};
+                    break;
+                }
+            } catch (const forced_stop&) {
+                fail_inflight(not_running_failure());
+                ended = exit_reason{exit_kind::killed, "forced to stop after its shutdown timeout"};
+            } catch (const std::exception& thrown) {
+                if (!started()) throw;
+                ended = on_crash(thrown.what());
+            } catch (...) {
+                if (!started()) throw;
+                ended = on_crash("an exception not derived from std::exception");
+            }
+            if (ended) {
+                finish_instance(*ended);
+                return std::move(*ended);
+            }
+        }
+    }
+
+    void finish_instance(const exit_reason& reason) {
+        if (reason.is_normal() && dirty_) {
+            try {
+                commit_now();
+            } catch (const std::exception& failure) {
+                log(spdlog::level::err, [&] {
+                    return "unit '" + name() + "': the commit at stop failed: " + failure.what();
+                });
+            }
+        }
+        if (reason.kind != exit_kind::crashed && terminated_.any()) terminated_.notify(reason, state_);
+    }
+};
+
+} // namespace detail
+} // namespace keepsake
