@@ -5,5 +5,6 @@
 #endif
 
 #include "keepsake/segment-inl.hpp"
+#include "keepsake/detail/directory-inl.hpp"
 #include "keepsake/exporter-inl.hpp"
 #include "keepsake/stores/file_store-inl.hpp"

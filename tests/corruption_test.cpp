@@ -73,16 +73,7 @@ void build_reference(const shm_dir& dir) {
 
 // Where the first slot of `key` lies in the file, read from its directory.
 std::uint64_t entry_offset(const std::string& bytes, const std::string& key) {
-    using namespace keepsake::detail;
-    segment_header header{};
-    std::memcpy(&header, bytes.data(), sizeof(header));
-    for (std::uint32_t i = 0; i < header.max_entries; ++i) {
-        dir_entry entry{};
-        std::memcpy(&entry, bytes.data() + header.directory_offset + i * sizeof(dir_entry), sizeof(entry));
-        if (entry.state == entry_ready && std::string(entry.key, entry.key_length) == key) return entry.offset;
-    }
-    FAIL("no entry " << key);
-    return 0;
+    return test_support::find_slots(bytes, key).first;
 }
 
 template <class T, class Check>
@@ -118,30 +109,35 @@ TEST_CASE("a damaged newest slot falls back to the older valid one and says so",
     CHECK(raw.restore()->info.generation == 4);
 }
 
-TEST_CASE("a damaged slot at the last generation stops commits instead of wrapping to 0", "[corruption]") {
-    shm_dir dir;
-    build_reference(dir);
-    damage_reference(dir, [](std::string& bytes) {
-        using namespace keepsake::detail;
-        const std::uint64_t last = ~std::uint64_t{0};
-        // Slot 1 holds generation 2; make it claim the last generation (its
-        // checksum no longer holds, so it is not restored either).
-        const std::uint64_t slot1 = entry_offset(bytes, "raw") + slot_stride(sizeof(blob<256>));
-        std::memcpy(&bytes[slot1 + offsetof(slot_header, generation)], &last, sizeof(last));
-    });
-    segment s = open_reference(dir);
-    keeper<blob<256>> raw(s, "raw");
-    auto kept = raw.restore();
-    REQUIRE(kept);
-    CHECK(kept->info.generation == 3);
-    try {
-        raw.commit(kept->value);
-        FAIL("committed past the last generation");
-    } catch (const keepsake::error& failure) {
-        CHECK(failure.code() == errc::segment_corrupt);
+TEST_CASE("a damaged generation word never makes a commit that restore would skip", "[corruption][generation]") {
+    using keepsake::detail::max_generation;
+    for (const std::uint64_t word : {~std::uint64_t{0}, ~std::uint64_t{0} - 1, max_generation + 1, max_generation,
+                                     max_generation - 1, std::uint64_t{1000}, std::uint64_t{5}}) {
+        CAPTURE(word);
+        shm_dir dir;
+        build_reference(dir);
+        damage_reference(dir, [&](std::string& bytes) {
+            using namespace keepsake::detail;
+            // Slot 1 holds generation 2; make it claim `word` (its checksum
+            // no longer holds, so it is not restored either).
+            const std::uint64_t slot1 = entry_offset(bytes, "raw") + slot_stride(sizeof(blob<256>));
+            std::memcpy(&bytes[slot1 + offsetof(slot_header, generation)], &word, sizeof(word));
+        });
+        segment s = open_reference(dir);
+        keeper<blob<256>> raw(s, "raw");
+        auto kept = raw.restore();
+        REQUIRE(kept);
+        CHECK(kept->info.generation == 3);
+        // Far above the newest valid one, a damaged word is ignored; just
+        // above it (a damaged newest commit), its number is not used again.
+        const std::uint64_t expected = word == 5 ? 6 : 4;
+        for (std::uint64_t next = expected; next < expected + 3; ++next) {
+            CHECK(raw.commit(kept->value) == next);
+            CHECK(raw.restore()->info.generation == next);
+        }
     }
-    CHECK(raw.restore()->info.generation == 3);  // nothing was overwritten
 }
+
 
 TEST_CASE("a damaged slot size never leads outside the slot", "[corruption]") {
     shm_dir dir;

@@ -85,10 +85,7 @@ void write_byte(const std::string& path, std::size_t offset, unsigned char value
 
 // The file offset of slot `slot`'s header, for the first key of a segment.
 std::size_t slot_offset(const std::string& path, std::uint32_t slot) {
-    const std::vector<char> bytes = file_bytes(path);
-    keepsake::detail::dir_entry entry{};
-    std::memcpy(&entry, bytes.data() + sizeof(keepsake::detail::segment_header), sizeof(entry));
-    return static_cast<std::size_t>(entry.offset + slot * keepsake::detail::slot_stride(entry.slot_capacity));
+    return static_cast<std::size_t>(test_support::find_slots_in_file(path).header(slot));
 }
 
 // The row of `key` in `show`'s table, split at tabs.
@@ -153,7 +150,7 @@ TEST_CASE("a commit records its time, and a slot without one stays valid", "[ins
     header.commit_ns = 0;
     header.checksum = keepsake::detail::slot_checksum(header.generation, header.size, header.fingerprint,
                                                       header.schema_version, header.codec,
-                                                      bytes.data() + slot0 + sizeof(header));
+                                                      bytes.data() + slot0 + sizeof(header), 0, header.tag);
     {
         std::fstream io(dir.file("timed"), std::ios::in | std::ios::out | std::ios::binary);
         io.seekp(static_cast<std::streamoff>(slot0));
@@ -440,8 +437,8 @@ TEST_CASE("inspect gives a clear error and a non-zero status on bad input, never
     }
     SECTION("damaged segments") {
         const std::string file = dir.file("good");
-        const std::vector<std::string> field_names{"max_entries", "data_offset", "created_ns"};
-        for (std::size_t offset : {offsetof(keepsake::detail::segment_header, max_entries),
+        const std::vector<std::string> field_names{"first_block_entries", "data_offset", "created_ns"};
+        for (std::size_t offset : {offsetof(keepsake::detail::segment_header, first_block_entries),
                                    offsetof(keepsake::detail::segment_header, data_offset),
                                    offsetof(keepsake::detail::segment_header, created_ns) + 3}) {
             CAPTURE(offset);

@@ -108,29 +108,38 @@ TEST_CASE("a non-trivially-copyable state goes through cereal", "[keeper]") {
     CHECK(kept->info.generation == 2);
 }
 
-TEST_CASE("a state larger than its slots is refused and the last commit stays", "[keeper]") {
+TEST_CASE("a state that outgrows its slots moves the key to larger ones; the space is reused", "[keeper][grow]") {
     shm_dir dir;
+    {
     segment s("large", dir.options());
-    keepsake::keeper_options<inventory> options;
-    options.capacity = 64;
-    keeper<inventory> k(s, "inv", options);
-    k.commit({"small", {1}});
+    keeper<inventory> k(s, "inv");
+    CHECK(k.slot_capacity() == 64);  // cereal keys start small
+    CHECK(k.commit({"small", {1}}) == 1);
+    const std::uint64_t free_before = s.free_bytes();
     inventory huge{"big", std::vector<int>(100, 7)};
-    std::string message;
-    try {
-        k.commit(huge);
-    } catch (const keepsake::error& failure) {
-        CHECK(failure.code() == errc::state_too_large);
-        message = failure.what();
-    }
-    // "big" is 8 + 3 bytes, 100 ints are 8 + 400.
-    CHECK(message.find("encodes to 419 bytes, a slot holds 64") != std::string::npos);
-    CHECK(message.find("keeper_options::capacity") != std::string::npos);
+    CHECK(k.commit(huge) == 2);
+    // "big" is 8 + 3 bytes, 100 ints are 8 + 400: 419, with half again as headroom.
+    CHECK(k.slot_capacity() >= 419);
+    const auto entries = s.entries();
+    REQUIRE(entries.size() == 1);
+    CHECK(entries[0].moves == 1);
+    CHECK(entries[0].generation == 2);
+    // The old slots went back to the free space: only the difference is used.
+    const std::uint64_t used = free_before - s.free_bytes();
+    CHECK(used == 2 * keepsake::detail::slot_stride(k.slot_capacity()) - 2 * keepsake::detail::slot_stride(64));
+    CHECK(k.commit({"fits", {2}}) == 3);
     auto kept = k.restore();
     REQUIRE(kept);
-    CHECK(kept->value.owner == "small");
-    CHECK(kept->info.generation == 1);
-    CHECK(k.commit({"fits", {2}}) == 2);
+    CHECK(kept->value.owner == "fits");
+    // The previous commit moved along as the fallback of the new one.
+    k.commit(huge);
+    k.commit(inventory{"larger still", std::vector<int>(1000, 1)});
+    CHECK(s.entries()[0].moves == 2);
+    }
+    segment again("large", dir.options());
+    keeper<inventory> reopened(again, "inv");
+    CHECK(reopened.restore()->value.items.size() == 1000);
+    CHECK(reopened.restore()->info.generation == 5);
 }
 
 TEST_CASE("a different type under an existing key is refused, never reinterpreted", "[keeper]") {
@@ -140,7 +149,7 @@ TEST_CASE("a different type under an existing key is refused, never reinterprete
     CHECK(code_of([&] { keeper<double> wrong(s, "pos"); }) == errc::type_mismatch);
     CHECK(code_of([&] { keeper<inventory> wrong(s, "pos"); }) == errc::type_mismatch);
     struct bigger { char bytes[64]; };
-    CHECK(code_of([&] { keeper<bigger> wrong(s, "pos"); }) == errc::state_too_large);
+    CHECK(code_of([&] { keeper<bigger> wrong(s, "pos"); }) == errc::type_mismatch);
     // The refused keepers wrote nothing: the state is intact.
     keeper<position> right(s, "pos");
     REQUIRE(right.restore());
@@ -196,13 +205,9 @@ TEST_CASE("more than two slots keep older generations as fallbacks", "[keeper]")
     // 9 in slot 0). Damage the two newest: restore falls back to 8.
     const std::string file = dir.file("slots");
     std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
-    using namespace keepsake::detail;
-    std::uint64_t entry_offset = 0;
-    io.seekg(sizeof(segment_header) + offsetof(dir_entry, offset));
-    io.read(reinterpret_cast<char*>(&entry_offset), sizeof(entry_offset));
-    const std::uint64_t stride = slot_stride(sizeof(long));
-    for (std::uint64_t slot : {std::uint64_t{0}, std::uint64_t{1}}) {
-        io.seekp(static_cast<std::streamoff>(entry_offset + slot * stride + sizeof(slot_header)));
+    const test_support::slot_place place = test_support::find_slots_in_file(file, "n");
+    for (std::uint32_t slot : {0u, 1u}) {
+        io.seekp(static_cast<std::streamoff>(place.data(slot)));
         io.put('\x7f');
     }
     io.close();
@@ -227,43 +232,144 @@ TEST_CASE("a capacity too small for the type is refused before the key exists", 
     CHECK(k.commit(2.5) == 1);
 }
 
-TEST_CASE("restore_into leaves the caller's value alone when no slot decodes", "[keeper]") {
+// Cuts every slot of `key` to `size` bytes and re-seals it with a valid
+// checksum: what a type change looks like to restore (the bytes are what
+// was committed, they just do not make this type).
+void reseal_slots(const std::string& path, const std::string& key, std::uint64_t size) {
+    using namespace keepsake::detail;
+    const test_support::slot_place place = test_support::find_slots_in_file(path, key);
+    std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+    for (std::uint32_t slot = 0; slot < place.count; ++slot) {
+        slot_header header{};
+        io.seekg(static_cast<std::streamoff>(place.header(slot)));
+        io.read(reinterpret_cast<char*>(&header), sizeof(header));
+        if (header.generation == 0) continue;
+        std::string data(size, '\0');
+        io.read(data.data(), static_cast<std::streamsize>(size));
+        header.size = size;
+        header.checksum = slot_checksum(header.generation, header.size, header.fingerprint, header.schema_version,
+                                        header.codec, data.data(), header.commit_ns, header.tag);
+        io.seekp(static_cast<std::streamoff>(place.header(slot)));
+        io.write(reinterpret_cast<const char*>(&header), sizeof(header));
+    }
+}
+
+TEST_CASE("bytes that pass their checksum but do not decode are an error naming the key, never no state",
+          "[keeper][decode]") {
     shm_dir dir;
-    std::uint64_t capacity = 0;
     {
         segment s("decode", dir.options());
         keeper<inventory> k(s, "inv");
         k.commit({"first", {1}});
         k.commit({"second", {2}});
-        capacity = k.slot_capacity();
     }
-    // Cut both slots' sizes to 10 bytes and re-seal them with valid checksums:
-    // the string's length prefix (8 bytes) decodes, its characters do not.
-    using namespace keepsake::detail;
-    std::fstream io(dir.file("decode"), std::ios::in | std::ios::out | std::ios::binary);
-    std::uint64_t entry_offset = 0;
-    io.seekg(sizeof(segment_header) + offsetof(dir_entry, offset));
-    io.read(reinterpret_cast<char*>(&entry_offset), sizeof(entry_offset));
-    for (std::uint64_t slot = 0; slot < 2; ++slot) {
-        const auto at = static_cast<std::streamoff>(entry_offset + slot * slot_stride(capacity));
-        slot_header header{};
-        io.seekg(at);
-        io.read(reinterpret_cast<char*>(&header), sizeof(header));
-        std::string data(10, '\0');
-        io.read(data.data(), 10);
-        header.size = 10;
-        header.checksum = slot_checksum(header.generation, header.size, header.fingerprint, header.schema_version,
-                                        header.codec, data.data());
-        io.seekp(at);
-        io.write(reinterpret_cast<const char*>(&header), sizeof(header));
-    }
-    io.close();
+    // The string's length prefix (8 bytes) decodes, its characters do not.
+    reseal_slots(dir.file("decode"), "inv", 10);
+    const std::string before = test_support::read_file(dir.file("decode"));
     segment s("decode", dir.options());
     keeper<inventory> k(s, "inv");
     inventory mine{"untouched", {9, 9}};
-    CHECK_FALSE(k.restore_into(mine).has_value());
+    try {
+        k.restore_into(mine);
+        FAIL("restore took undecodable bytes for no state");
+    } catch (const keepsake::error& failure) {
+        const std::string message = failure.what();
+        CHECK(failure.code() == errc::decode_failed);
+        CHECK(message.find("key 'inv'") != std::string::npos);
+        CHECK(message.find("generation 2") != std::string::npos);
+        CHECK(message.find(keepsake::fingerprint_text(keepsake::type_fingerprint<inventory>())) != std::string::npos);
+        CHECK(message.find("schema_version") != std::string::npos);
+        CHECK(message.find("upgrade") != std::string::npos);
+    }
     CHECK(mine.owner == "untouched");
     CHECK(mine.items == std::vector<int>{9, 9});
+    // Nothing was written: the slots are as they were.
+    const test_support::slot_place place = test_support::find_slots(before, "inv");
+    const std::size_t span = static_cast<std::size_t>(place.header(place.count) - place.first);
+    CHECK(test_support::read_file(dir.file("decode")).substr(place.first, span) == before.substr(place.first, span));
+}
+
+namespace {
+// One type as two versions of a program see it: the second gained a field
+// in what was padding, so sizeof stays the same.
+struct player_v1 {
+    std::int32_t hp = 0;
+    std::int16_t level = 0;
+};
+struct player_v2 {
+    std::int32_t hp = 0;
+    std::int16_t level = 0;
+    std::int16_t mana = 0;
+};
+struct tagged_v1 {
+    std::string name;
+    std::int32_t hp = 0;
+    std::int16_t level = 0;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(name, hp, level); }
+};
+struct tagged_v2 {
+    std::string name;
+    std::int32_t hp = 0;
+    std::int16_t level = 0;
+    std::int16_t mana = 0;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(name, hp, level, mana); }
+};
+} // namespace
+
+// Both versions under one name, as a program that changed the struct sees it.
+template <> struct keepsake::state_traits<player_v1> {
+    static constexpr std::uint32_t schema_version = 1;
+    static std::string type_name() { return "player"; }
+};
+template <> struct keepsake::state_traits<player_v2> {
+    static constexpr std::uint32_t schema_version = 1;
+    static std::string type_name() { return "player"; }
+};
+template <> struct keepsake::state_traits<tagged_v1> {
+    static constexpr std::uint32_t schema_version = 1;
+    static std::string type_name() { return "tagged"; }
+};
+template <> struct keepsake::state_traits<tagged_v2> {
+    static constexpr std::uint32_t schema_version = 1;
+    static std::string type_name() { return "tagged"; }
+};
+
+TEST_CASE("a decode must consume exactly the committed bytes", "[keeper][decode]") {
+    static_assert(sizeof(tagged_v1) == sizeof(tagged_v2), "the padding case: the size stays the same");
+    std::byte bytes[128];
+    const std::size_t written = keepsake::encode(tagged_v1{"a", 7, 8}, bytes, sizeof bytes);
+    tagged_v2 more;
+    CHECK(code_of([&] { keepsake::decode_into(bytes, written, more); }) == errc::decode_failed);  // reads past
+    const std::size_t longer = keepsake::encode(tagged_v2{"a", 7, 8, 9}, bytes, sizeof bytes);
+    tagged_v1 fewer;
+    CHECK(code_of([&] { keepsake::decode_into(bytes, longer, fewer); }) == errc::decode_failed);  // leaves bytes
+}
+
+TEST_CASE("a field added into padding changes the fingerprint: the old bytes are refused up front",
+          "[keeper][decode]") {
+    static_assert(sizeof(player_v1) == sizeof(player_v2), "the padding case: the size stays the same");
+    CHECK(keepsake::type_fingerprint<player_v1>() != keepsake::type_fingerprint<player_v2>());
+    CHECK(keepsake::type_fingerprint<tagged_v1>() != keepsake::type_fingerprint<tagged_v2>());
+    shm_dir dir;
+    segment s("padding", dir.options());
+    { keeper<player_v1>(s, "raw").commit({100, 3}); }
+    { keeper<tagged_v1>(s, "cereal").commit({"ada", 100, 3}); }
+    CHECK(code_of([&] { keeper<player_v2> next(s, "raw"); }) == errc::type_mismatch);
+    CHECK(code_of([&] { keeper<tagged_v2> next(s, "cereal"); }) == errc::type_mismatch);
+    // With a new schema version and an upgrade hook, the old bytes convert.
+    keepsake::keeper_options<tagged_v2> options;
+    options.schema_version = 2;
+    options.upgrade = [](const keepsake::stored_record& old) {
+        const tagged_v1 before = keepsake::decode_as<tagged_v1>(old);
+        return tagged_v2{before.name, before.hp, before.level, 50};
+    };
+    keeper<tagged_v2> upgraded(s, "cereal", options);
+    const auto kept = upgraded.restore();
+    REQUIRE(kept);
+    CHECK(kept->info.upgraded);
+    CHECK(kept->value.mana == 50);
 }
 
 TEST_CASE("one key has one keeper per process", "[keeper]") {

@@ -128,38 +128,77 @@ TEST_CASE("segments are listed and removed by name", "[segment]") {
     CHECK(fresh.outcome() == open_outcome::created);
 }
 
-TEST_CASE("running out of space says what size to ask for, and reopening larger grows in place", "[segment]") {
+TEST_CASE("a segment grows as keys need room, up to max_size, then says what to set", "[segment][grow]") {
     shm_dir dir;
     using big = test_support::blob<16384>;
     auto options = dir.options(64 * 1024, 8);
+    options.max_size = 256 * 1024;
     {
         segment s("tight", options);
         keepsake::keeper<big> first(s, "first");
         big value{};
         big::make(value, 7);
         first.commit(value);
-        const std::string message = message_of([&] { keepsake::keeper<big> second(s, "second"); });
-        CHECK(message.find("segment_options::size >=") != std::string::npos);
-        CHECK(code_of([&] { keepsake::keeper<big> second(s, "second"); }) == errc::out_of_space);
+        keepsake::keeper<big> second(s, "second");  // 64 KiB do not hold two: the segment grows
+        CHECK(s.size() > 64 * 1024);
+        CHECK(second.commit(value) == 1);
+        std::vector<std::unique_ptr<keepsake::keeper<big>>> more;
+        std::string message;
+        try {
+            for (int i = 0; i < 100; ++i)
+                more.push_back(std::make_unique<keepsake::keeper<big>>(s, "more" + std::to_string(i)));
+        } catch (const keepsake::error& failure) {
+            CHECK(failure.code() == errc::out_of_space);
+            message = failure.what();
+        }
+        CHECK(message.find("max_size") != std::string::npos);
+        CHECK(s.size() == 256 * 1024);
+        // Every key made before the limit still commits and restores.
+        for (auto& each : more) CHECK(each->commit(value) == 1);
     }
-    options.size = 256 * 1024;
-    segment grown("tight", options);
-    CHECK(grown.size() == 256 * 1024);
-    keepsake::keeper<big> first(grown, "first");
+    options.max_size = 1u << 20;
+    segment reopened("tight", options);
+    CHECK(reopened.size() == 256 * 1024);  // the file's size stays until more is needed
+    keepsake::keeper<big> first(reopened, "first");
     auto kept = first.restore();
     REQUIRE(kept);
     CHECK(kept->value.generation == 7);
-    keepsake::keeper<big> second(grown, "second");
-    CHECK(second.commit(kept->value) == 1);
+    keepsake::keeper<big> last(reopened, "last");  // room again, under the larger limit
+    CHECK(last.commit(kept->value) == 1);
 }
 
-TEST_CASE("a full directory is a clear error", "[segment]") {
+TEST_CASE("the directory grows past its first block; every key is found again", "[segment][grow]") {
     shm_dir dir;
-    segment s("few", dir.options(1u << 20, 2));
-    keepsake::keeper<int> a(s, "a");
-    keepsake::keeper<int> b(s, "b");
-    const std::string message = message_of([&] { keepsake::keeper<int> c(s, "c"); });
-    CHECK(message.find("max_entries") != std::string::npos);
+    const int keys = 300;
+    {
+        segment s("many", dir.options(1u << 20, 2));
+        for (int i = 0; i < keys; ++i) keepsake::keeper<int>(s, "k" + std::to_string(i)).commit(i);
+        CHECK(s.entries().size() == static_cast<std::size_t>(keys));
+    }
+    segment s("many", dir.options(1u << 20, 2));
+    CHECK(s.entries().size() == static_cast<std::size_t>(keys));
+    for (int i = 0; i < keys; i += 37) CHECK(keepsake::keeper<int>(s, "k" + std::to_string(i)).restore()->value == i);
+    // Removed keys give their directory entries and their space back.
+    const std::uint64_t free_before = s.free_bytes();
+    for (int i = 0; i < keys; ++i) CHECK(s.remove_key("k" + std::to_string(i)));
+    CHECK(s.free_bytes() > free_before);
+    for (int i = 0; i < keys; ++i) keepsake::keeper<int>(s, "again" + std::to_string(i)).commit(i);
+    CHECK(s.entries().size() == static_cast<std::size_t>(keys));
+}
+
+TEST_CASE("a directory that can grow no more is a clear error", "[segment]") {
+    shm_dir dir;
+    auto options = dir.options(64 * 1024, 2);
+    options.max_size = 64 * 1024;
+    segment s("few", options);
+    std::string message;
+    try {
+        for (int i = 0; i < 100000; ++i) keepsake::keeper<int>(s, "k" + std::to_string(i)).commit(i);
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::out_of_space);
+        message = failure.what();
+    }
+    CHECK(message.find("max_size") != std::string::npos);
 }
 
 TEST_CASE("options out of range are refused before anything is created", "[segment]") {
@@ -244,7 +283,7 @@ TEST_CASE("a full /dev/shm is an out_of_space error at open, not a SIGBUS later"
     keepsake::segment_options options = dir.options(8u << 20);
     options.directory = mount_point;
     const std::string message = message_of([&] { segment s("toolarge", options); });
-    CHECK(message.find("no room for segment 'toolarge'") != std::string::npos);
+    CHECK(message.find("of segment 'toolarge'") != std::string::npos);
     CHECK(code_of([&] { segment s("toolarge", options); }) == errc::out_of_space);
     CHECK(segment::list(mount_point).empty());  // nothing half-made left behind
     options.size = 512 * 1024;

@@ -5,7 +5,10 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -20,6 +23,44 @@
 #include <keepsake/keepsake.hpp>
 
 namespace test_support {
+
+// Where a key's slots lie in a segment file (its active region), read from
+// the directory as a forensic tool would: for tests that damage bytes.
+struct slot_place {
+    std::uint64_t first = 0;     // file offset of slot 0's header
+    std::uint64_t capacity = 0;  // data bytes per slot
+    std::uint32_t count = 0;
+    std::uint64_t tag = 0;
+    std::uint64_t header(std::uint32_t slot) const { return first + slot * keepsake::detail::slot_stride(capacity); }
+    std::uint64_t data(std::uint32_t slot) const { return header(slot) + sizeof(keepsake::detail::slot_header); }
+};
+
+// `key` empty: the first key in the directory.
+inline slot_place find_slots(const std::string& bytes, const std::string& key = {}) {
+    using namespace keepsake::detail;
+    segment_header header{};
+    std::memcpy(&header, bytes.data(), sizeof(header));
+    for (std::uint32_t b = 0; b < header.block_count && b < max_directory_blocks; ++b) {
+        for (std::uint32_t i = 0; i < header.blocks[b].count; ++i) {
+            dir_entry entry{};
+            std::memcpy(&entry, bytes.data() + header.blocks[b].offset + i * sizeof(dir_entry), sizeof(entry));
+            if (entry.state != entry_ready || (!key.empty() && std::string(entry.key, entry.key_length) != key))
+                continue;
+            const region_desc& region = entry.regions[entry.active & 1];
+            return slot_place{region.offset, region.capacity, region.count, slot_tag(entry.nonce, region.serial)};
+        }
+    }
+    throw std::runtime_error("no key '" + key + "' in the segment's directory");
+}
+
+inline std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline slot_place find_slots_in_file(const std::string& path, const std::string& key = {}) {
+    return find_slots(read_file(path), key);
+}
 
 // A private directory below `parent` for one test, removed after: a
 // temp_dir on a real disk (/tmp) for stores, an shm_dir in /dev/shm for

@@ -19,7 +19,9 @@
 
 #include <cereal/archives/binary.hpp>
 
+#include "keepsake/detail/archives.hpp"
 #include "keepsake/detail/checksum.hpp"
+#include "keepsake/detail/reflect.hpp"
 #include "keepsake/error.hpp"
 
 namespace keepsake {
@@ -28,6 +30,13 @@ enum class codec_kind : std::uint32_t { raw = 1, cereal_binary = 2 };
 
 // Specialise for your state type to set its schema version (bump it when the
 // meaning or layout of the bytes changes) or a name that survives renames.
+// A specialisation may also declare, each optional:
+//   static constexpr std::uint64_t layout = ...;   // your own layout tag: change it
+//                                                  // whenever the bytes change
+//   static constexpr codec_kind codec = codec_kind::cereal_binary;  // a trivially
+//                                                  // copyable T through its serialize()
+//   static bool check_bytes(const std::byte* data, std::size_t size);  // raw codec:
+//                                                  // may these bytes become a T?
 template <class T>
 struct state_traits {
     static constexpr std::uint32_t schema_version = 1;
@@ -45,21 +54,95 @@ struct stored_record {
     std::size_t size = 0;
 };
 
+namespace detail {
+
+template <class Traits, class = void>
+struct declared_codec {
+    static constexpr bool present = false;
+};
+template <class Traits>
+struct declared_codec<Traits, std::void_t<decltype(Traits::codec)>> {
+    static constexpr bool present = true;
+};
+
+template <class Traits, class = void>
+struct declared_layout {
+    static constexpr std::uint64_t value = 0;
+};
+template <class Traits>
+struct declared_layout<Traits, std::void_t<decltype(Traits::layout)>> {
+    static constexpr std::uint64_t value = static_cast<std::uint64_t>(Traits::layout) | 1u;
+};
+
+template <class Traits, class = void>
+struct declares_check_bytes : std::false_type {};
+template <class Traits>
+struct declares_check_bytes<Traits, std::void_t<decltype(Traits::check_bytes(std::declval<const std::byte*>(),
+                                                                              std::size_t{}))>> : std::true_type {};
+
+} // namespace detail
+
 template <class T>
 constexpr codec_kind codec_of() noexcept {
-    return std::is_trivially_copyable_v<T> ? codec_kind::raw : codec_kind::cereal_binary;
+    if constexpr (detail::declared_codec<state_traits<T>>::present) {
+        static_assert(state_traits<T>::codec == codec_kind::cereal_binary || std::is_trivially_copyable_v<T>,
+                      "state_traits<T>::codec is raw but T is not trivially copyable: only trivially copyable "
+                      "types can be stored as their bytes");
+        return state_traits<T>::codec;
+    } else {
+        return std::is_trivially_copyable_v<T> ? codec_kind::raw : codec_kind::cereal_binary;
+    }
 }
 
-// Identifies (type name, size, alignment, codec): a keeper refuses bytes
-// with another fingerprint unless an upgrade hook takes them.
+namespace detail {
+
+// What the codec checks of a raw T's bytes before they become a T: the
+// fields it can see (reflect.hpp), computed once.
+template <class T>
+const probed_layout& raw_layout() {
+    static const probed_layout layout = probe_layout<T>();
+    return layout;
+}
+
+// What identifies the layout of T's bytes beyond its name and size: the
+// fields of a raw aggregate, or the shape of a cereal type's archive and its
+// class version; 0 when nothing more can be seen.
+template <class T>
+std::uint64_t layout_words() {
+    std::uint64_t words = declared_layout<state_traits<T>>::value;
+    if constexpr (codec_of<T>() == codec_kind::raw) {
+        for (std::uint64_t word : raw_layout<T>().words) words = mix_words(words, word, 0x6669656cu, 0);
+    } else {
+        words = mix_words(words, shape_of<T>(), cereal::detail::Version<T>::version, 0x63657265u);
+    }
+    return words;
+}
+
+} // namespace detail
+
+// Identifies (type name, size, alignment, codec, layout): a keeper refuses
+// bytes with another fingerprint unless an upgrade hook takes them. The
+// layout part is what catches a field added without a change of size (into
+// padding): README "What the codecs check" says what it sees and what not.
 template <class T>
 std::uint64_t type_fingerprint() {
     static const std::uint64_t fingerprint = [] {
         const std::string name = state_traits<T>::type_name();
-        return detail::mix_words(detail::hash_bytes(name.data(), name.size()), sizeof(T), alignof(T),
-                                 static_cast<std::uint64_t>(codec_of<T>()));
+        const std::uint64_t identity =
+            detail::mix_words(detail::hash_bytes(name.data(), name.size()), sizeof(T), alignof(T),
+                              static_cast<std::uint64_t>(codec_of<T>()));
+        return detail::mix_words(identity, detail::layout_words<T>(), 0x6c61796fu, 0);
     }();
     return fingerprint;
+}
+
+// Fingerprints as messages and keepsake-inspect print them.
+inline std::string fingerprint_text(std::uint64_t fingerprint) {
+    static const char digits[] = "0123456789abcdef";
+    std::string text = "0x0000000000000000";
+    for (int nibble = 0; nibble < 16; ++nibble)
+        text[static_cast<std::size_t>(17 - nibble)] = digits[(fingerprint >> (4 * nibble)) & 0xfu];
+    return text;
 }
 
 namespace detail {
@@ -68,10 +151,7 @@ namespace detail {
 // cereal throw instead of growing anything.
 class span_buffer : public std::streambuf {
 public:
-    span_buffer(char* begin, std::size_t size) {
-        setp(begin, begin + size);
-        setg(begin, begin, begin + size);
-    }
+    span_buffer(char* begin, std::size_t size) { setp(begin, begin + size); }
     std::size_t written() const { return static_cast<std::size_t>(pptr() - pbase()); }
 };
 
@@ -91,21 +171,27 @@ protected:
     }
 };
 
-template <class T>
-std::size_t encoded_size(const T& value) {
-    counting_buffer counter;
-    std::ostream stream(&counter);
-    {
-        cereal::BinaryOutputArchive archive(stream);
-        archive(value);
-    }
-    return counter.count;
-}
-
 } // namespace detail
 
+// The bytes `value` encodes to (for the raw codec, sizeof(T)).
+template <class T>
+std::size_t encoded_size(const T& value) {
+    if constexpr (codec_of<T>() == codec_kind::raw) {
+        return sizeof(T);
+    } else {
+        detail::counting_buffer counter;
+        std::ostream stream(&counter);
+        {
+            cereal::BinaryOutputArchive archive(stream);
+            archive(value);
+        }
+        return counter.count;
+    }
+}
+
 // Writes `value` into [out, out + capacity); returns the bytes used. Throws
-// errc::state_too_large, saying the size needed, if it does not fit.
+// errc::state_too_large, saying the size needed, if it does not fit (the
+// bytes in the span are then unspecified).
 template <class T>
 std::size_t encode(const T& value, std::byte* out, std::size_t capacity) {
     if constexpr (codec_of<T>() == codec_kind::raw) {
@@ -122,28 +208,56 @@ std::size_t encode(const T& value, std::byte* out, std::size_t capacity) {
             archive(value);
         } catch (const cereal::Exception&) {
             throw error(errc::state_too_large,
-                        "state encodes to " + std::to_string(detail::encoded_size(value)) +
-                            " bytes, a slot holds " + std::to_string(capacity));
+                        "state encodes to " + std::to_string(encoded_size(value)) + " bytes, a slot holds " +
+                            std::to_string(capacity));
         }
         return buffer.written();
     }
 }
 
+namespace detail {
+
+template <class T>
+void check_raw_bytes(const std::byte* data, std::size_t size) {
+    for (const checked_field& field : raw_layout<T>().checked) {
+        const auto byte = static_cast<unsigned>(data[field.offset]);
+        if (field.kind == field_kind::boolean && byte > 1)
+            throw error(errc::decode_failed, "the bool at byte " + std::to_string(field.offset) + " holds " +
+                                                 std::to_string(byte) + ", not 0 or 1");
+    }
+    if constexpr (declares_check_bytes<state_traits<T>>::value)
+        if (!state_traits<T>::check_bytes(data, size))
+            throw error(errc::decode_failed, "state_traits<T>::check_bytes refused the stored bytes");
+}
+
+} // namespace detail
+
 // Reads a T from bytes that already passed their checksum. Throws
-// errc::decode_failed (never anything else) if they do not make a T.
+// errc::decode_failed (never anything else) if they do not make a T: a raw
+// state of another size or with a bool that is not 0 or 1; a cereal state
+// whose bytes run out, hold a length larger than what remains, or are not
+// all read. Nothing is allocated for a length before it is checked.
 template <class T>
 void decode_into(const std::byte* data, std::size_t size, T& out) {
     if constexpr (codec_of<T>() == codec_kind::raw) {
+        static_assert(!detail::holds_unfixed_enum<T>(),
+                      "keepsake: an enum in a stored state needs a fixed underlying type (enum class E, or enum E "
+                      ": int): read back from damaged or forged bytes, a value outside an enum's range is "
+                      "undefined behaviour unless every value of the underlying type is valid");
         if (size != sizeof(T))
             throw error(errc::decode_failed, "stored state has " + std::to_string(size) + " bytes, the type has " +
                                                  std::to_string(sizeof(T)));
+        detail::check_raw_bytes<T>(data, size);
         std::memcpy(static_cast<void*>(&out), data, sizeof(T));
     } else {
-        detail::span_buffer buffer(const_cast<char*>(reinterpret_cast<const char*>(data)), size);
         try {
-            std::istream stream(&buffer);
-            cereal::BinaryInputArchive archive(stream);
+            detail::bounded_input_archive archive(data, size);
             archive(out);
+            if (archive.bytes_left() != 0)
+                throw detail::bad_bytes(std::to_string(archive.bytes_left()) + " of the " + std::to_string(size) +
+                                        " committed bytes were left unread");
+        } catch (const error&) {
+            throw;
         } catch (const std::exception& failure) {
             throw error(errc::decode_failed, std::string("stored state does not decode: ") + failure.what());
         }

@@ -253,6 +253,7 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
         if (view.index >= exported_.size()) exported_.resize(view.index + 1);
     pass_result result = pass_result::complete;
     for (const auto& view : views) {
+        if (view.kind != detail::entry_kind::state) continue;  // side tables are not exported (README)
         const pass_result key_result = export_key(view);
         if (key_result == pass_result::failed || key_result == pass_result::abandoned) return key_result;
         if (key_result == pass_result::incomplete) result = key_result;
@@ -267,7 +268,7 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
 
 KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment_impl::entry_view& view) {
     exported_key& known = exported_[view.index];
-    if (known.area != view.area.first) known = exported_key{view.area.first, 0, 0, 0};
+    if (known.nonce != view.nonce) known = exported_key{view.nonce, 0, 0, 0};
     known.seen_in_pass = pass_number_;
     batch_.push_back(take_spare());
     // A generation the store refused is not copied again; a newer one is.
@@ -466,10 +467,11 @@ KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
     std::lock_guard<std::mutex> guard(pass_mutex_);
     std::size_t pending = 0;
     for (const auto& view : segment_->entry_views()) {
+        if (view.kind != detail::entry_kind::state) continue;
         detail::slot_snapshot newest;
-        if (!detail::newest_published_below(view.area, ~std::uint64_t{0}, newest)) continue;
+        if (!detail::newest_published_below(view.area, detail::max_generation + 1, newest)) continue;
         const exported_key* known = view.index < exported_.size() ? &exported_[view.index] : nullptr;
-        const bool exported = known != nullptr && known->area == view.area.first &&
+        const bool exported = known != nullptr && known->nonce == view.nonce &&
                               known->generation >= newest.generation;
         if (!exported) ++pending;
     }

@@ -144,7 +144,7 @@ public:
 
 private:
     struct exported_key {
-        const std::byte* area = nullptr;  // a key removed and added again gets a new area
+        std::uint64_t nonce = 0;          // a key removed and added again gets a new nonce
         std::uint64_t generation = 0;     // the newest generation the store holds
         std::uint64_t refused = 0;        // a newer generation the store refused; 0 if none
         std::uint64_t seen_in_pass = 0;

@@ -8,9 +8,11 @@
 // mix, and restore says which generation it found.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -32,9 +34,9 @@ struct keeper_options {
     // Slots per key (2 to 64). More slots keep more old generations around
     // as fallbacks against damaged memory; two are enough for crash safety.
     std::uint32_t slots = 2;
-    // Data bytes per slot, fixed when the key is first created. 0 means
-    // sizeof(T) for a trivially copyable T, else 16 KiB. A larger state is
-    // refused with errc::state_too_large (slots never grow in place).
+    // Data bytes per slot when the key is created. 0 means sizeof(T) for a
+    // trivially copyable T, else a small start (64 B) that grows with the
+    // state: a commit that no longer fits moves the key to larger slots.
     std::uint64_t capacity = 0;
     // Schema version written with each commit and expected on restore.
     std::uint32_t schema_version = state_traits<T>::schema_version;
@@ -57,6 +59,31 @@ struct restored {
     restore_info info;
 };
 
+namespace detail {
+
+inline constexpr std::uint64_t initial_cereal_capacity = 64;
+
+// The error for committed bytes that pass their checksum (so they are what
+// was committed) but do not make a T: the type changed without a new schema
+// version, or the bytes were forged. Never "no state": the caller would
+// start afresh and its next commit would overwrite what is there.
+[[noreturn]] inline void throw_undecodable(const std::string& what, std::uint64_t generation,
+                                           std::uint64_t stored_fingerprint, std::uint32_t stored_schema,
+                                           std::uint64_t expected_fingerprint, std::uint32_t expected_schema,
+                                           const char* why) {
+    throw error(errc::decode_failed,
+                what + " holds a committed state (generation " + std::to_string(generation) + ", type fingerprint " +
+                    fingerprint_text(stored_fingerprint) + ", schema " + std::to_string(stored_schema) +
+                    ") whose bytes pass their checksum but do not decode as this program's type (fingerprint " +
+                    fingerprint_text(expected_fingerprint) + ", schema " + std::to_string(expected_schema) +
+                    "): " + why +
+                    ". Nothing was changed, so the program that wrote it can still read it. If the type changed, "
+                    "bump its schema_version (state_traits<T> or keeper_options) and give keeper_options::upgrade "
+                    "to convert the old bytes");
+}
+
+} // namespace detail
+
 template <class T>
 class keeper {
     static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "keeper<T> needs a plain value type");
@@ -64,7 +91,7 @@ class keeper {
 public:
     // Attaches to `key` in `where`, creating the key's slots if it is new.
     // Throws if the key holds another type or schema version and no upgrade
-    // hook is given, or if its slots are too small for a trivially copyable T.
+    // hook is given.
     keeper(const segment& where, std::string key, keeper_options<T> options = {})
         : segment_(where.shared_impl()), key_(std::move(key)), options_(std::move(options)) {
         const std::uint64_t capacity = options_.capacity != 0 ? options_.capacity : default_capacity();
@@ -74,9 +101,10 @@ public:
             throw error(errc::invalid_argument, "keeper_options::capacity " + std::to_string(capacity) +
                                                     " is less than the " + std::to_string(sizeof(T)) +
                                                     " bytes of this state type");
-        area_ = segment_->attach(key_, options_.slots, capacity);
+        const auto attached = segment_->attach(key_, detail::entry_kind::state, options_.slots, capacity);
+        index_ = attached.index;
+        area_ = attached.area;
         try {
-            check_slot_size();
             scan_slots();
         } catch (...) {
             segment_->release_key(key_);
@@ -86,7 +114,8 @@ public:
 
     keeper(keeper&& other) noexcept
         : segment_(std::move(other.segment_)), key_(std::move(other.key_)), options_(std::move(other.options_)),
-          area_(other.area_), highest_generation_(other.highest_generation_), newest_slot_(other.newest_slot_) {}
+          index_(other.index_), area_(other.area_), highest_generation_(other.highest_generation_),
+          newest_slot_(other.newest_slot_) {}
 
     keeper(const keeper&) = delete;
     keeper& operator=(const keeper&) = delete;
@@ -97,40 +126,27 @@ public:
     }
 
     // Makes `value` the committed state and returns its generation. When it
-    // returns, a crash of this process (or of the thread) cannot lose it.
+    // returns, a crash of this process (or of the thread) cannot lose it. A
+    // state that no longer fits its slots moves the key to larger ones, in
+    // the same atomic step (segment_options::max_size bounds it).
     std::uint64_t commit(const T& value) {
         busy_guard guard(busy_, key_);
-        const std::uint32_t target = (newest_slot_ + 1) % area_.count;
-        detail::slot_header& header = *area_.header(target);
-        if (highest_generation_ == ~std::uint64_t{0}) throw_generations_exhausted();
-        const std::uint64_t generation = highest_generation_ + 1;
+        const std::uint64_t generation = next_generation();
         const std::uint64_t commit_ns = detail::commit_clock_ns();  // for keepsake-inspect; in the checksum
+        if (codec_of<T>() == codec_kind::raw && sizeof(T) > area_.capacity)
+            return grow_and_commit(value, generation, commit_ns);
+        const std::uint32_t target = (newest_slot_ + 1) % area_.count;
         // Unpublish the target before touching its data; the fence keeps the
         // data stores from being seen ahead of this one.
-        detail::store_relaxed(header.generation, std::uint64_t{0});
-        detail::fence_release();
+        detail::unpublish_slot(area_, target);
         std::size_t size = 0;
         try {
             size = encode(value, area_.data(target), static_cast<std::size_t>(area_.capacity));
         } catch (const error& failure) {
             if (failure.code() != errc::state_too_large) throw;
-            throw error(failure.code(), "cannot commit key '" + key_ + "': " + failure.what() +
-                                            "; slots are sized when a key is created: delete the key "
-                                            "(exporter::forget() while an exporter runs, keepsake::forget() "
-                                            "with a store, else segment::remove_key) and create it with a "
-                                            "larger keeper_options::capacity");
+            return grow_and_commit(value, generation, commit_ns);
         }
-        const std::uint64_t fingerprint = type_fingerprint<T>();
-        const auto codec = static_cast<std::uint32_t>(codec_of<T>());
-        detail::store_relaxed(header.size, std::uint64_t{size});
-        detail::store_relaxed(header.fingerprint, fingerprint);
-        detail::store_relaxed(header.schema_version, options_.schema_version);
-        detail::store_relaxed(header.codec, codec);
-        detail::store_relaxed(header.commit_ns, commit_ns);
-        detail::store_relaxed(header.checksum,
-                              detail::slot_checksum(generation, size, fingerprint, options_.schema_version, codec,
-                                                    area_.data(target), commit_ns));
-        detail::store_release(header.generation, generation);
+        detail::publish_slot(area_, target, words_of(generation, size, commit_ns));
         highest_generation_ = generation;
         newest_slot_ = target;
         return generation;
@@ -145,11 +161,14 @@ public:
     }
 
     // Puts the newest valid committed state into `out`. Returns nothing (and
-    // leaves `out` alone) if no slot holds a valid state.
+    // leaves `out` alone) if no slot holds a valid state. Slots that fail
+    // their checksum are damage: the next older one is taken. Bytes that
+    // pass it but do not decode as T are another type: errc::decode_failed,
+    // naming the key and what is stored, and `out` and the slots untouched.
     std::optional<restore_info> restore_into(T& out) {
         busy_guard guard(busy_, key_);
         restore_info info;
-        std::uint64_t below = ~std::uint64_t{0};
+        std::uint64_t below = detail::max_generation + 1;
         while (auto snap = newest_below(below)) {
             below = snap->generation;
             if (!detail::slot_is_valid(area_, *snap)) {
@@ -157,16 +176,9 @@ public:
                 ++info.skipped_slots;
                 continue;
             }
-            try {
-                info.upgraded = !matches_this_type(*snap);
-                if (info.upgraded) out = upgrade(*snap);
-                else decode(*snap, out);
-            } catch (const error& failure) {
-                if (failure.code() != errc::decode_failed || info.upgraded) throw;
-                report_invalid(*snap, failure.what());
-                ++info.skipped_slots;
-                continue;
-            }
+            info.upgraded = !matches_this_type(*snap);
+            if (info.upgraded) out = upgrade(*snap);
+            else decode(*snap, out);
             info.generation = snap->generation;
             info.slot = snap->index;
             newest_slot_ = snap->index;
@@ -199,6 +211,7 @@ public:
     // The newest generation this keeper committed or found (0: none yet).
     std::uint64_t generation() const noexcept { return highest_generation_; }
     const std::string& key() const noexcept { return key_; }
+    // Data bytes per slot now (they grow with the state).
     std::uint64_t slot_capacity() const noexcept { return area_.capacity; }
     const keeper_options<T>& options() const noexcept { return options_; }
 
@@ -229,25 +242,72 @@ private:
     std::shared_ptr<detail::segment_impl> segment_;
     std::string key_;
     keeper_options<T> options_;
+    std::uint32_t index_ = 0;               // the key's directory entry
     detail::slot_area area_{};
-    std::uint64_t highest_generation_ = 0;  // highest ever seen, valid or not
+    std::uint64_t highest_generation_ = 0;  // highest seen (valid, or plausibly ours)
     std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch
     std::atomic<bool> busy_{false};
 
     static constexpr std::uint64_t default_capacity() noexcept {
-        return codec_of<T>() == codec_kind::raw ? sizeof(T) : 16u * 1024u;
+        return codec_of<T>() == codec_kind::raw ? sizeof(T) : detail::initial_cereal_capacity;
     }
 
-    void check_slot_size() const {
-        if (codec_of<T>() == codec_kind::raw && area_.capacity < sizeof(T))
-            throw error(errc::state_too_large,
-                        "key '" + key_ + "' has slots of " + std::to_string(area_.capacity) + " bytes but this type needs " +
-                            std::to_string(sizeof(T)) +
-                            "; delete the key (exporter::forget() while an exporter runs, keepsake::forget() "
-                            "with a store, else segment::remove_key) or use another key");
+    // Commits count up by one; only a damaged slot could have pushed the
+    // count to the top (scan_slots keeps those out), so reaching it means
+    // 2^62 commits.
+    std::uint64_t next_generation() const {
+        if (highest_generation_ >= detail::max_generation) throw_generations_exhausted();
+        return highest_generation_ + 1;
     }
 
-    // Newest slot with a generation below `below` (0 generations are empty).
+    detail::slot_snapshot words_of(std::uint64_t generation, std::size_t size, std::uint64_t commit_ns) const {
+        detail::slot_snapshot words;
+        words.generation = generation;
+        words.size = size;
+        words.fingerprint = type_fingerprint<T>();
+        words.schema_version = options_.schema_version;
+        words.codec = static_cast<std::uint32_t>(codec_of<T>());
+        words.commit_ns = commit_ns;
+        return words;
+    }
+
+    // Slots that grow: the state goes into slot 0 of a larger region, the
+    // previous commit (when its slot still checks out) into the last one as
+    // its fallback, and the key switches to the region in one store. A crash
+    // before the switch leaves the previous commit, after it the new one.
+    std::uint64_t grow_and_commit(const T& value, std::uint64_t generation, std::uint64_t commit_ns) {
+        const std::uint64_t needed = encoded_size(value);
+        const std::uint64_t capacity =
+            codec_of<T>() == codec_kind::raw
+                ? std::uint64_t{sizeof(T)}
+                : detail::align64(std::max({needed + needed / 2, area_.capacity * 2, detail::initial_cereal_capacity}));
+        const detail::slot_area old = area_;
+        const detail::slot_snapshot previous = detail::read_slot_header(old, newest_slot_);
+        area_ = segment_->move_entry(index_, old.count, capacity, [&](const detail::slot_area& fresh) {
+            const std::size_t size = encode(value, fresh.data(0), static_cast<std::size_t>(fresh.capacity));
+            detail::publish_slot(fresh, 0, words_of(generation, size, commit_ns));
+            copy_fallback(old, previous, fresh, fresh.count - 1);
+        });
+        highest_generation_ = generation;
+        newest_slot_ = 0;
+        return generation;
+    }
+
+    // Copies a committed slot into a fresh region (where its tag differs,
+    // so its checksum is computed again): only if the copy still matches
+    // the checksum it had, so damage is never blessed with a new checksum.
+    static void copy_fallback(const detail::slot_area& from, const detail::slot_snapshot& previous,
+                              const detail::slot_area& to, std::uint32_t index) {
+        if (!detail::slot_is_valid(from, previous) || previous.size > to.capacity) return;
+        std::memcpy(to.data(index), from.data(previous.index), static_cast<std::size_t>(previous.size));
+        if (detail::slot_checksum(previous.generation, previous.size, previous.fingerprint, previous.schema_version,
+                                  previous.codec, to.data(index), previous.commit_ns, previous.tag) != previous.checksum)
+            return;
+        detail::publish_slot(to, index, previous);
+    }
+
+    // Newest slot with a generation below `below` (0 generations are empty;
+    // those above max_generation can only be damage and are not ours).
     std::optional<detail::slot_snapshot> newest_below(std::uint64_t below) const noexcept {
         std::optional<detail::slot_snapshot> best;
         for (std::uint32_t index = 0; index < area_.count; ++index) {
@@ -266,20 +326,17 @@ private:
     [[noreturn]] void throw_mismatch(const detail::slot_snapshot& snap) const {
         throw error(errc::type_mismatch,
                     "key '" + key_ + "' holds a state written by another type or schema version (fingerprint " +
-                        std::to_string(snap.fingerprint) + ", schema " + std::to_string(snap.schema_version) +
-                        "; this keeper expects " + std::to_string(type_fingerprint<T>()) + ", schema " +
+                        fingerprint_text(snap.fingerprint) + ", schema " + std::to_string(snap.schema_version) +
+                        "; this keeper expects " + fingerprint_text(type_fingerprint<T>()) + ", schema " +
                         std::to_string(options_.schema_version) +
-                        "); give keeper_options::upgrade to convert it, or remove the key");
+                        "); bump schema_version and give keeper_options::upgrade to convert it, or remove the key");
     }
 
-    // Only a damaged slot can report the last generation there is (commits
-    // count up by one). Wrapping to 0 would publish an invisible state.
     [[noreturn]] void throw_generations_exhausted() const {
         throw error(errc::segment_corrupt, "key '" + key_ +
-                                               "' has a slot at the largest generation there is, which only "
-                                               "damaged memory produces; delete the key (exporter::forget() "
-                                               "while an exporter runs, keepsake::forget() with a store, else "
-                                               "segment::remove_key) to start it afresh");
+                                               "' has reached the largest generation there is (2^62); delete the "
+                                               "key (exporter::forget() while an exporter runs, keepsake::forget() "
+                                               "with a store, else segment::remove_key) to start it afresh");
     }
 
     T upgrade(const detail::slot_snapshot& snap) const {
@@ -294,18 +351,24 @@ private:
         return options_.upgrade(record);
     }
 
-    // A raw decode cannot fail half-way (the size is checked first); a
+    // A raw decode cannot fail half-way (the bytes are checked first); a
     // cereal decode can, so it goes through a temporary and `out` is only
     // touched by a complete value.
     void decode(const detail::slot_snapshot& snap, T& out) const {
         const std::byte* data = area_.data(snap.index);
         const auto size = static_cast<std::size_t>(snap.size);
-        if constexpr (codec_of<T>() == codec_kind::raw) {
-            decode_into(data, size, out);
-        } else {
-            T decoded{};
-            decode_into(data, size, decoded);
-            out = std::move(decoded);
+        try {
+            if constexpr (codec_of<T>() == codec_kind::raw) {
+                decode_into(data, size, out);
+            } else {
+                T decoded{};
+                decode_into(data, size, decoded);
+                out = std::move(decoded);
+            }
+        } catch (const error& failure) {
+            if (failure.code() != errc::decode_failed) throw;
+            detail::throw_undecodable("key '" + key_ + "'", snap.generation, snap.fingerprint, snap.schema_version,
+                                      type_fingerprint<T>(), options_.schema_version, failure.what());
         }
     }
 
@@ -318,15 +381,26 @@ private:
 
     // On attach: learn the highest generation (so new ones only go up), the
     // newest valid slot (so the next commit spares it), and refuse bytes of
-    // another type before a commit could overwrite them.
+    // another type before a commit could overwrite them. A damaged slot's
+    // generation counts only when it is close above the newest valid one (a
+    // damaged newest commit, whose number must not be used again); a damaged
+    // word far above it would otherwise push every later generation there.
     void scan_slots() {
         std::optional<detail::slot_snapshot> newest_valid;
+        std::uint64_t damaged_highest = 0;
         for (std::uint32_t index = 0; index < area_.count; ++index) {
             const detail::slot_snapshot snap = detail::read_slot_header(area_, index);
-            if (snap.generation > highest_generation_) highest_generation_ = snap.generation;
-            if (!detail::slot_is_valid(area_, snap)) continue;
+            if (snap.generation == 0 || snap.generation > detail::max_generation) continue;
+            if (!detail::slot_is_valid(area_, snap)) {
+                damaged_highest = std::max(damaged_highest, snap.generation);
+                continue;
+            }
             if (!newest_valid || snap.generation > newest_valid->generation) newest_valid = snap;
         }
+        const std::uint64_t valid_highest = newest_valid ? newest_valid->generation : 0;
+        highest_generation_ = valid_highest;
+        if (damaged_highest > valid_highest && damaged_highest - valid_highest <= area_.count)
+            highest_generation_ = damaged_highest;
         newest_slot_ = newest_valid ? newest_valid->index : area_.count - 1;
         if (newest_valid && !matches_this_type(*newest_valid) && !options_.upgrade) throw_mismatch(*newest_valid);
     }

@@ -39,8 +39,9 @@ struct recovered {
     T value;
     recovery_source source = recovery_source::initial;
     std::uint64_t generation = 0;        // the keeper's committed generation now
-    std::uint64_t store_generation = 0;  // the store's record, 0 if none (or damaged)
-    std::vector<std::string> problems;   // damaged copies passed over, in words
+    std::uint64_t store_generation = 0;  // the store's record, 0 if none (or damaged, or unreadable)
+    std::vector<std::string> problems;   // damaged copies passed over, an unreadable store, in words
+    bool store_unreadable = false;       // the store could not be read: shared memory was taken without it
 };
 
 namespace detail {
@@ -53,38 +54,78 @@ template <class T>
                     " this program knows; it was left untouched: run the program that wrote it, or remove it");
 }
 
+// Removing a damaged record is a courtesy (the exporter writes the chosen
+// state over it anyway): a store that refuses it changes nothing here.
+inline void remove_quietly(store& from, const std::string& key) noexcept {
+    try {
+        from.remove(key);
+    } catch (const std::exception& failure) {
+        log(spdlog::level::warn, [&] {
+            return "recovery: could not remove the damaged record of key '" + key + "': " + failure.what();
+        });
+    }
+}
+
 // The store's record, or nothing; a damaged one is reported in `problems`,
 // logged, and removed, so the state recovery picks instead can be exported
-// in its place (a damaged record may claim any generation).
-inline std::optional<record> fetch_valid(store& from, const std::string& key, std::vector<std::string>& problems) {
+// in its place (a damaged record may claim any generation). A store that
+// cannot be read (locked, damaged file, gone read-only) is no reason to stay
+// down when shared memory holds a state: that one is taken, and the store's
+// error goes to `problems`. Without a state in shared memory, which copy is
+// newest cannot be known, so the error is thrown.
+inline std::optional<record> fetch_valid(store& from, const std::string& key, bool memory_has_state,
+                                         std::vector<std::string>& problems, bool& unreadable) {
     try {
-        return from.get(key);
+        std::optional<record> found = from.get(key);
+        if (found && !record_generation_in_range(found->generation))
+            throw error(errc::record_corrupt, from.describe() + ": record '" + key + "' has generation " +
+                                                  std::to_string(found->generation) + ", out of range");
+        return found;
     } catch (const error& failure) {
-        if (failure.code() != errc::record_corrupt) throw;
-        problems.emplace_back(failure.what());
-        log(spdlog::level::err, [&] { return std::string("recovery: ") + failure.what() + "; removing it"; });
-        from.remove(key);
+        if (failure.code() == errc::record_corrupt) {
+            problems.emplace_back(failure.what());
+            log(spdlog::level::err, [&] { return std::string("recovery: ") + failure.what() + "; removing it"; });
+            remove_quietly(from, key);
+            return std::nullopt;
+        }
+        if (failure.code() == errc::version_too_new || !memory_has_state) throw;
+        unreadable = true;
+        problems.emplace_back("the store could not be read, so shared memory's state was taken without "
+                              "comparing: " + std::string(failure.what()));
+        log(spdlog::level::err, [&] { return "recovery of key '" + key + "': " + problems.back(); });
         return std::nullopt;
     }
 }
 
 // Turns a store record into a T as keeper::restore does with a slot: the
-// same type and schema decode directly, anything else needs the upgrade hook.
+// same type and schema decode directly (bytes that pass the record's
+// checksum but do not decode are another type: decode_failed, never "no
+// state"), anything else needs the upgrade hook.
 template <class T>
-void decode_record(const record& r, const keeper_options<T>& options, T& out) {
+void decode_record(const record& r, const keeper_options<T>& options, const store& from, T& out) {
     const bool same_type = r.fingerprint == type_fingerprint<T>() && r.schema_version == options.schema_version &&
                            r.codec == static_cast<std::uint32_t>(codec_of<T>());
     if (same_type) {
         T decoded = out;
-        decode_into(r.bytes.data(), r.bytes.size(), decoded);
+        try {
+            decode_into(r.bytes.data(), r.bytes.size(), decoded);
+        } catch (const error& failure) {
+            if (failure.code() != errc::decode_failed) throw;
+            throw_undecodable(from.describe() + ": record '" + r.key + "'", r.generation, r.fingerprint,
+                              r.schema_version, type_fingerprint<T>(), options.schema_version, failure.what());
+        }
         out = std::move(decoded);
         return;
     }
     if (!options.upgrade)
-        throw error(errc::type_mismatch, "store record '" + r.key + "' was written by another type or schema version (" +
+        throw error(errc::type_mismatch, from.describe() + ": record '" + r.key +
+                                             "' was written by another type or schema version (fingerprint " +
+                                             fingerprint_text(r.fingerprint) + ", schema " +
                                              std::to_string(r.schema_version) + "; this program has " +
+                                             fingerprint_text(type_fingerprint<T>()) + ", schema " +
                                              std::to_string(options.schema_version) +
-                                             "); give keeper_options::upgrade to convert it, or remove the record");
+                                             "); bump schema_version and give keeper_options::upgrade to convert "
+                                             "it, or remove the record");
     stored_record old;
     old.generation = r.generation;
     old.fingerprint = r.fingerprint;
@@ -101,24 +142,28 @@ void decode_record(const record& r, const keeper_options<T>& options, T& out) {
 // store's record under `prefix + kept.key()`, else `initial` (committed, so
 // it is exported too). Throws errc::version_too_new, leaving the record
 // untouched, if the store's record has a schema newer than the keeper's;
-// errc::store_failed if the store cannot be read (then which copy is newest
-// cannot be known).
+// errc::decode_failed if the chosen copy passes its checksum but does not
+// decode as T (nothing is changed); errc::store_failed if the store cannot
+// be read and shared memory holds no state (then which copy is newest
+// cannot be known). A store that cannot be read while shared memory holds a
+// state does not stop recovery: see recovered::store_unreadable.
 template <class T>
 recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string& prefix = {}) {
     recovered<T> result{std::move(initial), recovery_source::initial, 0, 0, {}};
     T in_memory = result.value;
     const std::optional<restore_info> memory = kept.restore_into(in_memory);
-    const std::optional<record> stored = detail::fetch_valid(from, prefix + kept.key(), result.problems);
+    const std::optional<record> stored =
+        detail::fetch_valid(from, prefix + kept.key(), memory.has_value(), result.problems, result.store_unreadable);
     if (stored) {
         if (stored->schema_version > kept.options().schema_version) detail::throw_too_new(*stored, kept.options(), from);
         result.store_generation = stored->generation;
     }
     if (stored && (!memory || stored->generation > memory->generation)) {
-        detail::decode_record(*stored, kept.options(), result.value);
+        detail::decode_record(*stored, kept.options(), from, result.value);
         result.source = recovery_source::store;
-        const std::uint64_t above = stored->generation == ~std::uint64_t{0} ? stored->generation
-                                                                           : stored->generation + 1;
-        result.generation = kept.commit_at_least(result.value, above);
+        // Stores hand on no generation at max_generation or above, so this
+        // commit stays within what restore reads.
+        result.generation = kept.commit_at_least(result.value, stored->generation + 1);
     } else if (memory) {
         result.value = std::move(in_memory);
         result.source = recovery_source::shared_memory;

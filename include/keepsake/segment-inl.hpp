@@ -58,14 +58,26 @@ KEEPSAKE_INLINE std::uint64_t header_checksum_of(const segment_header& header) n
     return hash_bytes(&header, offsetof(segment_header, header_checksum), 0x6b656570ull);
 }
 
+// An entry's identity: every word but `state` and `active`, which change
+// by single stores, and the region descriptors, which have their own.
 KEEPSAKE_INLINE std::uint64_t entry_checksum_of(const dir_entry& entry) noexcept {
     const auto* bytes = reinterpret_cast<const unsigned char*>(&entry);
-    return hash_bytes(bytes + sizeof(entry.state),
-                      offsetof(dir_entry, checksum) - sizeof(entry.state), 0x64697265ull);
+    return hash_bytes(bytes + offsetof(dir_entry, key_length),
+                      offsetof(dir_entry, checksum) - offsetof(dir_entry, key_length), 0x64697265ull);
 }
 
-KEEPSAKE_INLINE std::uint64_t directory_end(std::uint32_t max_entries) noexcept {
-    return sizeof(segment_header) + std::uint64_t{max_entries} * sizeof(dir_entry);
+// A region descriptor's checksum is seeded with its entry's: a descriptor
+// copied into another entry does not check out there.
+KEEPSAKE_INLINE std::uint64_t region_checksum_of(const region_desc& region, std::uint64_t entry_checksum) noexcept {
+    return hash_bytes(&region, offsetof(region_desc, checksum), entry_checksum ^ 0x7265676eull);
+}
+
+KEEPSAKE_INLINE std::uint64_t block_checksum_of(const directory_block& block) noexcept {
+    return hash_bytes(&block, offsetof(directory_block, checksum), 0x626c6f63ull);
+}
+
+KEEPSAKE_INLINE std::uint64_t directory_end(std::uint32_t first_block_entries) noexcept {
+    return sizeof(segment_header) + std::uint64_t{first_block_entries} * sizeof(dir_entry);
 }
 
 // Reads the owner of a segment file without owning it, for messages.
@@ -151,6 +163,7 @@ KEEPSAKE_INLINE segment_impl::segment_impl(std::string segment_name, const segme
         return;
     }
     check_options(options);
+    max_size_ = std::max(options.max_size, options.size);
     bool created_file = false;
     fd_ = open_and_claim(name, path, true, options.mode, created_file);
     try {
@@ -188,6 +201,10 @@ KEEPSAKE_INLINE void segment_impl::open_existing(const std::string& directory) {
                                          "opens it rebuilds it, or remove it");
         const std::uint64_t on_disk = file_size();
         segment_header copy = validated_header(on_disk);
+        // A view does not grow the segment: the owner may, and a later
+        // view sees it.
+        max_size_ = on_disk;
+        reserve_address_space(on_disk);
         map(on_disk);
         copy.total_size = on_disk;  // as reopen() does, without recording it
         adopt_geometry(copy);
@@ -220,84 +237,16 @@ KEEPSAKE_INLINE segment_status segment_impl::status() const {
     return status;
 }
 
+KEEPSAKE_INLINE std::uint64_t segment_impl::free_bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return space_.total();
+}
+
 KEEPSAKE_INLINE void segment_impl::refuse_unless(segment_access allowed, const char* what) const {
     if (access_ == segment_access::owner || access_ == allowed) return;
     throw error(errc::invalid_argument, std::string("cannot ") + what + " in segment '" + name + "': this handle " +
                                             "opened it as " + to_string(access_) + "; open it with "
                                             "keepsake::segment (as its owner) for that");
-}
-
-KEEPSAKE_INLINE slot_area segment_impl::attach(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity) {
-    check_key(key);
-    refuse_unless(segment_access::owner, ("keep key '" + key + "'").c_str());
-    if (slot_count < 2 || slot_count > max_slots_per_entry)
-        throw error(errc::invalid_argument, "slot count for key '" + key + "' must be 2 to " +
-                                                std::to_string(max_slots_per_entry));
-    if (capacity == 0 || capacity > total_size_)
-        throw error(errc::invalid_argument, "slot capacity for key '" + key + "' must be 1 to " +
-                                                std::to_string(total_size_) + " bytes");
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (attached_.count(key))
-        throw error(errc::key_in_use, "key '" + key + "' in segment '" + name +
-                                          "' already has a keeper in this process; use that one");
-    slot_area area;
-    if (auto found = find_entry(key)) area = area_of(found->entry);  // the validated copy
-    else area = add_entry(key, slot_count, capacity);
-    attached_.insert(key);
-    return area;
-}
-
-KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
-    check_key(key);
-    refuse_unless(segment_access::maintenance, ("remove key '" + key + "'").c_str());
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (attached_.count(key))
-        throw error(errc::key_in_use, "key '" + key + "' still has a keeper; destroy it first");
-    auto found = find_entry(key);
-    if (!found) return false;
-    store_release(entries()[found->index].state, entry_free);  // one store: crash-safe
-    directory_index_.erase(key);
-    free_from_ = std::min(free_from_, found->index);
-    return true;
-}
-
-KEEPSAKE_INLINE void segment_impl::drop_damaged_entries() {
-    refuse_unless(segment_access::maintenance, "drop damaged entries");
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (std::uint32_t index : damaged_) {
-        store_release(entries()[index].state, entry_free);
-        free_from_ = std::min(free_from_, index);
-    }
-    damaged_.clear();
-}
-
-KEEPSAKE_INLINE std::vector<entry_info> segment_impl::list_entries() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<entry_info> listed;
-    for (std::uint32_t i = 0; i < max_entries_; ++i) {
-        dir_entry entry{};
-        if (!read_valid_entry(i, entry)) continue;
-        listed.push_back(describe(entry, area_of(entry)));
-    }
-    return listed;
-}
-
-KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<entry_view> views;
-    for (std::uint32_t i = 0; i < max_entries_; ++i) {
-        dir_entry entry{};
-        if (read_valid_entry(i, entry)) views.push_back({std::string(entry.key, entry.key_length), area_of(entry), i});
-    }
-    return views;
-}
-
-KEEPSAKE_INLINE std::optional<segment_impl::entry_view> segment_impl::entry_view_of(const std::string& key) const {
-    check_key(key);
-    std::lock_guard<std::mutex> lock(mutex_);
-    const auto found = find_valid_entry(key);
-    if (!found) return std::nullopt;
-    return entry_view{key, area_of(found->entry), found->index};
 }
 
 KEEPSAKE_INLINE void segment_impl::check_options(const segment_options& options) {
@@ -312,20 +261,40 @@ KEEPSAKE_INLINE void segment_impl::check_options(const segment_options& options)
                         std::to_string(smallest) + " bytes");
 }
 
-KEEPSAKE_INLINE void segment_impl::map(std::uint64_t size) {
-    unmap();
-    const int protection = access_ == segment_access::read_only ? PROT_READ : PROT_READ | PROT_WRITE;
-    void* address = ::mmap(nullptr, size, protection, MAP_SHARED, fd_, 0);
-    if (address == MAP_FAILED) throw_system("cannot map segment '" + name + "'");
+// The segment's place in this process: address space for everything it
+// may grow to, reserved once (no memory behind it), so that growing maps
+// more of the file at the same addresses and no pointer into it moves.
+KEEPSAKE_INLINE void segment_impl::reserve_address_space(std::uint64_t size) {
+    void* address = ::mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (address == MAP_FAILED)
+        throw_system("cannot reserve " + std::to_string(size) + " bytes of address space for segment '" + name +
+                     "' (lower segment_options::max_size, or raise ulimit -v)");
     base_ = static_cast<std::byte*>(address);
-    mapped_ = size;
+    reserved_ = static_cast<std::size_t>(size);
+    mapped_ = 0;
+}
+
+// Maps the file up to `size` bytes (more than before), over the reserved range.
+KEEPSAKE_INLINE void segment_impl::map(std::uint64_t size) {
+    if (size > reserved_) throw error(errc::out_of_space, "segment '" + name + "' cannot be mapped past " +
+                                                              std::to_string(reserved_) + " bytes");
+    if (size <= mapped_) return;
+    const int protection = access_ == segment_access::read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+    // From the page the mapping ends in: a file offset must be page-aligned.
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t from = mapped_ / page * page;
+    void* address = ::mmap(base_ + from, size - from, protection, MAP_SHARED | MAP_FIXED, fd_,
+                           static_cast<off_t>(from));
+    if (address == MAP_FAILED) throw_system("cannot map segment '" + name + "'");
+    mapped_ = static_cast<std::size_t>(size);
     header_ = reinterpret_cast<segment_header*>(base_);
 }
 
 KEEPSAKE_INLINE void segment_impl::unmap() noexcept {
-    if (base_) ::munmap(base_, mapped_);
+    if (base_) ::munmap(base_, reserved_);
     base_ = nullptr;
     header_ = nullptr;
+    reserved_ = 0;
     mapped_ = 0;
 }
 
@@ -374,14 +343,15 @@ KEEPSAKE_INLINE bool segment_impl::only_zeros_from(std::uint64_t offset) const {
     return true;
 }
 
-// Backs the whole file with memory now, so a full /dev/shm is an error here
-// and never a SIGBUS on some later commit's first touch of a page.
-KEEPSAKE_INLINE void segment_impl::reserve_memory(std::uint64_t size) {
-    const int failed = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
+// Backs [from, from + size) of the file with memory now, so a full /dev/shm
+// is an error here and never a SIGBUS on some later commit's first touch of
+// a page.
+KEEPSAKE_INLINE void segment_impl::reserve_memory(std::uint64_t from, std::uint64_t size) {
+    const int failed = ::posix_fallocate(fd_, static_cast<off_t>(from), static_cast<off_t>(size));
     if (failed == 0) return;
     if (failed == ENOSPC)
-        throw error(errc::out_of_space, "no room for segment '" + name + "' of " + std::to_string(size) +
-                                            " bytes in " + path.substr(0, path.rfind('/')) +
+        throw error(errc::out_of_space, "no room for " + std::to_string(size) + " more bytes of segment '" + name +
+                                            "' in " + path.substr(0, path.rfind('/')) +
                                             " (see df); free some, or ask for a smaller segment_options::size");
     errno = failed;
     throw_system("cannot reserve " + std::to_string(size) + " bytes for segment '" + name + "'");
@@ -391,22 +361,26 @@ KEEPSAKE_INLINE void segment_impl::build(const segment_options& options, bool cr
     if (::ftruncate(fd_, 0) != 0 || ::ftruncate(fd_, static_cast<off_t>(options.size)) != 0)
         throw_system("cannot size segment '" + name + "' to " + std::to_string(options.size) + " bytes");
     try {
-        reserve_memory(options.size);
+        reserve_memory(0, options.size);
     } catch (...) {
         if (created_file) ::unlink(path.c_str());  // leave nothing half-made behind
         throw;
     }
+    reserve_address_space(max_size_);
     map(options.size);
     segment_header fresh{};
     fresh.magic = segment_magic;
     fresh.layout_version = segment_layout_version;
-    fresh.max_entries = options.max_entries;
+    fresh.first_block_entries = options.max_entries;
     fresh.directory_offset = sizeof(segment_header);
     fresh.data_offset = align64(directory_end(options.max_entries));
     fresh.created_ns = wall_clock_ns();
     fresh.header_checksum = header_checksum_of(fresh);
     fresh.total_size = options.size;
-    fresh.alloc_top = fresh.data_offset;
+    fresh.blocks[0].offset = fresh.directory_offset;
+    fresh.blocks[0].count = options.max_entries;
+    fresh.blocks[0].checksum = block_checksum_of(fresh.blocks[0]);
+    fresh.block_count = 1;
     // The owner goes in before the magic: a crash right after creation is
     // then reported as this process's crash, not a nameless owner's.
     fresh.clean_state = state_dirty;
@@ -430,11 +404,13 @@ KEEPSAKE_INLINE void segment_impl::reopen(const segment_options& options) {
     if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(size)) != 0)
         throw_system("cannot grow segment '" + name + "' to " + std::to_string(size) + " bytes");
     try {
-        reserve_memory(size);
+        reserve_memory(0, size);
     } catch (...) {
         if (size > on_disk && ::ftruncate(fd_, static_cast<off_t>(on_disk)) != 0) { /* stays longer: harmless */ }
         throw;
     }
+    max_size_ = std::max(max_size_, size);
+    reserve_address_space(max_size_);
     map(size);
     store_release(header_->total_size, size);
     copy.total_size = size;
@@ -443,18 +419,27 @@ KEEPSAKE_INLINE void segment_impl::reopen(const segment_options& options) {
 
 KEEPSAKE_INLINE segment_header segment_impl::validated_header(std::uint64_t on_disk) {
     if (on_disk < sizeof(segment_header)) corrupt("the file is shorter than its header");
-    map(sizeof(segment_header));
     segment_header copy{};
-    std::memcpy(&copy, header_, sizeof(copy));
-    if (header_checksum_of(copy) != copy.header_checksum) corrupt("header checksum mismatch");
-    if (copy.layout_version != segment_layout_version)
+    if (::pread(fd_, &copy, sizeof(copy), 0) != static_cast<ssize_t>(sizeof(copy)))
+        throw_system("cannot read the header of segment '" + name + "'");
+    if (copy.layout_version != segment_layout_version && header_checksum_of(copy) == copy.header_checksum)
         throw error(errc::layout_mismatch,
                     "segment '" + name + "' has layout version " + std::to_string(copy.layout_version) +
                         ", this keepsake reads version " + std::to_string(segment_layout_version) +
-                        "; open it with the keepsake that wrote it, or remove it");
-    if (copy.max_entries == 0 || copy.max_entries > max_directory_entries ||
+                        "; open it with the keepsake that wrote it (export its keys to a store there, then "
+                        "recover them here), or remove it");
+    if (header_checksum_of(copy) != copy.header_checksum) {
+        // Layout 1 had a 256-byte header with its checksum at the same place.
+        if (copy.layout_version == 1)
+            throw error(errc::layout_mismatch,
+                        "segment '" + name + "' was made by keepsake 0.1 (layout version 1); this keepsake reads "
+                        "version " + std::to_string(segment_layout_version) + ": open it with keepsake 0.1 "
+                        "(export its keys to a store there, then recover them here), or remove it");
+        corrupt("header checksum mismatch");
+    }
+    if (copy.first_block_entries == 0 || copy.first_block_entries > max_directory_entries ||
         copy.directory_offset != sizeof(segment_header) ||
-        copy.data_offset != align64(directory_end(copy.max_entries)) || copy.data_offset > on_disk)
+        copy.data_offset != align64(directory_end(copy.first_block_entries)) || copy.data_offset > on_disk)
         corrupt("header geometry out of range");
     if (copy.total_size > on_disk)
         corrupt("recorded size " + std::to_string(copy.total_size) + " is more than the file holds (" +
@@ -469,7 +454,6 @@ KEEPSAKE_INLINE segment_header segment_impl::validated_header(std::uint64_t on_d
 // second read of shared memory.
 KEEPSAKE_INLINE void segment_impl::adopt_geometry(const segment_header& validated) noexcept {
     total_size_ = validated.total_size;
-    max_entries_ = validated.max_entries;
     data_offset_ = validated.data_offset;
 }
 
@@ -486,151 +470,42 @@ KEEPSAKE_INLINE void segment_impl::claim_ownership() noexcept {
     store_release(header_->clean_state, state_dirty);
 }
 
-KEEPSAKE_INLINE bool segment_impl::entry_in_bounds(const dir_entry& entry) const noexcept {
-    if (entry.key_length == 0 || entry.key_length > max_key_length) return false;
-    if (entry.slot_count < 2 || entry.slot_count > max_slots_per_entry) return false;
-    if (entry.slot_capacity == 0 || entry.slot_capacity > total_size_) return false;
-    if (entry.offset < data_offset_ || entry.offset % 64 != 0 || entry.offset > total_size_) return false;
-    return entry_region_size(entry.slot_count, entry.slot_capacity) <= total_size_ - entry.offset;
-}
-
-KEEPSAKE_INLINE bool segment_impl::read_valid_entry(std::uint32_t index, dir_entry& out) const noexcept {
-    if (load_acquire(entries()[index].state) != entry_ready) return false;
-    std::memcpy(&out, &entries()[index], sizeof(out));
-    return out.state == entry_ready && entry_checksum_of(out) == out.checksum && entry_in_bounds(out);
-}
-
-KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_entry(const std::string& key) const {
-    if (!damaged_.empty())
-        throw error(errc::segment_corrupt,
-                    "segment '" + name + "' has " + std::to_string(damaged_.size()) +
-                        " damaged directory entries and key '" + key + "' may be one of them; "
-                        "call segment::drop_damaged_entries() to give those keys up, or remove the segment");
-    return find_valid_entry(key);
-}
-
-KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_valid_entry(const std::string& key) const noexcept {
-    if (indexed()) {
-        const auto known = directory_index_.find(key);
-        found_entry found{0, {}};
-        if (known == directory_index_.end()) return std::nullopt;
-        found.index = known->second;
-        if (read_valid_entry(found.index, found.entry) && found.entry.key_length == key.size() &&
-            std::memcmp(found.entry.key, key.data(), key.size()) == 0)
-            return found;
-        return std::nullopt;  // damaged since it was indexed: as a scan would, skip it
-    }
-    for (std::uint32_t i = 0; i < max_entries_; ++i) {
-        found_entry found{i, {}};
-        if (read_valid_entry(i, found.entry) && found.entry.key_length == key.size() &&
-            std::memcmp(found.entry.key, key.data(), key.size()) == 0)
-            return found;
-    }
-    return std::nullopt;
-}
-
-KEEPSAKE_INLINE slot_area segment_impl::add_entry(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity) {
-    const std::uint64_t offset = align64(load_relaxed(header_->alloc_top));
-    const std::uint64_t needed = entry_region_size(slot_count, capacity);
-    if (offset > total_size_ || needed > total_size_ - offset)
+// Growth: the file is extended and backed with memory first, then mapped
+// at the addresses reserved for it, then the header records the new size.
+// A crash in between leaves a longer file, which the next open takes as
+// the size (its length is the truth; the recorded size may lag).
+KEEPSAKE_INLINE void segment_impl::grow(std::uint64_t needed, const std::string& for_what) {
+    const std::uint64_t old_size = total_size_;
+    const std::uint64_t limit = std::min<std::uint64_t>(max_size_, reserved_);
+    const std::uint64_t wanted = std::max(old_size * 2, (old_size + needed + (1u << 20) - 1) & ~std::uint64_t{(1u << 20) - 1});
+    const std::uint64_t new_size = std::min(wanted, limit);
+    if (new_size < old_size + needed)
         throw error(errc::out_of_space,
-                    "segment '" + name + "' has " + std::to_string(free_bytes()) + " free bytes but key '" +
-                        key + "' needs " + std::to_string(needed) + " (" + std::to_string(slot_count) +
-                        " slots of " + std::to_string(capacity) + " bytes); reopen it with "
-                        "segment_options::size >= " + std::to_string(offset + needed) + " (it grows in place)");
-    std::uint32_t index = indexed() ? free_from_ : 0;
-    while (index < max_entries_ && load_acquire(entries()[index].state) != entry_free) ++index;
-    if (index == max_entries_)
-        throw error(errc::out_of_space,
-                    "segment '" + name + "' has all " + std::to_string(max_entries_) +
-                        " directory entries in use; recreate it with a larger segment_options::max_entries");
-    dir_entry fresh{};
-    fresh.key_length = static_cast<std::uint32_t>(key.size());
-    fresh.slot_count = slot_count;
-    fresh.offset = offset;
-    fresh.slot_capacity = capacity;
-    fresh.created_ns = wall_clock_ns();
-    std::memcpy(fresh.key, key.data(), key.size());
-    fresh.checksum = entry_checksum_of(fresh);
-    // Indexed before anything is written: if this throws, nothing changed.
-    if (indexed()) directory_index_.insert_or_assign(key, index);
-
-    dir_entry& target = entries()[index];
-    store_release(target.state, entry_writing);
-    fence_release();
-    std::memcpy(reinterpret_cast<std::byte*>(&target) + sizeof(target.state),
-                reinterpret_cast<const std::byte*>(&fresh) + sizeof(fresh.state),
-                sizeof(fresh) - sizeof(fresh.state));
-    const slot_area area = area_of(fresh);
-    for (std::uint32_t slot = 0; slot < slot_count; ++slot)
-        std::memset(static_cast<void*>(area.header(slot)), 0, sizeof(slot_header));
-    store_release(header_->alloc_top, offset + needed);
-    store_release(target.state, entry_ready);
-    if (indexed()) free_from_ = index + 1;
-    return area;
+                    "segment '" + name + "' is full: " + for_what + " needs " + std::to_string(needed) +
+                        " more bytes and the segment is at its largest (" + std::to_string(limit) +
+                        " bytes, segment_options::max_size); open it with a larger max_size, or remove keys");
+    if (::ftruncate(fd_, static_cast<off_t>(new_size)) != 0)
+        throw_system("cannot grow segment '" + name + "' to " + std::to_string(new_size) + " bytes");
+    try {
+        reserve_memory(old_size, new_size - old_size);
+        map(new_size);
+    } catch (...) {
+        if (::ftruncate(fd_, static_cast<off_t>(old_size)) != 0) { /* stays longer: the next open uses it */ }
+        throw;
+    }
+    store_release(header_->total_size, new_size);
+    total_size_ = new_size;
+    space_.release(old_size, new_size - old_size);
+    log(spdlog::level::info, [&] {
+        return "segment '" + name + "' grew to " + std::to_string(new_size) + " bytes for " + for_what;
+    });
 }
 
-KEEPSAKE_INLINE void segment_impl::recover_directory() {
-    const bool repair = access_ == segment_access::owner;
-    std::uint64_t top = load_relaxed(header_->alloc_top);
-    if (top < data_offset_ || top > total_size_) {
-        log(spdlog::level::warn, [&] {
-            return "segment '" + name + "': allocation mark " + std::to_string(top) + " out of range, recomputed";
-        });
-        top = data_offset_;
-    }
-    for (std::uint32_t i = 0; i < max_entries_; ++i) {
-        dir_entry& slot = entries()[i];
-        const std::uint32_t state = load_acquire(slot.state);
-        if (state == entry_free) continue;
-        if (state == entry_writing) {  // an add that a crash cut short (or, read-only, one under way)
-            if (!repair) continue;
-            std::memset(reinterpret_cast<std::byte*>(&slot) + sizeof(slot.state), 0,
-                        sizeof(slot) - sizeof(slot.state));
-            store_release(slot.state, entry_free);
-            continue;
-        }
-        dir_entry entry{};
-        if (read_valid_entry(i, entry)) {
-            top = std::max(top, entry.offset + entry_region_size(entry.slot_count, entry.slot_capacity));
-            if (indexed()) directory_index_.insert_or_assign(std::string(entry.key, entry.key_length), i);
-        } else {
-            damaged_.push_back(i);
-            log(spdlog::level::err, [&] {
-                return "segment '" + name + "': directory entry " + std::to_string(i) + " is damaged";
-            });
-        }
-    }
-    if (repair) store_release(header_->alloc_top, top);
-}
-
-KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const slot_area& area) {
-    entry_info info;
-    info.key.assign(entry.key, entry.key_length);
-    info.slot_count = entry.slot_count;
-    info.slot_capacity = entry.slot_capacity;
-    for (std::uint32_t s = 0; s < area.count; ++s) {
-        const slot_snapshot snap = read_slot_header(area, s);
-        if (snap.generation == 0) {
-            // A commit zeroes the generation first and stores it last.
-            if (snap.size != 0 || snap.checksum != 0) ++info.unpublished_slots;
-            continue;
-        }
-        if (!slot_is_valid(area, snap)) {
-            // A commit in this process may be rewriting it right now.
-            if (load_acquire(area.header(s)->generation) == snap.generation) ++info.invalid_slots;
-            continue;
-        }
-        if (snap.generation > info.generation) {
-            info.generation = snap.generation;
-            info.size = snap.size;
-            info.fingerprint = snap.fingerprint;
-            info.schema_version = snap.schema_version;
-            info.codec = snap.codec;
-            info.commit_ns = snap.commit_ns;
-        }
-    }
-    return info;
+KEEPSAKE_INLINE std::uint64_t segment_impl::allocate(std::uint64_t size, const std::string& for_what) {
+    if (const auto offset = space_.allocate(size)) return *offset;
+    grow(size - std::min(size, space_.free_at_end(total_size_)), for_what);
+    if (const auto offset = space_.allocate(size)) return *offset;
+    throw error(errc::out_of_space, "segment '" + name + "' has no room for " + for_what);  // not reached
 }
 
 } // namespace detail

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <functional>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +31,7 @@
 #include "keepsake/detail/layout.hpp"
 #include "keepsake/detail/process.hpp"
 #include "keepsake/detail/slots.hpp"
+#include "keepsake/detail/space.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/log.hpp"
 
@@ -91,11 +93,17 @@ struct segment_status {
 };
 
 struct segment_options {
-    // Bytes of the file, backed by memory at open (posix_fallocate), so a
-    // full /dev/shm is an error at open rather than a SIGBUS later. A new
-    // segment gets this size; an existing one grows to it, never shrinks.
+    // Bytes of the file at creation, backed by memory at open
+    // (posix_fallocate), so a full /dev/shm is an error at open rather than
+    // a SIGBUS later. An existing segment grows to it, never shrinks.
     std::uint64_t size = 4u << 20;
-    // Directory slots, fixed when the segment is created.
+    // How large the segment may grow: when keys need more room than it has,
+    // the owner extends the file (and its mapping, in place) up to this.
+    // Address space for it is reserved at open, memory only as it grows.
+    std::uint64_t max_size = std::uint64_t{1} << 30;
+    // Directory entries of the first directory block, fixed at creation.
+    // The directory grows past it by blocks taken from the data area (each
+    // twice the one before, 16 blocks at most).
     std::uint32_t max_entries = 256;
     // File mode for a new segment.
     unsigned mode = 0600;
@@ -106,8 +114,10 @@ struct segment_options {
 // One key in a segment, as listed by segment::entries().
 struct entry_info {
     std::string key;
+    std::uint32_t kind = 1;             // 1: a keeper's state, 2: a side table
     std::uint32_t slot_count = 0;
     std::uint64_t slot_capacity = 0;
+    std::uint32_t moves = 0;            // times its slots moved to a larger region
     std::uint64_t generation = 0;       // newest valid generation, 0 if none
     std::uint64_t size = 0;             // bytes of that generation
     std::uint64_t fingerprint = 0;
@@ -123,7 +133,8 @@ namespace detail {
 inline constexpr const char* segment_file_prefix = "keepsake.";
 inline constexpr std::size_t max_segment_name = 200;
 inline constexpr std::uint32_t max_slots_per_entry = 64;
-inline constexpr std::uint32_t max_directory_entries = 1u << 20;
+inline constexpr std::uint32_t max_directory_entries = 1u << 24;
+inline constexpr std::uint32_t max_table_items = 1u << 24;
 
 KEEPSAKE_API std::uint64_t header_checksum_of(const segment_header& header) noexcept;
 // Where segment files live: `requested`, else $KEEPSAKE_SHM_DIR, else /dev/shm.
@@ -133,6 +144,12 @@ KEEPSAKE_API std::string segment_directory(const std::string& requested);
 struct found_entry {
     std::uint32_t index;
     dir_entry entry;
+};
+
+// An entry's active region, from a validated copy of the entry.
+struct entry_region {
+    region_desc region;
+    std::uint64_t bytes = 0;  // the region's length
 };
 
 // The open mapping of one segment in this process.
@@ -151,11 +168,13 @@ public:
 
     ~segment_impl();
 
-    std::uint64_t total_size() const noexcept { return total_size_; }
-
-    std::uint64_t free_bytes() const noexcept {
-        return total_size_ - std::min(total_size_, load_relaxed(header_->alloc_top));
+    std::uint64_t total_size() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return total_size_;
     }
+
+    // Bytes not in use by any key or directory block, and the largest run.
+    std::uint64_t free_bytes() const;
 
     segment_access access() const noexcept { return access_; }
 
@@ -166,16 +185,31 @@ public:
         return damaged_.size();
     }
 
-    // Finds the key's entry, or adds one with the given slots. Marks the key
-    // as kept in this process until release_key().
-    slot_area attach(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity);
+    struct attached_entry {
+        std::uint32_t index = 0;  // its directory entry
+        slot_area area;
+        bool created = false;     // the key did not exist before
+    };
+
+    // Finds the key's entry, or adds one with a region of `count` slots (or
+    // items) of `capacity` bytes. A found entry of another kind is refused.
+    // Marks the key as kept in this process until release_key().
+    attached_entry attach(const std::string& key, entry_kind kind, std::uint32_t count, std::uint64_t capacity);
 
     void release_key(const std::string& key) {
         std::lock_guard<std::mutex> lock(mutex_);
         attached_.erase(key);
     }
 
-    // Forgets a key (its slots become unused space). Not while a keeper holds it.
+    // Moves an attached entry to a new region of `count` x `capacity`:
+    // `fill` writes the new region (its slots are cleared first), then the
+    // entry switches to it with one store, and the old region is freed. A
+    // crash before the switch leaves the entry as it was; after, as filled.
+    // Grows the segment if needed; errc::out_of_space past max_size.
+    slot_area move_entry(std::uint32_t index, std::uint32_t count, std::uint64_t capacity,
+                         const std::function<void(const slot_area&)>& fill);
+
+    // Forgets a key (its region becomes free). Not while a keeper holds it.
     bool remove_key(const std::string& key);
 
     void drop_damaged_entries();
@@ -183,12 +217,15 @@ public:
     std::vector<entry_info> list_entries() const;
 
     // Each valid key with its slots as mapped here, for a reader that copies
-    // committed state out (the exporter). An area stays mapped, and is never
-    // given to another key, while this segment_impl lives.
+    // committed state out (the exporter). The bytes stay mapped while this
+    // segment_impl lives; a region freed meanwhile may be taken by another
+    // key, whose slots carry another tag, so a reader never mistakes them.
     struct entry_view {
         std::string key;
         slot_area area;
         std::uint32_t index = 0;  // its directory entry
+        std::uint64_t nonce = 0;  // tells a key removed and added again from the old one
+        entry_kind kind = entry_kind::state;
     };
     std::vector<entry_view> entry_views() const;
     // The view of one valid key, or nothing. Unlike attach, it does not
@@ -198,37 +235,48 @@ public:
 private:
     segment_access access_ = segment_access::owner;
     int fd_ = -1;
-    std::byte* base_ = nullptr;
-    std::size_t mapped_ = 0;
+    std::byte* base_ = nullptr;         // start of the reserved address range
+    std::size_t reserved_ = 0;          // bytes of address space reserved at base_
+    std::size_t mapped_ = 0;            // bytes of the file mapped at base_
     segment_header* header_ = nullptr;
-    std::uint64_t total_size_ = 0;
-    std::uint32_t max_entries_ = 0;
+    std::uint64_t total_size_ = 0;      // under mutex_ once open
+    std::uint64_t max_size_ = 0;
     std::uint64_t data_offset_ = 0;
-    mutable std::mutex mutex_;          // directory changes within this process
+    mutable std::mutex mutex_;          // directory and space changes within this process
     std::set<std::string> attached_;    // keys with a live keeper here
     std::vector<std::uint32_t> damaged_;
+    // The directory blocks, validated at open (and as they are added).
+    struct block_place {
+        std::uint64_t offset;
+        std::uint32_t count;
+        std::uint32_t first_index;
+    };
+    std::vector<block_place> blocks_;
+    std::uint32_t entry_count_ = 0;     // entries in all blocks
     // Where each valid key's entry is, so finding and adding keys does not
     // scan the whole directory. Kept only while this handle holds the lock
     // (owner, maintenance): then nobody else changes the directory.
     std::unordered_map<std::string, std::uint32_t> directory_index_;
     std::uint32_t free_from_ = 0;       // no free entry below this one (indexed handles)
+    free_space space_;                  // the owner's free-space map (layout.hpp)
+    std::uint64_t nonce_counter_ = 0;
 
     bool indexed() const noexcept { return access_ != segment_access::read_only; }
 
     static void check_options(const segment_options& options);
 
-    // The directory's place is fixed by the layout (validated at open).
-    dir_entry* entries() const noexcept { return reinterpret_cast<dir_entry*>(base_ + sizeof(segment_header)); }
+    dir_entry* entry_at(std::uint32_t index) const noexcept;
 
+    void reserve_address_space(std::uint64_t size);
     void map(std::uint64_t size);
-
     void unmap() noexcept;
-
+    // Read-only views: maps what the owner added to the file since.
+    void follow_growth() const;
     std::uint64_t file_size() const;
 
     bool is_unfinished_creation() const;
     bool only_zeros_from(std::uint64_t offset) const;
-    void reserve_memory(std::uint64_t size);
+    void reserve_memory(std::uint64_t from, std::uint64_t size);
     void build(const segment_options& options, bool created_file);
 
     void reopen(const segment_options& options);
@@ -243,28 +291,37 @@ private:
 
     void claim_ownership() noexcept;
 
-    bool entry_in_bounds(const dir_entry& entry) const noexcept;
+    // Extends the file, its memory and its mapping by at least `needed`
+    // bytes, in place (addresses stay valid). errc::out_of_space past max_size.
+    void grow(std::uint64_t needed, const std::string& for_what);
+    // Takes `size` bytes from the free space, growing the segment if needed.
+    std::uint64_t allocate(std::uint64_t size, const std::string& for_what);
+
+    bool region_in_bounds(const region_desc& region, entry_kind kind) const noexcept;
+    static std::uint64_t region_bytes(const region_desc& region, entry_kind kind) noexcept;
 
     // Copies entry `index` out of shared memory and checks it; only a copy
     // that checked out is ever used to compute an address.
     bool read_valid_entry(std::uint32_t index, dir_entry& out) const noexcept;
 
-    slot_area area_of(const dir_entry& entry) const noexcept {
-        return slot_area{base_ + entry.offset, entry.slot_count, entry.slot_capacity};
-    }
+    slot_area area_of(const dir_entry& entry) const noexcept;
 
     std::optional<found_entry> find_entry(const std::string& key) const;
     std::optional<found_entry> find_valid_entry(const std::string& key) const noexcept;
 
-    // Adding an entry: mark a free directory slot WRITING, fill it, clear the
-    // slot headers, move alloc_top past the region, then mark it READY. A
-    // crash before READY leaves a WRITING entry (reclaimed on the next open)
-    // and at most some unused space.
-    slot_area add_entry(const std::string& key, std::uint32_t slot_count, std::uint64_t capacity);
+    // Adding an entry: take a region from the free space, clear its slot
+    // headers, mark a free directory entry WRITING, fill it, then mark it
+    // READY. A crash before READY leaves a WRITING entry (cleared on the
+    // next open) and its region unreferenced, hence free.
+    attached_entry add_entry(const std::string& key, entry_kind kind, std::uint32_t count, std::uint64_t capacity);
+    std::uint32_t free_entry_index(const std::string& key);
+    // A new directory block, twice the last one; false if there can be no more.
+    bool add_directory_block(const std::string& for_key);
 
-    // On open: set damaged entries aside and, as the owner, finish what a
-    // crash interrupted.
+    // On open: check the directory blocks, set damaged entries aside, and,
+    // as the owner, finish what a crash interrupted and build the free-space map.
     void recover_directory();
+    void read_directory_blocks(const segment_header& validated);
 
     static entry_info describe(const dir_entry& entry, const slot_area& area);
 };
@@ -310,6 +367,8 @@ public:
     // Who owns it, or owned it last, as its header says now.
     segment_status status() const { return impl().status(); }
     std::uint64_t size() const { return impl().total_size(); }
+    // Bytes neither a key nor the directory uses (the segment may still
+    // grow past them, up to segment_options::max_size).
     std::uint64_t free_bytes() const { return impl().free_bytes(); }
 
     std::vector<entry_info> entries() const {
@@ -358,4 +417,5 @@ private:
 
 #ifdef KEEPSAKE_HEADER_ONLY
 #include "keepsake/segment-inl.hpp"
+#include "keepsake/detail/directory-inl.hpp"
 #endif

@@ -86,6 +86,13 @@ inline std::uint64_t record_checksum(const record& r) noexcept {
                            r.bytes.size());
 }
 
+// A record's generation as a store may hand it on: commits never publish
+// more than max_generation, and recovery commits one above the record's, so
+// a record at max_generation or above can only be damage (or forged).
+inline bool record_generation_in_range(std::uint64_t generation) noexcept {
+    return generation != 0 && generation < max_generation;
+}
+
 inline bool has_prefix(const std::string& key, const std::string& prefix) noexcept {
     return key.size() >= prefix.size() && key.compare(0, prefix.size(), prefix) == 0;
 }

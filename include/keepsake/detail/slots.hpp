@@ -17,6 +17,7 @@ struct slot_area {
     std::byte* first = nullptr;   // the first slot_header
     std::uint32_t count = 0;
     std::uint64_t capacity = 0;   // data bytes per slot
+    std::uint64_t tag = 0;        // what its slots' tag word must say (slot_tag)
 
     slot_header* header(std::uint32_t index) const noexcept {
         return reinterpret_cast<slot_header*>(first + index * slot_stride(capacity));
@@ -34,17 +35,25 @@ inline std::uint64_t commit_clock_ns() noexcept {
     return static_cast<std::uint64_t>(std::time(nullptr)) * 1000000000ull;
 }
 
+// The tag of an entry's slots in one region: a region given back and taken
+// by another entry (or by the same one after a move) holds slots with
+// another tag, so a reader that still looks at the old place never takes
+// them for its own.
+inline std::uint64_t slot_tag(std::uint64_t nonce, std::uint32_t serial) noexcept {
+    return mix_words(nonce, serial, 0x736c6f74u, 0) | 1u;
+}
+
 // The checksum of a slot's bytes, seeded by the header words that describe
-// them. commit_ns is folded in after the hash (times an odd constant, so
+// them (and the slot's tag; 0 for a store record, which has none). commit_ns is folded in after the hash (times an odd constant, so
 // 0 changes nothing): the clock read and the hash do not wait on each other,
 // and a slot with commit_ns 0 (written before commit times were recorded, or
 // a store record, which has none) keeps the checksum it had.
 inline std::uint64_t slot_checksum(std::uint64_t generation, std::uint64_t size,
                                    std::uint64_t fingerprint, std::uint32_t schema,
                                    std::uint32_t codec, const void* data,
-                                   std::uint64_t commit_ns = 0) noexcept {
+                                   std::uint64_t commit_ns = 0, std::uint64_t tag = 0) noexcept {
     const std::uint64_t seed =
-        mix_words(generation, size, fingerprint,
+        mix_words(generation, size, fingerprint ^ tag,
                   (std::uint64_t{schema} << 32) | std::uint64_t{codec});
     return hash_bytes(data, static_cast<std::size_t>(size), seed) ^ (commit_ns * 0x9E3779B97F4A7C15ull);
 }
@@ -60,6 +69,7 @@ struct slot_snapshot {
     std::uint32_t codec = 0;
     std::uint64_t commit_ns = 0;
     std::uint64_t checksum = 0;
+    std::uint64_t tag = 0;
 };
 
 inline slot_snapshot read_slot_header(const slot_area& area, std::uint32_t index) noexcept {
@@ -73,16 +83,48 @@ inline slot_snapshot read_slot_header(const slot_area& area, std::uint32_t index
     snap.codec = load_relaxed(header->codec);
     snap.commit_ns = load_relaxed(header->commit_ns);
     snap.checksum = load_relaxed(header->checksum);
+    snap.tag = load_relaxed(header->tag);
     return snap;
 }
 
-// Checks a slot's bytes where they lie. Never trusts the stored size: it is
-// bounded by the slot before anything is read. False for an empty, torn or
-// damaged slot.
+// Are a slot's header words possible at all (before its bytes are read)?
+// The size is bounded by the slot, the generation by max_generation, and the
+// tag must be this entry's.
+inline bool slot_words_plausible(const slot_area& area, const slot_snapshot& snap) noexcept {
+    return snap.generation != 0 && snap.generation <= max_generation && snap.size <= area.capacity &&
+           snap.tag == area.tag;
+}
+
+// Checks a slot's bytes where they lie. Never trusts the stored words: they
+// are bounded before anything is read. False for an empty, torn, damaged or
+// foreign slot.
 inline bool slot_is_valid(const slot_area& area, const slot_snapshot& snap) noexcept {
-    if (snap.generation == 0 || snap.size > area.capacity) return false;
+    if (!slot_words_plausible(area, snap)) return false;
     return slot_checksum(snap.generation, snap.size, snap.fingerprint, snap.schema_version,
-                         snap.codec, area.data(snap.index), snap.commit_ns) == snap.checksum;
+                         snap.codec, area.data(snap.index), snap.commit_ns, snap.tag) == snap.checksum;
+}
+
+// Writes a slot's words and checksum, then publishes it: the generation goes
+// last, with release, so a reader that sees it sees everything before it.
+// The caller unpublished the slot (generation 0, release fence) before it
+// wrote the data.
+inline void publish_slot(const slot_area& area, std::uint32_t index, const slot_snapshot& words) noexcept {
+    slot_header& header = *area.header(index);
+    store_relaxed(header.size, words.size);
+    store_relaxed(header.fingerprint, words.fingerprint);
+    store_relaxed(header.schema_version, words.schema_version);
+    store_relaxed(header.codec, words.codec);
+    store_relaxed(header.commit_ns, words.commit_ns);
+    store_relaxed(header.tag, area.tag);
+    store_relaxed(header.checksum, slot_checksum(words.generation, words.size, words.fingerprint,
+                                                 words.schema_version, words.codec, area.data(index),
+                                                 words.commit_ns, area.tag));
+    store_release(header.generation, words.generation);
+}
+
+inline void unpublish_slot(const slot_area& area, std::uint32_t index) noexcept {
+    store_relaxed(area.header(index)->generation, std::uint64_t{0});
+    fence_release();
 }
 
 } // namespace keepsake::detail

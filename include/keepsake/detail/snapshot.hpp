@@ -39,7 +39,7 @@ inline bool newest_published_below(const slot_area& area, std::uint64_t below, s
     bool found = false;
     for (std::uint32_t index = 0; index < area.count; ++index) {
         const slot_snapshot snap = read_slot_header(area, index);
-        if (snap.generation == 0 || snap.generation >= below) continue;
+        if (snap.generation == 0 || snap.generation >= below || snap.tag != area.tag) continue;
         if (!found || snap.generation > best.generation) best = snap;
         found = true;
     }
@@ -51,18 +51,18 @@ inline bool newest_published_below(const slot_area& area, std::uint64_t below, s
 // checksum is damaged and the next older one is tried, as restore does.
 inline snapshot_status snapshot_newest(const slot_area& area, std::uint64_t newer_than, record& out,
                                        int attempts = 64) {
-    std::uint64_t below = ~std::uint64_t{0};
+    std::uint64_t below = max_generation + 1;
     slot_snapshot snap;
     while (newest_published_below(area, below, snap)) {
         if (snap.generation <= newer_than) return snapshot_status::up_to_date;
         const bool fits = snap.size <= area.capacity;
         if (fits && !copy_slot(area, snap, out)) {
             if (--attempts <= 0) return snapshot_status::busy;
-            below = ~std::uint64_t{0};  // a newer commit landed: start over
+            below = max_generation + 1;  // a newer commit landed: start over
             continue;
         }
         if (fits && slot_checksum(snap.generation, snap.size, snap.fingerprint, snap.schema_version, snap.codec,
-                                  out.bytes.data(), snap.commit_ns) == snap.checksum) {
+                                  out.bytes.data(), snap.commit_ns, area.tag) == snap.checksum) {
             out.generation = snap.generation;
             out.schema_version = snap.schema_version;
             out.codec = snap.codec;

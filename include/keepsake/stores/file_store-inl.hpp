@@ -113,6 +113,8 @@ KEEPSAKE_INLINE file_read parse_record_file(const std::vector<std::byte>& bytes,
         result.why = "length " + std::to_string(bytes.size()) + " does not match its header (truncated or extended)";
     } else if (header.key_length != key.size() || std::memcmp(bytes.data() + sizeof(header), key.data(), key.size()) != 0) {
         result.why = "it holds another key";
+    } else if (!record_generation_in_range(header.generation)) {
+        result.why = "generation " + std::to_string(header.generation) + " is out of range (only damage makes it)";
     } else {
         record& r = result.value;
         r.key = key;

@@ -238,6 +238,10 @@ private:
                                                   std::to_string(r.generation) +
                                                   ") fails its checksum; recover from shared memory or the initial "
                                                   "state, or remove the key");
+        if (!detail::record_generation_in_range(r.generation))
+            throw error(errc::record_corrupt, describe() + ": key '" + key + "' has generation " +
+                                                  std::to_string(r.generation) +
+                                                  ", out of range (only damage makes it); remove the key");
         return r;
     }
 };
