@@ -360,6 +360,80 @@ TEST_CASE("a damaged store record: a clear error, and the older valid copy is us
     CHECK(store.get("k")->generation == 3);
 }
 
+namespace {
+// Damages the page holding the records' table (page 2: page 1 is the
+// schema, so the store still opens) after folding the WAL into the file.
+void damage_records_page(const std::string& db) {
+    sqlite3* handle = nullptr;
+    REQUIRE(sqlite3_open(db.c_str(), &handle) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(handle, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(handle);
+    std::fstream io(db, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(4096);
+    const std::string garbage(4096, '\x5a');
+    io.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+}
+} // namespace
+
+TEST_CASE("a store that cannot be read never blocks a restart from shared memory", "[recovery][store]") {
+    shm_dir dir;
+    temp_dir disk;
+    segment s("blocked", dir.options());
+    keeper<state64> k(s, "k");
+    const std::string db = disk.path() + "/s.db";
+    for (int i = 0; i < 3; ++i) commit_next(k);
+    {
+        keepsake::sqlite_store store(db);
+        exporter out(s, store, quiet_options());
+        REQUIRE(out.flush(5s));
+    }
+    commit_next(k);  // generation 4 in shared memory, 3 in the store
+    damage_records_page(db);
+    keepsake::sqlite_store store(db);  // opens: the schema page is whole
+    CHECK(error_from([&] { store.get("k"); }).code() == errc::store_failed);
+    SECTION("shared memory holds a state: it is taken, and the store's error is reported") {
+        const auto got = keepsake::recover(k, store, state_at(0));
+        CHECK(got.source == recovery_source::shared_memory);
+        CHECK(got.generation == 4);
+        CHECK(got.value.generation == 4);
+        CHECK(got.store_unreadable);
+        REQUIRE(got.problems.size() == 1);
+        CHECK(got.problems[0].find("could not be read") != std::string::npos);
+        CHECK(got.problems[0].find(db) != std::string::npos);
+    }
+    SECTION("with nothing in shared memory, the store's error is what recovery reports") {
+        keeper<state64> fresh(s, "never-committed");
+        CHECK(error_from([&] { keepsake::recover(fresh, store, state_at(0)); }).code() == errc::store_failed);
+    }
+}
+
+TEST_CASE("a store record at the top of the generation range is damage, never committed above", "[recovery]") {
+    shm_dir dir;
+    keepsake::memory_store store;
+    segment s("top", dir.options());
+    int round = 0;
+    for (const std::uint64_t generation : {~std::uint64_t{0}, ~std::uint64_t{0} - 1, keepsake::detail::max_generation}) {
+        CAPTURE(generation);
+        const std::string key = "k" + std::to_string(round++);
+        keeper<state64> k(s, key);
+        keepsake::record forged;
+        forged.key = key;
+        forged.generation = generation;
+        forged.schema_version = 1;
+        forged.codec = static_cast<std::uint32_t>(keepsake::codec_of<state64>());
+        forged.fingerprint = keepsake::type_fingerprint<state64>();
+        forged.bytes.resize(sizeof(state64));
+        store.put_batch({forged});
+        const auto got = keepsake::recover(k, store, state_at(7));
+        CHECK(got.source == recovery_source::initial);
+        CHECK(got.problems.size() == 1);
+        CHECK_FALSE(store.get(key));  // the damaged record was removed
+        CHECK(k.restore()->info.generation == got.generation);
+        CHECK(k.commit(state_at(8)) == got.generation + 1);
+        CHECK(k.restore()->info.generation == got.generation + 1);
+    }
+}
+
 TEST_CASE("a truncated store file with nothing else valid gives the initial state", "[recovery]") {
     shm_dir dir;
     temp_dir disk;

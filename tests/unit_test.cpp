@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <random>
 #include <stdexcept>
@@ -16,6 +17,7 @@
 #include <boost/fiber/operations.hpp>
 
 #include <keepsake/exporter.hpp>
+#include <keepsake/stores/file_store.hpp>
 #include <keepsake/stores/memory_store.hpp>
 
 #include "support.hpp"
@@ -341,6 +343,60 @@ TEST_CASE("a unit with a store opens through recovery: after a reboot its state 
         CHECK(starts[2].source == keepsake::recovery_source::shared_memory);
         CHECK(read(unit) == 40);
     }
+}
+
+TEST_CASE("a store that cannot be read does not keep a unit down: shared memory is taken, an event says why",
+          "[unit][store]") {
+    test_support::temp_dir disk;
+    keepsake::file_store durable(disk.path());
+    pumped_runtime env("unreadable");
+    {
+        keepsake::keeper<counter> earlier(env.seg, "kept");
+        earlier.commit(counter{41});
+    }
+    // The key's record file is a directory: every read of it fails.
+    std::filesystem::create_directories(disk.path() + "/kept.rec");
+    REQUIRE_THROWS(durable.get("kept"));
+    std::vector<std::string> problems;
+    env.rt.events().subscribe([&](const keepsake::event& what) {
+        if (what.kind == keepsake::event_kind::recovery_problem) problems.emplace_back(what.reason);
+    });
+    auto spec = counter_spec("kept");
+    spec.recover_from = &durable;
+    auto unit = keepsake::start_unit(env.rt, spec);
+    CHECK(read(unit) == 41);
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].find("could not be read") != std::string::npos);
+}
+
+TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so; nothing is overwritten",
+          "[unit][decode]") {
+    struct wider {
+        long value = 0;
+        long more = 0;
+    };
+    pumped_runtime env("undecodable");
+    {
+        keepsake::keeper<counter> earlier(env.seg, "kept");
+        earlier.commit(counter{41});
+    }
+    keepsake::unit_spec<wider> spec;
+    spec.name = "kept";
+    keepsake::keeper_options<wider> options;
+    options.upgrade = [](const keepsake::stored_record& old) {
+        // A hook that decodes the old bytes as the new type: they do not fit.
+        return keepsake::decode_as<wider>(old);
+    };
+    spec.keeper = options;
+    try {
+        keepsake::start_unit(env.rt, spec);
+        FAIL("the unit started from nothing");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::start_failed);
+        CHECK(std::string(failure.what()).find("stored state has 8 bytes, the type has 16") != std::string::npos);
+    }
+    keepsake::keeper<counter> still(env.seg, "kept");
+    CHECK(still.restore()->value.value == 41);
 }
 
 TEST_CASE("a unit gives up past its restart intensity; then calls fail at once", "[unit]") {

@@ -51,6 +51,9 @@ enum class event_kind {
     // thread: supervisor "exporter", child the store, reason the message.
     export_failed,     // a store put failed; it is retried (instance: failures in a row)
     export_timed_out,  // stop ran out of time with keys not exported
+    // A unit's first start recovered its state but passed over a damaged
+    // store record or a store it could not read (reason says which).
+    recovery_problem,
 };
 
 inline const char* to_string(event_kind kind) noexcept {
@@ -63,6 +66,7 @@ inline const char* to_string(event_kind kind) noexcept {
     case event_kind::stopped: return "stopped";
     case event_kind::export_failed: return "export_failed";
     case event_kind::export_timed_out: return "export_timed_out";
+    case event_kind::recovery_problem: return "recovery_problem";
     }
     return "unknown";
 }

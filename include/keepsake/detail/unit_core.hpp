@@ -353,6 +353,8 @@ private:
         info.restarts = restarts_this_instance_;
         if (first && spec_.recover_from != nullptr) {
             recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+            for (const std::string& problem : found.problems)
+                publish(event_kind::recovery_problem, exit_kind::normal, problem);
             state_ = std::move(found.value);
             info.source = found.source;
             info.generation = found.generation;
