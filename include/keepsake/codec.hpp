@@ -264,6 +264,33 @@ void decode_into(const std::byte* data, std::size_t size, T& out) {
     }
 }
 
+namespace detail {
+
+// Where a cereal state's slots (and a side table's items) start: small,
+// so a segment holds thousands of small keys; they grow with the state.
+inline constexpr std::uint64_t initial_cereal_capacity = 64;
+
+// The error for committed bytes that pass their checksum (so they are what
+// was committed) but do not make a T: the type changed without a new schema
+// version, or the bytes were forged. Never "no state": the caller would
+// start afresh and its next commit would overwrite what is there.
+[[noreturn]] inline void throw_undecodable(const std::string& what, std::uint64_t generation,
+                                           std::uint64_t stored_fingerprint, std::uint32_t stored_schema,
+                                           std::uint64_t expected_fingerprint, std::uint32_t expected_schema,
+                                           const char* why) {
+    throw error(errc::decode_failed,
+                what + " holds a committed state (generation " + std::to_string(generation) + ", type fingerprint " +
+                    fingerprint_text(stored_fingerprint) + ", schema " + std::to_string(stored_schema) +
+                    ") whose bytes pass their checksum but do not decode as this program's type (fingerprint " +
+                    fingerprint_text(expected_fingerprint) + ", schema " + std::to_string(expected_schema) +
+                    "): " + why +
+                    ". Nothing was changed, so the program that wrote it can still read it. If the type changed, "
+                    "bump its schema_version (state_traits<T> or keeper_options) and give keeper_options::upgrade "
+                    "to convert the old bytes");
+}
+
+} // namespace detail
+
 // For upgrade hooks: decodes a record as the old type U that wrote it.
 template <class U>
 U decode_as(const stored_record& record) {

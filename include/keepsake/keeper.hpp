@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "keepsake/codec.hpp"
 #include "keepsake/detail/atomic.hpp"
@@ -26,6 +27,7 @@
 #include "keepsake/error.hpp"
 #include "keepsake/log.hpp"
 #include "keepsake/segment.hpp"
+#include "keepsake/table.hpp"
 
 namespace keepsake {
 
@@ -59,30 +61,6 @@ struct restored {
     restore_info info;
 };
 
-namespace detail {
-
-inline constexpr std::uint64_t initial_cereal_capacity = 64;
-
-// The error for committed bytes that pass their checksum (so they are what
-// was committed) but do not make a T: the type changed without a new schema
-// version, or the bytes were forged. Never "no state": the caller would
-// start afresh and its next commit would overwrite what is there.
-[[noreturn]] inline void throw_undecodable(const std::string& what, std::uint64_t generation,
-                                           std::uint64_t stored_fingerprint, std::uint32_t stored_schema,
-                                           std::uint64_t expected_fingerprint, std::uint32_t expected_schema,
-                                           const char* why) {
-    throw error(errc::decode_failed,
-                what + " holds a committed state (generation " + std::to_string(generation) + ", type fingerprint " +
-                    fingerprint_text(stored_fingerprint) + ", schema " + std::to_string(stored_schema) +
-                    ") whose bytes pass their checksum but do not decode as this program's type (fingerprint " +
-                    fingerprint_text(expected_fingerprint) + ", schema " + std::to_string(expected_schema) +
-                    "): " + why +
-                    ". Nothing was changed, so the program that wrote it can still read it. If the type changed, "
-                    "bump its schema_version (state_traits<T> or keeper_options) and give keeper_options::upgrade "
-                    "to convert the old bytes");
-}
-
-} // namespace detail
 
 template <class T>
 class keeper {
@@ -115,14 +93,40 @@ public:
     keeper(keeper&& other) noexcept
         : segment_(std::move(other.segment_)), key_(std::move(other.key_)), options_(std::move(other.options_)),
           index_(other.index_), area_(other.area_), highest_generation_(other.highest_generation_),
-          newest_slot_(other.newest_slot_) {}
+          committed_generation_(other.committed_generation_), newest_slot_(other.newest_slot_),
+          tables_(std::move(other.tables_)) {}
 
     keeper(const keeper&) = delete;
     keeper& operator=(const keeper&) = delete;
     keeper& operator=(keeper&&) = delete;
 
     ~keeper() {
+        tables_.clear();
         if (segment_) segment_->release_key(key_);
+    }
+
+    // The side table `name` of this keeper (keepsake/table.hpp), attached on
+    // first use as it was at the last commit (or the last restore). Its
+    // changes are published by this keeper's commits, with the state, in
+    // one atomic step. A keeper with tables has two slots, so a damaged
+    // newest commit falls back to exactly the one before, tables included.
+    template <class Key, class Value, class Hash = std::hash<Key>>
+    side_table<Key, Value, Hash>& table(const std::string& name) {
+        using table_type = side_table<Key, Value, Hash>;
+        for (const auto& held : tables_) {
+            if (held->table_name() != name) continue;
+            if (auto* typed = dynamic_cast<table_type*>(held.get())) return *typed;
+            throw error(errc::type_mismatch, "side table '" + name + "' of key '" + key_ +
+                                                 "' is already attached with other key or value types");
+        }
+        if (options_.slots != 2)
+            throw error(errc::invalid_argument, "key '" + key_ + "' has " + std::to_string(options_.slots) +
+                                                    " slots; a keeper with side tables has 2 (keeper_options::slots)");
+        auto made = std::make_unique<table_type>(segment_, key_, name);
+        made->load(committed_generation_);
+        table_type& held = *made;
+        tables_.push_back(std::move(made));
+        return held;
     }
 
     // Makes `value` the committed state and returns its generation. When it
@@ -131,6 +135,20 @@ public:
     // the same atomic step (segment_options::max_size bounds it).
     std::uint64_t commit(const T& value) {
         busy_guard guard(busy_, key_);
+        if (!tables_.empty()) return commit_with_tables(value);
+        return commit_state(value);
+    }
+
+    // commit() at a generation of at least `at_least`. Recovery from a store
+    // uses it to seed a new segment at the store's generation, so the
+    // exports that follow are newer than what the store holds.
+    std::uint64_t commit_at_least(const T& value, std::uint64_t at_least) {
+        if (at_least != 0 && highest_generation_ < at_least - 1) highest_generation_ = at_least - 1;
+        return commit(value);
+    }
+
+private:
+    std::uint64_t commit_state(const T& value) {
         const std::uint64_t generation = next_generation();
         const std::uint64_t commit_ns = detail::commit_clock_ns();  // for keepsake-inspect; in the checksum
         if (codec_of<T>() == codec_kind::raw && sizeof(T) > area_.capacity)
@@ -148,18 +166,28 @@ public:
         }
         detail::publish_slot(area_, target, words_of(generation, size, commit_ns));
         highest_generation_ = generation;
+        committed_generation_ = generation;
         newest_slot_ = target;
         return generation;
     }
 
-    // commit() at a generation of at least `at_least`. Recovery from a store
-    // uses it to seed a new segment at the store's generation, so the
-    // exports that follow are newer than what the store holds.
-    std::uint64_t commit_at_least(const T& value, std::uint64_t at_least) {
-        if (at_least != 0 && highest_generation_ < at_least - 1) highest_generation_ = at_least - 1;
-        return commit(value);
+    // The tables' changes go in first, at the generation the state's slot
+    // then publishes: until it does, no reader takes them (they are above
+    // the committed generation), and if the commit fails they are cleared.
+    std::uint64_t commit_with_tables(const T& value) {
+        const std::uint64_t generation = next_generation();
+        try {
+            for (const auto& held : tables_) held->write_changes(generation);
+            commit_state(value);
+        } catch (...) {
+            for (const auto& held : tables_) held->abort_changes();
+            throw;
+        }
+        for (const auto& held : tables_) held->committed();
+        return generation;
     }
 
+public:
     // Puts the newest valid committed state into `out`. Returns nothing (and
     // leaves `out` alone) if no slot holds a valid state. Slots that fail
     // their checksum are damage: the next older one is taken. Bytes that
@@ -182,6 +210,7 @@ public:
             info.generation = snap->generation;
             info.slot = snap->index;
             newest_slot_ = snap->index;
+            restore_tables(info.generation);
             if (info.skipped_slots != 0)
                 detail::log(spdlog::level::warn, [&] {
                     return "key '" + key_ + "': restored generation " + std::to_string(info.generation) +
@@ -194,6 +223,7 @@ public:
                 return "key '" + key_ + "': no valid committed state; " + std::to_string(info.skipped_slots) +
                        " slot(s) failed validation";
             });
+        restore_tables(0);
         return std::nullopt;
     }
 
@@ -245,8 +275,20 @@ private:
     std::uint32_t index_ = 0;               // the key's directory entry
     detail::slot_area area_{};
     std::uint64_t highest_generation_ = 0;  // highest seen (valid, or plausibly ours)
+    std::uint64_t committed_generation_ = 0;  // of the state in hand: the last commit, or what restore found
     std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch
+    std::vector<std::unique_ptr<detail::table_base>> tables_;
     std::atomic<bool> busy_{false};
+
+    // The tables as of the state restore hands over: only the changes since
+    // the last commit undone when that is the generation, else loaded again.
+    void restore_tables(std::uint64_t generation) {
+        for (const auto& held : tables_) {
+            if (generation == committed_generation_) held->revert();
+            else held->load(generation);
+        }
+        committed_generation_ = generation;
+    }
 
     static constexpr std::uint64_t default_capacity() noexcept {
         return codec_of<T>() == codec_kind::raw ? sizeof(T) : detail::initial_cereal_capacity;
@@ -289,6 +331,7 @@ private:
             copy_fallback(old, previous, fresh, fresh.count - 1);
         });
         highest_generation_ = generation;
+        committed_generation_ = generation;
         newest_slot_ = 0;
         return generation;
     }
@@ -399,6 +442,7 @@ private:
         }
         const std::uint64_t valid_highest = newest_valid ? newest_valid->generation : 0;
         highest_generation_ = valid_highest;
+        committed_generation_ = valid_highest;
         if (damaged_highest > valid_highest && damaged_highest - valid_highest <= area_.count)
             highest_generation_ = damaged_highest;
         newest_slot_ = newest_valid ? newest_valid->index : area_.count - 1;

@@ -116,7 +116,7 @@ struct slot_header {
     std::uint64_t commit_ns;      // wall clock at commit (coarse), for the inspect tool; 0 if unknown
     std::uint64_t checksum;       // XXH3 of data, seeded by the words above and the tag
     std::uint64_t tag;            // the entry's nonce and region serial: a slot is only ever its own entry's
-    std::uint64_t reserved;
+    std::uint64_t item_words;     // side-table items: key length, and 1 << 32 for "erased" (0 for a state)
 };
 static_assert(sizeof(slot_header) == 64);
 

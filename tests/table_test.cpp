@@ -1,0 +1,236 @@
+// Side tables: committed with their keeper's state in one step; restored as
+// of one commit; grown as items are added and as they get larger; SIGKILL
+// at random instants never leaves a mix of two commits.
+#include <catch2/catch.hpp>
+
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using keepsake::errc;
+using keepsake::keeper;
+using keepsake::segment;
+using test_support::shm_dir;
+
+namespace {
+
+struct world {
+    std::uint64_t commit = 0;   // which commit of the test wrote it
+    std::uint64_t sum = 0;      // of every entity's hp, as committed with it
+    std::uint64_t entities = 0; // how many there are
+};
+
+struct entity {
+    std::uint64_t hp = 0;
+    std::uint64_t written = 0;  // the commit that last changed it
+    std::string name;           // grows, so the table's items grow
+    template <class Archive>
+    void serialize(Archive& archive) { archive(hp, written, name); }
+};
+
+using entity_table = keepsake::side_table<std::uint64_t, entity>;
+
+std::map<std::uint64_t, entity> contents(const entity_table& table) {
+    std::map<std::uint64_t, entity> all;
+    table.for_each([&](const std::uint64_t& id, const entity& value) { all[id] = value; });
+    return all;
+}
+
+} // namespace
+
+TEST_CASE("a side table is committed with its keeper's state and restored with it", "[table]") {
+    shm_dir dir;
+    {
+        segment s("tables", dir.options());
+        keeper<world> k(s, "w");
+        auto& entities = k.table<std::uint64_t, entity>("entities");
+        CHECK(entities.empty());
+        entities.put(1, entity{10, 1, "ada"});
+        entities.put(2, entity{20, 1, "bob"});
+        CHECK(k.commit(world{1, 30, 2}) == 1);
+        entities.put(3, entity{30, 2, "cy"});
+        entities.erase(1);
+        if (entity* bob = entities.find_for_update(2)) bob->hp = 25;
+        CHECK(k.commit(world{2, 55, 2}) == 2);
+        // Changes after the last commit are not kept.
+        entities.put(4, entity{40, 3, "dee"});
+        entities.erase(2);
+    }
+    segment s("tables", dir.options());
+    keeper<world> k(s, "w");
+    auto& entities = k.table<std::uint64_t, entity>("entities");
+    const auto kept = k.restore();
+    REQUIRE(kept);
+    CHECK(kept->info.generation == 2);
+    const auto all = contents(entities);
+    REQUIRE(all.size() == 2);
+    CHECK(all.at(2).hp == 25);
+    CHECK(all.at(3).name == "cy");
+    CHECK(entities.find(1) == nullptr);
+    CHECK(entities.find(4) == nullptr);
+    CHECK(entities.size() == 2);
+}
+
+TEST_CASE("a restore undoes the table changes made since the last commit", "[table]") {
+    shm_dir dir;
+    segment s("revert", dir.options());
+    keeper<world> k(s, "w");
+    auto& entities = k.table<std::uint64_t, entity>("entities");
+    entities.put(1, entity{10, 1, "ada"});
+    k.commit(world{1, 10, 1});
+    entities.put(2, entity{20, 2, "new"});      // added
+    entities.erase(1);                          // erased
+    entities.put(1, entity{11, 2, "again"});    // and put back changed
+    entities.put(3, entity{30, 2, "gone"});
+    entities.erase(3);
+    CHECK(entities.size() == 2);
+    REQUIRE(k.restore());
+    CHECK(entities.size() == 1);
+    REQUIRE(entities.find(1) != nullptr);
+    CHECK(entities.find(1)->name == "ada");
+    CHECK(entities.find(2) == nullptr);
+    CHECK(entities.find(3) == nullptr);
+    // And the table commits on from there.
+    entities.put(5, entity{50, 2, "five"});
+    CHECK(k.commit(world{2, 60, 2}) == 2);
+    CHECK(k.restore()->info.generation == 2);
+    CHECK(entities.size() == 2);
+}
+
+TEST_CASE("a table grows in items and in item size; erased items' records are reused", "[table][grow]") {
+    shm_dir dir;
+    std::uint64_t capacity = 0;
+    {
+        segment s("growing", dir.options(4u << 20, 16));
+        keeper<world> k(s, "w");
+        auto& entities = k.table<std::uint64_t, entity>("entities");
+        capacity = entities.item_capacity();
+        for (std::uint64_t id = 0; id < 1000; ++id) entities.put(id, entity{id, 1, std::string(id % 300, 'x')});
+        k.commit(world{1, 0, 1000});
+        CHECK(entities.item_capacity() > capacity);
+        for (std::uint64_t id = 0; id < 1000; id += 2) entities.erase(id);
+        k.commit(world{2, 0, 500});
+        const std::uint64_t free_before = s.free_bytes();
+        for (std::uint64_t id = 1000; id < 1500; ++id) entities.put(id, entity{id, 3, "r"});
+        k.commit(world{3, 0, 1000});
+        CHECK(s.free_bytes() == free_before);  // the erased items' records took them
+    }
+    segment s("growing", dir.options(4u << 20, 16));
+    keeper<world> k(s, "w");
+    auto& entities = k.table<std::uint64_t, entity>("entities");
+    CHECK(entities.size() == 1000);
+    CHECK(entities.find(999)->name == std::string(999 % 300, 'x'));
+    CHECK(entities.find(998) == nullptr);
+    CHECK(entities.find(1499)->name == "r");
+}
+
+TEST_CASE("a table's items of another type are refused, never reinterpreted", "[table]") {
+    shm_dir dir;
+    segment s("typed", dir.options());
+    {
+        keeper<world> k(s, "w");
+        k.table<std::uint64_t, entity>("entities").put(1, entity{1, 1, "a"});
+        k.commit(world{});
+    }
+    keeper<world> k(s, "w");
+    CHECK(test_support::error_from([&] { k.table<std::uint64_t, std::string>("entities"); }).code() ==
+          errc::type_mismatch);
+    keepsake::keeper_options<world> more_slots;
+    more_slots.slots = 3;
+    keeper<world> other(s, "x", more_slots);
+    CHECK(test_support::error_from([&] { other.table<int, int>("t"); }).code() == errc::invalid_argument);
+}
+
+namespace {
+
+struct table_report {
+    std::atomic<int> ready{0};
+    std::atomic<std::uint64_t> last_committed{0};
+};
+
+// Commits forever: each commit changes a few random entities (grows their
+// names, erases some, adds new ones) and commits the world with the sum and
+// count it computes from the table, so every restored commit can be checked
+// whole against its own table.
+[[noreturn]] void commit_world_forever(const shm_dir& dir, table_report& report, std::uint64_t seed) {
+    segment s("atomic", dir.options(8u << 20, 16));
+    keeper<world> k(s, "w");
+    auto& entities = k.table<std::uint64_t, entity>("entities");
+    const auto kept = k.restore();
+    world current = kept ? kept->value : world{};
+    std::mt19937_64 rng(seed);
+    report.ready.store(1, std::memory_order_release);
+    for (;;) {
+        const std::uint64_t commit = current.commit + 1;
+        for (int change = 0; change < 3; ++change) {
+            const std::uint64_t id = rng() % 400;
+            if (rng() % 5 == 0) {
+                entities.erase(id);
+            } else {
+                const entity* old = entities.find(id);
+                const std::size_t length = old ? (old->name.size() + 7) % 700 : 1;
+                entities.put(id, entity{rng() % 1000, commit, std::string(length, static_cast<char>('a' + commit % 26))});
+            }
+        }
+        world next{commit, 0, entities.size()};
+        entities.for_each([&](const std::uint64_t&, const entity& value) { next.sum += value.hp; });
+        k.commit(next);
+        current = next;
+        report.last_committed.store(commit, std::memory_order_release);
+    }
+}
+
+} // namespace
+
+TEST_CASE("SIGKILL at random instants never leaves a table and its state from two commits", "[table][crash]") {
+    shm_dir dir;
+    auto* report = test_support::shared_anonymous<table_report>();
+    const int kills = test_support::env_count("KEEPSAKE_KILLS", 200);
+    int checked = 0;
+    std::uint64_t last = 0;
+    for (int round = 0; round < kills; ++round) {
+        report->ready.store(0);
+        const pid_t child = test_support::fork_child(
+            [&] { commit_world_forever(dir, *report, static_cast<std::uint64_t>(round) * 7919 + 1); });
+        REQUIRE(test_support::wait_ready(report->ready, child));
+        std::this_thread::sleep_for(std::chrono::microseconds(std::mt19937(round)() % 3000));
+        test_support::kill_and_reap(child);
+        const std::uint64_t reported = report->last_committed.load(std::memory_order_acquire);
+
+        segment s("atomic", dir.options(8u << 20, 16));
+        keeper<world> k(s, "w");
+        auto& entities = k.table<std::uint64_t, entity>("entities");
+        const auto kept = k.restore();
+        if (!kept) {
+            REQUIRE(last == 0);
+            continue;
+        }
+        const world& state = kept->value;
+        REQUIRE(state.commit >= reported);  // nothing whose commit returned is lost
+        REQUIRE(state.commit >= last);
+        std::uint64_t sum = 0;
+        bool from_later_commit = false;
+        entities.for_each([&](const std::uint64_t&, const entity& value) {
+            sum += value.hp;
+            from_later_commit = from_later_commit || value.written > state.commit;
+            for (char c : value.name) from_later_commit = from_later_commit || c != static_cast<char>('a' + value.written % 26);
+        });
+        // All of one commit: the table adds up to what its state says.
+        REQUIRE_FALSE(from_later_commit);
+        REQUIRE(entities.size() == state.entities);
+        REQUIRE(sum == state.sum);
+        last = state.commit;
+        ++checked;
+    }
+    std::printf("tables: %d kills, %d restored and checked, reached commit %llu\n", kills, checked,
+                static_cast<unsigned long long>(last));
+    CHECK(checked >= kills * 9 / 10);
+    test_support::release_shared(report);
+}
