@@ -12,3 +12,4 @@ cmake --build build -j "$(nproc)" --target keepsake_tests >/dev/null
 export KEEPSAKE_KILLS=${KILLS:-10000} KEEPSAKE_FLIP_TRIALS=${FLIPS:-100000}
 echo "soak: $KEEPSAKE_KILLS kills per commit test ($((KEEPSAKE_KILLS / 2)) for creation and entry addition), $KEEPSAKE_FLIP_TRIALS flip trials"
 time build/tests/keepsake_tests "[crash],[corruption]" --durations yes
+# [crash] includes the growing-commit and side-table kill tests.

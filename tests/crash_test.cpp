@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <vector>
+
+#include <cereal/types/vector.hpp>
 
 #include <fcntl.h>
 
@@ -225,5 +228,91 @@ TEST_CASE("SIGKILL while entries are added leaves a usable directory with every 
     }
     std::printf("entry addition: %d kills, %llu entries checked\n", kills,
                 static_cast<unsigned long long>(entries_checked));
+    test_support::release_shared(report);
+}
+
+namespace {
+
+// A state whose encoding grows with its generation, so its key keeps moving
+// to larger slots: every word holds the generation.
+struct growing_state {
+    std::uint64_t generation = 0;
+    std::vector<std::uint64_t> words;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(generation, words); }
+
+    static growing_state at(std::uint64_t generation) {
+        return growing_state{generation, std::vector<std::uint64_t>(generation * 3 % 2400, generation)};
+    }
+    bool consistent() const {
+        if (words.size() != generation * 3 % 2400) return false;
+        for (std::uint64_t word : words)
+            if (word != generation) return false;
+        return true;
+    }
+};
+
+struct growth_report {
+    std::atomic<int> ready{0};
+    std::atomic<std::uint64_t> round{0};
+    std::atomic<std::uint64_t> last_committed{0};  // of key "g<round>"
+};
+
+} // namespace
+
+TEST_CASE("SIGKILL at random instants while keys grow, move and are removed: whole states, no space lost",
+          "[crash][grow]") {
+    shm_dir dir;
+    auto* report = test_support::shared_anonymous<growth_report>();
+    const int kills = test_support::env_count("KEEPSAKE_KILLS", 200);
+    const auto options = dir.options(1u << 20, 64);
+    int moved = 0;
+    for (int round = 0; round < kills; ++round) {
+        report->ready.store(0);
+        report->last_committed.store(0);
+        const pid_t child = test_support::fork_child([&] {
+            segment s("moves", options);
+            keeper<growing_state> steady(s, "steady");
+            report->ready.store(1, std::memory_order_release);
+            for (std::uint64_t key_round = 0;; ++key_round) {
+                report->last_committed.store(0, std::memory_order_release);
+                report->round.store(key_round, std::memory_order_release);
+                const std::string key = "g" + std::to_string(key_round);
+                {
+                    keeper<growing_state> k(s, key);
+                    for (std::uint64_t generation = 1; generation < 800; ++generation) {
+                        k.commit(growing_state::at(generation));
+                        report->last_committed.store(generation, std::memory_order_release);
+                        if (generation % 16 == 0) steady.commit(growing_state::at(steady.generation() + 1));
+                    }
+                }
+                s.remove_key(key);
+            }
+        });
+        REQUIRE(test_support::wait_ready(report->ready, child));
+        sleep_random_us(20000);
+        test_support::kill_and_reap(child);
+        const std::string current = "g" + std::to_string(report->round.load(std::memory_order_acquire));
+        const std::uint64_t reported = report->last_committed.load(std::memory_order_acquire);
+
+        segment s("moves", options);
+        REQUIRE(s.damaged_entries() == 0);
+        for (const keepsake::entry_info& entry : s.entries()) {
+            keeper<growing_state> k(s, entry.key);
+            const auto kept = k.restore();
+            if (entry.key == current && reported != 0) REQUIRE(kept);
+            if (!kept) continue;  // created, killed before its first commit
+            REQUIRE(kept->value.consistent());
+            REQUIRE(kept->value.generation == kept->info.generation);
+            if (entry.key == current) REQUIRE(kept->info.generation >= reported);
+            moved += entry.moves != 0 ? 1 : 0;
+        }
+        // Whatever the kill interrupted, all space comes back: with every key
+        // removed, the data area is free again.
+        for (const keepsake::entry_info& entry : s.entries()) REQUIRE(s.remove_key(entry.key));
+        REQUIRE(s.free_bytes() == s.size() - keepsake::detail::align64(512 + 64 * sizeof(keepsake::detail::dir_entry)));
+    }
+    std::printf("growing commits: %d kills, %d keys found moved\n", kills, moved);
+    CHECK(moved > 0);
     test_support::release_shared(report);
 }
