@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <boost/fiber/operations.hpp>
+#include <cereal/types/string.hpp>
 
 #include <keepsake/exporter.hpp>
 #include <keepsake/stores/file_store.hpp>
@@ -397,6 +398,43 @@ TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so;
     }
     keepsake::keeper<counter> still(env.seg, "kept");
     CHECK(still.restore()->value.value == 41);
+}
+
+TEST_CASE("a unit's side table is committed with its state; a crash undoes both together", "[unit][table]") {
+    pumped_runtime env("with-table");
+    using roster = keepsake::side_table<int, std::string>;
+    auto join = [](int id) {
+        return [id](counter& state, keepsake::unit_context<counter>& context) {
+            context.table<int, std::string>("players").put(id, "player" + std::to_string(id));
+            ++state.value;
+        };
+    };
+    auto players_and_count = [](counter& state, keepsake::unit_context<counter>& context) {
+        roster& players = context.table<int, std::string>("players");
+        return std::make_pair(players.size(), state.value);
+    };
+    {
+        auto unit = keepsake::start_unit(env.rt, counter_spec("lobby"));
+        unit.call(join(1));
+        unit.call(join(2));
+        // A message that changes both, then crashes: neither change stays.
+        CHECK_THROWS_AS(unit.call([](counter& state, keepsake::unit_context<counter>& context) -> int {
+                            context.table<int, std::string>("players").put(3, "intruder");
+                            context.table<int, std::string>("players").erase(1);
+                            ++state.value;
+                            throw std::runtime_error("crash mid-change");
+                        }),
+                        keepsake::worker_crashed);
+        CHECK(unit.call(players_and_count) == std::make_pair(std::size_t{2}, 2L));
+        unit.call(join(4));
+        keepsake::stop_unit(env.rt, unit);
+    }
+    // A new instance (as after kill -9) finds the table as last committed.
+    auto again = keepsake::start_unit(env.rt, counter_spec("lobby"));
+    CHECK(again.call(players_and_count) == std::make_pair(std::size_t{3}, 3L));
+    CHECK(again.call([](counter&, keepsake::unit_context<counter>& context) {
+        return *context.table<int, std::string>("players").find(4);
+    }) == "player4");
 }
 
 TEST_CASE("a unit gives up past its restart intensity; then calls fail at once", "[unit]") {

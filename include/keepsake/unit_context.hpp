@@ -3,11 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/keeper.hpp"
+#include "keepsake/table.hpp"
 
 namespace keepsake {
 
@@ -83,6 +86,13 @@ public:
     bool stop_requested() const noexcept { return host_->context_stop_requested(); }
     // Crashes the worker on purpose: it restarts from the last commit.
     [[noreturn]] void crash(const std::string& reason) { throw detail::crash_request(reason); }
+    // The unit's side table `name` (keepsake/table.hpp): committed with the
+    // state, in one step, by the unit's commits; after a crash it is as it
+    // was at the last commit, as the state is.
+    template <class Key, class Value, class Hash = std::hash<Key>>
+    side_table<Key, Value, Hash>& table(const std::string& name) {
+        return host_->context_keeper().template table<Key, Value, Hash>(name);
+    }
 
     // The worker side of a unit (implemented by the unit).
     class host {
@@ -92,6 +102,7 @@ public:
         virtual void context_yield() = 0;
         virtual void context_sleep(duration span) = 0;
         virtual bool context_stop_requested() const noexcept = 0;
+        virtual keeper<State>& context_keeper() = 0;
 
     protected:
         ~host() = default;

@@ -134,6 +134,7 @@ public:
     const std::string& context_name() const noexcept override { return name(); }
     std::uint64_t context_commit() override { return commit_now(); }
     bool context_stop_requested() const noexcept override { return stop_requested(); }
+    keeper<State>& context_keeper() override { return *keeper_; }
 
     void context_yield() override {
         check_forced();
