@@ -10,6 +10,8 @@
 
 #include <unistd.h>
 
+#include <cereal/types/vector.hpp>
+
 #include <keepsake/keepsake.hpp>
 
 namespace {
@@ -97,6 +99,96 @@ KEEPSAKE_BENCH_SIZES(BM_memcpy);
 KEEPSAKE_BENCH_SIZES(BM_memcpy_xxh3);
 KEEPSAKE_BENCH_SIZES(BM_commit);
 KEEPSAKE_BENCH_SIZES(BM_restore);
+
+// --- slots that grow ---------------------------------------------------
+// A new key's first commit of a 4 KiB cereal state: into slots made large
+// enough up front, beside slots that start small (64 B, the default) and
+// are outgrown, so the commit moves the key. Both make and remove the key.
+struct bytes_state {
+    std::vector<unsigned char> bytes;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(bytes); }
+};
+
+void new_key_commit(benchmark::State& run, std::uint64_t capacity) {
+    bytes_state value{std::vector<unsigned char>(4096, 7)};
+    keepsake::keeper_options<bytes_state> options;
+    options.capacity = capacity;
+    for (auto _ : run) {
+        {
+            keepsake::keeper<bytes_state> k(bench_segment(), "new-key", options);
+            value.bytes[0]++;
+            benchmark::DoNotOptimize(k.commit(value));
+        }
+        bench_segment().remove_key("new-key");
+    }
+}
+
+void BM_new_key_commit_fits(benchmark::State& run) { new_key_commit(run, 8192); }
+void BM_new_key_commit_grows(benchmark::State& run) { new_key_commit(run, 0); }
+BENCHMARK(BM_new_key_commit_fits);
+BENCHMARK(BM_new_key_commit_grows);
+
+// --- side tables ------------------------------------------------------
+// A commit that changes 1 of 10 000 table entries, beside a commit of the
+// state alone and a commit of the whole collection held in the state.
+struct entity {
+    std::uint64_t id;
+    double x, y;
+    std::uint32_t hp, flags;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(id, x, y, hp, flags); }  // for whole_world's vector
+};
+struct small_world {
+    std::uint64_t tick;
+    std::uint64_t entities;
+};
+struct whole_world {
+    std::uint64_t tick = 0;
+    std::vector<entity> entities;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(tick, entities); }
+};
+
+void BM_table_commit_one_of_10000(benchmark::State& run) {
+    keepsake::keeper<small_world> k(bench_segment(), "table-world");
+    auto& entities = k.table<std::uint64_t, entity>("entities");
+    for (std::uint64_t id = 0; id < 10000; ++id) entities.put(id, entity{id, 1.0, 2.0, 100, 0});
+    small_world world{0, 10000};
+    k.commit(world);
+    std::uint64_t next = 0;
+    for (auto _ : run) {
+        const std::uint64_t id = next++ % 10000;
+        entities.find_for_update(id)->hp++;
+        ++world.tick;
+        benchmark::DoNotOptimize(k.commit(world));
+    }
+}
+
+void BM_state_commit_alone(benchmark::State& run) {
+    keepsake::keeper<small_world> k(bench_segment(), "state-world");
+    small_world world{0, 10000};
+    for (auto _ : run) {
+        ++world.tick;
+        benchmark::DoNotOptimize(k.commit(world));
+    }
+}
+
+void BM_whole_collection_commit(benchmark::State& run) {
+    keepsake::keeper<whole_world> k(bench_segment(), "whole-world");
+    whole_world world;
+    for (std::uint64_t id = 0; id < 10000; ++id) world.entities.push_back(entity{id, 1.0, 2.0, 100, 0});
+    k.commit(world);
+    std::uint64_t next = 0;
+    for (auto _ : run) {
+        world.entities[next++ % 10000].hp++;
+        ++world.tick;
+        benchmark::DoNotOptimize(k.commit(world));
+    }
+}
+BENCHMARK(BM_table_commit_one_of_10000);
+BENCHMARK(BM_state_commit_alone);
+BENCHMARK(BM_whole_collection_commit);
 
 } // namespace
 

@@ -29,6 +29,21 @@ awk -F, '
     }
   }' "$csv"
 
+# Slots that grow, and side tables, from the same run.
+awk -F, '
+  /_median"/ { gsub(/"/, "", $1); name = $1; sub(/_median$/, "", name); ns[name] = $3 + 0 }
+  END {
+    printf "\n%-46s %12s %10s\n", "commit", "median", "ratio"
+    printf "%-46s %9.1f ns\n", "new key + first 4 KiB commit, slots fit", ns["BM_new_key_commit_fits"]
+    printf "%-46s %9.1f ns %9.2fx\n", "new key + first 4 KiB commit, slots grow", ns["BM_new_key_commit_grows"],
+           ns["BM_new_key_commit_grows"] / ns["BM_new_key_commit_fits"]
+    printf "%-46s %9.1f ns\n", "16 B state alone", ns["BM_state_commit_alone"]
+    printf "%-46s %9.1f ns %9.2fx\n", "16 B state + 1 of 10 000 table entries", ns["BM_table_commit_one_of_10000"],
+           ns["BM_table_commit_one_of_10000"] / ns["BM_state_commit_alone"]
+    printf "%-46s %9.1f ns %9.2fx\n", "the 10 000 entries inside the state (cereal)", ns["BM_whole_collection_commit"],
+           ns["BM_whole_collection_commit"] / ns["BM_table_commit_one_of_10000"]
+  }' "$csv"
+
 # Units and supervision, against a plain Boost.Fiber channel in the same binary.
 cmake --build build-release -j "$(nproc)" --target keepsake_unit_bench >/dev/null
 # The memory benchmark has a counter the others lack, which the CSV

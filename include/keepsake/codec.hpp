@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <istream>
 #include <new>
@@ -147,46 +148,58 @@ inline std::string fingerprint_text(std::uint64_t fingerprint) {
 
 namespace detail {
 
-// A streambuf over a fixed span: writes past its end fail, which makes
-// cereal throw instead of growing anything.
+// A streambuf over a fixed span that counts everything written to it and
+// keeps what fits: an encode that does not fit learns the size it needs in
+// the same pass, and nothing throws (cereal would, at a short write).
 class span_buffer : public std::streambuf {
 public:
-    span_buffer(char* begin, std::size_t size) { setp(begin, begin + size); }
-    std::size_t written() const { return static_cast<std::size_t>(pptr() - pbase()); }
-};
-
-// Counts what an archive would write, to tell the user the size to ask for.
-class counting_buffer : public std::streambuf {
-public:
-    std::size_t count = 0;
+    span_buffer(char* begin, std::size_t size) : begin_(begin), size_(size) {}
+    std::size_t written() const noexcept { return count_; }
 
 protected:
-    std::streamsize xsputn(const char*, std::streamsize n) override {
-        count += static_cast<std::size_t>(n);
+    std::streamsize xsputn(const char* data, std::streamsize n) override {
+        const auto length = static_cast<std::size_t>(n);
+        if (count_ < size_) std::memcpy(begin_ + count_, data, std::min(length, size_ - count_));
+        count_ += length;
         return n;
     }
     int_type overflow(int_type c) override {
-        ++count;
+        if (count_ < size_) begin_[count_] = traits_type::to_char_type(c);
+        ++count_;
         return traits_type::not_eof(c);
     }
+
+private:
+    char* begin_;
+    std::size_t size_;
+    std::size_t count_ = 0;
 };
 
 } // namespace detail
 
-// The bytes `value` encodes to (for the raw codec, sizeof(T)).
+// Writes `value` into [out, out + capacity) if it fits; returns the bytes
+// it encodes to either way (more than `capacity`: nothing usable was
+// written, and the caller needs that much room).
 template <class T>
-std::size_t encoded_size(const T& value) {
+std::size_t encode_measured(const T& value, std::byte* out, std::size_t capacity) {
     if constexpr (codec_of<T>() == codec_kind::raw) {
+        if (sizeof(T) <= capacity) std::memcpy(out, &value, sizeof(T));
         return sizeof(T);
     } else {
-        detail::counting_buffer counter;
-        std::ostream stream(&counter);
+        detail::span_buffer buffer(reinterpret_cast<char*>(out), capacity);
+        std::ostream stream(&buffer);
         {
             cereal::BinaryOutputArchive archive(stream);
             archive(value);
         }
-        return counter.count;
+        return buffer.written();
     }
+}
+
+// The bytes `value` encodes to (for the raw codec, sizeof(T)).
+template <class T>
+std::size_t encoded_size(const T& value) {
+    return encode_measured(value, nullptr, 0);
 }
 
 // Writes `value` into [out, out + capacity); returns the bytes used. Throws
@@ -194,25 +207,11 @@ std::size_t encoded_size(const T& value) {
 // bytes in the span are then unspecified).
 template <class T>
 std::size_t encode(const T& value, std::byte* out, std::size_t capacity) {
-    if constexpr (codec_of<T>() == codec_kind::raw) {
-        if (sizeof(T) > capacity)
-            throw error(errc::state_too_large, "state of " + std::to_string(sizeof(T)) +
-                                                   " bytes does not fit a slot of " + std::to_string(capacity));
-        std::memcpy(out, &value, sizeof(T));
-        return sizeof(T);
-    } else {
-        detail::span_buffer buffer(reinterpret_cast<char*>(out), capacity);
-        try {
-            std::ostream stream(&buffer);
-            cereal::BinaryOutputArchive archive(stream);
-            archive(value);
-        } catch (const cereal::Exception&) {
-            throw error(errc::state_too_large,
-                        "state encodes to " + std::to_string(encoded_size(value)) + " bytes, a slot holds " +
-                            std::to_string(capacity));
-        }
-        return buffer.written();
-    }
+    const std::size_t size = encode_measured(value, out, capacity);
+    if (size > capacity)
+        throw error(errc::state_too_large, "state encodes to " + std::to_string(size) + " bytes, a slot holds " +
+                                               std::to_string(capacity));
+    return size;
 }
 
 namespace detail {

@@ -152,18 +152,13 @@ private:
         const std::uint64_t generation = next_generation();
         const std::uint64_t commit_ns = detail::commit_clock_ns();  // for keepsake-inspect; in the checksum
         if (codec_of<T>() == codec_kind::raw && sizeof(T) > area_.capacity)
-            return grow_and_commit(value, generation, commit_ns);
+            return grow_and_commit(value, sizeof(T), generation, commit_ns);
         const std::uint32_t target = (newest_slot_ + 1) % area_.count;
         // Unpublish the target before touching its data; the fence keeps the
         // data stores from being seen ahead of this one.
         detail::unpublish_slot(area_, target);
-        std::size_t size = 0;
-        try {
-            size = encode(value, area_.data(target), static_cast<std::size_t>(area_.capacity));
-        } catch (const error& failure) {
-            if (failure.code() != errc::state_too_large) throw;
-            return grow_and_commit(value, generation, commit_ns);
-        }
+        const std::size_t size = encode_measured(value, area_.data(target), static_cast<std::size_t>(area_.capacity));
+        if (size > area_.capacity) return grow_and_commit(value, size, generation, commit_ns);
         detail::publish_slot(area_, target, words_of(generation, size, commit_ns));
         highest_generation_ = generation;
         committed_generation_ = generation;
@@ -317,8 +312,8 @@ private:
     // previous commit (when its slot still checks out) into the last one as
     // its fallback, and the key switches to the region in one store. A crash
     // before the switch leaves the previous commit, after it the new one.
-    std::uint64_t grow_and_commit(const T& value, std::uint64_t generation, std::uint64_t commit_ns) {
-        const std::uint64_t needed = encoded_size(value);
+    std::uint64_t grow_and_commit(const T& value, std::uint64_t needed, std::uint64_t generation,
+                                  std::uint64_t commit_ns) {
         const std::uint64_t capacity =
             codec_of<T>() == codec_kind::raw
                 ? std::uint64_t{sizeof(T)}

@@ -474,7 +474,8 @@ KEEPSAKE_INLINE void segment_impl::claim_ownership() noexcept {
 // at the addresses reserved for it, then the header records the new size.
 // A crash in between leaves a longer file, which the next open takes as
 // the size (its length is the truth; the recorded size may lag).
-KEEPSAKE_INLINE void segment_impl::grow(std::uint64_t needed, const std::string& for_what) {
+KEEPSAKE_INLINE void segment_impl::grow(std::uint64_t needed, const std::string& key, bool for_directory) {
+    const std::string for_what = for_directory ? "the directory (for key '" + key + "')" : "key '" + key + "'";
     const std::uint64_t old_size = total_size_;
     const std::uint64_t limit = std::min<std::uint64_t>(max_size_, reserved_);
     const std::uint64_t wanted = std::max(old_size * 2, (old_size + needed + (1u << 20) - 1) & ~std::uint64_t{(1u << 20) - 1});
@@ -501,11 +502,11 @@ KEEPSAKE_INLINE void segment_impl::grow(std::uint64_t needed, const std::string&
     });
 }
 
-KEEPSAKE_INLINE std::uint64_t segment_impl::allocate(std::uint64_t size, const std::string& for_what) {
+KEEPSAKE_INLINE std::uint64_t segment_impl::allocate(std::uint64_t size, const std::string& key, bool for_directory) {
     if (const auto offset = space_.allocate(size)) return *offset;
-    grow(size - std::min(size, space_.free_at_end(total_size_)), for_what);
+    grow(size - std::min(size, space_.free_at_end(total_size_)), key, for_directory);
     if (const auto offset = space_.allocate(size)) return *offset;
-    throw error(errc::out_of_space, "segment '" + name + "' has no room for " + for_what);  // not reached
+    throw error(errc::out_of_space, "segment '" + name + "' has no room for key '" + key + "'");  // not reached
 }
 
 } // namespace detail

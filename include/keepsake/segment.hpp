@@ -293,9 +293,10 @@ private:
 
     // Extends the file, its memory and its mapping by at least `needed`
     // bytes, in place (addresses stay valid). errc::out_of_space past max_size.
-    void grow(std::uint64_t needed, const std::string& for_what);
+    void grow(std::uint64_t needed, const std::string& key, bool for_directory);
     // Takes `size` bytes from the free space, growing the segment if needed.
-    std::uint64_t allocate(std::uint64_t size, const std::string& for_what);
+    // `key` (and whether it is for a directory block) names the need in messages.
+    std::uint64_t allocate(std::uint64_t size, const std::string& key, bool for_directory = false);
 
     bool region_in_bounds(const region_desc& region, entry_kind kind) const noexcept;
     static std::uint64_t region_bytes(const region_desc& region, entry_kind kind) noexcept;

@@ -263,21 +263,21 @@ private:
             detail::unpublish_slot(area_, slot);
             std::byte* data = area_.data(slot);
             const auto capacity = static_cast<std::size_t>(area_.capacity);
-            try {
-                const std::size_t key_size = encode(key, data, capacity);
-                const std::size_t value_size = target.erased ? 0 : encode(target.value, data + key_size, capacity - key_size);
+            const std::size_t key_size = encode_measured(key, data, capacity);
+            const std::size_t room = capacity - std::min(capacity, key_size);
+            const std::size_t value_size =
+                target.erased ? 0 : encode_measured(target.value, key_size <= capacity ? data + key_size : nullptr, room);
+            const std::uint64_t needed = key_size + value_size;
+            if (needed <= capacity) {
                 detail::slot_snapshot words;
                 words.generation = generation;
-                words.size = key_size + value_size;
+                words.size = needed;
                 words.fingerprint = fingerprint();
                 words.schema_version = schema();
                 words.codec = static_cast<std::uint32_t>(codec_of<Value>());
                 detail::publish_item(area_, slot, words, key_size | (target.erased ? detail::item_erased : 0));
                 return;
-            } catch (const error& failure) {
-                if (failure.code() != errc::state_too_large) throw;
             }
-            const std::uint64_t needed = encoded_size(key) + (target.erased ? 0 : encoded_size(target.value));
             grow(records(), detail::align64(std::max(needed + needed / 2, area_.capacity * 2)));
         }
     }

@@ -178,7 +178,7 @@ KEEPSAKE_INLINE bool segment_impl::add_directory_block(const std::string& for_ke
     directory_block block{};
     block.count = blocks_.back().count * 2;
     const std::uint64_t bytes = align64(std::uint64_t{block.count} * sizeof(dir_entry));
-    block.offset = allocate(bytes, "the directory (for key '" + for_key + "')");
+    block.offset = allocate(bytes, for_key, true);
     std::memset(base_ + block.offset, 0, static_cast<std::size_t>(bytes));
     block.checksum = block_checksum_of(block);
     std::memcpy(&header_->blocks[number], &block, sizeof(block));
@@ -194,7 +194,7 @@ KEEPSAKE_INLINE segment_impl::attached_entry segment_impl::add_entry(const std::
     region.capacity = capacity;
     region.count = count;
     const std::uint64_t bytes = region_bytes(region, kind);
-    region.offset = allocate(bytes, "key '" + key + "'");
+    region.offset = allocate(bytes, key);
     std::uint32_t index = 0;
     try {
         index = free_entry_index(key);
@@ -242,7 +242,7 @@ KEEPSAKE_INLINE slot_area segment_impl::move_entry(std::uint32_t index, std::uin
     fresh.serial = old.serial + 1;
     const std::uint64_t bytes = region_bytes(fresh, kind);
     const std::string key(entry.key, entry.key_length);
-    fresh.offset = allocate(bytes, "key '" + key + "' (" + std::to_string(capacity) + "-byte slots)");
+    fresh.offset = allocate(bytes, key);
     fresh.checksum = region_checksum_of(fresh, entry.checksum);
     dir_entry moved = entry;
     const std::uint32_t next = 1 - entry.active;
