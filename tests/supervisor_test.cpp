@@ -291,6 +291,26 @@ TEST_CASE("supervisor: invalid flags and specs are rejected at construction", "[
         CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}, {3, 0s})));
         CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}, {3, -1s})));
     }
+    SECTION("a negative shutdown timeout, of a worker, a child supervisor or the supervisor itself") {
+        auto negative = worker("a");
+        negative.shutdown = keepsake::shutdown_spec::after(-1s);
+        CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(negative)})));
+        auto inner = tree("inner", strategy::one_for_one, {});
+        inner.shutdown = keepsake::shutdown_spec::after(-1ms);
+        CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(inner)})));
+        auto itself = tree("root", strategy::one_for_one, {});
+        itself.shutdown = keepsake::shutdown_spec::after(-1s);
+        CHECK(rejected(itself));
+        auto message = [&] {
+            try {
+                keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(negative)}));
+            } catch (const keepsake::error& e) {
+                return std::string(e.what());
+            }
+            return std::string();
+        }();
+        CHECK_THAT(message, Catch::Matchers::Contains("'a'") && Catch::Matchers::Contains("negative"));
+    }
     SECTION("a child spec without a maker") {
         keepsake::child_spec bare;
         bare.id = "bare";
@@ -301,15 +321,20 @@ TEST_CASE("supervisor: invalid flags and specs are rejected at construction", "[
     CHECK_FALSE(keepsake::whereis_supervisor(w.rt, "root"));
 
     // The control: the same shapes made valid are accepted.
+    auto zero_timeout = worker("c");
+    zero_timeout.shutdown = keepsake::shutdown_spec::after(0s);
     auto good = tree("root", strategy::one_for_one,
                      {keepsake::child(significant(worker("a", restart_type::transient))), keepsake::child(worker("b")),
-                      keepsake::child(worker("c"))},
+                      keepsake::child(zero_timeout)},
                      {0, 1ms});
     good.flags.auto_shutdown = keepsake::auto_shutdown::any_significant;
     auto s = keepsake::start_supervisor(w.rt, good);
     CHECK(s.is_running());
     // start_child checks the spec too.
     CHECK(code_of([&] { s.start_child(significant(worker("d"))); }) == errc::invalid_argument);
+    auto negative = worker("d");
+    negative.shutdown = keepsake::shutdown_spec::after(-5ms);
+    CHECK(code_of([&] { s.start_child(negative); }) == errc::invalid_argument);
     CHECK_FALSE(info(s, "d"));
 }
 

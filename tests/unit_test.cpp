@@ -673,6 +673,14 @@ TEST_CASE("unit specs are checked when the unit is made", "[unit]") {
     auto bad_period = counter_spec("q");
     bad_period.intensity = {3, 0s};
     CHECK_THROWS_AS(keepsake::start_unit(rt, bad_period), keepsake::error);
+    auto negative_shutdown = counter_spec("r");
+    negative_shutdown.shutdown = keepsake::shutdown_spec::after(-1s);
+    try {
+        keepsake::start_unit(rt, negative_shutdown);
+        FAIL("a negative shutdown timeout should be refused");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::invalid_argument);
+    }
     auto first = keepsake::start_unit(rt, counter_spec("dup"));
     CHECK_THROWS_AS(keepsake::start_unit(rt, counter_spec("dup")), keepsake::error);
     keepsake::runtime no_segment({1, nullptr, 128 * 1024, nullptr});

@@ -58,6 +58,16 @@ inline void check_intensity(const restart_intensity& limits, const std::string& 
                                                 " is not supported; use a shorter period");
 }
 
+// A timeout below zero has no meaning (OTP accepts a non-negative integer,
+// infinity or brutal_kill): refused rather than taken as brutal_kill.
+inline void check_shutdown(const shutdown_spec& how, const std::string& owner) {
+    if (how.how == shutdown_spec::mode::timeout && how.limit < duration::zero())
+        throw error(errc::invalid_argument,
+                    owner + ": shutdown timeout is negative (" +
+                        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(how.limit).count()) +
+                        " ms); give shutdown_spec::after(0 or more), brutal_kill() or infinity()");
+}
+
 // OTP's restart log: before each automatic restart, record now and drop
 // entries older than now - period (an entry exactly period old still
 // counts); more than max_restarts entries left means give up. A ring that

@@ -250,6 +250,7 @@ private:
     // --- checks --------------------------------------------------------------
     void check_spec() const {
         check_intensity(spec_.flags.intensity, "supervisor '" + name() + "'");
+        check_shutdown(spec_.shutdown, "supervisor '" + name() + "'");
         if (spec_.flags.dynamic && spec_.flags.strategy != strategy::one_for_one)
             throw error(errc::invalid_argument, "supervisor '" + name() + "': a dynamic supervisor is one_for_one");
         if (spec_.flags.dynamic && !spec_.children.empty())
@@ -272,6 +273,7 @@ private:
         if (spec.id.empty() || !spec.make)
             throw error(errc::invalid_argument, "supervisor '" + name() + "': a child spec needs an id and a maker "
                                                                           "(use keepsake::child(spec))");
+        check_shutdown(spec.shutdown, "supervisor '" + name() + "': child '" + spec.id + "'");
         if (spec.significant && spec.restart == restart_type::permanent)
             throw error(errc::invalid_argument, "supervisor '" + name() + "': child '" + spec.id +
                                                     "' is permanent and cannot be significant");

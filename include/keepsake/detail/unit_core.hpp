@@ -323,6 +323,7 @@ private:
         if (spec_.commit.when == commit_policy::mode::interval && spec_.commit.period <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every_interval needs a positive period");
         check_intensity(spec_.intensity, "unit '" + name() + "'");
+        check_shutdown(spec_.shutdown, "unit '" + name() + "'");
         if (spec_.call_timeout <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': call_timeout must be positive");
     }
