@@ -131,7 +131,19 @@ TEST_CASE("typed messages go to the unit's handler; a const handler is read-only
     auto found = keepsake::whereis<tally, tally_handler>(rt, "t");
     REQUIRE(found);
     CHECK(found->call(get{}) == 7);
-    CHECK_FALSE(keepsake::whereis<counter>(rt, "t"));  // wrong type: not found
+    // The wrong types are an error that names the right ones.
+    try {
+        keepsake::whereis<counter>(rt, "t");
+        FAIL("whereis with the wrong types should throw");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::type_mismatch);
+        CHECK_THAT(failure.what(), Catch::Matchers::Contains("State (anonymous namespace)::tally") &&
+                                       Catch::Matchers::Contains("Handler (anonymous namespace)::tally_handler") &&
+                                       Catch::Matchers::Contains("not as a unit of State (anonymous namespace)::counter"));
+    }
+    CHECK(test_support::error_from([&] { keepsake::whereis<tally>(rt, "t"); }).code() == errc::type_mismatch);
+    CHECK(test_support::error_from([&] { keepsake::whereis_supervisor(rt, "t"); }).code() == errc::type_mismatch);
+    CHECK_FALSE(keepsake::whereis<counter>(rt, "nobody"));
 }
 
 TEST_CASE("a crash answers the caller with worker_crashed and restarts from the last commit", "[unit]") {
@@ -368,7 +380,7 @@ TEST_CASE("a unit gives up past its restart intensity; then calls fail at once",
     }
     CHECK(std::chrono::steady_clock::now() - started < 1s);
     CHECK_THROWS_AS(unit.cast([](counter&) {}), keepsake::error);
-    CHECK(seen == std::vector<std::string>{"exited", "restarted", "exited", "restarted", "exited", "gave_up"});
+    CHECK(seen == std::vector<std::string>{"started", "exited", "restarted", "exited", "restarted", "exited", "gave_up"});
 }
 
 TEST_CASE("the default intensity allows 1000 restarts in 10 s", "[unit]") {
@@ -495,14 +507,77 @@ TEST_CASE("listeners: on_state_changed in commit order, on_terminate with the re
     std::vector<std::string> ends;
     unit.on_state_changed([&](const counter& before, const counter& after) { changes.emplace_back(before.value, after.value); });
     unit.on_terminate([&](const keepsake::exit_reason& why, const counter&) { ends.push_back(keepsake::to_string(why.kind)); });
-    unit.call([](counter& state) { state.value = 1; });  // the listener's first commit has no "before"
+    unit.call([](counter& state) { state.value = 1; });  // before it: the initial state, as nothing was committed
     unit.call([](counter& state) { state.value = 2; });
     unit.call([](counter& state) { state.value = 3; });
     crash_with(unit, "x");
     unit.call([](counter& state) { state.value = 4; });
     keepsake::stop_unit(rt, unit);
-    CHECK(changes == std::vector<std::pair<long, long>>{{1, 2}, {2, 3}, {3, 4}});
+    CHECK(changes == std::vector<std::pair<long, long>>{{0, 1}, {1, 2}, {2, 3}, {3, 4}});
     CHECK(ends == std::vector<std::string>{"crashed", "shutdown"});  // stopped by stop_unit
+}
+
+TEST_CASE("on_state_changed reports the first commit after it subscribes, with the committed state before it",
+          "[unit]") {
+    pumped_runtime harness("late-listener");
+    auto& rt = harness.rt;
+    auto spec = counter_spec("c");
+    spec.init = [](counter& state, const keepsake::start_info& info) {
+        if (info.restarts != 0) state.value += 100;  // changed by the init, not committed
+    };
+    auto unit = keepsake::start_unit(rt, spec);
+    unit.call([](counter& state) { state.value = 5; });  // committed before anyone listens
+    std::vector<std::pair<long, long>> changes;
+    auto listen = [&] {
+        return unit.on_state_changed(
+            [&](const counter& before, const counter& after) { changes.emplace_back(before.value, after.value); });
+    };
+    auto id = listen();
+    unit.call([](counter& state) { state.value = 6; });
+    CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}});
+
+    // Commits while nobody listens: a listener that comes later gets the
+    // newest committed state as "before", not the one its predecessor saw.
+    unit.remove_listener(id);
+    unit.call([](counter& state) { state.value = 7; });
+    unit.call([](counter& state) { state.value = 8; });
+    id = listen();
+    unit.call([](counter& state) { state.value = 9; });
+    CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}, {8, 9}});
+
+    // After a restart whose init changed the state, "before" is still what
+    // was committed.
+    crash_with(unit, "x");
+    unit.call([](counter& state) { state.value += 1; });
+    CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}, {8, 9}, {9, 110}});
+}
+
+TEST_CASE("roots publish started; whereis finds only units that accept calls", "[unit]") {
+    pumped_runtime harness("roots");
+    auto& rt = harness.rt;
+    std::vector<std::string> seen;
+    rt.events().subscribe([&](const keepsake::event& what) {
+        if (what.kind == keepsake::event_kind::started)
+            seen.push_back(std::string(what.supervisor) + " started " + std::string(what.child) + " #" +
+                           std::to_string(what.instance));
+    });
+    auto solo = keepsake::start_unit(rt, counter_spec("solo"));
+    keepsake::supervisor_spec tree;
+    tree.name = "tree";
+    tree.children.push_back(keepsake::child(counter_spec("leaf")));
+    auto root = keepsake::start_supervisor(rt, tree);
+    CHECK(seen == std::vector<std::string>{"runtime started solo #1", "tree started leaf #1", "runtime started tree #1"});
+
+    REQUIRE(keepsake::whereis<counter>(rt, "solo"));
+    REQUIRE(keepsake::whereis_supervisor(rt, "tree"));
+    keepsake::stop_unit(rt, solo);
+    keepsake::stop_supervisor(rt, root);
+    // The handles still hold them, stopped: whereis does not hand them out.
+    CHECK(solo.state() == keepsake::child_state::not_running);
+    CHECK_FALSE(keepsake::whereis<counter>(rt, "solo"));
+    CHECK_FALSE(keepsake::whereis<counter>(rt, "leaf"));
+    CHECK_FALSE(keepsake::whereis_supervisor(rt, "tree"));
+    CHECK(test_support::error_from([&] { read(solo); }).code() == errc::not_running);
 }
 
 TEST_CASE("a call that is not answered in time fails with timeout", "[unit]") {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "keepsake/clock.hpp"
@@ -38,6 +39,24 @@ struct shutdown_spec {
     static shutdown_spec after(duration limit) { return {mode::timeout, limit}; }
     static shutdown_spec infinity() { return {mode::infinity, duration::zero()}; }
     static shutdown_spec brutal_kill() { return {mode::brutal_kill, duration::zero()}; }
+};
+
+// Thrown by a unit's init hook to decline to start: OTP's init returning
+// `ignore`. The start succeeds with nothing running: a supervisor keeps a
+// permanent or transient child as not running (restart_child starts it
+// again) and drops a temporary one, or any child of a dynamic supervisor;
+// start_unit returns a handle to a unit that is not running. Thrown on a
+// restart the unit makes by itself after a crash, it ends the unit's
+// instance as a normal exit. Not a std::exception, so that a hook catching
+// std::exception lets it through.
+class ignore_start {
+public:
+    explicit ignore_start(std::string reason = "its init hook declined to start (ignore_start)")
+        : reason_(std::move(reason)) {}
+    const std::string& reason() const noexcept { return reason_; }
+
+private:
+    std::string reason_;
 };
 
 // At most max_restarts restarts within any period.

@@ -8,15 +8,19 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <typeindex>
+#include <typeinfo>
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <cxxabi.h>
 
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
@@ -62,6 +66,26 @@ public:
     virtual ~root_process() = default;
     virtual void stop_root() = 0;
 };
+
+// What the name registry asks of a unit or supervisor holding a name.
+class named_process {
+public:
+    virtual bool is_running() const noexcept = 0;
+    // Running, or stopped by its supervisor for a restart that follows:
+    // calls to it are accepted (they queue).
+    virtual bool accepts_calls() const noexcept = 0;
+
+protected:
+    ~named_process() = default;
+};
+
+// A type's name as written in C++, for messages.
+inline std::string readable_type_name(const std::type_info& type) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> readable(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
+                                                    std::free);
+    return status == 0 && readable ? std::string(readable.get()) : std::string(type.name());
+}
 
 } // namespace detail
 
@@ -148,18 +172,20 @@ public:
     }
 
     // --- name registry (whereis) --------------------------------------
-    // Units register under their name; a name is held by one unit at a time.
-    void register_name(const std::string& name, std::type_index type, std::weak_ptr<void> who) {
+    // Units and supervisors register under their name; a name is held by one
+    // of them at a time, as long as it lives (a handle keeps it) and its
+    // supervisor keeps its spec. `describe` names the registered type, for
+    // the error of a lookup with another.
+    void register_name(const std::string& name, std::type_index type, std::string (*describe)(),
+                       std::weak_ptr<detail::named_process> who) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
         auto found = registry_.find(name);
-        if (found != registry_.end() && !found->second.who.expired())
-            throw error(errc::already_started, "the name '" + name +
-                                                   "' is already registered in this runtime; give each unit "
-                                                   "a unique name");
-        registry_.insert_or_assign(name, registered{type, std::move(who)});
+        if (found != registry_.end())
+            if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
+        registry_.insert_or_assign(name, registered{type, describe, std::move(who)});
     }
 
-    void unregister_name(const std::string& name, const void* who) {
+    void unregister_name(const std::string& name, const detail::named_process* who) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
         auto found = registry_.find(name);
         if (found == registry_.end()) return;
@@ -167,13 +193,20 @@ public:
         if (!held || held.get() == who) registry_.erase(found);
     }
 
-    // The registered object of that name and type, or null.
+    // The registered object of that name, or null. Throws type_mismatch,
+    // naming the registered type, if the name holds another type than Core.
     template <class Core>
     std::shared_ptr<Core> find_registered(const std::string& name) const {
         std::lock_guard<std::mutex> lock(registry_mutex_);
         auto found = registry_.find(name);
-        if (found == registry_.end() || found->second.type != std::type_index(typeid(Core))) return nullptr;
-        return std::static_pointer_cast<Core>(found->second.who.lock());
+        if (found == registry_.end()) return nullptr;
+        auto held = found->second.who.lock();
+        if (!held) return nullptr;
+        if (found->second.type != std::type_index(typeid(Core)))
+            throw error(errc::type_mismatch, "'" + name + "' is registered in this runtime as " +
+                                                 found->second.describe() + ", not as " + Core::type_description() +
+                                                 "; look it up with the types it was started with");
+        return std::static_pointer_cast<Core>(std::move(held));
     }
 
     // Top-level processes, stopped newest first when the runtime goes.
@@ -211,7 +244,8 @@ public:
 private:
     struct registered {
         std::type_index type;
-        std::weak_ptr<void> who;
+        std::string (*describe)();
+        std::weak_ptr<detail::named_process> who;
     };
 
     runtime_options options_;
@@ -237,6 +271,18 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;
+
+    // Only a running holder is "already started": one that is not running
+    // (stopped, or kept by a live handle) is "present", as OTP says.
+    [[noreturn]] static void refuse_name(const std::string& name, const detail::named_process& holder) {
+        if (holder.is_running())
+            throw error(errc::already_started, "'" + name + "' is already running in this runtime; give each unit "
+                                                            "and supervisor a unique name");
+        throw error(errc::already_present,
+                    "the name '" + name + "' is still held by a unit or supervisor that is not running (its "
+                    "supervisor keeps its spec, or a handle to it is alive); restart that one (restart_child), or "
+                    "delete it (delete_child) and drop its handles, before starting another of that name");
+    }
 
     void check_pumping_thread(const char* what) const {
         if (!pumped() || owner_threads_.front() != std::this_thread::get_id())

@@ -123,9 +123,20 @@ public:
         for (const child_spec& each : spec_.children) children_.push_back(make_record(each));
     }
 
-    ~supervisor_core() override { runtime_.unregister_name(name(), this); }
+    // Its children were stopped when it stopped; their names go with it,
+    // even where a handle keeps a child alive.
+    ~supervisor_core() override { forget(); }
 
     child_kind kind() const noexcept override { return child_kind::supervisor; }
+    static std::string type_description() { return "a supervisor (whereis_supervisor)"; }
+
+    // Dropped by its parent: its children's names go with it, even while a
+    // handle keeps this supervisor alive. Called when it is not running.
+    void forget() override {
+        for (auto& child : children_)
+            if (child) child->process->forget();
+        supervised_actor::forget();
+    }
     duration call_timeout() const noexcept { return spec_.call_timeout; }
 
     // Runs `job(core)` on the supervisor's fiber and returns its result;
@@ -327,11 +338,15 @@ private:
     }
 
     // --- starting and stopping children --------------------------------------
-    void start_record(record& child) {
+    // False if the child's init declined (ignore_start): then it is kept as
+    // not running, or dropped (temporary, or a dynamic supervisor's child),
+    // and `child` may be gone.
+    bool start_record(record& child) {
         std::weak_ptr<supervisor_core> weak = shared_from_this();
         child_process* process = child.process.get();
+        bool running = false;
         try {
-            child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {
+            running = child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {
                 auto self = weak.lock();
                 if (!self) return;
                 try {
@@ -348,9 +363,14 @@ private:
                                                 "' failed to start: " + failure.what());
         }
         child.instance = child.process->instance();
-        child.expect_exit = true;
+        child.expect_exit = running;
         child.retry_pending = false;
+        if (!running) {
+            if (child.spec.restart == restart_type::temporary || spec_.flags.dynamic) remove_record(child);
+            return false;
+        }
         publish(event_kind::started, child);
+        return true;
     }
 
     void stop_record(record& child, bool restart_follows) {
@@ -405,7 +425,9 @@ private:
         supervised_actor::publish(event_kind::stopped, name(), instance(), reason.kind, reason.what);
     }
 
-    // A restarted supervisor starts with its static children only.
+    // A restarted supervisor starts with its static children only; the
+    // others are dropped with their names, so they can be started again
+    // even while a handle to the old ones lives.
     void reset_to_static_children() {
         std::vector<std::unique_ptr<record>> kept;
         for (const child_spec& each : spec_.children) {
@@ -418,17 +440,16 @@ private:
             }
         }
         for (auto& left : children_)
-            if (left) left->process->discard();
+            if (left) left->process->forget();
         children_ = std::move(kept);
     }
 
     void start_static_children() {
-        for (std::size_t index = 0; index < children_.size(); ++index) {
+        std::vector<record*> started;
+        for (record* child : children_from(0)) {  // a copy: an ignored temporary child leaves children_
             try {
-                start_record(*children_[index]);
+                if (start_record(*child)) started.push_back(child);
             } catch (const error&) {
-                std::vector<record*> started;
-                for (std::size_t before = 0; before < index; ++before) started.push_back(children_[before].get());
                 stop_group(started, false);
                 throw;
             }
@@ -487,8 +508,7 @@ private:
         for (record* member : group) {
             if (member->process->is_running()) continue;
             try {
-                start_record(*member);
-                publish(event_kind::restarted, *member);
+                if (start_record(*member)) publish(event_kind::restarted, *member);
             } catch (const error&) {
                 schedule_retry(*member);
                 return;
@@ -580,11 +600,7 @@ private:
 // before it are stopped again, newest first).
 inline supervisor start_supervisor(runtime& where, supervisor_spec spec) {
     auto core = detail::make_supervisor_core(where, std::move(spec));
-    std::weak_ptr<detail::supervisor_core> weak = core;
-    core->start([weak](std::uint64_t, const exit_reason&) {
-        if (auto alive = weak.lock()) alive->discard();
-    });
-    where.add_root(core);
+    core->start_as_root();
     return supervisor(core);
 }
 
@@ -595,10 +611,12 @@ inline void stop_supervisor(runtime& where, supervisor& which) {
     where.remove_root(which.shared_core().get());
 }
 
-// The supervisor registered under `name`.
+// The supervisor registered under `name`, if it accepts calls (running, or
+// being restarted by its parent); nothing for a stopped one. Throws
+// type_mismatch if the name is a unit's.
 inline std::optional<supervisor> whereis_supervisor(const runtime& where, const std::string& name) {
     auto core = where.find_registered<detail::supervisor_core>(name);
-    if (!core) return std::nullopt;
+    if (!core || !core->accepts_calls()) return std::nullopt;
     return supervisor(std::move(core));
 }
 

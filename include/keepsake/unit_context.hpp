@@ -83,6 +83,11 @@ public:
     bool stop_requested() const noexcept { return host_->context_stop_requested(); }
     // Crashes the worker on purpose: it restarts from the last commit.
     [[noreturn]] void crash(const std::string& reason) { throw detail::crash_request(reason); }
+    // Ends the worker with reason shutdown, as OTP's exit(shutdown): the
+    // current message is served, committed and answered, then the worker
+    // ends (a loop worker sees stop_requested()). A normal exit: a transient
+    // unit is not restarted, a permanent one is.
+    void stop_self() { host_->context_stop_self(); }
 
     // The worker side of a unit (implemented by the unit).
     class host {
@@ -92,6 +97,7 @@ public:
         virtual void context_yield() = 0;
         virtual void context_sleep(duration span) = 0;
         virtual bool context_stop_requested() const noexcept = 0;
+        virtual void context_stop_self() noexcept = 0;
 
     protected:
         ~host() = default;
