@@ -6,16 +6,23 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <functional>
+#include <mutex>
+#include <sstream>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+
 #include <boost/fiber/operations.hpp>
 
 #include <keepsake/exporter.hpp>
+#include <keepsake/stores/faulty_store.hpp>
 #include <keepsake/stores/memory_store.hpp>
 
 #include "support.hpp"
@@ -334,7 +341,8 @@ TEST_CASE("a unit with a store opens through recovery: after a reboot its state 
                 return options;
             }());
             REQUIRE(out.flush());
-        }  // stopped: it exports nothing more
+            REQUIRE(out.stop());  // stopped by hand: the unit runs on (the destructor would stop it)
+        }  // it exports nothing more
         unit.call([](counter& state) { state.value += 100; });  // committed, never exported
         keepsake::stop_unit(before.rt, unit);
     }  // the segment's directory is removed: a reboot
@@ -834,4 +842,214 @@ TEST_CASE("a manual clock and a pumped runtime make a run deterministic", "[unit
     CHECK(count(" restarted ") >= 3);
     CHECK(count(" exited ") >= 3);
     CHECK(count(" stopped ") >= 1);
+}
+
+// --- the last commits reach the store, whatever the declaration order --------
+
+namespace {
+
+// 150 updates through calls to three units that commit only at their
+// graceful stop (manual policy), with an exporter declared before or after
+// the runtime; then a reboot: the segment is removed and each key recovered
+// from the store.
+long updates_after_reboot(bool exporter_declared_first) {
+    shm_dir dir;
+    keepsake::memory_store durable;
+    const std::vector<std::string> keys{"a", "b", "c"};
+    {
+        keepsake::segment seg("order", dir.options());
+        keepsake::exporter_options options;
+        options.interval = std::chrono::hours(1);  // only its last pass exports
+        std::optional<keepsake::exporter> before;
+        if (exporter_declared_first) before.emplace(seg, durable, options);
+        keepsake::runtime rt({1, nullptr, 128 * 1024, &seg});
+        std::optional<keepsake::exporter> after;
+        if (!exporter_declared_first) after.emplace(seg, durable, options);
+        std::vector<keepsake::unit<counter>> units;
+        for (const std::string& key : keys) {
+            auto spec = counter_spec(key);
+            spec.commit = keepsake::commit_policy::manual();
+            units.push_back(keepsake::start_unit(rt, spec));
+        }
+        for (int i = 0; i < 150; ++i) units[static_cast<std::size_t>(i) % units.size()].call([](counter& state) { ++state.value; });
+        CHECK(units[0].stats().commits == 0);  // all of it is still to be committed at the stop
+    }  // destroyed in reverse: `after` before rt, or rt before `before`
+    REQUIRE(keepsake::segment::remove("order", dir.path()));  // what a reboot does to /dev/shm
+    keepsake::segment rebooted("order", dir.options());
+    REQUIRE(rebooted.outcome() == keepsake::open_outcome::created);
+    long total = 0;
+    for (const std::string& key : keys) {
+        keepsake::keeper<counter> kept(rebooted, key);
+        const auto found = keepsake::recover(kept, durable, counter{});
+        CHECK(found.source == keepsake::recovery_source::store);
+        total += found.value.value;
+    }
+    return total;
+}
+
+} // namespace
+
+TEST_CASE("the last commits reach the store whether the exporter is declared before or after the runtime",
+          "[unit][store]") {
+    CHECK(updates_after_reboot(true) == 150);
+    CHECK(updates_after_reboot(false) == 150);
+}
+
+TEST_CASE("an exporter stopped by hand leaves the units running", "[unit][store]") {
+    pumped_runtime harness("hand-stop");
+    keepsake::memory_store durable;
+    auto unit = keepsake::start_unit(harness.rt, counter_spec("c"));
+    {
+        keepsake::exporter out(harness.seg, durable);
+        unit.call([](counter& state) { state.value = 3; });
+        REQUIRE(out.stop());
+    }
+    CHECK(unit.state() == keepsake::child_state::running);
+    CHECK(unit.call([](counter& state) { return ++state.value; }) == 4);
+    {
+        keepsake::exporter out(harness.seg, durable);
+    }  // not stopped by hand: it stops the units of its segment first
+    CHECK(unit.state() == keepsake::child_state::not_running);
+}
+
+// --- crash reports --------------------------------------------------------------
+
+namespace {
+
+std::atomic<std::int64_t> fake_second{1000};
+std::int64_t fake_seconds() noexcept { return fake_second.load(); }
+
+// Reports go to `lines` (or stderr) on a clock the test moves; everything
+// back to the defaults after.
+struct captured_reports {
+    std::mutex mutex;
+    std::vector<std::string> lines;
+
+    explicit captured_reports(std::uint32_t per_second = 3, bool to_sink = true) {
+        keepsake::crash_report_options options;
+        options.lines_per_second = per_second;
+        if (to_sink)
+            options.sink = [this](std::string_view line) {
+                std::lock_guard<std::mutex> lock(mutex);
+                lines.emplace_back(line);
+            };
+        keepsake::set_crash_reports(std::move(options));
+        keepsake::detail::crash_reports().set_time_source(&fake_seconds);
+    }
+    ~captured_reports() {
+        keepsake::set_crash_reports(keepsake::crash_report_options{});
+        keepsake::detail::crash_reports().set_time_source(nullptr);
+    }
+    std::vector<std::string> taken() {
+        std::lock_guard<std::mutex> lock(mutex);
+        return std::exchange(lines, {});
+    }
+};
+
+// fd 2 goes to a file while it lives.
+class stderr_to_file {
+public:
+    explicit stderr_to_file(const std::string& path) {
+        std::fflush(stderr);
+        saved_ = ::dup(2);
+        const int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ::dup2(file, 2);
+        ::close(file);
+    }
+    ~stderr_to_file() {
+        std::fflush(stderr);
+        ::dup2(saved_, 2);
+        ::close(saved_);
+    }
+
+private:
+    int saved_ = -1;
+};
+
+std::string contents(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+} // namespace
+
+TEST_CASE("crash reports: a crash, a give-up and a store failure are one line each, rate-limited per kind",
+          "[unit][reports]") {
+    captured_reports reports(3);
+    pumped_runtime harness("reports");
+    auto& rt = harness.rt;
+    auto spec = counter_spec("c");
+    spec.intensity = {100, 10s};
+    auto unit = keepsake::start_unit(rt, spec);
+    for (int i = 0; i < 10; ++i) crash_with(unit, "disk on fire");
+    read(unit);
+    CHECK(reports.taken() == std::vector<std::string>{
+                                 "keepsake: unit 'c' crashed (restarts so far: 0): disk on fire",
+                                 "keepsake: unit 'c' crashed (restarts so far: 1): disk on fire",
+                                 "keepsake: unit 'c' crashed (restarts so far: 2): disk on fire"});
+    ++fake_second;  // the next second: what was left out is counted first
+    crash_with(unit, "again");
+    read(unit);
+    CHECK(reports.taken() ==
+          std::vector<std::string>{"keepsake: 7 more crash report(s) left out (at most 3 a second; "
+                                   "keepsake::set_crash_reports(false) silences them)",
+                                   "keepsake: unit 'c' crashed (restarts so far: 10): again"});
+
+    // A give-up, of a unit and of its supervisor: kinds have their own limits.
+    ++fake_second;
+    keepsake::supervisor_spec tree;
+    tree.name = "tree";
+    tree.flags.intensity = {0, 5s};
+    auto fragile = counter_spec("fragile");
+    fragile.intensity = {0, 1s};
+    tree.children.push_back(keepsake::child(fragile));
+    keepsake::start_supervisor(rt, tree);
+    auto victim = *keepsake::whereis<counter>(rt, "fragile");
+    crash_with(victim, "bad input");
+    rt.run_for(20ms);
+    CHECK(reports.taken() ==
+          std::vector<std::string>{"keepsake: unit 'fragile' crashed (restarts so far: 0): bad input",
+                                   "keepsake: unit 'fragile' gave up: more than 0 restarts in 1 s; last crash: bad input",
+                                   "keepsake: supervisor 'tree' gave up: more than 0 restarts in 5 s; last exit: child "
+                                   "'fragile' (crashed: gave up after 0 restarts within the period; last crash: bad input)"});
+
+    // A store failure, from the exporter's thread.
+    unit.call([](counter& state) { state.value = 1; });  // something to export
+    keepsake::memory_store inner;
+    keepsake::faulty_store broken(inner);
+    broken.fail_every(1);
+    keepsake::exporter_options options;
+    options.interval = std::chrono::hours(1);
+    options.retry_min = options.retry_max = std::chrono::hours(1);  // one attempt
+    keepsake::exporter out(harness.seg, broken, options);
+    CHECK_FALSE(out.flush(std::chrono::milliseconds(1)));  // starts a pass
+    for (int i = 0; i < 60000 && broken.failures() == 0; ++i) std::this_thread::sleep_for(1ms);
+    out.stop(std::chrono::milliseconds(0));
+    const auto lines = reports.taken();
+    REQUIRE_FALSE(lines.empty());
+    CHECK_THAT(lines.front(), Catch::Matchers::StartsWith("keepsake: exporter: store_failed: ") &&
+                                  Catch::Matchers::Contains("injected failure"));
+}
+
+TEST_CASE("crash reports go to stderr by default, and set_crash_reports(false) makes keepsake quiet",
+          "[unit][reports]") {
+    captured_reports reports(10, false);
+    shm_dir files;
+    const std::string path = files.path() + "/stderr";
+    pumped_runtime harness("stderr");
+    auto unit = keepsake::start_unit(harness.rt, counter_spec("loud"));
+    {
+        stderr_to_file redirected(path);
+        crash_with(unit, "printed");
+        read(unit);
+        keepsake::set_crash_reports(false);
+        for (int i = 0; i < 50; ++i) crash_with(unit, "quiet");
+        read(unit);
+        ++fake_second;
+        crash_with(unit, "quiet");
+        read(unit);
+    }
+    CHECK(contents(path) == "keepsake: unit 'loud' crashed (restarts so far: 0): printed\n");
 }

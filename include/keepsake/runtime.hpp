@@ -27,6 +27,7 @@
 #include <boost/fiber/protected_fixedsize_stack.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/committers.hpp"
 #include "keepsake/detail/scheduling.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/error.hpp"
@@ -102,6 +103,7 @@ public:
         } else {
             start_threads();
         }
+        committer_id_ = detail::committers::instance().add([this](const void* segment) { stop_units_in(segment); });
     }
 
     runtime(const runtime&) = delete;
@@ -109,7 +111,10 @@ public:
 
     // Stops every top-level unit and supervisor (newest first, each by its
     // shutdown rules), waits for every fiber to end, then for the threads.
-    ~runtime() { shutdown(); }
+    ~runtime() {
+        detail::committers::instance().remove(committer_id_);
+        shutdown();
+    }
 
     bool pumped() const noexcept { return options_.threads == 0; }
     const keepsake::clock& clock() const noexcept { return *time_; }
@@ -209,6 +214,13 @@ public:
         return std::static_pointer_cast<Core>(std::move(held));
     }
 
+    // A unit keeps its state in this segment (a segment_impl): an exporter
+    // of it stops this runtime's units before its last pass.
+    void note_segment(const void* segment) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) segments_.push_back(segment);
+    }
+
     // Top-level processes, stopped newest first when the runtime goes.
     void add_root(std::shared_ptr<detail::root_process> root) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
@@ -271,6 +283,8 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;
+    std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
+    std::uint64_t committer_id_ = 0;
 
     // Only a running holder is "already started": one that is not running
     // (stopped, or kept by a live handle) is "present", as OTP says.
@@ -359,6 +373,30 @@ private:
         }
         std::unique_lock<std::mutex> lock(ready_mutex);
         ready_cv.wait(lock, [&] { return ready == options_.threads; });
+    }
+
+    // An exporter of `segment` is going: if units of this runtime commit
+    // into it, they stop now (as the destructor would stop them), so what
+    // they commit while stopping is in its last pass. Not from one of this
+    // runtime's own fibers, which would wait for itself; a pumped runtime
+    // only from its pumping thread (nobody else runs its fibers).
+    void stop_units_in(const void* segment) {
+        {
+            std::lock_guard<std::mutex> lock(registry_mutex_);
+            if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) return;
+        }
+        const bool allowed =
+            pumped() ? on_runtime_thread() &&
+                           boost::fibers::context::active()->is_context(boost::fibers::type::main_context)
+                     : !on_runtime_thread();
+        if (!allowed) {
+            detail::log(spdlog::level::warn, [] {
+                return std::string("an exporter went while units of its segment still run, and they cannot be "
+                                   "stopped from this thread: what they commit from now on is not exported");
+            });
+            return;
+        }
+        stop_roots();
     }
 
     void stop_roots() {

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/child.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
@@ -465,7 +466,7 @@ private:
         const bool restart = child->spec.restart == restart_type::permanent ||
                              (child->spec.restart == restart_type::transient && !why.is_normal());
         if (restart) {
-            restart_child_after_exit(*child);
+            restart_child_after_exit(*child, why);
             return;
         }
         const bool significant = child->spec.significant;
@@ -484,10 +485,11 @@ private:
         leaving_ = exit_reason{exit_kind::shutdown, "auto_shutdown: significant children ended"};
     }
 
-    void restart_child_after_exit(record& child) {
+    // `why`: how the child ended, or why its last restart failed.
+    void restart_child_after_exit(record& child, const exit_reason& why) {
         if (stop_requested() || leaving_) return;  // no restart while stopping
         if (!log_.allow(runtime_.clock().now())) {
-            give_up(child);
+            give_up(child, why);
             return;
         }
         restarts_.fetch_add(1, std::memory_order_relaxed);
@@ -509,26 +511,35 @@ private:
             if (member->process->is_running()) continue;
             try {
                 if (start_record(*member)) publish(event_kind::restarted, *member);
-            } catch (const error&) {
-                schedule_retry(*member);
+            } catch (const error& failure) {
+                detail::report(report_kind::crash, [&](report_line& line) {
+                    line << "supervisor '" << name() << "': child '" << member->spec.id
+                         << "' failed to restart (tried again): " << failure.what();
+                });
+                schedule_retry(*member, exit_reason{exit_kind::crashed, failure.what()});
                 return;
             }
         }
     }
 
-    void schedule_retry(record& child) {
+    void schedule_retry(record& child, exit_reason why) {
         child.retry_pending = true;
         const child_process* process = child.process.get();
-        this->post([process](void* target, reply_cell*) {
+        this->post([process, why = std::move(why)](void* target, reply_cell*) {
             auto& self = *static_cast<supervisor_core*>(static_cast<actor*>(target));
             record* again = self.find(process);
             if (again == nullptr || !again->retry_pending) return;
-            self.restart_child_after_exit(*again);
+            self.restart_child_after_exit(*again, why);
         });
     }
 
-    void give_up(const record& child) {
+    void give_up(const record& child, const exit_reason& why) {
         publish(event_kind::gave_up, child, exit_kind::shutdown, "restart intensity exceeded");
+        detail::report(report_kind::give_up, [&](report_line& line) {
+            line << "supervisor '" << name() << "' gave up: more than "
+                 << std::uint64_t{spec_.flags.intensity.max_restarts} << " restarts in " << spec_.flags.intensity.period
+                 << "; last exit: child '" << child.spec.id << "' (" << to_string(why.kind) << ": " << why.what << ")";
+        });
         leaving_ = exit_reason{exit_kind::shutdown, "supervisor '" + name() + "' gave up: more than " +
                                                         std::to_string(spec_.flags.intensity.max_restarts) +
                                                         " restarts within the period"};

@@ -18,6 +18,7 @@
 #include <boost/fiber/operations.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/child.hpp"
 #include "keepsake/detail/listeners.hpp"
 #include "keepsake/detail/signal.hpp"
@@ -367,7 +368,10 @@ private:
     // uncommitted changes.
     void hand_over_state(std::uint64_t number) {
         const bool first = !keeper_;
-        if (first) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        if (first) {
+            keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+            runtime_.note_segment(segment_to_use().shared_impl().get());
+        }
         start_info info;
         info.instance = number;
         info.restarts = restarts_this_instance_;
@@ -504,9 +508,17 @@ private:
         dirty_ = false;
         if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
         publish(event_kind::exited, exit_kind::crashed, what);
+        detail::report(report_kind::crash, [&](report_line& line) {
+            line << "unit '" << name() << "' crashed (restarts so far: " << restarts_.load(std::memory_order_relaxed)
+                 << "): " << what;
+        });
         if (context_stop_requested()) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
         if (!log_.allow(runtime_.clock().now())) {
             publish(event_kind::gave_up, exit_kind::crashed, what);
+            detail::report(report_kind::give_up, [&](report_line& line) {
+                line << "unit '" << name() << "' gave up: more than " << std::uint64_t{spec_.intensity.max_restarts}
+                     << " restarts in " << spec_.intensity.period << "; last crash: " << what;
+            });
             return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_.intensity.max_restarts) +
                                                        " restarts within the period; last crash: " + std::string(what)};
         }
