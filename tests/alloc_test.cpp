@@ -137,7 +137,24 @@ TEST_CASE("casts, queued and served, allocate nothing", "[alloc]") {
     CHECK(harness.unit.call([](const pose& state) { return state.tick; }) == warm_up + measured);
 }
 
-TEST_CASE("a worker crash and restart allocate nothing", "[alloc]") {
+namespace {
+
+std::int64_t every_call_a_new_second() noexcept {
+    static std::int64_t second = 0;
+    return ++second;
+}
+
+} // namespace
+
+TEST_CASE("a worker crash and restart allocate nothing, with crash reports printed, left out or off", "[alloc]") {
+    const int reports = GENERATE(0, 1, 2);  // printed (each in a second of its own), left out, off
+    std::size_t printed = 0;
+    keepsake::crash_report_options options;
+    options.enabled = reports != 2;
+    options.lines_per_second = reports == 0 ? 10 : 0;
+    options.sink = [&printed](std::string_view) { ++printed; };
+    keepsake::set_crash_reports(std::move(options));
+    if (reports == 0) keepsake::detail::crash_reports().set_time_source(&every_call_a_new_second);
     pumped_unit harness(true);
     harness.unit.call([](pose& state) { state.tick = 7; });
     auto crash_and_read = [&](int) {
@@ -154,4 +171,7 @@ TEST_CASE("a worker crash and restart allocate nothing", "[alloc]") {
     CHECK(allocations_in(measured / 10, crash_and_read) == 0);
     CHECK(harness.unit.stats().restarts == (warm_up + measured) / 10);
     CHECK(harness.unit.call([](const pose& state) { return state.tick; }) == 7);
+    CHECK((printed >= (warm_up + measured) / 10) == (reports == 0));
+    keepsake::detail::crash_reports().set_time_source(nullptr);
+    keepsake::set_crash_reports(keepsake::crash_report_options{});
 }

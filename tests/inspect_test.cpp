@@ -483,3 +483,36 @@ TEST_CASE("inspect gives a clear error and a non-zero status on bad input, never
         CHECK(value == 42);
     }
 }
+
+TEST_CASE("inspect list shows files it will not trust as refused, and never hangs on a FIFO", "[inspect][hostile]") {
+    shm_dir dir;
+    const inspector tool = make_tool();
+    {
+        segment s("good", dir.options());
+        keeper<long>(s, "plain").commit(42);
+    }
+    REQUIRE(::mkfifo(dir.file("x").c_str(), 0600) == 0);  // opening it without O_NONBLOCK would wait forever
+    REQUIRE(::symlink(dir.file("good").c_str(), dir.file("link").c_str()) == 0);
+    std::filesystem::copy_file(dir.file("good"), dir.file("open"));
+    REQUIRE(::chmod(dir.file("open").c_str(), 0644) == 0);
+
+    const ran listed = run_tool(tool, dir, {"list"});
+    CHECK(listed.status == 0);
+    std::istringstream lines(listed.out);
+    std::vector<std::string> rows;
+    for (std::string line; std::getline(lines, line);) rows.push_back(line);
+    REQUIRE(rows.size() == 4);
+    CHECK(rows[0].rfind("good  1 key, ", 0) == 0);
+    CHECK(rows[1].rfind("link  refused: a symbolic link (owner uid ", 0) == 0);
+    CHECK(rows[2] == "open  refused: open to group or others (owner uid " + std::to_string(::geteuid()) +
+                         ", mode 0644); see keepsake-inspect show open");
+    CHECK(rows[3].rfind("x  refused: a FIFO (owner uid ", 0) == 0);
+
+    for (const char* name : {"x", "link", "open"}) {
+        INFO(name);
+        const ran shown = run_tool(tool, dir, {"show", name});
+        CHECK(shown.status == 1);
+        CHECK_THAT(shown.err, Catch::Matchers::Contains("segment file " + dir.file(name) + " is refused") &&
+                                  Catch::Matchers::Contains("chmod 600"));
+    }
+}

@@ -64,11 +64,12 @@ TEST_CASE("a new segment is created with mode 0600 unless asked otherwise", "[se
     REQUIRE(::stat(dir.file("private").c_str(), &info) == 0);
     CHECK((info.st_mode & 0777) == 0600);
 
+    // A mode that lets group or others in is refused, and creates nothing:
+    // such a file would be refused at every later open.
     auto options = dir.options();
     options.mode = 0640;
-    segment shared_with_group("group", options);
-    REQUIRE(::stat(dir.file("group").c_str(), &info) == 0);
-    CHECK((info.st_mode & 0777) == 0640);
+    CHECK(code_of([&] { segment shared_with_group("group", options); }) == errc::invalid_argument);
+    CHECK_FALSE(segment::exists("group", dir.path()));
 }
 
 TEST_CASE("reopening after a clean close says so and names the previous owner", "[segment]") {
@@ -221,6 +222,7 @@ TEST_CASE("an unfinished creation (magic never written, nothing after the header
         for (std::size_t i = 8; i < 40; ++i) bytes[i] = static_cast<char>(i);
         std::ofstream(dir.file("half"), std::ios::binary) << bytes;
     }
+    REQUIRE(::chmod(dir.file("half").c_str(), 0600) == 0);  // as keepsake creates it
     segment s("half", dir.options());
     CHECK(s.outcome() == open_outcome::created);
     keepsake::keeper<int> k(s, "works");
@@ -312,6 +314,7 @@ TEST_CASE("a file with foreign bytes is not overwritten", "[segment]") {
         std::ofstream out(dir.file("foreign"), std::ios::binary);
         out << std::string(4096, 'x');
     }
+    REQUIRE(::chmod(dir.file("foreign").c_str(), 0600) == 0);  // private, so its bytes are what is judged
     CHECK(code_of([&] { segment s("foreign", dir.options()); }) == errc::segment_corrupt);
     std::ifstream in(dir.file("foreign"), std::ios::binary);
     std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -396,4 +399,111 @@ TEST_CASE("many keys: added, removed, added again and reopened, each finds its o
         REQUIRE(found.has_value());
         CHECK(found->value == -i);
     }
+}
+
+// --- hostile files: /dev/shm is writable by every user ---------------------------
+
+namespace {
+
+// Each way a file named like a segment can be one keepsake must not trust.
+enum class hostile { open_to_all, another_user, symlink, fifo, directory };
+
+const char* describe(hostile kind) {
+    switch (kind) {
+    case hostile::open_to_all: return "mode 0666";
+    case hostile::another_user: return "owned by uid 65534";
+    case hostile::symlink: return "a symbolic link";
+    case hostile::fifo: return "a FIFO";
+    case hostile::directory: return "a directory";
+    }
+    return "?";
+}
+
+// Plants `kind` as segment `name`; `target` is a real segment's file (for
+// the link). Returns what the error must say about it.
+std::string plant(const shm_dir& dir, hostile kind, const std::string& name, const std::string& target) {
+    const std::string path = dir.file(name);
+    switch (kind) {
+    case hostile::open_to_all:
+        std::filesystem::copy_file(target, path);
+        REQUIRE(::chmod(path.c_str(), 0666) == 0);
+        return "open to group or others";
+    case hostile::another_user:
+        std::filesystem::copy_file(target, path);
+        REQUIRE(::chmod(path.c_str(), 0600) == 0);
+        REQUIRE(::chown(path.c_str(), 65534, 65534) == 0);  // the tests run as root
+        return "owned by uid 65534";
+    case hostile::symlink:
+        REQUIRE(::symlink(target.c_str(), path.c_str()) == 0);
+        return "a symbolic link";
+    case hostile::fifo:
+        REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+        return "a FIFO";
+    case hostile::directory:
+        REQUIRE(::mkdir(path.c_str(), 0700) == 0);
+        return "a directory";
+    }
+    return {};
+}
+
+} // namespace
+
+TEST_CASE("hostile files: a segment file keepsake did not make safely is refused, never adopted or followed",
+          "[segment][hostile]") {
+    if (::geteuid() != 0) {
+        WARN("not root: the file owned by another user cannot be made; the other cases still run");
+    }
+    const hostile kind = GENERATE(hostile::open_to_all, hostile::another_user, hostile::symlink, hostile::fifo,
+                                  hostile::directory);
+    if (kind == hostile::another_user && ::geteuid() != 0) return;
+    INFO(describe(kind));
+    shm_dir dir;
+    {
+        segment real("real", dir.options());
+        keepsake::keeper<long>(real, "kept").commit(7);
+    }
+    struct stat before {};
+    REQUIRE(::stat(dir.file("real").c_str(), &before) == 0);
+    const std::string why = plant(dir, kind, "x", dir.file("real"));
+
+    // The owner's open, a read-only view, maintenance, remove: each refuses,
+    // naming the file, what it is, its owner and its mode.
+    const std::string message = message_of([&] { segment s("x", dir.options()); });
+    CHECK_THAT(message, Catch::Matchers::Contains("segment file " + dir.file("x") + " is refused") &&
+                            Catch::Matchers::Contains(why) && Catch::Matchers::Contains("owner uid") &&
+                            Catch::Matchers::Contains("mode 0"));
+    CHECK(code_of([&] { segment s("x", dir.options()); }) == errc::unsafe_file);
+    CHECK(code_of([&] { segment::open_existing("x", keepsake::segment_access::read_only, dir.path()); }) ==
+          errc::unsafe_file);
+    CHECK(code_of([&] { segment::open_existing("x", keepsake::segment_access::maintenance, dir.path()); }) ==
+          errc::unsafe_file);
+    CHECK(code_of([&] { segment::remove("x", dir.path()); }) == errc::unsafe_file);
+    CHECK(segment::exists("x", dir.path()));
+
+    // Listed, as refused, without opening it (a FIFO would hang an open).
+    const auto files = segment::list_files(dir.path());
+    REQUIRE(files.size() == 2);
+    CHECK(files[0].name == "real");
+    CHECK(files[0].refused.empty());
+    CHECK(files[1].name == "x");
+    CHECK_THAT(files[1].refused, Catch::Matchers::Contains(why) && Catch::Matchers::Contains("owner uid"));
+    CHECK(segment::list(dir.path()) == std::vector<std::string>{"real", "x"});
+
+    // Nothing was written through it: the link's target is as it was.
+    struct stat after {};
+    REQUIRE(::stat(dir.file("real").c_str(), &after) == 0);
+    CHECK(after.st_mtim.tv_sec == before.st_mtim.tv_sec);
+    CHECK(after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
+    segment real("real", dir.options());
+    CHECK(keepsake::keeper<long>(real, "kept").restore()->value == 7);
+}
+
+TEST_CASE("hostile files: a file made private by its owner opens again", "[segment][hostile]") {
+    shm_dir dir;
+    { segment s("loose", dir.options()); }
+    REQUIRE(::chmod(dir.file("loose").c_str(), 0644) == 0);
+    CHECK(code_of([&] { segment s("loose", dir.options()); }) == errc::unsafe_file);
+    REQUIRE(::chmod(dir.file("loose").c_str(), 0600) == 0);
+    segment s("loose", dir.options());
+    CHECK(s.outcome() == open_outcome::reopened_clean);
 }

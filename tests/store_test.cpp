@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
 
 #include <fcntl.h>
@@ -323,6 +324,63 @@ TEST_CASE("SQLite store: a damaged row is record_corrupt, WAL is on", "[store][s
     CHECK(failure.code() == errc::record_corrupt);
     CHECK(std::string(failure.what()).find("checksum") != std::string::npos);
     CHECK(same(*s.get("j"), make_record("j", 1)));
+}
+
+TEST_CASE("SQLite store: its file, and the WAL beside it, are created 0600", "[store][sqlite][hostile]") {
+    temp_dir dir;
+    const std::string path = dir.path() + "/private.db";
+    const mode_t previous = ::umask(0);  // not the umask: the store decides
+    keepsake::sqlite_store s(path);
+    ::umask(previous);
+    s.put_batch({make_record("k", 1)});
+    for (const std::string& file : {path, path + "-wal"}) {
+        INFO(file);
+        struct stat info {};
+        REQUIRE(::stat(file.c_str(), &info) == 0);
+        CHECK((info.st_mode & 0777) == 0600);
+    }
+}
+
+TEST_CASE("file store: records are 0600, its directory must be private, a planted file or link is not used",
+          "[store][file][hostile]") {
+    temp_dir dir;
+    const std::string where = dir.path() + "/fs";
+    keepsake::file_store s(where);
+    s.put_batch({make_record("k", 1)});
+    struct stat info {};
+    REQUIRE(::stat(where.c_str(), &info) == 0);
+    CHECK((info.st_mode & 0777) == 0700);
+    REQUIRE(::stat(s.path_of("k").c_str(), &info) == 0);
+    CHECK((info.st_mode & 0777) == 0600);
+
+    // A link left where the next temporary file goes: written around, not through.
+    const std::string target = dir.path() + "/target";
+    { std::ofstream(target) << "untouched"; }
+    const std::string base = s.path_of("k").substr(0, s.path_of("k").size() - 4);
+    REQUIRE(::symlink(target.c_str(), (base + ".tmp").c_str()) == 0);
+    s.put_batch({make_record("k", 2)});
+    CHECK(same(*s.get("k"), make_record("k", 2)));
+    std::ifstream kept(target);
+    CHECK(std::string(std::istreambuf_iterator<char>(kept), std::istreambuf_iterator<char>()) == "untouched");
+
+    // A FIFO in a record's place is an error, not a wait.
+    REQUIRE(::mkfifo((where + "/f.rec").c_str(), 0600) == 0);
+    CHECK(error_from([&] { s.get("f"); }).code() == errc::unsafe_file);
+
+    // A directory others may write into, or another user's, is refused.
+    const std::string open_dir = dir.path() + "/open";
+    REQUIRE(::mkdir(open_dir.c_str(), 0700) == 0);
+    REQUIRE(::chmod(open_dir.c_str(), 0777) == 0);
+    const keepsake::error refused = error_from([&] { keepsake::file_store bad(open_dir); });
+    CHECK(refused.code() == errc::unsafe_file);
+    CHECK_THAT(refused.what(), Catch::Matchers::Contains("writable by group or others") &&
+                                   Catch::Matchers::Contains("mode 0777"));
+    if (::geteuid() == 0) {
+        REQUIRE(::chmod(open_dir.c_str(), 0700) == 0);
+        REQUIRE(::chown(open_dir.c_str(), 65534, 65534) == 0);
+        CHECK_THAT(error_from([&] { keepsake::file_store bad(open_dir); }).what(),
+                   Catch::Matchers::Contains("owned by uid 65534"));
+    }
 }
 
 TEST_CASE("SQLite store: a bad option or path is a clear error", "[store][sqlite]") {

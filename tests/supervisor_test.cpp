@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -113,11 +114,24 @@ struct world {
     // Lets the fibers handle what was posted (exits, restarts).
     void settle() { rt.run_for(20ms); }
 
+    // The running unit of that name, else the handle taken when it last
+    // started: whereis finds only units that accept calls, and tests look at
+    // stopped ones too.
     unit_t unit(const std::string& name) {
-        auto found = keepsake::whereis<count>(rt, name);
-        REQUIRE(found);
-        return *found;
+        if (auto found = keepsake::whereis<count>(rt, name)) return *found;
+        const auto kept = started_units.find(name);
+        REQUIRE(kept != started_units.end());
+        return kept->second;
     }
+    std::map<std::string, unit_t> started_units;
+    std::uint64_t keep_started = rt.events().subscribe([this](const keepsake::event& e) {
+        if (e.kind != event_kind::started) return;
+        try {
+            if (auto found = keepsake::whereis<count>(rt, std::string(e.child))) started_units[std::string(e.child)] = *found;
+        } catch (const keepsake::error&) {
+            // a supervisor's name
+        }
+    });
     keepsake::supervisor sup(const std::string& name) {
         auto found = keepsake::whereis_supervisor(rt, name);
         REQUIRE(found);
@@ -291,6 +305,26 @@ TEST_CASE("supervisor: invalid flags and specs are rejected at construction", "[
         CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}, {3, 0s})));
         CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}, {3, -1s})));
     }
+    SECTION("a negative shutdown timeout, of a worker, a child supervisor or the supervisor itself") {
+        auto negative = worker("a");
+        negative.shutdown = keepsake::shutdown_spec::after(-1s);
+        CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(negative)})));
+        auto inner = tree("inner", strategy::one_for_one, {});
+        inner.shutdown = keepsake::shutdown_spec::after(-1ms);
+        CHECK(rejected(tree("root", strategy::one_for_one, {keepsake::child(inner)})));
+        auto itself = tree("root", strategy::one_for_one, {});
+        itself.shutdown = keepsake::shutdown_spec::after(-1s);
+        CHECK(rejected(itself));
+        auto message = [&] {
+            try {
+                keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(negative)}));
+            } catch (const keepsake::error& e) {
+                return std::string(e.what());
+            }
+            return std::string();
+        }();
+        CHECK_THAT(message, Catch::Matchers::Contains("'a'") && Catch::Matchers::Contains("negative"));
+    }
     SECTION("a child spec without a maker") {
         keepsake::child_spec bare;
         bare.id = "bare";
@@ -301,15 +335,20 @@ TEST_CASE("supervisor: invalid flags and specs are rejected at construction", "[
     CHECK_FALSE(keepsake::whereis_supervisor(w.rt, "root"));
 
     // The control: the same shapes made valid are accepted.
+    auto zero_timeout = worker("c");
+    zero_timeout.shutdown = keepsake::shutdown_spec::after(0s);
     auto good = tree("root", strategy::one_for_one,
                      {keepsake::child(significant(worker("a", restart_type::transient))), keepsake::child(worker("b")),
-                      keepsake::child(worker("c"))},
+                      keepsake::child(zero_timeout)},
                      {0, 1ms});
     good.flags.auto_shutdown = keepsake::auto_shutdown::any_significant;
     auto s = keepsake::start_supervisor(w.rt, good);
     CHECK(s.is_running());
     // start_child checks the spec too.
     CHECK(code_of([&] { s.start_child(significant(worker("d"))); }) == errc::invalid_argument);
+    auto negative = worker("d");
+    negative.shutdown = keepsake::shutdown_spec::after(-5ms);
+    CHECK(code_of([&] { s.start_child(negative); }) == errc::invalid_argument);
     CHECK_FALSE(info(s, "d"));
 }
 
@@ -772,6 +811,214 @@ TEST_CASE("supervisor: a child supervisor that gives up escalates to its parent"
         CHECK(state(s, "c") == child_state::running);
         CHECK(code_of([&] { read(w.unit("b")); }) == errc::not_running);
     }
+}
+
+TEST_CASE("supervisor: a restarted supervisor frees the names of the children it dropped, even while handles live",
+          "[supervisor]") {
+    world w;
+    auto mid = tree("mid", strategy::one_for_one, {keepsake::child(worker("a"))}, {0, 5s});
+    auto s = keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(mid)}));
+    auto inner = w.sup("mid");
+    auto old_x = inner.start_child(worker("x"));
+    auto sub = tree("sub", strategy::one_for_one, {keepsake::child(worker("y"))});
+    inner.start_child(keepsake::child(sub));
+    auto old_sub = w.sup("sub");
+    auto old_y = w.unit("y");
+    old_x.cast([](count& st) { st.value = 42; });
+    CHECK(read(old_x) == 42);
+    crash(w.unit("a"));  // mid gives up; root restarts it with "a" only
+    w.settle();
+    REQUIRE(w.events.count(event_kind::restarted, "root", "mid") == 1);
+    CHECK(ids(inner) == names{"a"});
+    CHECK(old_x.state() == child_state::not_running);
+    CHECK(code_of([&] { read(old_x); }) == errc::not_running);
+    CHECK_FALSE(keepsake::whereis<count>(w.rt, "x"));
+
+    // The handles do not hold the names (nor x's keeper): they start again.
+    auto new_x = inner.start_child(worker("x"));
+    CHECK(read(new_x) == 42);  // the state was committed in the segment
+    inner.start_child(keepsake::child(sub));
+    CHECK(w.sup("sub").shared_core() != old_sub.shared_core());
+    CHECK(w.unit("y").shared_core() != old_y.shared_core());
+    CHECK(code_of([&] { read(old_x); }) == errc::not_running);
+}
+
+TEST_CASE("supervisor: a name held by a child that is not running is already_present, never already_started",
+          "[supervisor]") {
+    world w;
+    auto told = std::make_shared<switches>();
+    auto a = keepsake::start_supervisor(
+        w.rt, tree("a", strategy::one_for_one,
+                   {keepsake::child(looper("t", restart_type::transient, told)), keepsake::child(worker("r"))}));
+    auto b = keepsake::start_supervisor(w.rt, tree("b", strategy::one_for_one, {}));
+    auto refusal = [&](const std::string& id) {
+        try {
+            b.start_child(worker(id));
+        } catch (const keepsake::error& e) {
+            return std::make_pair(e.code(), std::string(e.what()));
+        }
+        return std::make_pair(errc::invalid_argument, std::string("no error"));
+    };
+    const auto running = refusal("r");
+    CHECK(running.first == errc::already_started);
+    CHECK_THAT(running.second, Catch::Matchers::Contains("already running"));
+
+    told->leave = true;  // t ends normally: kept by a, not running
+    nudge(w);
+    REQUIRE(state(a, "t") == child_state::not_running);
+    const auto kept = refusal("t");
+    CHECK(kept.first == errc::already_present);
+    CHECK_THAT(kept.second, Catch::Matchers::Contains("not running"));
+    CHECK_THAT(kept.second, !Catch::Matchers::Contains("started") && !Catch::Matchers::Contains("already running"));
+    a.delete_child("t");
+    b.start_child(worker("t"));  // free once its spec is deleted
+    CHECK(state(b, "t") == child_state::running);
+}
+
+// --- ignore and exit(shutdown) ---------------------------------------------------------
+
+namespace {
+
+// A worker whose init declines while *declines is true: OTP's `ignore`.
+spec_t declining(const std::string& name, restart_type restart, std::shared_ptr<bool> declines) {
+    spec_t spec = worker(name, restart);
+    spec.init = [declines](count&, const keepsake::start_info&) {
+        if (*declines) throw keepsake::ignore_start("not needed today");
+    };
+    return spec;
+}
+
+} // namespace
+
+TEST_CASE("supervisor: an init may decline to start (ignore): kept not running, or dropped if temporary",
+          "[supervisor]") {
+    world w;
+    auto declines = std::make_shared<bool>(true);
+    auto s = keepsake::start_supervisor(
+        w.rt, tree("root", strategy::one_for_one,
+                   {keepsake::child(worker("first")), keepsake::child(declining("p", restart_type::permanent, declines)),
+                    keepsake::child(declining("t", restart_type::transient, declines)),
+                    keepsake::child(declining("tmp", restart_type::temporary, declines)),
+                    keepsake::child(worker("last"))}));
+    CHECK(s.is_running());
+    CHECK(w.events.children(event_kind::started, "root") == names{"first", "last"});
+    CHECK(ids(s) == names{"last", "t", "p", "first"});  // the temporary one is dropped
+    CHECK(state(s, "p") == child_state::not_running);
+    CHECK(state(s, "t") == child_state::not_running);
+    CHECK(s.count_children().active == 2);
+    CHECK_FALSE(keepsake::whereis<count>(w.rt, "p"));
+    CHECK_FALSE(keepsake::whereis<count>(w.rt, "tmp"));
+
+    // start_child: kept (not running) for a permanent child, dropped for a
+    // temporary one, whose handle is then empty.
+    auto later = s.start_child(declining("later", restart_type::permanent, declines));
+    REQUIRE(later);
+    CHECK(later.state() == child_state::not_running);
+    CHECK(code_of([&] { read(later); }) == errc::not_running);
+    CHECK_FALSE(s.start_child(declining("gone", restart_type::temporary, declines)));
+    CHECK_FALSE(info(s, "gone"));
+
+    // restart_child starts it once its init agrees.
+    CHECK(code_of([&] { s.restart_child("p"); }) == std::nullopt);  // declined again, no error
+    CHECK(state(s, "p") == child_state::not_running);
+    *declines = false;
+    s.restart_child("p");
+    CHECK(state(s, "p") == child_state::running);
+    CHECK(read(w.unit("p")) == 0);
+    CHECK(s.stats().restarts == 0);
+
+    SECTION("a dynamic supervisor does not add a child that declines") {
+        auto spec = tree("dyn", strategy::one_for_one, {});
+        spec.flags.dynamic = true;
+        auto dyn = keepsake::start_supervisor(w.rt, spec);
+        *declines = true;
+        CHECK_FALSE(dyn.start_child(declining("d", restart_type::permanent, declines)));
+        CHECK(dyn.which_children().empty());
+    }
+    SECTION("an automatic restart that declines leaves the child not running, without a give-up") {
+        *declines = true;
+        crash(w.unit("p"));
+        w.settle();
+        CHECK(w.events.count(event_kind::exited, "root", "p") == 1);
+        CHECK(w.events.count(event_kind::restarted, "root", "p") == 0);
+        CHECK(state(s, "p") == child_state::not_running);
+        CHECK(s.is_running());
+    }
+    SECTION("a unit's own restart after a crash that declines ends it as a normal exit") {
+        auto inner = worker("inner", restart_type::transient);
+        inner.intensity = {5, 5s};
+        inner.init = [](count&, const keepsake::start_info& started) {
+            if (started.restarts != 0) throw keepsake::ignore_start("once is enough");
+        };
+        s.start_child(inner);
+        crash(w.unit("inner"));
+        w.settle();
+        const seen* exit = w.events.last(event_kind::exited, "root", "inner");
+        REQUIRE(exit);
+        CHECK(exit->reason_kind == exit_kind::normal);
+        CHECK(exit->reason == "once is enough");
+        CHECK(state(s, "inner") == child_state::not_running);  // transient: not restarted
+    }
+}
+
+TEST_CASE("supervisor: start_unit with an init that declines gives a unit that is not running", "[supervisor]") {
+    world w;
+    auto declines = std::make_shared<bool>(true);
+    auto u = keepsake::start_unit(w.rt, declining("alone", restart_type::permanent, declines));
+    REQUIRE(u);
+    CHECK(u.state() == child_state::not_running);
+    CHECK_FALSE(keepsake::whereis<count>(w.rt, "alone"));
+    CHECK(w.events.all.empty());  // not started, so no event
+}
+
+TEST_CASE("supervisor: a worker ends itself with reason shutdown (stop_self): a transient one stays down",
+          "[supervisor]") {
+    world w;
+    auto quitting = [](const std::string& name, restart_type restart) {
+        auto spec = worker(name, restart);
+        spec.intensity = {5, 5s};
+        return spec;
+    };
+    auto loop_quits = std::make_shared<bool>(false);
+    auto loop = quitting("loop", restart_type::transient);
+    loop.loop = [loop_quits](keepsake::unit_context<count>& ctx) {
+        while (!ctx.stop_requested()) {
+            if (*loop_quits) ctx.stop_self();
+            ctx.sleep_for(1ms);
+        }
+    };
+    auto s = keepsake::start_supervisor(
+        w.rt, tree("root", strategy::one_for_one,
+                   {keepsake::child(quitting("t", restart_type::transient)),
+                    keepsake::child(quitting("p", restart_type::permanent)), keepsake::child(loop)}));
+    auto last_words = [](count& st, keepsake::unit_context<count>& ctx) {
+        st.value = 9;
+        ctx.stop_self();
+        return st.value;  // answered, and committed, before the worker ends
+    };
+    for (const char* id : {"t", "p"}) {
+        INFO(id);
+        auto u = w.unit(id);
+        CHECK(u.call(last_words) == 9);
+        w.settle();
+        const seen* exit = w.events.last(event_kind::exited, "root", id);
+        REQUIRE(exit);
+        CHECK(exit->reason_kind == exit_kind::shutdown);
+        CHECK(w.events.count(event_kind::gave_up, id, id) == 0);
+    }
+    CHECK(state(s, "t") == child_state::not_running);
+    CHECK(w.events.count(event_kind::restarted, "root", "t") == 0);
+    CHECK(state(s, "p") == child_state::running);  // permanent: restarted, from the commit
+    CHECK(w.events.count(event_kind::restarted, "root", "p") == 1);
+    CHECK(read(w.unit("p")) == 9);
+    CHECK(s.stats().restarts == 1);
+
+    *loop_quits = true;
+    nudge(w);
+    const seen* exit = w.events.last(event_kind::exited, "root", "loop");
+    REQUIRE(exit);
+    CHECK(exit->reason_kind == exit_kind::shutdown);
+    CHECK(state(s, "loop") == child_state::not_running);
 }
 
 // --- auto_shutdown -------------------------------------------------------------------

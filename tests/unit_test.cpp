@@ -7,18 +7,25 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <cstdio>
+#include <fstream>
 #include <functional>
+#include <mutex>
+#include <sstream>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+
 #include <boost/fiber/operations.hpp>
 #include <cereal/types/string.hpp>
 
 #include <keepsake/exporter.hpp>
 #include <keepsake/stores/file_store.hpp>
+#include <keepsake/stores/faulty_store.hpp>
 #include <keepsake/stores/memory_store.hpp>
 
 #include "support.hpp"
@@ -134,7 +141,19 @@ TEST_CASE("typed messages go to the unit's handler; a const handler is read-only
     auto found = keepsake::whereis<tally, tally_handler>(rt, "t");
     REQUIRE(found);
     CHECK(found->call(get{}) == 7);
-    CHECK_FALSE(keepsake::whereis<counter>(rt, "t"));  // wrong type: not found
+    // The wrong types are an error that names the right ones.
+    try {
+        keepsake::whereis<counter>(rt, "t");
+        FAIL("whereis with the wrong types should throw");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::type_mismatch);
+        CHECK_THAT(failure.what(), Catch::Matchers::Contains("State (anonymous namespace)::tally") &&
+                                       Catch::Matchers::Contains("Handler (anonymous namespace)::tally_handler") &&
+                                       Catch::Matchers::Contains("not as a unit of State (anonymous namespace)::counter"));
+    }
+    CHECK(test_support::error_from([&] { keepsake::whereis<tally>(rt, "t"); }).code() == errc::type_mismatch);
+    CHECK(test_support::error_from([&] { keepsake::whereis_supervisor(rt, "t"); }).code() == errc::type_mismatch);
+    CHECK_FALSE(keepsake::whereis<counter>(rt, "nobody"));
 }
 
 TEST_CASE("a crash answers the caller with worker_crashed and restarts from the last commit", "[unit]") {
@@ -325,7 +344,8 @@ TEST_CASE("a unit with a store opens through recovery: after a reboot its state 
                 return options;
             }());
             REQUIRE(out.flush());
-        }  // stopped: it exports nothing more
+            REQUIRE(out.stop());  // stopped by hand: the unit runs on (the destructor would stop it)
+        }  // it exports nothing more
         unit.call([](counter& state) { state.value += 100; });  // committed, never exported
         keepsake::stop_unit(before.rt, unit);
     }  // the segment's directory is removed: a reboot
@@ -462,7 +482,7 @@ TEST_CASE("a unit gives up past its restart intensity; then calls fail at once",
     }
     CHECK(std::chrono::steady_clock::now() - started < 1s);
     CHECK_THROWS_AS(unit.cast([](counter&) {}), keepsake::error);
-    CHECK(seen == std::vector<std::string>{"exited", "restarted", "exited", "restarted", "exited", "gave_up"});
+    CHECK(seen == std::vector<std::string>{"started", "exited", "restarted", "exited", "restarted", "exited", "gave_up"});
 }
 
 TEST_CASE("the default intensity allows 1000 restarts in 10 s", "[unit]") {
@@ -589,14 +609,77 @@ TEST_CASE("listeners: on_state_changed in commit order, on_terminate with the re
     std::vector<std::string> ends;
     unit.on_state_changed([&](const counter& before, const counter& after) { changes.emplace_back(before.value, after.value); });
     unit.on_terminate([&](const keepsake::exit_reason& why, const counter&) { ends.push_back(keepsake::to_string(why.kind)); });
-    unit.call([](counter& state) { state.value = 1; });  // the listener's first commit has no "before"
+    unit.call([](counter& state) { state.value = 1; });  // before it: the initial state, as nothing was committed
     unit.call([](counter& state) { state.value = 2; });
     unit.call([](counter& state) { state.value = 3; });
     crash_with(unit, "x");
     unit.call([](counter& state) { state.value = 4; });
     keepsake::stop_unit(rt, unit);
-    CHECK(changes == std::vector<std::pair<long, long>>{{1, 2}, {2, 3}, {3, 4}});
+    CHECK(changes == std::vector<std::pair<long, long>>{{0, 1}, {1, 2}, {2, 3}, {3, 4}});
     CHECK(ends == std::vector<std::string>{"crashed", "shutdown"});  // stopped by stop_unit
+}
+
+TEST_CASE("on_state_changed reports the first commit after it subscribes, with the committed state before it",
+          "[unit]") {
+    pumped_runtime harness("late-listener");
+    auto& rt = harness.rt;
+    auto spec = counter_spec("c");
+    spec.init = [](counter& state, const keepsake::start_info& info) {
+        if (info.restarts != 0) state.value += 100;  // changed by the init, not committed
+    };
+    auto unit = keepsake::start_unit(rt, spec);
+    unit.call([](counter& state) { state.value = 5; });  // committed before anyone listens
+    std::vector<std::pair<long, long>> changes;
+    auto listen = [&] {
+        return unit.on_state_changed(
+            [&](const counter& before, const counter& after) { changes.emplace_back(before.value, after.value); });
+    };
+    auto id = listen();
+    unit.call([](counter& state) { state.value = 6; });
+    CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}});
+
+    // Commits while nobody listens: a listener that comes later gets the
+    // newest committed state as "before", not the one its predecessor saw.
+    unit.remove_listener(id);
+    unit.call([](counter& state) { state.value = 7; });
+    unit.call([](counter& state) { state.value = 8; });
+    id = listen();
+    unit.call([](counter& state) { state.value = 9; });
+    CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}, {8, 9}});
+
+    // After a restart whose init changed the state, "before" is still what
+    // was committed.
+    crash_with(unit, "x");
+    unit.call([](counter& state) { state.value += 1; });
+    CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}, {8, 9}, {9, 110}});
+}
+
+TEST_CASE("roots publish started; whereis finds only units that accept calls", "[unit]") {
+    pumped_runtime harness("roots");
+    auto& rt = harness.rt;
+    std::vector<std::string> seen;
+    rt.events().subscribe([&](const keepsake::event& what) {
+        if (what.kind == keepsake::event_kind::started)
+            seen.push_back(std::string(what.supervisor) + " started " + std::string(what.child) + " #" +
+                           std::to_string(what.instance));
+    });
+    auto solo = keepsake::start_unit(rt, counter_spec("solo"));
+    keepsake::supervisor_spec tree;
+    tree.name = "tree";
+    tree.children.push_back(keepsake::child(counter_spec("leaf")));
+    auto root = keepsake::start_supervisor(rt, tree);
+    CHECK(seen == std::vector<std::string>{"runtime started solo #1", "tree started leaf #1", "runtime started tree #1"});
+
+    REQUIRE(keepsake::whereis<counter>(rt, "solo"));
+    REQUIRE(keepsake::whereis_supervisor(rt, "tree"));
+    keepsake::stop_unit(rt, solo);
+    keepsake::stop_supervisor(rt, root);
+    // The handles still hold them, stopped: whereis does not hand them out.
+    CHECK(solo.state() == keepsake::child_state::not_running);
+    CHECK_FALSE(keepsake::whereis<counter>(rt, "solo"));
+    CHECK_FALSE(keepsake::whereis<counter>(rt, "leaf"));
+    CHECK_FALSE(keepsake::whereis_supervisor(rt, "tree"));
+    CHECK(test_support::error_from([&] { read(solo); }).code() == errc::not_running);
 }
 
 TEST_CASE("a call that is not answered in time fails with timeout", "[unit]") {
@@ -767,6 +850,14 @@ TEST_CASE("unit specs are checked when the unit is made", "[unit]") {
     auto bad_period = counter_spec("q");
     bad_period.intensity = {3, 0s};
     CHECK_THROWS_AS(keepsake::start_unit(rt, bad_period), keepsake::error);
+    auto negative_shutdown = counter_spec("r");
+    negative_shutdown.shutdown = keepsake::shutdown_spec::after(-1s);
+    try {
+        keepsake::start_unit(rt, negative_shutdown);
+        FAIL("a negative shutdown timeout should be refused");
+    } catch (const keepsake::error& failure) {
+        CHECK(failure.code() == errc::invalid_argument);
+    }
     auto first = keepsake::start_unit(rt, counter_spec("dup"));
     CHECK_THROWS_AS(keepsake::start_unit(rt, counter_spec("dup")), keepsake::error);
     keepsake::runtime no_segment({1, nullptr, 128 * 1024, nullptr});
@@ -845,4 +936,214 @@ TEST_CASE("a manual clock and a pumped runtime make a run deterministic", "[unit
     CHECK(count(" restarted ") >= 3);
     CHECK(count(" exited ") >= 3);
     CHECK(count(" stopped ") >= 1);
+}
+
+// --- the last commits reach the store, whatever the declaration order --------
+
+namespace {
+
+// 150 updates through calls to three units that commit only at their
+// graceful stop (manual policy), with an exporter declared before or after
+// the runtime; then a reboot: the segment is removed and each key recovered
+// from the store.
+long updates_after_reboot(bool exporter_declared_first) {
+    shm_dir dir;
+    keepsake::memory_store durable;
+    const std::vector<std::string> keys{"a", "b", "c"};
+    {
+        keepsake::segment seg("order", dir.options());
+        keepsake::exporter_options options;
+        options.interval = std::chrono::hours(1);  // only its last pass exports
+        std::optional<keepsake::exporter> before;
+        if (exporter_declared_first) before.emplace(seg, durable, options);
+        keepsake::runtime rt({1, nullptr, 128 * 1024, &seg});
+        std::optional<keepsake::exporter> after;
+        if (!exporter_declared_first) after.emplace(seg, durable, options);
+        std::vector<keepsake::unit<counter>> units;
+        for (const std::string& key : keys) {
+            auto spec = counter_spec(key);
+            spec.commit = keepsake::commit_policy::manual();
+            units.push_back(keepsake::start_unit(rt, spec));
+        }
+        for (int i = 0; i < 150; ++i) units[static_cast<std::size_t>(i) % units.size()].call([](counter& state) { ++state.value; });
+        CHECK(units[0].stats().commits == 0);  // all of it is still to be committed at the stop
+    }  // destroyed in reverse: `after` before rt, or rt before `before`
+    REQUIRE(keepsake::segment::remove("order", dir.path()));  // what a reboot does to /dev/shm
+    keepsake::segment rebooted("order", dir.options());
+    REQUIRE(rebooted.outcome() == keepsake::open_outcome::created);
+    long total = 0;
+    for (const std::string& key : keys) {
+        keepsake::keeper<counter> kept(rebooted, key);
+        const auto found = keepsake::recover(kept, durable, counter{});
+        CHECK(found.source == keepsake::recovery_source::store);
+        total += found.value.value;
+    }
+    return total;
+}
+
+} // namespace
+
+TEST_CASE("the last commits reach the store whether the exporter is declared before or after the runtime",
+          "[unit][store]") {
+    CHECK(updates_after_reboot(true) == 150);
+    CHECK(updates_after_reboot(false) == 150);
+}
+
+TEST_CASE("an exporter stopped by hand leaves the units running", "[unit][store]") {
+    pumped_runtime harness("hand-stop");
+    keepsake::memory_store durable;
+    auto unit = keepsake::start_unit(harness.rt, counter_spec("c"));
+    {
+        keepsake::exporter out(harness.seg, durable);
+        unit.call([](counter& state) { state.value = 3; });
+        REQUIRE(out.stop());
+    }
+    CHECK(unit.state() == keepsake::child_state::running);
+    CHECK(unit.call([](counter& state) { return ++state.value; }) == 4);
+    {
+        keepsake::exporter out(harness.seg, durable);
+    }  // not stopped by hand: it stops the units of its segment first
+    CHECK(unit.state() == keepsake::child_state::not_running);
+}
+
+// --- crash reports --------------------------------------------------------------
+
+namespace {
+
+std::atomic<std::int64_t> fake_second{1000};
+std::int64_t fake_seconds() noexcept { return fake_second.load(); }
+
+// Reports go to `lines` (or stderr) on a clock the test moves; everything
+// back to the defaults after.
+struct captured_reports {
+    std::mutex mutex;
+    std::vector<std::string> lines;
+
+    explicit captured_reports(std::uint32_t per_second = 3, bool to_sink = true) {
+        keepsake::crash_report_options options;
+        options.lines_per_second = per_second;
+        if (to_sink)
+            options.sink = [this](std::string_view line) {
+                std::lock_guard<std::mutex> lock(mutex);
+                lines.emplace_back(line);
+            };
+        keepsake::set_crash_reports(std::move(options));
+        keepsake::detail::crash_reports().set_time_source(&fake_seconds);
+    }
+    ~captured_reports() {
+        keepsake::set_crash_reports(keepsake::crash_report_options{});
+        keepsake::detail::crash_reports().set_time_source(nullptr);
+    }
+    std::vector<std::string> taken() {
+        std::lock_guard<std::mutex> lock(mutex);
+        return std::exchange(lines, {});
+    }
+};
+
+// fd 2 goes to a file while it lives.
+class stderr_to_file {
+public:
+    explicit stderr_to_file(const std::string& path) {
+        std::fflush(stderr);
+        saved_ = ::dup(2);
+        const int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ::dup2(file, 2);
+        ::close(file);
+    }
+    ~stderr_to_file() {
+        std::fflush(stderr);
+        ::dup2(saved_, 2);
+        ::close(saved_);
+    }
+
+private:
+    int saved_ = -1;
+};
+
+std::string contents(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+} // namespace
+
+TEST_CASE("crash reports: a crash, a give-up and a store failure are one line each, rate-limited per kind",
+          "[unit][reports]") {
+    captured_reports reports(3);
+    pumped_runtime harness("reports");
+    auto& rt = harness.rt;
+    auto spec = counter_spec("c");
+    spec.intensity = {100, 10s};
+    auto unit = keepsake::start_unit(rt, spec);
+    for (int i = 0; i < 10; ++i) crash_with(unit, "disk on fire");
+    read(unit);
+    CHECK(reports.taken() == std::vector<std::string>{
+                                 "keepsake: unit 'c' crashed (restarts so far: 0): disk on fire",
+                                 "keepsake: unit 'c' crashed (restarts so far: 1): disk on fire",
+                                 "keepsake: unit 'c' crashed (restarts so far: 2): disk on fire"});
+    ++fake_second;  // the next second: what was left out is counted first
+    crash_with(unit, "again");
+    read(unit);
+    CHECK(reports.taken() ==
+          std::vector<std::string>{"keepsake: 7 more crash report(s) left out (at most 3 a second; "
+                                   "keepsake::set_crash_reports(false) silences them)",
+                                   "keepsake: unit 'c' crashed (restarts so far: 10): again"});
+
+    // A give-up, of a unit and of its supervisor: kinds have their own limits.
+    ++fake_second;
+    keepsake::supervisor_spec tree;
+    tree.name = "tree";
+    tree.flags.intensity = {0, 5s};
+    auto fragile = counter_spec("fragile");
+    fragile.intensity = {0, 1s};
+    tree.children.push_back(keepsake::child(fragile));
+    keepsake::start_supervisor(rt, tree);
+    auto victim = *keepsake::whereis<counter>(rt, "fragile");
+    crash_with(victim, "bad input");
+    rt.run_for(20ms);
+    CHECK(reports.taken() ==
+          std::vector<std::string>{"keepsake: unit 'fragile' crashed (restarts so far: 0): bad input",
+                                   "keepsake: unit 'fragile' gave up: more than 0 restarts in 1 s; last crash: bad input",
+                                   "keepsake: supervisor 'tree' gave up: more than 0 restarts in 5 s; last exit: child "
+                                   "'fragile' (crashed: gave up after 0 restarts within the period; last crash: bad input)"});
+
+    // A store failure, from the exporter's thread.
+    unit.call([](counter& state) { state.value = 1; });  // something to export
+    keepsake::memory_store inner;
+    keepsake::faulty_store broken(inner);
+    broken.fail_every(1);
+    keepsake::exporter_options options;
+    options.interval = std::chrono::hours(1);
+    options.retry_min = options.retry_max = std::chrono::hours(1);  // one attempt
+    keepsake::exporter out(harness.seg, broken, options);
+    CHECK_FALSE(out.flush(std::chrono::milliseconds(1)));  // starts a pass
+    for (int i = 0; i < 60000 && broken.failures() == 0; ++i) std::this_thread::sleep_for(1ms);
+    out.stop(std::chrono::milliseconds(0));
+    const auto lines = reports.taken();
+    REQUIRE_FALSE(lines.empty());
+    CHECK_THAT(lines.front(), Catch::Matchers::StartsWith("keepsake: exporter: store_failed: ") &&
+                                  Catch::Matchers::Contains("injected failure"));
+}
+
+TEST_CASE("crash reports go to stderr by default, and set_crash_reports(false) makes keepsake quiet",
+          "[unit][reports]") {
+    captured_reports reports(10, false);
+    shm_dir files;
+    const std::string path = files.path() + "/stderr";
+    pumped_runtime harness("stderr");
+    auto unit = keepsake::start_unit(harness.rt, counter_spec("loud"));
+    {
+        stderr_to_file redirected(path);
+        crash_with(unit, "printed");
+        read(unit);
+        keepsake::set_crash_reports(false);
+        for (int i = 0; i < 50; ++i) crash_with(unit, "quiet");
+        read(unit);
+        ++fake_second;
+        crash_with(unit, "quiet");
+        read(unit);
+    }
+    CHECK(contents(path) == "keepsake: unit 'loud' crashed (restarts so far: 0): printed\n");
 }

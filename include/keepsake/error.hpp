@@ -35,6 +35,8 @@ enum class errc {
     store_failed,       // a store operation failed (I/O, disk full, SQLite)
     record_corrupt,     // a stored record failed its size or checksum check
     version_too_new,    // a record's schema is newer than this program knows
+    // files (after the others, so their values stay as they were)
+    unsafe_file,        // a segment or store file is not a regular file of this user's, or is open to others
 };
 
 class error : public std::runtime_error {

@@ -6,6 +6,8 @@
 #include "keepsake/exporter.hpp"
 #endif
 
+#include "keepsake/crash_reports.hpp"
+#include "keepsake/detail/committers.hpp"
 #include "keepsake/detail/snapshot.hpp"
 #include "keepsake/log.hpp"
 
@@ -39,8 +41,17 @@ KEEPSAKE_INLINE exporter::exporter(const segment& source, store& target, exporte
     thread_ = std::thread([this] { run_guarded(); });
 }
 
+// Unless stop() was called, the units committing into the segment stop
+// first (their runtime's stop), so their last commits are in the last pass,
+// whether the runtime was declared before or after this exporter.
 KEEPSAKE_INLINE exporter::~exporter() {
     try {
+        bool stop_called = false;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            stop_called = stopping_;
+        }
+        if (!stop_called) detail::committers::instance().stop_units_in(segment_.get());
         stop(options_.stop_timeout);
     } catch (...) {
         // stop() only throws if the thread cannot be joined; nothing to add.
@@ -502,6 +513,10 @@ KEEPSAKE_INLINE void exporter::report(const export_event& event) const {
                            ? spdlog::level::warn
                            : spdlog::level::err;
     detail::log(level, [&] { return std::string("exporter: ") + to_string(event.kind) + ": " + event.message; });
+    if (event.kind != export_event_kind::exported)
+        detail::report(report_kind::store_failure, [&](detail::report_line& line) {
+            line << "exporter: " << to_string(event.kind) << ": " << event.message;
+        });
     if (options_.events != nullptr && event.kind != export_event_kind::exported) publish_on_bus(event);
     if (!options_.on_event) return;
     try {

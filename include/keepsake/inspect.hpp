@@ -324,16 +324,23 @@ private:
     }
 
     // A segment that fails to open is a row with its error, not the end
-    // of the listing: list exits 0 when it could read the directory.
+    // of the listing: list exits 0 when it could read the directory. A file
+    // keepsake would not trust (a FIFO, a link, another user's) is shown as
+    // refused, and never opened.
     int list(const command& line, std::ostream& out) const {
         check_directory(line.directory);
-        const std::vector<std::string> names = segment::list(line.directory);
-        if (names.empty()) {
+        const std::vector<segment_file> files = segment::list_files(line.directory);
+        if (files.empty()) {
             out << "no segments in " << line.directory << "\n";
             return 0;
         }
-        for (const std::string& name : names) {
+        for (const segment_file& file : files) {
+            const std::string& name = file.name;
             out << name << "  ";
+            if (!file.refused.empty()) {
+                out << "refused: " << file.refused << "; see keepsake-inspect show " << name << "\n";
+                continue;
+            }
             try {
                 const segment view = segment::open_existing(name, segment_access::read_only, line.directory);
                 const std::size_t keys = view.entries().size();
@@ -341,6 +348,8 @@ private:
                     << detail::owner_words(view.status());
                 if (view.damaged_entries() != 0) out << ", " << view.damaged_entries() << " damaged directory entries";
                 out << "\n";
+            } catch (const error& failure) {
+                out << (failure.code() == errc::unsafe_file ? "refused: " : "unreadable: ") << failure.what() << "\n";
             } catch (const std::exception& failure) {
                 out << "unreadable: " << failure.what() << "\n";
             }

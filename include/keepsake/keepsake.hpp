@@ -4,6 +4,7 @@
 
 #include "keepsake/clock.hpp"
 #include "keepsake/codec.hpp"
+#include "keepsake/crash_reports.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/exporter.hpp"

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "keepsake/clock.hpp"
@@ -40,6 +41,24 @@ struct shutdown_spec {
     static shutdown_spec brutal_kill() { return {mode::brutal_kill, duration::zero()}; }
 };
 
+// Thrown by a unit's init hook to decline to start: OTP's init returning
+// `ignore`. The start succeeds with nothing running: a supervisor keeps a
+// permanent or transient child as not running (restart_child starts it
+// again) and drops a temporary one, or any child of a dynamic supervisor;
+// start_unit returns a handle to a unit that is not running. Thrown on a
+// restart the unit makes by itself after a crash, it ends the unit's
+// instance as a normal exit. Not a std::exception, so that a hook catching
+// std::exception lets it through.
+class ignore_start {
+public:
+    explicit ignore_start(std::string reason = "its init hook declined to start (ignore_start)")
+        : reason_(std::move(reason)) {}
+    const std::string& reason() const noexcept { return reason_; }
+
+private:
+    std::string reason_;
+};
+
 // At most max_restarts restarts within any period.
 struct restart_intensity {
     std::uint32_t max_restarts = 3;
@@ -56,6 +75,16 @@ inline void check_intensity(const restart_intensity& limits, const std::string& 
     if (limits.max_restarts > max_restart_limit)
         throw error(errc::invalid_argument, owner + ": max_restarts above " + std::to_string(max_restart_limit) +
                                                 " is not supported; use a shorter period");
+}
+
+// A timeout below zero has no meaning (OTP accepts a non-negative integer,
+// infinity or brutal_kill): refused rather than taken as brutal_kill.
+inline void check_shutdown(const shutdown_spec& how, const std::string& owner) {
+    if (how.how == shutdown_spec::mode::timeout && how.limit < duration::zero())
+        throw error(errc::invalid_argument,
+                    owner + ": shutdown timeout is negative (" +
+                        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(how.limit).count()) +
+                        " ms); give shutdown_spec::after(0 or more), brutal_kill() or infinity()");
 }
 
 // OTP's restart log: before each automatic restart, record now and drop

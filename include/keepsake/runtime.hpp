@@ -8,21 +8,26 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <typeindex>
+#include <typeinfo>
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <cxxabi.h>
 
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
 #include <boost/fiber/protected_fixedsize_stack.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/committers.hpp"
 #include "keepsake/detail/scheduling.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/error.hpp"
@@ -63,6 +68,26 @@ public:
     virtual void stop_root() = 0;
 };
 
+// What the name registry asks of a unit or supervisor holding a name.
+class named_process {
+public:
+    virtual bool is_running() const noexcept = 0;
+    // Running, or stopped by its supervisor for a restart that follows:
+    // calls to it are accepted (they queue).
+    virtual bool accepts_calls() const noexcept = 0;
+
+protected:
+    ~named_process() = default;
+};
+
+// A type's name as written in C++, for messages.
+inline std::string readable_type_name(const std::type_info& type) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> readable(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
+                                                    std::free);
+    return status == 0 && readable ? std::string(readable.get()) : std::string(type.name());
+}
+
 } // namespace detail
 
 class runtime {
@@ -78,6 +103,7 @@ public:
         } else {
             start_threads();
         }
+        committer_id_ = detail::committers::instance().add([this](const void* segment) { stop_units_in(segment); });
     }
 
     runtime(const runtime&) = delete;
@@ -85,7 +111,10 @@ public:
 
     // Stops every top-level unit and supervisor (newest first, each by its
     // shutdown rules), waits for every fiber to end, then for the threads.
-    ~runtime() { shutdown(); }
+    ~runtime() {
+        detail::committers::instance().remove(committer_id_);
+        shutdown();
+    }
 
     bool pumped() const noexcept { return options_.threads == 0; }
     const keepsake::clock& clock() const noexcept { return *time_; }
@@ -148,18 +177,20 @@ public:
     }
 
     // --- name registry (whereis) --------------------------------------
-    // Units register under their name; a name is held by one unit at a time.
-    void register_name(const std::string& name, std::type_index type, std::weak_ptr<void> who) {
+    // Units and supervisors register under their name; a name is held by one
+    // of them at a time, as long as it lives (a handle keeps it) and its
+    // supervisor keeps its spec. `describe` names the registered type, for
+    // the error of a lookup with another.
+    void register_name(const std::string& name, std::type_index type, std::string (*describe)(),
+                       std::weak_ptr<detail::named_process> who) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
         auto found = registry_.find(name);
-        if (found != registry_.end() && !found->second.who.expired())
-            throw error(errc::already_started, "the name '" + name +
-                                                   "' is already registered in this runtime; give each unit "
-                                                   "a unique name");
-        registry_.insert_or_assign(name, registered{type, std::move(who)});
+        if (found != registry_.end())
+            if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
+        registry_.insert_or_assign(name, registered{type, describe, std::move(who)});
     }
 
-    void unregister_name(const std::string& name, const void* who) {
+    void unregister_name(const std::string& name, const detail::named_process* who) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
         auto found = registry_.find(name);
         if (found == registry_.end()) return;
@@ -167,13 +198,27 @@ public:
         if (!held || held.get() == who) registry_.erase(found);
     }
 
-    // The registered object of that name and type, or null.
+    // The registered object of that name, or null. Throws type_mismatch,
+    // naming the registered type, if the name holds another type than Core.
     template <class Core>
     std::shared_ptr<Core> find_registered(const std::string& name) const {
         std::lock_guard<std::mutex> lock(registry_mutex_);
         auto found = registry_.find(name);
-        if (found == registry_.end() || found->second.type != std::type_index(typeid(Core))) return nullptr;
-        return std::static_pointer_cast<Core>(found->second.who.lock());
+        if (found == registry_.end()) return nullptr;
+        auto held = found->second.who.lock();
+        if (!held) return nullptr;
+        if (found->second.type != std::type_index(typeid(Core)))
+            throw error(errc::type_mismatch, "'" + name + "' is registered in this runtime as " +
+                                                 found->second.describe() + ", not as " + Core::type_description() +
+                                                 "; look it up with the types it was started with");
+        return std::static_pointer_cast<Core>(std::move(held));
+    }
+
+    // A unit keeps its state in this segment (a segment_impl): an exporter
+    // of it stops this runtime's units before its last pass.
+    void note_segment(const void* segment) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) segments_.push_back(segment);
     }
 
     // Top-level processes, stopped newest first when the runtime goes.
@@ -211,7 +256,8 @@ public:
 private:
     struct registered {
         std::type_index type;
-        std::weak_ptr<void> who;
+        std::string (*describe)();
+        std::weak_ptr<detail::named_process> who;
     };
 
     runtime_options options_;
@@ -237,6 +283,20 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;
+    std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
+    std::uint64_t committer_id_ = 0;
+
+    // Only a running holder is "already started": one that is not running
+    // (stopped, or kept by a live handle) is "present", as OTP says.
+    [[noreturn]] static void refuse_name(const std::string& name, const detail::named_process& holder) {
+        if (holder.is_running())
+            throw error(errc::already_started, "'" + name + "' is already running in this runtime; give each unit "
+                                                            "and supervisor a unique name");
+        throw error(errc::already_present,
+                    "the name '" + name + "' is still held by a unit or supervisor that is not running (its "
+                    "supervisor keeps its spec, or a handle to it is alive); restart that one (restart_child), or "
+                    "delete it (delete_child) and drop its handles, before starting another of that name");
+    }
 
     void check_pumping_thread(const char* what) const {
         if (!pumped() || owner_threads_.front() != std::this_thread::get_id())
@@ -313,6 +373,30 @@ private:
         }
         std::unique_lock<std::mutex> lock(ready_mutex);
         ready_cv.wait(lock, [&] { return ready == options_.threads; });
+    }
+
+    // An exporter of `segment` is going: if units of this runtime commit
+    // into it, they stop now (as the destructor would stop them), so what
+    // they commit while stopping is in its last pass. Not from one of this
+    // runtime's own fibers, which would wait for itself; a pumped runtime
+    // only from its pumping thread (nobody else runs its fibers).
+    void stop_units_in(const void* segment) {
+        {
+            std::lock_guard<std::mutex> lock(registry_mutex_);
+            if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) return;
+        }
+        const bool allowed =
+            pumped() ? on_runtime_thread() &&
+                           boost::fibers::context::active()->is_context(boost::fibers::type::main_context)
+                     : !on_runtime_thread();
+        if (!allowed) {
+            detail::log(spdlog::level::warn, [] {
+                return std::string("an exporter went while units of its segment still run, and they cannot be "
+                                   "stopped from this thread: what they commit from now on is not exported");
+            });
+            return;
+        }
+        stop_roots();
     }
 
     void stop_roots() {

@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "keepsake/detail/file_checks.hpp"
+
 namespace keepsake {
 namespace detail {
 
@@ -105,15 +107,59 @@ KEEPSAKE_INLINE owner_info peek_owner(int fd) noexcept {
                     "; a segment has one live owner: close it there, or wait for that process to exit");
 }
 
+[[noreturn]] KEEPSAKE_INLINE void throw_unsafe(const std::string& path, const struct stat& info,
+                                               const std::string& why) {
+    throw error(errc::unsafe_file,
+                "segment file " + path + " is refused: it is " + why + " (owner uid " +
+                    std::to_string(info.st_uid) + ", mode " + octal_mode(info.st_mode) +
+                    "). A segment must be a regular file of the user that opens it, mode 0600, because its "
+                    "directory may be writable by others (/dev/shm is). If you made it, chmod 600 it; if not, "
+                    "find out who did, then remove it by hand; or keep segments in a directory of your own "
+                    "(segment_options::directory, KEEPSAKE_SHM_DIR)");
+}
+
+// Opens a segment file without following a symbolic link or waiting on a
+// FIFO, and refuses it unless it passes unsafe_file_reason(). Returns -1, errno
+// set, when there is no such file (or, with O_EXCL, when one exists).
+KEEPSAKE_INLINE int open_checked(const std::string& path, int flags, unsigned mode = 0) {
+    const int fd = ::open(path.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode);
+    struct stat info {};
+    if (fd < 0) {
+        // ELOOP (a link), EISDIR, ENXIO (a socket), EACCES (another's file):
+        // say what is there rather than how the open failed.
+        const int saved = errno;
+        if (saved != ENOENT && saved != EEXIST && ::lstat(path.c_str(), &info) == 0) {
+            const std::string why = unsafe_file_reason(info);
+            if (!why.empty()) throw_unsafe(path, info, why);
+        }
+        errno = saved;
+        return -1;
+    }
+    if (::fstat(fd, &info) != 0) {
+        const int saved = errno;
+        ::close(fd);
+        errno = saved;
+        throw_system("cannot stat segment file " + path);
+    }
+    const std::string why = unsafe_file_reason(info);
+    if (why.empty()) return fd;
+    ::close(fd);
+    throw_unsafe(path, info, why);
+}
+
 // Takes the exclusive claim on a segment file; the kernel drops it when this
 // process dies. Returns -1 when the file does not exist and `create` is false.
 KEEPSAKE_INLINE int open_and_claim(const std::string& name, const std::string& path, bool create,
                           unsigned mode, bool& created_file) {
+    if ((mode & 077) != 0)
+        throw error(errc::invalid_argument, "segment_options::mode " + octal_mode(mode) + " gives group or others "
+                                            "access to segment '" + name + "'; a segment is private to its user: "
+                                            "use 0600");
     for (int attempt = 0; attempt < 16; ++attempt) {
         created_file = false;
         int fd = -1;
         if (create) {
-            fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+            fd = open_checked(path, O_RDWR | O_CREAT | O_EXCL, mode);
             if (fd < 0 && errno != EEXIST)
                 throw_system("cannot create segment file " + path + " (does its directory exist, and may this user write there?)");
             if (fd >= 0) {
@@ -127,7 +173,7 @@ KEEPSAKE_INLINE int open_and_claim(const std::string& name, const std::string& p
                 }
             }
         }
-        if (fd < 0 && (!create || errno == EEXIST)) fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+        if (fd < 0 && (!create || errno == EEXIST)) fd = open_checked(path, O_RDWR);
         if (fd < 0) {
             if (errno == ENOENT && !create) return -1;
             if (errno == ENOENT) continue;  // removed between our two opens
@@ -145,7 +191,7 @@ KEEPSAKE_INLINE int open_and_claim(const std::string& name, const std::string& p
         // The file may have been removed (and maybe recreated) between open
         // and flock: only a claim on the file the path names now counts.
         struct stat by_fd {}, by_path {};
-        if (::fstat(fd, &by_fd) == 0 && ::stat(path.c_str(), &by_path) == 0 &&
+        if (::fstat(fd, &by_fd) == 0 && ::lstat(path.c_str(), &by_path) == 0 &&
             by_fd.st_ino == by_path.st_ino && by_fd.st_dev == by_path.st_dev)
             return fd;
         ::close(fd);
@@ -186,7 +232,7 @@ KEEPSAKE_INLINE segment_impl::segment_impl(std::string segment_name, const segme
 // no write to the header or the directory.
 KEEPSAKE_INLINE void segment_impl::open_existing(const std::string& directory) {
     bool created_file = false;
-    fd_ = access_ == segment_access::read_only ? ::open(path.c_str(), O_RDONLY | O_CLOEXEC)
+    fd_ = access_ == segment_access::read_only ? open_checked(path, O_RDONLY)
                                                : open_and_claim(name, path, false, 0600, created_file);
     if (fd_ < 0) {
         if (errno != ENOENT) throw_system("cannot open segment file " + path);
@@ -511,26 +557,41 @@ KEEPSAKE_INLINE std::uint64_t segment_impl::allocate(std::uint64_t size, const s
 
 } // namespace detail
 
-KEEPSAKE_INLINE std::vector<std::string> segment::list(const std::string& directory) {
-    std::vector<std::string> names;
+// Looks at each file with lstat, never opens one: a FIFO cannot hold it up.
+KEEPSAKE_INLINE std::vector<segment_file> segment::list_files(const std::string& directory) {
+    std::vector<segment_file> files;
     const std::string where = detail::segment_directory(directory);
     DIR* dir = ::opendir(where.c_str());
-    if (!dir) return names;
+    if (!dir) return files;
     const std::string prefix = detail::segment_file_prefix;
     while (dirent* item = ::readdir(dir)) {
         const std::string file = item->d_name;
-        if (file.size() > prefix.size() && file.compare(0, prefix.size(), prefix) == 0)
-            names.push_back(file.substr(prefix.size()));
+        if (file.size() <= prefix.size() || file.compare(0, prefix.size(), prefix) != 0) continue;
+        segment_file found{file.substr(prefix.size()), {}};
+        struct stat info {};
+        if (::lstat((where + "/" + file).c_str(), &info) != 0) continue;  // gone meanwhile
+        found.refused = detail::unsafe_file_reason(info);
+        if (!found.refused.empty())
+            found.refused +=
+                " (owner uid " + std::to_string(info.st_uid) + ", mode " + detail::octal_mode(info.st_mode) + ")";
+        files.push_back(std::move(found));
     }
     ::closedir(dir);
-    std::sort(names.begin(), names.end());
+    std::sort(files.begin(), files.end(),
+              [](const segment_file& a, const segment_file& b) { return a.name < b.name; });
+    return files;
+}
+
+KEEPSAKE_INLINE std::vector<std::string> segment::list(const std::string& directory) {
+    std::vector<std::string> names;
+    for (segment_file& file : list_files(directory)) names.push_back(std::move(file.name));
     return names;
 }
 
 KEEPSAKE_INLINE bool segment::exists(const std::string& name, const std::string& directory) {
     detail::check_segment_name(name);
     struct stat info {};
-    return ::stat(detail::segment_path(name, directory).c_str(), &info) == 0;
+    return ::lstat(detail::segment_path(name, directory).c_str(), &info) == 0;
 }
 
 KEEPSAKE_INLINE bool segment::remove(const std::string& name, const std::string& directory) {

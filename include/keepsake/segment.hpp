@@ -105,7 +105,9 @@ struct segment_options {
     // The directory grows past it by blocks taken from the data area (each
     // twice the one before, 16 blocks at most).
     std::uint32_t max_entries = 256;
-    // File mode for a new segment.
+    // File mode for a new segment: the owner's bits only. A segment with any
+    // bit for group or others is refused (errc::unsafe_file), as one made
+    // by another user is.
     unsigned mode = 0600;
     // Where segment files live: empty means $KEEPSAKE_SHM_DIR, else /dev/shm.
     std::string directory;
@@ -126,6 +128,12 @@ struct entry_info {
     std::uint32_t unpublished_slots = 0; // slots a commit started on and did not finish
     std::uint32_t codec = 0;            // of the newest valid generation (a codec_kind value)
     std::uint64_t commit_ns = 0;        // wall clock of that commit, ns since the epoch; 0 if unknown
+};
+
+// A file in a segment directory, as segment::list_files() sees it.
+struct segment_file {
+    std::string name;     // the segment's name
+    std::string refused;  // why keepsake will not open it (errc::unsafe_file), or empty
 };
 
 namespace detail {
@@ -388,13 +396,19 @@ public:
     void close() noexcept { impl_.reset(); }
     bool is_open() const noexcept { return impl_ != nullptr; }
 
-    // Names of the segments in `directory` (default as in segment_options).
+    // Names of the segments in `directory` (default as in segment_options),
+    // refused files included: opening one throws errc::unsafe_file.
     static std::vector<std::string> list(const std::string& directory = {});
+    // The same, each with why it is refused (not a regular file of this
+    // user's, or open to group or others), without opening any.
+    static std::vector<segment_file> list_files(const std::string& directory = {});
 
+    // Whether a file (of any kind) has that segment's name.
     static bool exists(const std::string& name, const std::string& directory = {});
 
     // Deletes a segment that no live process owns. Returns false if there was
-    // none; throws if it is owned.
+    // none; throws if it is owned, and errc::unsafe_file for a file it would
+    // not open (remove that by hand, once you know who made it).
     static bool remove(const std::string& name, const std::string& directory = {});
 
     // For keeper<T>: the shared mapping.

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/child.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
@@ -123,9 +124,20 @@ public:
         for (const child_spec& each : spec_.children) children_.push_back(make_record(each));
     }
 
-    ~supervisor_core() override { runtime_.unregister_name(name(), this); }
+    // Its children were stopped when it stopped; their names go with it,
+    // even where a handle keeps a child alive.
+    ~supervisor_core() override { forget(); }
 
     child_kind kind() const noexcept override { return child_kind::supervisor; }
+    static std::string type_description() { return "a supervisor (whereis_supervisor)"; }
+
+    // Dropped by its parent: its children's names go with it, even while a
+    // handle keeps this supervisor alive. Called when it is not running.
+    void forget() override {
+        for (auto& child : children_)
+            if (child) child->process->forget();
+        supervised_actor::forget();
+    }
     duration call_timeout() const noexcept { return spec_.call_timeout; }
 
     // Runs `job(core)` on the supervisor's fiber and returns its result;
@@ -250,6 +262,7 @@ private:
     // --- checks --------------------------------------------------------------
     void check_spec() const {
         check_intensity(spec_.flags.intensity, "supervisor '" + name() + "'");
+        check_shutdown(spec_.shutdown, "supervisor '" + name() + "'");
         if (spec_.flags.dynamic && spec_.flags.strategy != strategy::one_for_one)
             throw error(errc::invalid_argument, "supervisor '" + name() + "': a dynamic supervisor is one_for_one");
         if (spec_.flags.dynamic && !spec_.children.empty())
@@ -272,6 +285,7 @@ private:
         if (spec.id.empty() || !spec.make)
             throw error(errc::invalid_argument, "supervisor '" + name() + "': a child spec needs an id and a maker "
                                                                           "(use keepsake::child(spec))");
+        check_shutdown(spec.shutdown, "supervisor '" + name() + "': child '" + spec.id + "'");
         if (spec.significant && spec.restart == restart_type::permanent)
             throw error(errc::invalid_argument, "supervisor '" + name() + "': child '" + spec.id +
                                                     "' is permanent and cannot be significant");
@@ -325,11 +339,15 @@ private:
     }
 
     // --- starting and stopping children --------------------------------------
-    void start_record(record& child) {
+    // False if the child's init declined (ignore_start): then it is kept as
+    // not running, or dropped (temporary, or a dynamic supervisor's child),
+    // and `child` may be gone.
+    bool start_record(record& child) {
         std::weak_ptr<supervisor_core> weak = shared_from_this();
         child_process* process = child.process.get();
+        bool running = false;
         try {
-            child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {
+            running = child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {
                 auto self = weak.lock();
                 if (!self) return;
                 try {
@@ -346,9 +364,14 @@ private:
                                                 "' failed to start: " + failure.what());
         }
         child.instance = child.process->instance();
-        child.expect_exit = true;
+        child.expect_exit = running;
         child.retry_pending = false;
+        if (!running) {
+            if (child.spec.restart == restart_type::temporary || spec_.flags.dynamic) remove_record(child);
+            return false;
+        }
         publish(event_kind::started, child);
+        return true;
     }
 
     void stop_record(record& child, bool restart_follows) {
@@ -403,7 +426,9 @@ private:
         supervised_actor::publish(event_kind::stopped, name(), instance(), reason.kind, reason.what);
     }
 
-    // A restarted supervisor starts with its static children only.
+    // A restarted supervisor starts with its static children only; the
+    // others are dropped with their names, so they can be started again
+    // even while a handle to the old ones lives.
     void reset_to_static_children() {
         std::vector<std::unique_ptr<record>> kept;
         for (const child_spec& each : spec_.children) {
@@ -416,17 +441,16 @@ private:
             }
         }
         for (auto& left : children_)
-            if (left) left->process->discard();
+            if (left) left->process->forget();
         children_ = std::move(kept);
     }
 
     void start_static_children() {
-        for (std::size_t index = 0; index < children_.size(); ++index) {
+        std::vector<record*> started;
+        for (record* child : children_from(0)) {  // a copy: an ignored temporary child leaves children_
             try {
-                start_record(*children_[index]);
+                if (start_record(*child)) started.push_back(child);
             } catch (const error&) {
-                std::vector<record*> started;
-                for (std::size_t before = 0; before < index; ++before) started.push_back(children_[before].get());
                 stop_group(started, false);
                 throw;
             }
@@ -442,7 +466,7 @@ private:
         const bool restart = child->spec.restart == restart_type::permanent ||
                              (child->spec.restart == restart_type::transient && !why.is_normal());
         if (restart) {
-            restart_child_after_exit(*child);
+            restart_child_after_exit(*child, why);
             return;
         }
         const bool significant = child->spec.significant;
@@ -461,10 +485,11 @@ private:
         leaving_ = exit_reason{exit_kind::shutdown, "auto_shutdown: significant children ended"};
     }
 
-    void restart_child_after_exit(record& child) {
+    // `why`: how the child ended, or why its last restart failed.
+    void restart_child_after_exit(record& child, const exit_reason& why) {
         if (stop_requested() || leaving_) return;  // no restart while stopping
         if (!log_.allow(runtime_.clock().now())) {
-            give_up(child);
+            give_up(child, why);
             return;
         }
         restarts_.fetch_add(1, std::memory_order_relaxed);
@@ -485,28 +510,36 @@ private:
         for (record* member : group) {
             if (member->process->is_running()) continue;
             try {
-                start_record(*member);
-                publish(event_kind::restarted, *member);
-            } catch (const error&) {
-                schedule_retry(*member);
+                if (start_record(*member)) publish(event_kind::restarted, *member);
+            } catch (const error& failure) {
+                detail::report(report_kind::crash, [&](report_line& line) {
+                    line << "supervisor '" << name() << "': child '" << member->spec.id
+                         << "' failed to restart (tried again): " << failure.what();
+                });
+                schedule_retry(*member, exit_reason{exit_kind::crashed, failure.what()});
                 return;
             }
         }
     }
 
-    void schedule_retry(record& child) {
+    void schedule_retry(record& child, exit_reason why) {
         child.retry_pending = true;
         const child_process* process = child.process.get();
-        this->post([process](void* target, reply_cell*) {
+        this->post([process, why = std::move(why)](void* target, reply_cell*) {
             auto& self = *static_cast<supervisor_core*>(static_cast<actor*>(target));
             record* again = self.find(process);
             if (again == nullptr || !again->retry_pending) return;
-            self.restart_child_after_exit(*again);
+            self.restart_child_after_exit(*again, why);
         });
     }
 
-    void give_up(const record& child) {
+    void give_up(const record& child, const exit_reason& why) {
         publish(event_kind::gave_up, child, exit_kind::shutdown, "restart intensity exceeded");
+        detail::report(report_kind::give_up, [&](report_line& line) {
+            line << "supervisor '" << name() << "' gave up: more than "
+                 << std::uint64_t{spec_.flags.intensity.max_restarts} << " restarts in " << spec_.flags.intensity.period
+                 << "; last exit: child '" << child.spec.id << "' (" << to_string(why.kind) << ": " << why.what << ")";
+        });
         leaving_ = exit_reason{exit_kind::shutdown, "supervisor '" + name() + "' gave up: more than " +
                                                         std::to_string(spec_.flags.intensity.max_restarts) +
                                                         " restarts within the period"};
@@ -578,11 +611,7 @@ private:
 // before it are stopped again, newest first).
 inline supervisor start_supervisor(runtime& where, supervisor_spec spec) {
     auto core = detail::make_supervisor_core(where, std::move(spec));
-    std::weak_ptr<detail::supervisor_core> weak = core;
-    core->start([weak](std::uint64_t, const exit_reason&) {
-        if (auto alive = weak.lock()) alive->discard();
-    });
-    where.add_root(core);
+    core->start_as_root();
     return supervisor(core);
 }
 
@@ -593,10 +622,12 @@ inline void stop_supervisor(runtime& where, supervisor& which) {
     where.remove_root(which.shared_core().get());
 }
 
-// The supervisor registered under `name`.
+// The supervisor registered under `name`, if it accepts calls (running, or
+// being restarted by its parent); nothing for a stopped one. Throws
+// type_mismatch if the name is a unit's.
 inline std::optional<supervisor> whereis_supervisor(const runtime& where, const std::string& name) {
     auto core = where.find_registered<detail::supervisor_core>(name);
-    if (!core) return std::nullopt;
+    if (!core || !core->accepts_calls()) return std::nullopt;
     return supervisor(std::move(core));
 }
 

@@ -94,15 +94,12 @@ std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_s
 } // namespace detail
 
 // Starts a unit with no supervisor above it. When it gives up it stops, and
-// calls to it fail with not_running. The runtime stops it when it goes.
+// calls to it fail with not_running. The runtime stops it when it goes. If
+// its init declines (ignore_start), the handle's state() is not_running.
 template <class State, class Handler>
 unit<State, Handler> start_unit(runtime& where, unit_spec<State, Handler> spec) {
     auto core = detail::make_unit_core(where, std::move(spec));
-    std::weak_ptr<detail::unit_core<State, Handler>> weak = core;
-    core->start([weak](std::uint64_t, const exit_reason&) {
-        if (auto alive = weak.lock()) alive->discard();
-    });
-    where.add_root(core);
+    core->start_as_root();
     return unit<State, Handler>(core);
 }
 
@@ -114,11 +111,14 @@ void stop_unit(runtime& where, unit<State, Handler>& which) {
     where.remove_root(which.shared_core().get());
 }
 
-// The unit registered under `name` with this state and handler type.
+// The unit registered under `name`, if it accepts calls (running, or being
+// restarted by its supervisor); nothing for a stopped unit, as OTP's whereis
+// for a process that ended. Throws type_mismatch, naming the State and
+// Handler it was started with, if the name holds other types.
 template <class State, class Handler = no_handler>
 std::optional<unit<State, Handler>> whereis(const runtime& where, const std::string& name) {
     auto core = where.find_registered<detail::unit_core<State, Handler>>(name);
-    if (!core) return std::nullopt;
+    if (!core || !core->accepts_calls()) return std::nullopt;
     return unit<State, Handler>(std::move(core));
 }
 

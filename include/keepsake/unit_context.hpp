@@ -93,6 +93,11 @@ public:
     side_table<Key, Value, Hash>& table(const std::string& name) {
         return host_->context_keeper().template table<Key, Value, Hash>(name);
     }
+    // Ends the worker with reason shutdown, as OTP's exit(shutdown): the
+    // current message is served, committed and answered, then the worker
+    // ends (a loop worker sees stop_requested()). A normal exit: a transient
+    // unit is not restarted, a permanent one is.
+    void stop_self() { host_->context_stop_self(); }
 
     // The worker side of a unit (implemented by the unit).
     class host {
@@ -103,6 +108,7 @@ public:
         virtual void context_sleep(duration span) = 0;
         virtual bool context_stop_requested() const noexcept = 0;
         virtual keeper<State>& context_keeper() = 0;
+        virtual void context_stop_self() noexcept = 0;
 
     protected:
         ~host() = default;

@@ -67,9 +67,10 @@ public:
     virtual ~child_process() = default;
     virtual child_kind kind() const noexcept = 0;
     virtual const std::string& id() const noexcept = 0;
-    // Starts a new instance and returns when it runs. Throws
+    // Starts a new instance and returns when it runs (true), or when its
+    // init declined to start (ignore_start: false, nothing runs). Throws
     // error(start_failed) saying why if it cannot start.
-    virtual void start(exit_handler on_exit) = 0;
+    virtual bool start(exit_handler on_exit) = 0;
     // Stops the running instance as `how` says and returns when it ended.
     // `restart_follows`: calls keep queueing rather than failing.
     virtual void stop(const shutdown_spec& how, bool restart_follows) = 0;
@@ -235,16 +236,17 @@ private:
 // instance on a fiber, and stop asks, waits up to the shutdown timeout, then
 // forces (at the instance's next suspension point: fibers cannot be
 // pre-empted). Units and supervisors are both this.
-class supervised_actor : public actor, public child_process, public root_process {
+class supervised_actor : public actor, public child_process, public root_process, public named_process {
 public:
     supervised_actor(runtime& where, std::string name, shutdown_spec own_shutdown, std::size_t stack_size)
         : actor(std::move(name)), runtime_(where), own_shutdown_(own_shutdown), stack_size_(stack_size) {}
 
     const std::string& id() const noexcept override { return name(); }
     bool is_running() const noexcept override { return fiber_alive_.load(std::memory_order_acquire); }
+    bool accepts_calls() const noexcept override { return state() != child_state::not_running; }
     std::uint64_t instance() const noexcept override { return instance_.load(std::memory_order_acquire); }
 
-    void start(exit_handler on_exit) override {
+    bool start(exit_handler on_exit) override {
         if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
         const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
         prepare_instance(std::move(on_exit));
@@ -253,6 +255,24 @@ public:
         runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
         if (start_outcome_ == outcome::failed)
             throw error(errc::start_failed, "'" + name() + "' failed to start: " + start_error_);
+        if (start_outcome_ == outcome::started) return true;
+        discard();
+        return false;
+    }
+
+    // Starts it with no supervisor above it: when it ends by itself it stays
+    // down (calls fail with not_running), and the runtime stops it when the
+    // runtime goes. Its start is an event, by "runtime", as a child's start
+    // is by its supervisor. False if its init declined (ignore_start).
+    bool start_as_root() {
+        std::weak_ptr<supervised_actor> weak = self_pointer();
+        const bool running = start([weak](std::uint64_t, const exit_reason&) {
+            if (auto alive = weak.lock()) alive->discard();
+        });
+        if (!running) return false;
+        runtime_.add_root(self_pointer());
+        publish_by("runtime", event_kind::started, name(), instance());
+        return true;
     }
 
     void stop(const shutdown_spec& how, bool restart_follows) override {
@@ -310,10 +330,14 @@ protected:
     // or a supervisor's own stop), stamped with the runtime's clock.
     void publish(event_kind kind, std::string_view child, std::uint64_t child_instance,
                  exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
+        publish_by(name(), kind, child, child_instance, reason_kind, reason);
+    }
+    void publish_by(std::string_view by, event_kind kind, std::string_view child, std::uint64_t child_instance,
+                    exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
         if (!runtime_.events().any()) return;  // not even the clock read: a crash's path is hot
         event what;
         what.kind = kind;
-        what.supervisor = name();
+        what.supervisor = by;
         what.child = child;
         what.instance = child_instance;
         what.reason_kind = reason_kind;
@@ -327,7 +351,7 @@ protected:
     bool stopped_by_parent() const noexcept { return stopped_by_parent_.load(std::memory_order_acquire); }
 
 private:
-    enum class outcome { pending, started, failed };
+    enum class outcome { pending, started, ignored, failed };
 
     shutdown_spec own_shutdown_;
     std::size_t stack_size_;
@@ -387,21 +411,25 @@ private:
         exit_reason reason;
         try {
             reason = run_instance(number);
+        } catch (const ignore_start& declined) {
+            if (!started_) return end_start(outcome::ignored, declined.reason());
+            reason = exit_reason{exit_kind::normal, declined.reason()};
         } catch (const std::exception& thrown) {
-            if (!started_) return fail_start(thrown.what());
+            if (!started_) return end_start(outcome::failed, thrown.what());
             reason = exit_reason{exit_kind::crashed, thrown.what()};
         } catch (...) {
-            if (!started_) return fail_start("an exception not derived from std::exception");
+            if (!started_) return end_start(outcome::failed, "an exception not derived from std::exception");
             reason = exit_reason{exit_kind::crashed, "an exception not derived from std::exception"};
         }
         end_instance(number, reason);
     }
 
-    void fail_start(const std::string& why) {
+    // The instance ended before it reported started: it failed, or declined.
+    void end_start(outcome result, const std::string& why) {
         server_.store(nullptr, std::memory_order_relaxed);
         finish_inflight();
         fiber_alive_.store(false, std::memory_order_release);
-        report_start(outcome::failed, why);
+        report_start(result, why);
     }
 
     void end_instance(std::uint64_t number, const exit_reason& reason) {
@@ -425,7 +453,7 @@ private:
 template <class Core, class Spec>
 std::shared_ptr<Core> make_registered(runtime& where, Spec spec) {
     auto core = std::make_shared<Core>(where, std::move(spec));
-    where.register_name(core->name(), typeid(Core), core);
+    where.register_name(core->name(), typeid(Core), &Core::type_description, core);
     return core;
 }
 

@@ -18,6 +18,7 @@
 #include <boost/fiber/operations.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/child.hpp"
 #include "keepsake/detail/listeners.hpp"
 #include "keepsake/detail/signal.hpp"
@@ -113,6 +114,12 @@ public:
 
     child_kind kind() const noexcept override { return child_kind::worker; }
 
+    // For the name registry's errors: the types whereis must be given.
+    static std::string type_description() {
+        return "a unit of State " + readable_type_name(typeid(State)) + " and Handler " +
+               readable_type_name(typeid(Handler));
+    }
+
     void forget() override {
         supervised_actor::forget();
         keeper_.reset();  // the key is free for a new unit of that name
@@ -133,7 +140,10 @@ public:
 
     const std::string& context_name() const noexcept override { return name(); }
     std::uint64_t context_commit() override { return commit_now(); }
-    bool context_stop_requested() const noexcept override { return stop_requested(); }
+    bool context_stop_requested() const noexcept override {
+        return stop_requested() || stopping_itself_.load(std::memory_order_relaxed);
+    }
+    void context_stop_self() noexcept override { stopping_itself_.store(true, std::memory_order_relaxed); }
     keeper<State>& context_keeper() override { return *keeper_; }
 
     void context_yield() override {
@@ -194,7 +204,7 @@ private:
         boost::fibers::context* caller = boost::fibers::context::active();
         if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
         if (caller == server_.load(std::memory_order_relaxed)) return false;
-        if (state() != child_state::running || stop_requested() || ended_in_turn_ || !mailbox_.try_borrow())
+        if (state() != child_state::running || context_stop_requested() || ended_in_turn_ || !mailbox_.try_borrow())
             return false;
         lender_ = server_.exchange(caller, std::memory_order_relaxed);
         return true;
@@ -202,7 +212,7 @@ private:
 
     void return_turn() {
         server_.store(lender_, std::memory_order_relaxed);
-        mailbox_.give_back(ended_in_turn_.has_value() || stop_requested());
+        mailbox_.give_back(ended_in_turn_.has_value() || context_stop_requested());
     }
 
     // In a borrowed turn, first serves what was queued before the call (it
@@ -216,7 +226,7 @@ private:
             } else if (!restart_in_turn()) {
                 return false;
             }
-            if (stop_requested()) {
+            if (context_stop_requested()) {
                 return_turn();
                 return false;
             }
@@ -230,22 +240,31 @@ private:
     bool restart_in_turn() {
         for (;;) {
             if (std::optional<exit_reason> ended = on_crash(crash_reason_)) {
-                ended_in_turn_ = std::move(*ended);
-                return_turn();
-                // As a queued call's caller would, go on once the worker took it.
-                while (ended_in_turn_) boost::this_fiber::yield();
+                end_instance_in_turn(std::move(*ended));
                 return false;
             }
-            // A restart that throws (the init hook) is another crash, as on the worker.
+            // A restart that throws (the init hook) is another crash, as on
+            // the worker; one it declines ends the instance.
             try {
                 hand_over_state(instance());
                 return true;
+            } catch (const ignore_start& declined) {
+                end_instance_in_turn(exit_reason{exit_kind::normal, declined.reason()});
+                return false;
             } catch (const std::exception& thrown) {
                 crash_reason_ = thrown.what();
             } catch (...) {
                 crash_reason_ = "an exception not derived from std::exception";
             }
         }
+    }
+
+    // Hands the end of the instance to the worker, with the turn.
+    void end_instance_in_turn(exit_reason ended) {
+        ended_in_turn_ = std::move(ended);
+        return_turn();
+        // As a queued call's caller would, go on once the worker took it.
+        while (ended_in_turn_) boost::this_fiber::yield();
     }
 
     // Runs the caller's own message in the borrowed turn. A throw is the
@@ -305,6 +324,7 @@ private:
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> commits_{0};
     std::atomic<std::uint64_t> generation_{0};
+    std::atomic<bool> stopping_itself_{false};  // stop_self() was called in this (re)start
     std::uint64_t restarts_this_instance_ = 0;
     std::uint32_t uncommitted_messages_ = 0;
     duration last_commit_at_{};
@@ -324,6 +344,7 @@ private:
         if (spec_.commit.when == commit_policy::mode::interval && spec_.commit.period <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every_interval needs a positive period");
         check_intensity(spec_.intensity, "unit '" + name() + "'");
+        check_shutdown(spec_.shutdown, "unit '" + name() + "'");
         if (spec_.call_timeout <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': call_timeout must be positive");
     }
@@ -348,7 +369,10 @@ private:
     // uncommitted changes.
     void hand_over_state(std::uint64_t number) {
         const bool first = !keeper_;
-        if (first) keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        if (first) {
+            keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+            runtime_.note_segment(segment_to_use().shared_impl().get());
+        }
         start_info info;
         info.instance = number;
         info.restarts = restarts_this_instance_;
@@ -368,6 +392,7 @@ private:
             state_ = spec_.initial;
         }
         generation_.store(keeper_->generation(), std::memory_order_relaxed);
+        stopping_itself_.store(false, std::memory_order_relaxed);
         dirty_ = false;
         if (spec_.init) {
             spec_.init(state_, info);
@@ -375,21 +400,34 @@ private:
         }
         uncommitted_messages_ = 0;
         if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
-        if (state_changed_.any()) last_committed_ = state_;
+        last_committed_.reset();  // the init may have changed state_: the next commit reads the keeper's
     }
 
+    // on_state_changed's "before" is the committed state, which the keeper
+    // holds: it is read from there for the first commit a listener sees (no
+    // copy is kept while nobody listens), then kept up to date.
     std::uint64_t commit_now() {
+        const bool watched = state_changed_.any();
+        if (watched && !last_committed_) last_committed_ = committed_state();
         const std::uint64_t generation = keeper_->commit(state_);
         dirty_ = false;
         uncommitted_messages_ = 0;
         bump(commits_);
         generation_.store(generation, std::memory_order_relaxed);
         if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
-        if (state_changed_.any()) {
-            if (last_committed_) state_changed_.notify(*last_committed_, state_);
-            last_committed_ = state_;
+        if (watched) {
+            state_changed_.notify(*last_committed_, state_);
+            *last_committed_ = state_;
+        } else {
+            last_committed_.reset();  // stale by the time a listener comes
         }
         return generation;
+    }
+
+    State committed_state() {
+        State committed = spec_.initial;
+        keeper_->restore_into(committed);
+        return committed;
     }
 
     // Counters written by the worker only: no locked instruction needed.
@@ -473,9 +511,17 @@ private:
         dirty_ = false;
         if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
         publish(event_kind::exited, exit_kind::crashed, what);
+        detail::report(report_kind::crash, [&](report_line& line) {
+            line << "unit '" << name() << "' crashed (restarts so far: " << restarts_.load(std::memory_order_relaxed)
+                 << "): " << what;
+        });
         if (context_stop_requested()) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
         if (!log_.allow(runtime_.clock().now())) {
             publish(event_kind::gave_up, exit_kind::crashed, what);
+            detail::report(report_kind::give_up, [&](report_line& line) {
+                line << "unit '" << name() << "' gave up: more than " << std::uint64_t{spec_.intensity.max_restarts}
+                     << " restarts in " << spec_.intensity.period << "; last crash: " << what;
+            });
             return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_.intensity.max_restarts) +
                                                        " restarts within the period; last crash: " + std::string(what)};
         }
@@ -501,14 +547,14 @@ private:
                     ended = std::move(ended_in_turn_);
                     ended_in_turn_.reset();
                     break;
-                case served::stopped:
-                    ended = exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
-                                        stop_requested() ? "stopped on request" : "the worker returned"};
-                    break;
+                case served::stopped: ended = stop_reason(); break;
                 }
             } catch (const forced_stop&) {
                 fail_inflight(not_running_failure());
                 ended = exit_reason{exit_kind::killed, "forced to stop after its shutdown timeout"};
+            } catch (const ignore_start& declined) {
+                if (!started()) throw;  // the start itself is declined
+                ended = exit_reason{exit_kind::normal, declined.reason()};
             } catch (const std::exception& thrown) {
                 if (!started()) throw;
                 ended = on_crash(thrown.what());
@@ -521,6 +567,14 @@ private:
                 return std::move(*ended);
             }
         }
+    }
+
+    // Why the body ended without a crash: asked to, by itself, or it returned.
+    exit_reason stop_reason() const {
+        if (stopping_itself_.load(std::memory_order_relaxed) && !stop_requested())
+            return exit_reason{exit_kind::shutdown, "the worker stopped itself (stop_self)"};
+        return exit_reason{stopped_by_parent() ? exit_kind::shutdown : exit_kind::normal,
+                           stop_requested() ? "stopped on request" : "the worker returned"};
     }
 
     void finish_instance(const exit_reason& reason) {

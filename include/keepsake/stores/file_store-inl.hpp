@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "keepsake/detail/file_checks.hpp"
+
 namespace keepsake {
 namespace detail {
 
@@ -131,7 +133,8 @@ KEEPSAKE_INLINE file_read parse_record_file(const std::vector<std::byte>& bytes,
 
 KEEPSAKE_INLINE file_read read_record_file(const std::string& path, const std::string& key) {
     file_read result;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Not through a link, nor held up by a FIFO: a record is a plain file.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) return result;
         throw_store_io("cannot open " + path, errno);
@@ -140,6 +143,10 @@ KEEPSAKE_INLINE file_read read_record_file(const std::string& path, const std::s
     std::vector<std::byte> bytes;
     bool complete = ::fstat(fd, &info) == 0;
     int saved = complete ? 0 : errno;
+    if (complete && !S_ISREG(info.st_mode)) {
+        ::close(fd);
+        throw error(errc::unsafe_file, "store record " + path + " is not a regular file; remove it");
+    }
     if (complete && static_cast<std::uint64_t>(info.st_size) <= max_record_file) {
         bytes.resize(static_cast<std::size_t>(info.st_size));
         complete = move_all(bytes.size(), [&](std::size_t done) {
@@ -196,6 +203,7 @@ KEEPSAKE_INLINE file_store::file_store(std::string directory, file_store_options
     if (directory_.empty()) throw error(errc::invalid_argument, "file_store needs a directory");
     if (::mkdir(directory_.c_str(), 0700) != 0 && errno != EEXIST)
         detail::throw_store_io("cannot create store directory " + directory_, errno);
+    check_directory();
     remove_leftovers();
 }
 
@@ -302,9 +310,26 @@ KEEPSAKE_INLINE bool file_store::put_one(const record& r) {
     return true;
 }
 
+// An existing directory must be this user's and writable by nobody else, or
+// others could read records through files they planted, or replace them.
+KEEPSAKE_INLINE void file_store::check_directory() const {
+    struct stat info {};
+    if (::stat(directory_.c_str(), &info) != 0) detail::throw_store_io("cannot stat store directory " + directory_, errno);
+    const std::string why = detail::unsafe_directory_reason(info);
+    if (why.empty()) return;
+    throw error(errc::unsafe_file, "file store directory " + directory_ + " is refused: it is " + why + " (owner uid " +
+                                       std::to_string(info.st_uid) + ", mode " + detail::octal_mode(info.st_mode) +
+                                       "); others could plant or replace its records. Use a directory of this "
+                                       "user's that only it may write (chmod go-w), e.g. one that file_store "
+                                       "creates (mode 0700)");
+}
+
+// Made afresh each time: never through a file or link someone left at
+// that name, and never with a mode other than 0600.
 KEEPSAKE_INLINE void file_store::write_file(const std::string& path, const record& r) const {
     const std::vector<std::byte> framed = detail::frame_record(r);
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) detail::throw_store_io("cannot remove " + path, errno);
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) detail::throw_store_io("cannot create " + path, errno);
     bool ok = detail::move_all(framed.size(), [&](std::size_t done) {
         return ::write(fd, framed.data() + done, framed.size() - done);

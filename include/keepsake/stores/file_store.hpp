@@ -68,8 +68,10 @@ struct file_read {
 
 class KEEPSAKE_API file_store : public store {
 public:
-    // Opens (creating if needed) the directory `directory`, and removes
-    // temporary files an interrupted put left behind.
+    // Opens (creating if needed, mode 0700) the directory `directory`, and
+    // removes temporary files an interrupted put left behind. An existing
+    // directory must be this user's and writable by nobody else
+    // (errc::unsafe_file otherwise). Record files are created 0600.
     explicit file_store(std::string directory, file_store_options options = {});
 
     std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
@@ -95,6 +97,7 @@ private:
     bool put_one(const record& r);
     void write_file(const std::string& path, const record& r) const;
     void sync_directory_if_dirty();
+    void check_directory() const;
     void remove_leftovers() const;
 };
 

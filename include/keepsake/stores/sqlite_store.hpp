@@ -11,9 +11,13 @@
 // building it into libkeepsake would make every user link SQLite.
 #pragma once
 
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <string>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -38,6 +42,7 @@ public:
     explicit sqlite_store(const std::string& path, sqlite_store_options options = {})
         : path_(path), options_(std::move(options)) {
         check_table_name();
+        create_private(path);
         if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                             nullptr) != SQLITE_OK) {
             const std::string why = db_ ? sqlite3_errmsg(db_) : "out of memory";
@@ -128,6 +133,19 @@ private:
     sqlite3_stmt* delete_ = nullptr;
     sqlite3_stmt* list_ = nullptr;
     std::mutex mutex_;  // one connection; SQLite is opened without its own mutex
+
+    // SQLite would create the file 0644 (and its -wal and -shm files with
+    // the file's mode): made first, 0600, the state is this user's alone,
+    // like the segments and the file store. An existing file is left as it is.
+    static void create_private(const std::string& path) {
+        // SQLite's names for a database of its own, and URIs, are its to open.
+        if (path.empty() || path == ":memory:" || path.compare(0, 5, "file:") == 0) return;
+        const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0) ::close(fd);
+        else if (errno != EEXIST)
+            throw error(errc::store_failed, "cannot create SQLite store " + path + ": " + std::strerror(errno) +
+                                                "; does its directory exist, and may this user write there?");
+    }
 
     void check_table_name() const {
         bool ok = !options_.table.empty() && options_.table.size() <= 64;
