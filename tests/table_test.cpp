@@ -7,10 +7,15 @@
 #include <cereal/types/vector.hpp>
 
 #include <cstdio>
+#include <atomic>
 #include <map>
+#include <thread>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <keepsake/stores/file_store.hpp>
+#include <keepsake/stores/memory_store.hpp>
 
 #include "support.hpp"
 
@@ -233,4 +238,148 @@ TEST_CASE("SIGKILL at random instants never leaves a table and its state from tw
                 static_cast<unsigned long long>(last));
     CHECK(checked >= kills * 9 / 10);
     test_support::release_shared(report);
+}
+
+namespace {
+keepsake::exporter_options on_demand() {
+    keepsake::exporter_options options;
+    options.interval = std::chrono::hours(1);  // passes only when flushed
+    return options;
+}
+} // namespace
+
+TEST_CASE("side tables travel with their state to the store and back after a reboot", "[table][export]") {
+    test_support::temp_dir disk;
+    keepsake::file_store store(disk.path());
+    {
+        shm_dir dir;
+        segment s("exported", dir.options());
+        keeper<world> k(s, "w");
+        auto& entities = k.table<std::uint64_t, entity>("entities");
+        auto& names = k.table<std::string, std::string>("names");
+        for (std::uint64_t id = 0; id < 50; ++id) entities.put(id, entity{id, 1, std::string(id, 'n')});
+        names.put("boss", "ada");
+        k.commit(world{1, 1225, 50});
+        keepsake::exporter out(s, store, on_demand());
+        REQUIRE(out.stop(std::chrono::seconds(5)));
+        entities.erase(0);  // committed, never exported: gone with the reboot
+        k.commit(world{2, 1225, 49});
+    }  // the segment's directory is removed: a reboot
+    shm_dir dir;
+    segment s("exported", dir.options());
+    keeper<world> k(s, "w");
+    const auto got = keepsake::recover(k, store, world{});
+    CHECK(got.source == keepsake::recovery_source::store);
+    CHECK(got.value.commit == 1);
+    auto& entities = k.table<std::uint64_t, entity>("entities");
+    auto& names = k.table<std::string, std::string>("names");
+    CHECK(entities.size() == 50);
+    CHECK(entities.find(0) != nullptr);
+    CHECK(entities.find(49)->name == std::string(49, 'n'));
+    CHECK(*names.find("boss") == "ada");
+    // And they commit on, at generations above the store's.
+    entities.erase(1);
+    CHECK(k.commit(world{3, 1224, 49}) == got.generation + 1);
+}
+
+TEST_CASE("recovery from a newer store record replaces tables attached or not, all in one commit", "[table][export]") {
+    shm_dir dir;
+    keepsake::memory_store store;
+    segment s("replaced", dir.options());
+    {
+        keeper<world> k(s, "w");
+        k.table<std::uint64_t, entity>("entities").put(7, entity{7, 1, "kept"});
+        k.table<std::uint64_t, entity>("gone").put(1, entity{1, 1, "only in memory"});
+        k.commit(world{1, 7, 1});
+        keepsake::exporter out(s, store, on_demand());
+        REQUIRE(out.flush(std::chrono::seconds(5)));
+    }
+    {
+        keeper<world> k(s, "w");  // a newer commit in memory: the one the store will beat
+        k.table<std::uint64_t, entity>("entities").put(8, entity{8, 2, "memory"});
+        k.table<std::uint64_t, entity>("later").put(9, entity{9, 2, "after the export"});
+        k.commit(world{2, 15, 2});
+    }
+    // The store moves ahead (another host exported later): its record wins.
+    keepsake::record newer = *store.get("w");
+    newer.generation = 10;
+    store.put_batch({newer});
+    keeper<world> k(s, "w");
+    auto& attached = k.table<std::uint64_t, entity>("entities");
+    CHECK(attached.size() == 2);
+    const auto got = keepsake::recover(k, store, world{});
+    CHECK(got.source == keepsake::recovery_source::store);
+    CHECK(got.generation == 11);
+    CHECK(attached.size() == 1);
+    CHECK(attached.find(7)->name == "kept");
+    CHECK(k.table<std::uint64_t, entity>("gone").size() == 1);  // as exported
+    // A table the record holds nothing of (added after its export) is empty.
+    CHECK(k.table<std::uint64_t, entity>("later").empty());
+    s.close();
+}
+
+TEST_CASE("a damaged group record is an error, never a crash or a huge allocation", "[table][export]") {
+    keepsake::detail::group_image image;
+    image.state_codec = 1;
+    image.state.resize(24);
+    image.tables.resize(1);
+    image.tables[0].name = "t";
+    image.tables[0].items.resize(3);
+    for (auto& item : image.tables[0].items) {
+        item.key_length = 8;
+        item.bytes.resize(20);
+    }
+    std::vector<std::byte> bytes;
+    keepsake::detail::encode_group(image, bytes);
+    const auto parsed = keepsake::detail::parse_group(bytes.data(), bytes.size(), "test");
+    CHECK(parsed.tables.at(0).items.size() == 3);
+    for (std::size_t cut = 0; cut < bytes.size(); ++cut)
+        CHECK(test_support::error_from([&] { keepsake::detail::parse_group(bytes.data(), cut, "test"); }).code() ==
+              errc::record_corrupt);
+    // A forged item count: refused before anything is sized for it.
+    std::vector<std::byte> forged = bytes;
+    const std::size_t count_at = 24 + 24 + 24 + 1;  // header, state, table words, name
+    const std::uint64_t huge = std::uint64_t{1} << 40;
+    std::memcpy(forged.data() + count_at, &huge, sizeof huge);
+    CHECK(test_support::error_from([&] { keepsake::detail::parse_group(forged.data(), forged.size(), "test"); })
+              .code() == errc::record_corrupt);
+}
+
+TEST_CASE("the exporter copies a state and its tables as of one commit while commits go on", "[table][export]") {
+    shm_dir dir;
+    keepsake::memory_store store;
+    segment s("live", dir.options(8u << 20, 16));
+    std::atomic<bool> done{false};
+    std::thread committer([&] {
+        keeper<world> k(s, "w");
+        auto& entities = k.table<std::uint64_t, entity>("entities");
+        std::mt19937_64 rng(3);
+        for (std::uint64_t commit = 1; !done.load(); ++commit) {
+            entities.put(rng() % 300, entity{rng() % 1000, commit, "x"});
+            if (rng() % 4 == 0) entities.erase(rng() % 300);
+            world next{commit, 0, entities.size()};
+            entities.for_each([&](const std::uint64_t&, const entity& value) { next.sum += value.hp; });
+            k.commit(next);
+        }
+    });
+    keepsake::exporter out(s, store, on_demand());
+    int checked = 0;
+    for (int round = 0; round < 200; ++round) {
+        REQUIRE(out.flush(std::chrono::seconds(10)));
+        // What the store holds, recovered into a segment of its own.
+        shm_dir elsewhere;
+        segment fresh("copy", elsewhere.options(8u << 20, 16));
+        keeper<world> k(fresh, "w");
+        const auto got = keepsake::recover(k, store, world{});
+        if (got.source != keepsake::recovery_source::store) continue;
+        auto& entities = k.table<std::uint64_t, entity>("entities");
+        std::uint64_t sum = 0;
+        entities.for_each([&](const std::uint64_t&, const entity& value) { sum += value.hp; });
+        REQUIRE(entities.size() == got.value.entities);
+        REQUIRE(sum == got.value.sum);
+        ++checked;
+    }
+    done.store(true);
+    committer.join();
+    CHECK(checked == 200);
 }

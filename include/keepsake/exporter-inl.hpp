@@ -6,6 +6,8 @@
 #include "keepsake/exporter.hpp"
 #endif
 
+#include <unordered_map>
+
 #include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/committers.hpp"
 #include "keepsake/detail/snapshot.hpp"
@@ -262,10 +264,19 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
     // Sized before any batch_owners_ pointer into it is taken.
     for (const auto& view : views)
         if (view.index >= exported_.size()) exported_.resize(view.index + 1);
+    // Side tables go out with their keeper's state ('<key>::<name>'), as one record.
+    std::unordered_map<std::string, std::vector<detail::table_area>> tables_of;
+    for (const auto& view : views) {
+        if (view.kind != detail::entry_kind::table) continue;
+        const std::size_t split = view.key.rfind("::");
+        if (split != std::string::npos)
+            tables_of[view.key.substr(0, split)].push_back(detail::table_area{view.key.substr(split + 2), view.area});
+    }
     pass_result result = pass_result::complete;
     for (const auto& view : views) {
-        if (view.kind != detail::entry_kind::state) continue;  // side tables are not exported (README)
-        const pass_result key_result = export_key(view);
+        if (view.kind != detail::entry_kind::state) continue;
+        const auto tables = tables_of.find(view.key);
+        const pass_result key_result = export_key(view, tables == tables_of.end() ? nullptr : &tables->second);
         if (key_result == pass_result::failed || key_result == pass_result::abandoned) return key_result;
         if (key_result == pass_result::incomplete) result = key_result;
     }
@@ -277,14 +288,17 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
     return result;
 }
 
-KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment_impl::entry_view& view) {
+KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment_impl::entry_view& view,
+                                                           const std::vector<detail::table_area>* tables) {
     exported_key& known = exported_[view.index];
     if (known.nonce != view.nonce) known = exported_key{view.nonce, 0, 0, 0};
     known.seen_in_pass = pass_number_;
     batch_.push_back(take_spare());
     // A generation the store refused is not copied again; a newer one is.
+    const std::uint64_t newer_than = std::max(known.generation, known.refused);
     const detail::snapshot_status status =
-        detail::snapshot_newest(view.area, std::max(known.generation, known.refused), batch_.back());
+        tables ? detail::snapshot_group(view.area, *tables, newer_than, batch_.back(), group_scratch_)
+               : detail::snapshot_newest(view.area, newer_than, batch_.back());
     if (status != detail::snapshot_status::copied) {
         spare_.push_back(std::move(batch_.back()));
         batch_.pop_back();

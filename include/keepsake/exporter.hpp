@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "keepsake/detail/config.hpp"
+#include "keepsake/detail/group_record.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/segment.hpp"
@@ -178,6 +179,7 @@ private:
     std::vector<record> batch_;
     std::vector<record> spare_;  // buffers of earlier batches, reused
     std::vector<exported_key*> batch_owners_;
+    detail::group_image group_scratch_;  // buffers for keys with side tables, reused
     std::uint64_t pass_number_ = 0;
     std::thread thread_;
 
@@ -189,7 +191,7 @@ private:
     std::chrono::steady_clock::time_point next_pass_time(bool incomplete) const;
     bool out_of_time() const;
     pass_result run_pass();
-    pass_result export_key(const detail::segment_impl::entry_view& view);
+    pass_result export_key(const detail::segment_impl::entry_view& view, const std::vector<detail::table_area>* tables);
     bool abandoning();
     record take_spare();
     void recycle_batch();

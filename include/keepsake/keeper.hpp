@@ -27,6 +27,7 @@
 #include "keepsake/error.hpp"
 #include "keepsake/log.hpp"
 #include "keepsake/segment.hpp"
+#include "keepsake/store.hpp"
 #include "keepsake/table.hpp"
 
 namespace keepsake {
@@ -145,6 +146,38 @@ public:
     std::uint64_t commit_at_least(const T& value, std::uint64_t at_least) {
         if (at_least != 0 && highest_generation_ < at_least - 1) highest_generation_ = at_least - 1;
         return commit(value);
+    }
+
+    // Recovery from a store record: `value` and the record's side tables
+    // (`tables`; none for a record without them) become the committed state
+    // in one commit of at least `at_least`. Every table of this key in the
+    // segment, attached or not, takes the record's contents (empty when the
+    // record does not name it); a crash before the commit leaves all as it was.
+    std::uint64_t commit_imported(const T& value, std::uint64_t at_least, const std::vector<detail::table_image>& tables) {
+        busy_guard guard(busy_, key_);
+        if (at_least != 0 && highest_generation_ < at_least - 1) highest_generation_ = at_least - 1;
+        const std::uint64_t generation = next_generation();
+        const std::uint64_t before = committed_generation_;
+        try {
+            for (const std::string& name : table_names(tables)) import_one(name, tables, before, generation);
+            commit_state(value);
+        } catch (...) {
+            for (const auto& held : tables_) held->load(before);
+            throw;
+        }
+        for (const auto& held : tables_) held->load(generation);
+        return generation;
+    }
+
+    // This key's side tables in the segment, attached here or not.
+    std::vector<std::string> stored_table_names() const {
+        std::vector<std::string> names;
+        const std::string prefix = key_ + "::";
+        for (const auto& view : segment_->entry_views())
+            if (view.kind == detail::entry_kind::table && detail::has_prefix(view.key, prefix) &&
+                view.key.find(':', prefix.size()) == std::string::npos)
+                names.push_back(view.key.substr(prefix.size()));
+        return names;
     }
 
 private:
@@ -274,6 +307,34 @@ private:
     std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch
     std::vector<std::unique_ptr<detail::table_base>> tables_;
     std::atomic<bool> busy_{false};
+
+    std::vector<std::string> table_names(const std::vector<detail::table_image>& tables) const {
+        std::vector<std::string> names = stored_table_names();
+        for (const detail::table_image& table : tables)
+            if (std::find(names.begin(), names.end(), table.name) == names.end()) names.push_back(table.name);
+        return names;
+    }
+
+    void import_one(const std::string& name, const std::vector<detail::table_image>& tables, std::uint64_t before,
+                    std::uint64_t generation) {
+        static const detail::table_image empty{};
+        const detail::table_image* image = &empty;
+        for (const detail::table_image& table : tables)
+            if (table.name == name) image = &table;
+        for (const auto& held : tables_)
+            if (held->table_name() == name) return held->import_image(*image, before, generation);
+        // Not attached here: attached for the import only.
+        const std::string entry_key = key_ + "::" + name;
+        const auto attached = segment_->attach(entry_key, detail::entry_kind::table, detail::initial_table_records,
+                                               detail::initial_cereal_capacity);
+        try {
+            detail::import_table(*segment_, attached.index, attached.area, *image, before, generation);
+        } catch (...) {
+            segment_->release_key(entry_key);
+            throw;
+        }
+        segment_->release_key(entry_key);
+    }
 
     // The tables as of the state restore hands over: only the changes since
     // the last commit undone when that is the generation, else loaded again.

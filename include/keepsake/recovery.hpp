@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "keepsake/detail/group_record.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/keeper.hpp"
 #include "keepsake/log.hpp"
@@ -159,11 +160,24 @@ recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string&
         result.store_generation = stored->generation;
     }
     if (stored && (!memory || stored->generation > memory->generation)) {
-        detail::decode_record(*stored, kept.options(), from, result.value);
+        // A keeper with side tables exported a group record: its state and
+        // its tables as of one commit, imported in one commit here.
+        std::vector<detail::table_image> tables;
+        if (stored->codec == detail::group_codec) {
+            detail::group_image group = detail::parse_group(stored->bytes.data(), stored->bytes.size(),
+                                                            from.describe() + ": record '" + stored->key + "'");
+            record state = *stored;
+            state.codec = group.state_codec;
+            state.bytes = std::move(group.state);
+            detail::decode_record(state, kept.options(), from, result.value);
+            tables = std::move(group.tables);
+        } else {
+            detail::decode_record(*stored, kept.options(), from, result.value);
+        }
         result.source = recovery_source::store;
         // Stores hand on no generation at max_generation or above, so this
         // commit stays within what restore reads.
-        result.generation = kept.commit_at_least(result.value, stored->generation + 1);
+        result.generation = kept.commit_imported(result.value, stored->generation + 1, tables);
     } else if (memory) {
         result.value = std::move(in_memory);
         result.source = recovery_source::shared_memory;

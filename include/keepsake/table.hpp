@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "keepsake/codec.hpp"
+#include "keepsake/detail/group_record.hpp"
 #include "keepsake/detail/table_slots.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/segment.hpp"
@@ -30,6 +31,9 @@
 namespace keepsake {
 
 namespace detail {
+
+inline constexpr std::uint32_t initial_table_records = 64;
+inline constexpr std::uint32_t no_record = ~std::uint32_t{0};
 
 // What a keeper asks of each of its tables around a commit and a restore.
 class table_base {
@@ -48,10 +52,65 @@ public:
     // Drops the changes made since the last commit (a restart).
     virtual void revert() = 0;
     virtual bool has_changes() const noexcept = 0;
+    // Recovery from a store: makes `image` the table's contents at
+    // `generation` (published by the keeper's state commit that follows);
+    // until then the table stays as it was at `committed`.
+    virtual void import_image(const table_image& image, std::uint64_t committed, std::uint64_t generation) = 0;
 };
 
-inline constexpr std::uint32_t initial_table_records = 64;
-inline constexpr std::uint32_t no_record = ~std::uint32_t{0};
+// The import behind table_base::import_image, on a table entry's bytes
+// alone (a table nobody has attached is imported too). The new region holds
+// every item committed at or below `committed`, each with an erase at
+// `generation` beside it, and the image's items at `generation`: before the
+// state publishes `generation` a reader sees the old table, after it the new.
+inline slot_area import_table(segment_impl& where, std::uint32_t index, const slot_area& area,
+                              const table_image& image, std::uint64_t committed, std::uint64_t generation) {
+    std::vector<std::uint32_t> carried;
+    std::uint64_t capacity = area.capacity;
+    for (std::uint32_t record = 0; record < area.count / 2; ++record) {
+        int chosen = -1;
+        item_snapshot best;
+        for (std::uint32_t side = 0; side < 2; ++side) {
+            const item_snapshot found = read_item(area, 2 * record + side);
+            if (!found.valid || found.words.generation > committed) continue;
+            if (chosen < 0 || found.words.generation > best.words.generation) {
+                chosen = static_cast<int>(side);
+                best = found;
+            }
+        }
+        if (chosen >= 0 && !best.erased()) carried.push_back(2 * record + static_cast<std::uint32_t>(chosen));
+    }
+    for (const item_image& item : image.items) capacity = std::max<std::uint64_t>(capacity, item.bytes.size());
+    std::uint32_t records = initial_table_records;
+    while (records < carried.size() + image.items.size()) records *= 2;
+    return where.move_entry(index, records, align64(capacity), [&](const slot_area& fresh) {
+        std::uint32_t record = 0;
+        for (std::uint32_t slot : carried) {
+            copy_item(area, slot, fresh, 2 * record);
+            const item_snapshot old = read_item(fresh, 2 * record);
+            if (old.valid) {
+                std::memcpy(fresh.data(2 * record + 1), fresh.data(2 * record), old.key_length());
+                slot_snapshot erased = old.words;
+                erased.generation = generation;
+                erased.size = old.key_length();
+                publish_item(fresh, 2 * record + 1, erased, old.key_length() | item_erased);
+            }
+            ++record;
+        }
+        for (const item_image& item : image.items) {
+            std::memcpy(fresh.data(2 * record), item.bytes.data(), item.bytes.size());
+            slot_snapshot words;
+            words.generation = generation;
+            words.size = item.bytes.size();
+            words.fingerprint = image.fingerprint;
+            words.schema_version = image.schema_version;
+            words.codec = image.codec;
+            publish_item(fresh, 2 * record, words, item.key_length);
+            ++record;
+        }
+    });
+}
+
 
 } // namespace detail
 
@@ -68,6 +127,9 @@ public:
     // publish this table.
     side_table(std::shared_ptr<detail::segment_impl> where, const std::string& owner_key, std::string name)
         : segment_(std::move(where)), name_(std::move(name)), entry_key_(owner_key + "::" + name_) {
+        if (name_.empty() || name_.find(':') != std::string::npos)
+            throw error(errc::invalid_name, "side table name '" + name_ + "' must be non-empty and hold no ':' "
+                                            "(it is stored as '<key>::<name>')");
         const auto attached = segment_->attach(entry_key_, detail::entry_kind::table, detail::initial_table_records,
                                                detail::initial_cereal_capacity);
         index_ = attached.index;
@@ -206,6 +268,10 @@ public:
             target.erased = false;
             if (was_erased) ++live_;
         }
+    }
+
+    void import_image(const detail::table_image& image, std::uint64_t committed, std::uint64_t generation) override {
+        area_ = detail::import_table(*segment_, index_, area_, image, committed, generation);
     }
 
 private:
