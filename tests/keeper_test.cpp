@@ -429,3 +429,16 @@ TEST_CASE("a keeper keeps its segment mapped after the segment handle is closed"
     CHECK(k.restore()->value == 3);
     CHECK(code_of([&] { s.entries(); }) == errc::invalid_argument);
 }
+
+TEST_CASE("cereal keys start small: a default segment holds thousands of them without growing", "[keeper][grow]") {
+    shm_dir dir;
+    keepsake::segment_options options;
+    options.directory = dir.path();  // every other option as a new user gets it
+    segment s("thousands", options);
+    const std::uint64_t size = s.size();
+    for (int i = 0; i < 3000; ++i)
+        keeper<std::string>(s, "player/" + std::to_string(i)).commit("name " + std::to_string(i));
+    CHECK(s.size() == size);  // 4 MiB held them all
+    CHECK(s.entries().size() == 3000);
+    CHECK(keeper<std::string>(s, "player/2999").restore()->value == "name 2999");
+}
