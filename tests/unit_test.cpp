@@ -22,19 +22,10 @@
 
 using namespace std::chrono_literals;
 using keepsake::errc;
+using test_support::fibers_may_move_threads;
 using test_support::shm_dir;
 
 namespace {
-
-// ThreadSanitizer keeps one shadow call stack per thread and cannot follow a
-// fiber that moves to another thread (Debian's Boost.Context does not tell
-// it about switches): its own runtime crashes. Work sharing is tested in the
-// other builds.
-#if defined(__SANITIZE_THREAD__)
-constexpr bool fibers_may_move_threads = false;
-#else
-constexpr bool fibers_may_move_threads = true;
-#endif
 
 struct counter {
     long value = 0;

@@ -123,13 +123,19 @@ protected:
     // `on_worker`: the job must run on the worker fiber, never in a lent turn.
     template <class R, class Job>
     R request(Job&& job, duration timeout, bool on_worker = false) {
-        refuse_self_call();
+        // A plain thread is never the worker's: it is not even asked for a
+        // Boost.Fiber context (a thread-local lookup, and a scheduler made
+        // for the thread on first use).
+        boost::fibers::context* caller = current_inbox() != nullptr ? boost::fibers::context::active() : nullptr;
+        refuse_self_call(caller);
         check_accepting();
         std::optional<reply_value<R>> result;
         reply_cell* cell = replies_.acquire(&result);
         mailbox_.push(std::forward<Job>(job), cell, on_worker);
         fail_if_stopped_meanwhile();
-        return await<R>(cell, result, timeout);
+        const bool same_thread =
+            caller != nullptr && caller->get_scheduler() == server_scheduler_.load(std::memory_order_relaxed);
+        return await<R>(cell, result, timeout, same_thread);
     }
 
     template <class Job>
@@ -214,15 +220,8 @@ private:
         if (state() == child_state::not_running) throw not_running_error();
     }
 
-    // Is the caller a fiber on the thread the worker runs on? (A plain
-    // thread never is; it is not even asked for a Boost.Fiber context.)
-    bool caller_on_worker_thread() const {
-        return current_inbox() != nullptr &&
-               boost::fibers::context::active()->get_scheduler() == server_scheduler_.load(std::memory_order_relaxed);
-    }
-
-    void refuse_self_call() const {
-        if (current_inbox() != nullptr && server_.load(std::memory_order_relaxed) == boost::fibers::context::active())
+    void refuse_self_call(const boost::fibers::context* caller) const {
+        if (caller != nullptr && server_.load(std::memory_order_relaxed) == caller)
             throw error(errc::invalid_argument, "'" + name_ +
                                                     "' called itself from its own worker; that would wait "
                                                     "forever (change the state directly instead)");
@@ -231,18 +230,21 @@ private:
     // A stop that raced with the push drained the mailbox before the
     // message arrived: drain again so nothing waits for a stopped actor.
     void fail_if_stopped_meanwhile() noexcept {
-        if (state() != child_state::not_running) return;
+        if (state() == child_state::not_running) fail_if_still_stopped();
+    }
+
+    void fail_if_still_stopped() noexcept {
         std::lock_guard<futex_mutex> guard(draining_);
         if (state() == child_state::not_running) drain_failing();
     }
 
     template <class R>
-    R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout) {
+    R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout, bool same_thread) {
         // A timeout of a century or more waits forever (and cannot overflow).
         const auto deadline = timeout >= std::chrono::hours(24 * 365 * 100)
                                   ? no_deadline
                                   : wait_clock::now() + std::chrono::duration_cast<wait_clock::duration>(timeout);
-        if (!await_answer(*cell, deadline, caller_on_worker_thread())) {
+        if (!await_answer(*cell, deadline, same_thread)) {
             replies_.release(cell);
             throw error(errc::timeout, "a call to '" + name_ + "' got no answer within " +
                                            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +

@@ -34,6 +34,26 @@ inline void pause_briefly() noexcept {
 #endif
 }
 
+// How long a thread about to sleep first watches for its wake-up (a few
+// round trips of a call between two awake threads). Waking a sleeping
+// thread costs both sides a system call and, on a virtual machine whose
+// other core is idle, several microseconds more; a brief watch spares that
+// when the answer or the next message is about to come. Bounded, and it
+// watches a flag, never a lock.
+inline constexpr std::chrono::microseconds spin_before_sleep{20};
+
+// Spins until ready(), spin_before_sleep or `deadline`; returns ready().
+template <class Ready>
+bool spin_until(Ready ready, wait_point deadline) {
+    const wait_point now = wait_clock::now();
+    const wait_point until = deadline - now < spin_before_sleep ? deadline : now + spin_before_sleep;
+    for (unsigned round = 1;; ++round) {
+        if (ready()) return true;
+        pause_briefly();
+        if (round % 16 == 0 && wait_clock::now() >= until) return ready();
+    }
+}
+
 inline int* futex_address(std::atomic<int>& word) noexcept { return reinterpret_cast<int*>(&word); }
 
 // Sleeps while `word` holds `expected`, until a futex_wake or `until`.
@@ -106,6 +126,7 @@ class thread_parker {
 public:
     // Returns at unpark(), at `until`, or spuriously.
     void park_until(wait_point until) noexcept {
+        spin_until([&] { return has_permit(); }, until);
         if (state_.fetch_sub(1, std::memory_order_acquire) == notified) return;  // the permit
         for (;;) {
             const bool in_time = futex_wait(state_, parked, until);

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -27,6 +28,7 @@
 #include <boost/fiber/operations.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/error.hpp"
 #include "keepsake/detail/futex.hpp"
 #include "keepsake/detail/parking.hpp"
 #include "keepsake/detail/signal.hpp"
@@ -46,27 +48,30 @@ struct reply_cell {
     void* result = nullptr;            // the caller's std::optional<R>, while it waits
     std::exception_ptr failure;
     std::atomic<int> holders{0};       // the caller and the message
-    reply_cell* next_free = nullptr;
+    std::uint32_t index = 0;           // in its pool
+    std::atomic<std::uint32_t> next_free{0};  // in the pool's free list: the next cell's index + 1
 
     bool settled() const noexcept { return state.load(std::memory_order_acquire) >= answered; }
 };
 
+// A unit's reply cells, reused. Taking and returning one is a single
+// compare-and-swap on a free list (no lock: callers on any thread, and the
+// worker, return cells). Cells never move or go away while the pool lives,
+// so a cell is named by its index; the list's head word pairs the first
+// index with a count of changes, so a pop whose view went stale (the ABA
+// problem) fails its compare-and-swap and looks again.
 class reply_pool {
 public:
     reply_pool() = default;
     reply_pool(const reply_pool&) = delete;
     reply_pool& operator=(const reply_pool&) = delete;
+    ~reply_pool() {
+        for (auto& block : blocks_) delete[] block.load(std::memory_order_relaxed);
+    }
 
     // A cell held by two: the caller and the message that will answer it.
     reply_cell* acquire(void* result) {
-        reply_cell* cell = nullptr;
-        {
-            std::lock_guard<futex_mutex> guard(lock_);
-            if (free_ != nullptr) {
-                cell = free_;
-                free_ = cell->next_free;
-            }
-        }
+        reply_cell* cell = pop_free();
         if (cell == nullptr) cell = make_cell();
         cell->state.store(reply_cell::waiting, std::memory_order_relaxed);
         cell->caller.reset();
@@ -78,21 +83,61 @@ public:
 
     void release(reply_cell* cell) noexcept {
         if (cell->holders.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-        std::lock_guard<futex_mutex> guard(lock_);
-        cell->next_free = free_;
-        free_ = cell;
+        std::uint64_t head = free_.load(std::memory_order_relaxed);
+        do {
+            cell->next_free.store(static_cast<std::uint32_t>(head & index_mask), std::memory_order_relaxed);
+        } while (!free_.compare_exchange_weak(head, changed(head, cell->index + 1), std::memory_order_release,
+                                              std::memory_order_relaxed));
     }
 
 private:
-    futex_mutex lock_;
-    reply_cell* free_ = nullptr;
-    std::vector<std::unique_ptr<reply_cell>> cells_;
+    // Block b holds first_block << b cells: 22 blocks hold the 2^24 - 1
+    // cells the head word can name, each a caller waiting at once.
+    static constexpr std::uint32_t first_block = 8;
+    static constexpr std::uint64_t index_mask = (std::uint64_t{1} << 24) - 1;  // the rest counts changes
+    static constexpr std::uint32_t max_cells = static_cast<std::uint32_t>(index_mask);
+
+    std::atomic<std::uint64_t> free_{0};  // (changes << 24) | (first free index + 1); 0: none
+    std::atomic<reply_cell*> blocks_[22] = {};
+    futex_mutex growing_;                 // make_cell
+    std::uint32_t made_ = 0;              // under growing_
+
+    static std::uint64_t changed(std::uint64_t head, std::uint64_t first) noexcept {
+        return ((head >> 24) + 1) << 24 | first;
+    }
+
+    static std::uint32_t block_of(std::uint32_t index) noexcept {
+        return 31u - static_cast<std::uint32_t>(__builtin_clz(index / first_block + 1));
+    }
+    static std::uint32_t block_start(std::uint32_t block) noexcept { return first_block * ((1u << block) - 1); }
+
+    reply_cell& at(std::uint32_t index) const noexcept {
+        const std::uint32_t block = block_of(index);
+        return blocks_[block].load(std::memory_order_acquire)[index - block_start(block)];
+    }
+
+    reply_cell* pop_free() noexcept {
+        std::uint64_t head = free_.load(std::memory_order_acquire);
+        while ((head & index_mask) != 0) {
+            reply_cell& cell = at(static_cast<std::uint32_t>(head & index_mask) - 1);
+            const std::uint64_t next = changed(head, cell.next_free.load(std::memory_order_relaxed));
+            if (free_.compare_exchange_weak(head, next, std::memory_order_acquire, std::memory_order_acquire))
+                return &cell;
+        }
+        return nullptr;
+    }
 
     reply_cell* make_cell() {
-        auto made = std::make_unique<reply_cell>();
-        std::lock_guard<futex_mutex> guard(lock_);
-        cells_.push_back(std::move(made));
-        return cells_.back().get();
+        std::lock_guard<futex_mutex> guard(growing_);
+        if (made_ == max_cells)
+            throw error(errc::limit_reached, "more than " + std::to_string(max_cells) +
+                                                 " calls wait on one unit at once; use casts, or fewer callers");
+        const std::uint32_t block = block_of(made_);
+        if (made_ == block_start(block))
+            blocks_[block].store(new reply_cell[std::size_t{first_block} << block], std::memory_order_release);
+        reply_cell& cell = blocks_[block].load(std::memory_order_relaxed)[made_ - block_start(block)];
+        cell.index = made_++;
+        return &cell;
     }
 };
 
@@ -258,7 +303,7 @@ struct mailbox_ring {
     std::unique_ptr<message[]> slots;
     const std::uint64_t mask;
     const std::uint64_t base;                       // the position of slots[0] on the first lap
-    alignas(64) std::atomic<std::uint64_t> tail;    // the next position to claim (| closed)
+    std::atomic<std::uint64_t> tail;                // the next position to claim (| closed)
     std::atomic<mailbox_ring*> next{nullptr};       // linked once closed
 };
 
@@ -272,7 +317,8 @@ struct mailbox_ring {
 // worker (`on_worker`) are never served in a lent turn.
 class mailbox {
 public:
-    mailbox() : first_(new mailbox_ring(initial_capacity, 0)), tail_(first_), head_ring_(first_) {}
+    mailbox()
+        : first_(new mailbox_ring(initial_capacity, 0)), tail_(first_), head_ring_(first_), reading_(*first_) {}
     mailbox(const mailbox&) = delete;
     mailbox& operator=(const mailbox&) = delete;
     ~mailbox() {
@@ -306,19 +352,18 @@ public:
     // worker.
     bool pop(message& out, bool by_borrower = false) noexcept {
         if (!by_borrower && lent()) return false;
-        message* front = consumer_front();
+        const std::uint64_t position = head_.load(std::memory_order_relaxed);
+        message* front = consumer_front(position);
         if (front == nullptr || (by_borrower && front->on_worker())) return false;
         out.take(*front);
-        const std::uint64_t position = head_.load(std::memory_order_relaxed);
-        front->sequence.store(position + head_ring_.load(std::memory_order_relaxed)->capacity(),
-                              std::memory_order_release);
+        front->sequence.store(position + reading_.capacity(), std::memory_order_release);  // the slot's next lap
         head_.store(position + 1, std::memory_order_relaxed);
         return true;
     }
 
     // For the turn's holder: the oldest message must run on the worker.
     bool front_on_worker() noexcept {
-        message* front = consumer_front();
+        message* front = consumer_front(head_.load(std::memory_order_relaxed));
         return front != nullptr && front->on_worker();
     }
 
@@ -384,9 +429,33 @@ private:
     // that size() and has_work() may look from elsewhere.
     std::atomic<mailbox_ring*> head_ring_;
     std::atomic<std::uint64_t> head_{0};
+    // The head ring's slots, copied: one pointer less to follow per pop.
+    struct ring_view {
+        message* slots;
+        std::uint64_t mask;
+        std::uint64_t base;
+        explicit ring_view(mailbox_ring& ring) : slots(ring.slots.get()), mask(ring.mask), base(ring.base) {}
+        message& at(std::uint64_t position) const noexcept { return slots[(position - base) & mask]; }
+        std::uint64_t capacity() const noexcept { return mask + 1; }
+    } reading_;
 
-    // A slot at the tail, for this producer alone.
+    // A slot at the tail, for this producer alone. The first try is inline:
+    // it succeeds unless producers race or the ring is full.
     message& claim(std::uint64_t& position) {
+        mailbox_ring* ring = tail_.load(std::memory_order_acquire);
+        std::uint64_t at = ring->tail.load(std::memory_order_relaxed);
+        if ((at & mailbox_ring::closed) == 0) {
+            message& slot = ring->at(at);
+            if (slot.sequence.load(std::memory_order_acquire) == at &&
+                ring->tail.compare_exchange_strong(at, at + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                position = at;
+                return slot;
+            }
+        }
+        return claim_contended(position);
+    }
+
+    [[gnu::noinline]] message& claim_contended(std::uint64_t& position) {
         mailbox_ring* ring = tail_.load(std::memory_order_acquire);
         for (;;) {
             std::uint64_t at = ring->tail.load(std::memory_order_relaxed);
@@ -450,17 +519,17 @@ private:
         }
     }
 
-    // The oldest published message, for the consumer (or the turn's
-    // holder), moving on past drained closed rings; null if none yet.
-    message* consumer_front() noexcept {
-        const std::uint64_t position = head_.load(std::memory_order_relaxed);
+    // The oldest published message (at `position`, the head), for the
+    // consumer or the turn's holder, moving on past drained closed rings;
+    // null if none yet.
+    message* consumer_front(std::uint64_t position) noexcept {
         for (;;) {
-            mailbox_ring* ring = head_ring_.load(std::memory_order_relaxed);
-            message& slot = ring->at(position);
+            message& slot = reading_.at(position);
             if (slot.sequence.load(std::memory_order_acquire) == position + 1) return &slot;
-            mailbox_ring* next = drained_successor(*ring, position);
+            mailbox_ring* next = drained_successor(*head_ring_.load(std::memory_order_relaxed), position);
             if (next == nullptr) return nullptr;
             head_ring_.store(next, std::memory_order_relaxed);
+            reading_ = ring_view(*next);
         }
     }
 

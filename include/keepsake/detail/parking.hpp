@@ -141,7 +141,7 @@ public:
         boost::fibers::context* fiber = woken.fiber_;
         woken.timed_out_ = false;
         woken.state_.store(parker::empty, std::memory_order_release);
-        boost::fibers::context::active()->schedule(fiber);
+        fiber->get_scheduler()->schedule(fiber);  // this thread's scheduler
     }
 
     // This thread's dispatcher, with nothing to run: sleeps until a post, a
@@ -149,7 +149,7 @@ public:
     void sleep_until(wait_point until) noexcept {
         if (!timers_.empty() && timers_.begin()->deadline_ < until) until = timers_.begin()->deadline_;
         if (posted_.load(std::memory_order_acquire) != nullptr) return;
-        sleeper_.park_until(until);
+        sleeper_.park_until(until);  // watches for a post or a notify briefly first
     }
 
     void notify() noexcept { sleeper_.unpark(); }
@@ -233,7 +233,7 @@ private:
                                                     std::memory_order_relaxed))
                 continue;
             due.timed_out_ = true;
-            boost::fibers::context::active()->schedule(fiber);
+            fiber->get_scheduler()->schedule(fiber);
         }
     }
 };
@@ -245,6 +245,10 @@ inline bool parker::park_until(wait_point until) {
 }
 
 inline bool parker::park_thread(wait_point until) noexcept {
+    // Watched briefly first: an unpark() meanwhile leaves a permit, which
+    // costs its waker no system call.
+    if (spin_until([&] { return state_.load(std::memory_order_relaxed) == notified; }, until) && take_permit())
+        return true;
     int expected = empty;
     if (!state_.compare_exchange_strong(expected, parked_thread, std::memory_order_acq_rel, std::memory_order_acquire)) {
         state_.exchange(empty, std::memory_order_acquire);  // a permit came meanwhile

@@ -41,17 +41,29 @@ public:
     waking_algorithm(const waking_algorithm&) = delete;
     waking_algorithm& operator=(const waking_algorithm&) = delete;
 
+    // Only the dispatcher calls this; its next pick_next delivers.
     void suspend_until(const std::chrono::steady_clock::time_point& until) noexcept override {
         inbox_.sleep_until(until);
+        dispatcher_next_ = true;
     }
 
     void notify() noexcept override { inbox_.notify(); }
 
 protected:
     // Called first in pick_next. Only the dispatcher delivers: it runs
-    // between fibers, so none of them is half-way into a park.
+    // between fibers, so none of them is half-way into a park. It is the
+    // one calling when the last pick returned it (or it just slept): known
+    // without asking Boost.Fiber for the active context, a thread-local
+    // lookup that would cost more than the rest of a pick.
     void take_wake_ups() noexcept {
-        if (boost::fibers::context::active()->is_context(boost::fibers::type::dispatcher_context)) inbox_.deliver();
+        if (!dispatcher_next_) return;
+        dispatcher_next_ = false;
+        inbox_.deliver();
+    }
+
+    boost::fibers::context* picked(boost::fibers::context* next) noexcept {
+        if (next != nullptr && next->is_context(boost::fibers::type::dispatcher_context)) dispatcher_next_ = true;
+        return next;
     }
 
     static bool is_worker(boost::fibers::context* ctx) noexcept {
@@ -62,6 +74,7 @@ protected:
 
 private:
     wake_inbox& inbox_;
+    bool dispatcher_next_ = false;
 };
 
 class counting_round_robin final : public waking_algorithm {
@@ -84,7 +97,7 @@ public:
         boost::fibers::context* next = &ready_.front();
         ready_.pop_front();
         if (is_worker(next)) ready_workers_->fetch_sub(1, std::memory_order_relaxed);
-        return next;
+        return picked(next);
     }
 
     bool has_ready_fibers() const noexcept override { return !ready_.empty(); }
@@ -155,7 +168,7 @@ public:
     boost::fibers::context* pick_next() noexcept override {
         take_wake_ups();
         own_turn_ = !own_turn_;
-        if (own_turn_ && !local_.empty()) return pop_local();
+        if (own_turn_ && !local_.empty()) return picked(pop_local());
         boost::fibers::context* next = nullptr;
         {
             std::lock_guard<std::mutex> lock(pool_->mutex);
@@ -168,7 +181,7 @@ public:
             boost::fibers::context::active()->attach(next);
             return next;
         }
-        return local_.empty() ? nullptr : pop_local();
+        return local_.empty() ? nullptr : picked(pop_local());
     }
 
     bool has_ready_fibers() const noexcept override {
