@@ -105,7 +105,7 @@ build-release/bench/keepsake_unit_bench --benchmark_filter=BM_idle_unit_memory 2
 # Calls from another thread, quiet and beside a busy-loop thread, in
 # interleaved blocks, beside CAF's request().receive(); the README example.
 echo
-for part in BM_xthread_vs_caf BM_readme_call; do
+for part in BM_xthread_vs_caf BM_caf_never_sleeps BM_readme_call; do
   build-release/bench/keepsake_xthread_bench --benchmark_filter="$part" --benchmark_repetitions="${REPS:-7}" \
     --benchmark_report_aggregates_only=true --benchmark_format=csv 2>/dev/null >"$csv"
   awk -F, '
@@ -113,18 +113,19 @@ for part in BM_xthread_vs_caf BM_readme_call; do
     /_median"/ { for (name in column) value[name] = $column[name] + 0 }
     function row(label, key, unit) {
       if (!((key "_quiet_us") in column)) return
-      printf "%-44s %10.3f %10.3f %9.2fx\n", label " (" unit ")", value[key "_quiet_us"], value[key "_busy_us"],
+      printf "%-48s %10.3f %10.3f %9.2fx\n", label " (" unit ")", value[key "_quiet_us"], value[key "_busy_us"],
              value[key "_busy_us"] / value[key "_quiet_us"]
     }
     END {
       if (header++ == 0 && "keepsake_call_quiet_us" in column)
-        printf "%-44s %10s %10s %10s\n", "from another thread, medians", "quiet", "busy", "busy/quiet"
+        printf "%-48s %10s %10s %10s\n", "from another thread, medians", "quiet", "busy", "busy/quiet"
       row("keepsake call round trip", "keepsake_call", "us")
       row("CAF request().receive(), 1 scheduler thread", "caf_call", "us")
       row("keepsake cast, per message", "keepsake_cast", "us")
       row("CAF send, per message", "caf_cast", "us")
+      row("CAF, scheduler thread never sleeps: call", "caf_never_sleeps_call", "us")
       row("README example: main calls a unit", "readme_call", "us")
       if ("vs_caf_call_quiet_us" in column)
-        printf "%-44s %9.3fx %9.3fx\n", "keepsake call / CAF call", value["vs_caf_call_quiet_us"], value["vs_caf_call_busy_us"]
+        printf "%-48s %9.3fx %9.3fx\n", "keepsake call / CAF call", value["vs_caf_call_quiet_us"], value["vs_caf_call_busy_us"]
     }' "$csv"
 done

@@ -231,6 +231,26 @@ void BM_xthread_vs_caf(benchmark::State& state) {
 }
 BENCHMARK(BM_xthread_vs_caf)->Iterations(10)->Unit(benchmark::kMillisecond);
 
+// CAF with a scheduler thread that never sleeps (it polls for work without
+// end): its best latency, at the cost of a core. Alone, since that thread
+// would take a core from the other benchmarks' blocks.
+void BM_caf_never_sleeps(benchmark::State& state) {
+    caf::actor_system_config config;
+    config.set("scheduler.max-threads", 1);
+    config.set("work-stealing.aggressive-poll-attempts", std::size_t{1} << 62);
+    caf::actor_system system{config};
+    auto actor = system.spawn(counter_actor);
+    caf::scoped_actor self{system};
+    auto ask = [&] {
+        self->request(actor, caf::infinite, 1L)
+            .receive([](long value) { benchmark::DoNotOptimize(value); },
+                     [&](caf::error&) { state.SkipWithError("CAF request failed"); });
+    };
+    std::vector<path> paths{{"caf_never_sleeps", ask, [&] { self->send(actor, 1L); }, ask}};
+    run_blocks(state, paths);
+}
+BENCHMARK(BM_caf_never_sleeps)->Iterations(10)->Unit(benchmark::kMillisecond);
+
 // The README's "Units and supervisors" example: main calls a unit that a
 // supervisor started in a one-thread runtime (a typed message, committed
 // before the reply).
