@@ -120,6 +120,7 @@ for part in BM_xthread_vs_caf BM_caf_never_sleeps BM_readme_call; do
       if (header++ == 0 && "keepsake_call_quiet_us" in column)
         printf "%-48s %10s %10s %10s\n", "from another thread, medians", "quiet", "busy", "busy/quiet"
       row("keepsake call round trip", "keepsake_call", "us")
+      row("keepsake call after 1 ms of silence", "keepsake_after_pause_call", "us")
       row("CAF request().receive(), 1 scheduler thread", "caf_call", "us")
       row("keepsake cast, per message", "keepsake_cast", "us")
       row("CAF send, per message", "caf_cast", "us")

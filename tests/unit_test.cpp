@@ -13,6 +13,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <boost/fiber/operations.hpp>
 
 #include <keepsake/exporter.hpp>
@@ -565,7 +568,10 @@ TEST_CASE("threads sharing work: fibers move to a free thread; crashes, calls an
         auto spec = counter_spec("spin" + std::to_string(i));
         spec.loop = [i, &first_thread, &moved_threads](keepsake::unit_context<counter>& ctx) {
             while (!ctx.stop_requested()) {
-                const std::size_t here = std::hash<std::thread::id>()(std::this_thread::get_id()) | 1u;
+                // gettid, not std::this_thread::get_id(): pthread_self() is
+                // declared const, so a compiler may read it once for the
+                // whole loop, across the yields that move the fiber.
+                const auto here = static_cast<std::size_t>(::syscall(SYS_gettid));
                 std::size_t expected = 0;
                 if (!first_thread[i].compare_exchange_strong(expected, here) && expected != here)
                     moved_threads.store(true);

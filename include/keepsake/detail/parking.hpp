@@ -32,10 +32,14 @@ namespace keepsake::detail {
 class wake_inbox;
 
 // The inbox of the calling thread's keepsake scheduler; null on a thread
-// that runs none. Not inlined: a fiber that moves between threads must read
-// the thread it runs on now, not an address its caller computed before.
+// that runs none. A fiber that moves between threads (work sharing) must
+// read the thread it runs on now, not a thread-local address computed
+// before it was suspended: so this is never inlined, and the empty asm
+// with a memory clobber keeps the compiler from deciding that two calls
+// give the same address and reusing the first.
 [[gnu::noinline]] inline wake_inbox*& current_inbox_slot() noexcept {
     static thread_local wake_inbox* current = nullptr;
+    __asm__ __volatile__("" ::: "memory");
     return current;
 }
 inline wake_inbox* current_inbox() noexcept { return current_inbox_slot(); }
