@@ -153,7 +153,7 @@ public:
     void sleep_until(wait_point until) noexcept {
         if (!timers_.empty() && timers_.begin()->deadline_ < until) until = timers_.begin()->deadline_;
         if (posted_.load(std::memory_order_acquire) != nullptr) return;
-        sleeper_.park_until(until);  // watches for a post or a notify briefly first
+        sleeper_.park_until(until);
     }
 
     void notify() noexcept { sleeper_.unpark(); }
@@ -249,10 +249,6 @@ inline bool parker::park_until(wait_point until) {
 }
 
 inline bool parker::park_thread(wait_point until) noexcept {
-    // Watched briefly first: an unpark() meanwhile leaves a permit, which
-    // costs its waker no system call.
-    if (spin_until([&] { return state_.load(std::memory_order_relaxed) == notified; }, until) && take_permit())
-        return true;
     int expected = empty;
     if (!state_.compare_exchange_strong(expected, parked_thread, std::memory_order_acq_rel, std::memory_order_acquire)) {
         state_.exchange(empty, std::memory_order_acquire);  // a permit came meanwhile
