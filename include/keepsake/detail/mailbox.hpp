@@ -283,8 +283,8 @@ private:
 
 // A ring of message slots for many producers and one consumer (Dmitry
 // Vyukov's bounded queue: each slot's sequence says whose turn it is, so a
-// push is a compare-and-swap on the tail and a store, and a pop takes no
-// lock at all). Positions count every message the mailbox ever took; a full
+// push is a compare-and-swap on the tail and an exchange on the slot, and a
+// pop is plain loads and stores). Positions count every message the mailbox ever took; a full
 // ring is closed at its tail, and the ring after it (twice as large) starts
 // at that position.
 struct mailbox_ring {
