@@ -4,7 +4,7 @@
 #   ./bench/run.sh              # REPS=7 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/deps.sh
+./scripts/deps.sh libcaf-dev  # CAF: the peer of the cross-thread bench
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build build-release -j "$(nproc)" --target keepsake_bench keepsake_export_bench keepsake_xthread_bench >/dev/null
 csv=$(mktemp)
