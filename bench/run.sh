@@ -4,9 +4,9 @@
 #   ./bench/run.sh              # REPS=7 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/deps.sh
+./scripts/deps.sh libcaf-dev  # CAF: the peer of the cross-thread bench
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build build-release -j "$(nproc)" --target keepsake_bench keepsake_export_bench >/dev/null
+cmake --build build-release -j "$(nproc)" --target keepsake_bench keepsake_export_bench keepsake_xthread_bench >/dev/null
 csv=$(mktemp)
 trap 'rm -f "$csv"' EXIT
 build-release/bench/keepsake_bench --benchmark_repetitions="${REPS:-7}" --benchmark_report_aggregates_only=true \
@@ -117,3 +117,31 @@ build-release/bench/keepsake_unit_bench --benchmark_filter=BM_run_for_overshoot 
     print line }'
 build-release/bench/keepsake_unit_bench --benchmark_filter=BM_idle_unit_memory 2>/dev/null |
   awk '/heap_bytes_per_unit/ { for (i = 1; i <= NF; i++) if ($i ~ /^heap_bytes_per_unit=/) { sub(/.*=/, "", $i); print "heap per idle unit (1 000 units, stacks not counted): " $i "B" } }'
+# Calls from another thread, quiet and beside a busy-loop thread, in
+# interleaved blocks, beside CAF's request().receive(); the README example.
+echo
+for part in BM_xthread_vs_caf BM_caf_never_sleeps BM_readme_call; do
+  build-release/bench/keepsake_xthread_bench --benchmark_filter="$part" --benchmark_repetitions="${REPS:-7}" \
+    --benchmark_report_aggregates_only=true --benchmark_format=csv 2>/dev/null >"$csv"
+  awk -F, '
+    FNR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); column[$i] = i }; next }
+    /_median"/ { for (name in column) value[name] = $column[name] + 0 }
+    function row(label, key, unit) {
+      if (!((key "_quiet_us") in column)) return
+      printf "%-48s %10.3f %10.3f %9.2fx\n", label " (" unit ")", value[key "_quiet_us"], value[key "_busy_us"],
+             value[key "_busy_us"] / value[key "_quiet_us"]
+    }
+    END {
+      if (header++ == 0 && "keepsake_call_quiet_us" in column)
+        printf "%-48s %10s %10s %10s\n", "from another thread, medians", "quiet", "busy", "busy/quiet"
+      row("keepsake call round trip", "keepsake_call", "us")
+      row("keepsake call after 1 ms of silence", "keepsake_after_pause_call", "us")
+      row("CAF request().receive(), 1 scheduler thread", "caf_call", "us")
+      row("keepsake cast, per message", "keepsake_cast", "us")
+      row("CAF send, per message", "caf_cast", "us")
+      row("CAF, scheduler thread never sleeps: call", "caf_never_sleeps_call", "us")
+      row("README example: main calls a unit", "readme_call", "us")
+      if ("vs_caf_call_quiet_us" in column)
+        printf "%-48s %9.3fx %9.3fx\n", "keepsake call / CAF call", value["vs_caf_call_quiet_us"], value["vs_caf_call_busy_us"]
+    }' "$csv"
+done

@@ -62,6 +62,16 @@ inline slot_place find_slots_in_file(const std::string& path, const std::string&
     return find_slots(read_file(path), key);
 }
 
+// ThreadSanitizer keeps one shadow call stack per thread and cannot follow a
+// fiber that moves to another thread (Debian's Boost.Context does not tell
+// it about switches): its own runtime crashes. Work sharing is tested in the
+// other builds.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool fibers_may_move_threads = false;
+#else
+inline constexpr bool fibers_may_move_threads = true;
+#endif
+
 // A private directory below `parent` for one test, removed after: a
 // temp_dir on a real disk (/tmp) for stores, an shm_dir in /dev/shm for
 // segments.

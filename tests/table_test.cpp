@@ -350,6 +350,7 @@ TEST_CASE("the exporter copies a state and its tables as of one commit while com
     keepsake::memory_store store;
     segment s("live", dir.options(8u << 20, 16));
     std::atomic<bool> done{false};
+    std::atomic<bool> started{false};
     std::thread committer([&] {
         keeper<world> k(s, "w");
         auto& entities = k.table<std::uint64_t, entity>("entities");
@@ -360,8 +361,10 @@ TEST_CASE("the exporter copies a state and its tables as of one commit while com
             world next{commit, 0, entities.size()};
             entities.for_each([&](const std::uint64_t&, const entity& value) { next.sum += value.hp; });
             k.commit(next);
+            started.store(true);
         }
     });
+    while (!started.load()) std::this_thread::yield();
     keepsake::exporter out(s, store, on_demand());
     int checked = 0;
     for (int round = 0; round < 200; ++round) {

@@ -19,6 +19,8 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <boost/fiber/operations.hpp>
 #include <cereal/types/string.hpp>
@@ -32,19 +34,10 @@
 
 using namespace std::chrono_literals;
 using keepsake::errc;
+using test_support::fibers_may_move_threads;
 using test_support::shm_dir;
 
 namespace {
-
-// ThreadSanitizer keeps one shadow call stack per thread and cannot follow a
-// fiber that moves to another thread (Debian's Boost.Context does not tell
-// it about switches): its own runtime crashes. Work sharing is tested in the
-// other builds.
-#if defined(__SANITIZE_THREAD__)
-constexpr bool fibers_may_move_threads = false;
-#else
-constexpr bool fibers_may_move_threads = true;
-#endif
 
 struct counter {
     long value = 0;
@@ -751,7 +744,10 @@ TEST_CASE("threads sharing work: fibers move to a free thread; crashes, calls an
         auto spec = counter_spec("spin" + std::to_string(i));
         spec.loop = [i, &first_thread, &moved_threads](keepsake::unit_context<counter>& ctx) {
             while (!ctx.stop_requested()) {
-                const std::size_t here = std::hash<std::thread::id>()(std::this_thread::get_id()) | 1u;
+                // gettid, not std::this_thread::get_id(): pthread_self() is
+                // declared const, so a compiler may read it once for the
+                // whole loop, across the yields that move the fiber.
+                const auto here = static_cast<std::size_t>(::syscall(SYS_gettid));
                 std::size_t expected = 0;
                 if (!first_thread[i].compare_exchange_strong(expected, here) && expected != here)
                     moved_threads.store(true);

@@ -270,12 +270,13 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
         if (view.kind != detail::entry_kind::table) continue;
         const std::size_t split = view.key.rfind("::");
         if (split != std::string::npos)
-            tables_of[view.key.substr(0, split)].push_back(detail::table_area{view.key.substr(split + 2), view.area});
+            tables_of[view.key.substr(0, split)].push_back(
+                detail::table_area{view.key.substr(split + 2), view.area, view.index, view.nonce});
     }
     pass_result result = pass_result::complete;
     for (const auto& view : views) {
         if (view.kind != detail::entry_kind::state) continue;
-        const auto tables = tables_of.find(view.key);
+        auto tables = tables_of.find(view.key);
         const pass_result key_result = export_key(view, tables == tables_of.end() ? nullptr : &tables->second);
         if (key_result == pass_result::failed || key_result == pass_result::abandoned) return key_result;
         if (key_result == pass_result::incomplete) result = key_result;
@@ -289,7 +290,7 @@ KEEPSAKE_INLINE exporter::pass_result exporter::run_pass() {
 }
 
 KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment_impl::entry_view& view,
-                                                           const std::vector<detail::table_area>* tables) {
+                                                           std::vector<detail::table_area>* tables) {
     exported_key& known = exported_[view.index];
     if (known.nonce != view.nonce) known = exported_key{view.nonce, 0, 0, 0};
     known.seen_in_pass = pass_number_;
@@ -297,7 +298,10 @@ KEEPSAKE_INLINE exporter::pass_result exporter::export_key(const detail::segment
     // A generation the store refused is not copied again; a newer one is.
     const std::uint64_t newer_than = std::max(known.generation, known.refused);
     const detail::snapshot_status status =
-        tables ? detail::snapshot_group(view.area, *tables, newer_than, batch_.back(), group_scratch_)
+        tables ? detail::snapshot_group(view.area, *tables, newer_than, batch_.back(), group_scratch_,
+                                        [&](std::uint32_t index, std::uint64_t nonce) {
+                                            return segment_->current_area(index, nonce);
+                                        })
                : detail::snapshot_newest(view.area, newer_than, batch_.back());
     if (status != detail::snapshot_status::copied) {
         spare_.push_back(std::move(batch_.back()));

@@ -191,7 +191,7 @@ private:
     std::chrono::steady_clock::time_point next_pass_time(bool incomplete) const;
     bool out_of_time() const;
     pass_result run_pass();
-    pass_result export_key(const detail::segment_impl::entry_view& view, const std::vector<detail::table_area>* tables);
+    pass_result export_key(const detail::segment_impl::entry_view& view, std::vector<detail::table_area>* tables);
     bool abandoning();
     record take_spare();
     void recycle_batch();

@@ -236,6 +236,9 @@ public:
         entry_kind kind = entry_kind::state;
     };
     std::vector<entry_view> entry_views() const;
+    // Where entry `index` is now, if it is still the entry `nonce` names: a
+    // reader that copied from a view checks that it did not move meanwhile.
+    std::optional<slot_area> current_area(std::uint32_t index, std::uint64_t nonce) const;
     // The view of one valid key, or nothing. Unlike attach, it does not
     // refuse while damaged entries exist: it only reads.
     std::optional<entry_view> entry_view_of(const std::string& key) const;

@@ -21,7 +21,9 @@
 #include <boost/fiber/context.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/futex.hpp"
 #include "keepsake/detail/mailbox.hpp"
+#include "keepsake/detail/parking.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/detail/signal.hpp"
@@ -110,18 +112,31 @@ protected:
 
     void set_state(child_state next) noexcept { state_.store(static_cast<int>(next), std::memory_order_release); }
 
+    // Running again: after any drain of a caller that saw it stopped (a
+    // worker and a drain must not both take from the mailbox).
+    void set_running() noexcept {
+        std::lock_guard<futex_mutex> guard(draining_);
+        set_state(child_state::running);
+    }
+
     // Queues `job` (called as job(target, reply)) and waits up to `timeout`
     // (real time) for its answer.
     // `on_worker`: the job must run on the worker fiber, never in a lent turn.
     template <class R, class Job>
     R request(Job&& job, duration timeout, bool on_worker = false) {
-        refuse_self_call();
+        // A plain thread is never the worker's: it is not even asked for a
+        // Boost.Fiber context (a thread-local lookup, and a scheduler made
+        // for the thread on first use).
+        boost::fibers::context* caller = current_inbox() != nullptr ? boost::fibers::context::active() : nullptr;
+        refuse_self_call(caller);
         check_accepting();
         std::optional<reply_value<R>> result;
         reply_cell* cell = replies_.acquire(&result);
         mailbox_.push(std::forward<Job>(job), cell, on_worker);
         fail_if_stopped_meanwhile();
-        return await<R>(cell, result, timeout);
+        const bool same_thread =
+            caller != nullptr && caller->get_scheduler() == server_scheduler_.load(std::memory_order_relaxed);
+        return await<R>(cell, result, timeout, same_thread);
     }
 
     template <class Job>
@@ -162,8 +177,15 @@ protected:
         return served;
     }
 
-    // Every queued call fails with not_running; casts are dropped.
+    // Every queued call fails with not_running; casts are dropped. Only
+    // while no worker serves the mailbox (it has one consumer); drains from
+    // several threads take turns.
     void fail_pending() noexcept {
+        std::lock_guard<futex_mutex> guard(draining_);
+        drain_failing();
+    }
+
+    void drain_failing() noexcept {
         message pending;
         while (mailbox_.pop(pending)) {
             if (reply_cell* reply = pending.reply()) {
@@ -193,13 +215,14 @@ protected:
 
 private:
     std::string name_;
+    futex_mutex draining_;  // fail_pending, and the switch back to running
 
     void check_accepting() const {
         if (state() == child_state::not_running) throw not_running_error();
     }
 
-    void refuse_self_call() const {
-        if (server_.load(std::memory_order_relaxed) == boost::fibers::context::active())
+    void refuse_self_call(const boost::fibers::context* caller) const {
+        if (caller != nullptr && server_.load(std::memory_order_relaxed) == caller)
             throw error(errc::invalid_argument, "'" + name_ +
                                                     "' called itself from its own worker; that would wait "
                                                     "forever (change the state directly instead)");
@@ -208,17 +231,21 @@ private:
     // A stop that raced with the push drained the mailbox before the
     // message arrived: drain again so nothing waits for a stopped actor.
     void fail_if_stopped_meanwhile() noexcept {
-        if (state() == child_state::not_running) fail_pending();
+        if (state() == child_state::not_running) fail_if_still_stopped();
+    }
+
+    void fail_if_still_stopped() noexcept {
+        std::lock_guard<futex_mutex> guard(draining_);
+        if (state() == child_state::not_running) drain_failing();
     }
 
     template <class R>
-    R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout) {
+    R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout, bool same_thread) {
         // A timeout of a century or more waits forever (and cannot overflow).
         const auto deadline = timeout >= std::chrono::hours(24 * 365 * 100)
-                                  ? std::chrono::steady_clock::time_point::max()
-                                  : std::chrono::steady_clock::now() +
-                                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
-        if (!await_answer(*cell, deadline)) {
+                                  ? no_deadline
+                                  : wait_clock::now() + std::chrono::duration_cast<wait_clock::duration>(timeout);
+        if (!await_answer(*cell, deadline, same_thread)) {
             replies_.release(cell);
             throw error(errc::timeout, "a call to '" + name_ + "' got no answer within " +
                                            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
@@ -250,7 +277,7 @@ public:
         if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
         const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
         prepare_instance(std::move(on_exit));
-        set_state(child_state::running);
+        set_running();
         runtime_.spawn([self = self_pointer(), number] { self->fiber_main(number); }, stack_size_);
         runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
         if (start_outcome_ == outcome::failed)

@@ -344,6 +344,13 @@ KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views(
     return views;
 }
 
+KEEPSAKE_INLINE std::optional<slot_area> segment_impl::current_area(std::uint32_t index, std::uint64_t nonce) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dir_entry entry{};
+    if (index >= entry_count_ || !read_valid_entry(index, entry) || entry.nonce != nonce) return std::nullopt;
+    return area_of(entry);
+}
+
 KEEPSAKE_INLINE std::optional<segment_impl::entry_view> segment_impl::entry_view_of(const std::string& key) const {
     check_key(key);
     std::lock_guard<std::mutex> lock(mutex_);

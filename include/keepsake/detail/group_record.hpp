@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -234,19 +235,28 @@ inline items_copy copy_items_as_of(const slot_area& area, std::uint64_t generati
     return items_copy::copied;
 }
 
-// A table region of the key being exported, by table name.
+// A table region of the key being exported, by table name, and which
+// directory entry it belongs to (a table that grows moves: see below).
 struct table_area {
     std::string name;
     slot_area area;
+    std::uint32_t index = 0;
+    std::uint64_t nonce = 0;
 };
 
 // The exporter's copy of a state with its tables: the newest committed
 // state above `newer_than` and every table as of its generation, encoded as
 // one group record into `out` (key untouched). `scratch` keeps buffers
 // between calls. busy: commits kept changing what was being copied.
-inline snapshot_status snapshot_group(const slot_area& state, const std::vector<table_area>& tables,
-                                      std::uint64_t newer_than, record& out, group_image& scratch,
-                                      int attempts = 64) {
+//
+// A table that grew moved to another region: its old one still holds valid
+// slots of the items it had then, but not the items added since. So after
+// copying, each table's region is looked up again (`where_now(index, nonce)`
+// gives it, or nothing if the table is gone); a table that moved is copied
+// again from where it is now.
+template <class WhereNow>
+snapshot_status snapshot_group(const slot_area& state, std::vector<table_area>& tables, std::uint64_t newer_than,
+                               record& out, group_image& scratch, WhereNow&& where_now, int attempts = 64) {
     for (; attempts > 0; --attempts) {
         const snapshot_status status = snapshot_newest(state, newer_than, out);
         if (status != snapshot_status::copied) return status;
@@ -255,6 +265,14 @@ inline snapshot_status snapshot_group(const slot_area& state, const std::vector<
         for (std::size_t i = 0; i < tables.size() && whole; ++i) {
             scratch.tables[i].name = tables[i].name;
             whole = copy_items_as_of(tables[i].area, out.generation, scratch.tables[i]) == items_copy::copied;
+        }
+        for (table_area& table : tables) {
+            const std::optional<slot_area> now = where_now(table.index, table.nonce);
+            if (!now) return snapshot_status::busy;  // removed while copied: the next pass sees the directory anew
+            if (now->first != table.area.first || now->tag != table.area.tag) {
+                table.area = *now;
+                whole = false;
+            }
         }
         if (!whole) continue;
         scratch.state_codec = out.codec;

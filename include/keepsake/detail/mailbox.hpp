@@ -3,74 +3,78 @@
 // still there for the restarted worker.
 //
 // Messages are type-erased callables stored in place (no allocation unless
-// a callable is larger than the inline buffer); the ring grows by doubling
-// and never shrinks, so a warmed-up mailbox allocates nothing. Calls carry a
-// reply cell from a per-unit pool; the cell outlives a caller that timed out,
-// so a late reply never writes into a dead stack frame.
+// a callable is larger than the inline buffer) in a ring that any thread
+// pushes to without a lock; when the ring is full a ring twice its size
+// follows it, so a warmed-up mailbox allocates nothing. Calls carry a reply
+// cell from a per-unit pool; the cell outlives a caller that timed out, so a
+// late reply never writes into a dead stack frame. Nothing between threads
+// spins on a lock: waits sleep on parkers (detail/parking.hpp).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
-#include <boost/fiber/condition_variable.hpp>
 #include <boost/fiber/operations.hpp>
 
 #include "keepsake/clock.hpp"
-#include "keepsake/detail/fiber_mutex.hpp"
+#include "keepsake/error.hpp"
+#include "keepsake/detail/futex.hpp"
+#include "keepsake/detail/parking.hpp"
 #include "keepsake/detail/signal.hpp"
-#include "keepsake/detail/spinlock.hpp"
 
 namespace keepsake {
 namespace detail {
 
 // Where the answer to one call goes. The worker claims the cell (waiting ->
-// claimed), writes the result into the caller's frame, then publishes it
-// (answered / failed); a caller that timed out marks it abandoned first, and
-// then the worker writes nothing. The fiber mutex and condition variable are
-// touched only when the caller actually went to sleep.
+// claimed), writes the result into the caller's frame, publishes it
+// (answered / failed), then unparks the caller; a caller that timed out
+// marks it abandoned first, and then the worker writes nothing.
 struct reply_cell {
     enum status : int { waiting, claimed, answered, failed, abandoned };
 
     std::atomic<int> state{waiting};
-    std::atomic<bool> sleeper{false};  // the caller is blocked on answered_cv
-    fiber_mutex mutex;
-    boost::fibers::condition_variable_any answered_cv;
+    parker caller;                     // the caller sleeps here
     void* result = nullptr;            // the caller's std::optional<R>, while it waits
     std::exception_ptr failure;
     std::atomic<int> holders{0};       // the caller and the message
-    reply_cell* next_free = nullptr;
+    std::uint32_t index = 0;           // in its pool
+    std::atomic<std::uint32_t> next_free{0};  // in the pool's free list: the next cell's index + 1
 
     bool settled() const noexcept { return state.load(std::memory_order_acquire) >= answered; }
 };
 
+// A unit's reply cells, reused. Taking and returning one is a single
+// compare-and-swap on a free list (no lock: callers on any thread, and the
+// worker, return cells). Cells never move or go away while the pool lives,
+// so a cell is named by its index; the list's head word pairs the first
+// index with a count of changes, so a pop whose view went stale (the ABA
+// problem) fails its compare-and-swap and looks again.
 class reply_pool {
 public:
     reply_pool() = default;
     reply_pool(const reply_pool&) = delete;
     reply_pool& operator=(const reply_pool&) = delete;
+    ~reply_pool() {
+        for (auto& block : blocks_) delete[] block.load(std::memory_order_relaxed);
+    }
 
     // A cell held by two: the caller and the message that will answer it.
     reply_cell* acquire(void* result) {
-        reply_cell* cell = nullptr;
-        {
-            std::lock_guard<spinlock> guard(lock_);
-            if (free_ != nullptr) {
-                cell = free_;
-                free_ = cell->next_free;
-            }
-        }
+        reply_cell* cell = pop_free();
         if (cell == nullptr) cell = make_cell();
         cell->state.store(reply_cell::waiting, std::memory_order_relaxed);
-        cell->sleeper.store(false, std::memory_order_relaxed);
+        cell->caller.reset();
         cell->result = result;
         cell->failure = nullptr;
         cell->holders.store(2, std::memory_order_relaxed);
@@ -79,21 +83,61 @@ public:
 
     void release(reply_cell* cell) noexcept {
         if (cell->holders.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-        std::lock_guard<spinlock> guard(lock_);
-        cell->next_free = free_;
-        free_ = cell;
+        std::uint64_t head = free_.load(std::memory_order_relaxed);
+        do {
+            cell->next_free.store(static_cast<std::uint32_t>(head & index_mask), std::memory_order_relaxed);
+        } while (!free_.compare_exchange_weak(head, changed(head, cell->index + 1), std::memory_order_release,
+                                              std::memory_order_relaxed));
     }
 
 private:
-    spinlock lock_;
-    reply_cell* free_ = nullptr;
-    std::vector<std::unique_ptr<reply_cell>> cells_;
+    // Block b holds first_block << b cells: 22 blocks hold the 2^24 - 1
+    // cells the head word can name, each a caller waiting at once.
+    static constexpr std::uint32_t first_block = 8;
+    static constexpr std::uint64_t index_mask = (std::uint64_t{1} << 24) - 1;  // the rest counts changes
+    static constexpr std::uint32_t max_cells = static_cast<std::uint32_t>(index_mask);
+
+    std::atomic<std::uint64_t> free_{0};  // (changes << 24) | (first free index + 1); 0: none
+    std::atomic<reply_cell*> blocks_[22] = {};
+    futex_mutex growing_;                 // make_cell
+    std::uint32_t made_ = 0;              // under growing_
+
+    static std::uint64_t changed(std::uint64_t head, std::uint64_t first) noexcept {
+        return ((head >> 24) + 1) << 24 | first;
+    }
+
+    static std::uint32_t block_of(std::uint32_t index) noexcept {
+        return 31u - static_cast<std::uint32_t>(__builtin_clz(index / first_block + 1));
+    }
+    static std::uint32_t block_start(std::uint32_t block) noexcept { return first_block * ((1u << block) - 1); }
+
+    reply_cell& at(std::uint32_t index) const noexcept {
+        const std::uint32_t block = block_of(index);
+        return blocks_[block].load(std::memory_order_acquire)[index - block_start(block)];
+    }
+
+    reply_cell* pop_free() noexcept {
+        std::uint64_t head = free_.load(std::memory_order_acquire);
+        while ((head & index_mask) != 0) {
+            reply_cell& cell = at(static_cast<std::uint32_t>(head & index_mask) - 1);
+            const std::uint64_t next = changed(head, cell.next_free.load(std::memory_order_relaxed));
+            if (free_.compare_exchange_weak(head, next, std::memory_order_acquire, std::memory_order_acquire))
+                return &cell;
+        }
+        return nullptr;
+    }
 
     reply_cell* make_cell() {
-        auto made = std::make_unique<reply_cell>();
-        std::lock_guard<spinlock> guard(lock_);
-        cells_.push_back(std::move(made));
-        return cells_.back().get();
+        std::lock_guard<futex_mutex> guard(growing_);
+        if (made_ == max_cells)
+            throw error(errc::limit_reached, "more than " + std::to_string(max_cells) +
+                                                 " calls wait on one unit at once; use casts, or fewer callers");
+        const std::uint32_t block = block_of(made_);
+        if (made_ == block_start(block))
+            blocks_[block].store(new reply_cell[std::size_t{first_block} << block], std::memory_order_release);
+        reply_cell& cell = blocks_[block].load(std::memory_order_relaxed)[made_ - block_start(block)];
+        cell.index = made_++;
+        return &cell;
     }
 };
 
@@ -104,35 +148,30 @@ void answer(reply_cell& cell, reply_cell::status outcome, Fill fill) {
     if (!cell.state.compare_exchange_strong(expected, reply_cell::claimed, std::memory_order_acquire)) return;
     fill(cell);
     cell.state.store(outcome, std::memory_order_release);
-    // Dekker with the caller: publish, then look for a sleeper; the caller
-    // announces itself, then looks at the state (both under the mutex).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (cell.sleeper.load(std::memory_order_relaxed)) {
-        std::lock_guard<fiber_mutex> guard(cell.mutex);
-        cell.answered_cv.notify_all();
-    }
+    cell.caller.unpark();  // the message still holds the cell: it stays valid meanwhile
 }
 
 inline void answer_failure(reply_cell& cell, std::exception_ptr failure) {
     answer(cell, reply_cell::failed, [&](reply_cell& target) { target.failure = std::move(failure); });
 }
 
-// Waits for the answer: a few yields first (a worker on this thread usually
-// answers within one), then sleeps until `deadline` (real time). Returns
-// false if it gave up; the cell is then abandoned.
-inline bool await_answer(reply_cell& cell, std::chrono::steady_clock::time_point deadline) {
-    for (int spins = 0; spins < 4; ++spins) {
+// Waits for the answer until `deadline` (real time). A caller on the
+// worker's own thread first yields a few times (the worker usually answers
+// within one); any other caller parks at once. Returns false if it gave up;
+// the cell is then abandoned.
+inline bool await_answer(reply_cell& cell, wait_point deadline, bool worker_on_this_thread) {
+    for (int spins = 0; worker_on_this_thread && spins < 4; ++spins) {
         if (cell.settled()) return true;
         boost::this_fiber::yield();
     }
-    std::unique_lock<fiber_mutex> lock(cell.mutex);
-    cell.sleeper.store(true, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (cell.answered_cv.wait_until(lock, deadline, [&] { return cell.settled(); })) return true;
-    int expected = reply_cell::waiting;
-    if (cell.state.compare_exchange_strong(expected, reply_cell::abandoned, std::memory_order_acq_rel)) return false;
-    // The worker claimed it just now: the answer is moments away.
-    cell.answered_cv.wait(lock, [&] { return cell.settled(); });
+    while (!cell.settled()) {
+        if (cell.caller.park_until(deadline)) continue;
+        if (cell.settled()) return true;
+        int expected = reply_cell::waiting;
+        if (cell.state.compare_exchange_strong(expected, reply_cell::abandoned, std::memory_order_acq_rel)) return false;
+        // The worker claimed it just now: the answer is moments away.
+        while (!cell.settled()) cell.caller.park_until(no_deadline);
+    }
     return true;
 }
 
@@ -159,6 +198,15 @@ public:
         }
         reply_ = reply;
         on_worker_ = on_worker;
+    }
+
+    // Whether emplace(Callable) cannot throw, so it may build the message
+    // straight in a claimed ring slot (a slot claimed and never published
+    // would hold up the whole ring).
+    template <class Callable>
+    static constexpr bool emplaces_without_throwing() noexcept {
+        using stored = std::decay_t<Callable>;
+        return fits<stored>() && std::is_nothrow_constructible_v<stored, Callable&&>;
     }
 
     // Moves `from` into this (empty) message, leaving `from` empty.
@@ -221,10 +269,42 @@ private:
         [](void* callable) noexcept { delete heap_pointer<Stored>(callable); },
     };
 
+public:
+    // A mailbox ring's turn counter for this slot (unused elsewhere); it
+    // sits in what would be padding, so a slot stays 96 bytes.
+    std::atomic<std::uint64_t> sequence{0};
+
+private:
     const operations* ops_ = nullptr;
     reply_cell* reply_ = nullptr;
     bool on_worker_ = false;
     alignas(std::max_align_t) unsigned char storage_[inline_size];
+};
+
+// A ring of message slots for many producers and one consumer (Dmitry
+// Vyukov's bounded queue: each slot's sequence says whose turn it is, so a
+// push is a compare-and-swap on the tail and an exchange on the slot, and a
+// pop is plain loads and stores). Positions count every message the mailbox ever took; a full
+// ring is closed at its tail, and the ring after it (twice as large) starts
+// at that position.
+struct mailbox_ring {
+    static constexpr std::uint64_t closed = std::uint64_t{1} << 63;  // in tail: full, go to next
+
+    mailbox_ring(std::size_t capacity, std::uint64_t first)
+        : slots(new message[capacity]), mask(capacity - 1), base(first), tail(first) {
+        for (std::size_t index = 0; index < capacity; ++index)
+            slots[index].sequence.store(first + index, std::memory_order_relaxed);
+    }
+
+    message& at(std::uint64_t position) noexcept { return slots[(position - base) & mask]; }
+    const message& at(std::uint64_t position) const noexcept { return slots[(position - base) & mask]; }
+    std::size_t capacity() const noexcept { return mask + 1; }
+
+    std::unique_ptr<message[]> slots;
+    const std::uint64_t mask;
+    const std::uint64_t base;                       // the position of slots[0] on the first lap
+    std::atomic<std::uint64_t> tail;                // the next position to claim (| closed)
+    std::atomic<mailbox_ring*> next{nullptr};       // linked once closed
 };
 
 // Many producers (any thread), one consumer (the worker fiber).
@@ -234,45 +314,64 @@ private:
 // its own message on its own fiber (no context switch), and give the turn
 // back. While the turn is lent the consumer pops nothing, so messages are
 // still served one at a time and in order. Messages that must run on the
-// worker (`on_worker`) are never lent.
+// worker (`on_worker`) are never served in a lent turn.
 class mailbox {
 public:
-    mailbox() : ring_(new message[initial_capacity]), capacity_(initial_capacity) {}
+    mailbox()
+        : first_(new mailbox_ring(initial_capacity, 0)), tail_(first_), head_ring_(first_), reading_(*first_) {}
     mailbox(const mailbox&) = delete;
     mailbox& operator=(const mailbox&) = delete;
+    ~mailbox() {
+        for (mailbox_ring* ring = first_; ring != nullptr;) {
+            mailbox_ring* next = ring->next.load(std::memory_order_relaxed);
+            delete ring;
+            ring = next;
+        }
+    }
 
     template <class Callable>
     void push(Callable&& callable, reply_cell* reply, bool on_worker = false) {
-        bool wake_consumer = false;
-        {
-            std::lock_guard<spinlock> guard(lock_);
-            if (count_ == capacity_) grow();
-            ring_[(head_ + count_) & (capacity_ - 1)].emplace(std::forward<Callable>(callable), reply, on_worker);
-            ++count_;
-            if (on_worker) ++worker_only_;
-            size_.store(count_, std::memory_order_relaxed);
-            // Under the lock the consumer announces its sleep, so no fence is
-            // needed; while the turn is lent, give_back() wakes it instead.
-            wake_consumer = consumer_waiting_ && !lent_;
-            if (wake_consumer) consumer_waiting_ = false;
+        if constexpr (message::emplaces_without_throwing<Callable>()) {
+            std::uint64_t position = 0;
+            message& slot = claim(position);
+            slot.emplace(std::forward<Callable>(callable), reply, on_worker);
+            publish(slot, position);
+        } else {
+            message made;  // built first: a throw here leaves the ring untouched
+            made.emplace(std::forward<Callable>(callable), reply, on_worker);
+            std::uint64_t position = 0;
+            message& slot = claim(position);
+            slot.take(made);
+            publish(slot, position);
         }
-        if (wake_consumer) wake();
     }
 
-    // Moves the oldest message into `out`; false if there is none, or if
-    // the consumer's turn is lent (unless the borrower asks).
-    bool pop(message& out, bool by_borrower = false) noexcept {
-        std::lock_guard<spinlock> guard(lock_);
-        if (count_ == 0 || (lent_ && !by_borrower)) return false;
-        out.take(ring_[head_]);
-        if (out.on_worker()) --worker_only_;
-        head_ = (head_ + 1) & (capacity_ - 1);
-        --count_;
-        size_.store(count_, std::memory_order_relaxed);
+    // Moves the oldest message into `out`; false if there is none (or it is
+    // still being written), or if the consumer's turn is lent (unless the
+    // borrower asks). A borrower never gets a message that must run on the
+    // worker. Inlined (as claim is): it is most of a cast's cost.
+    [[gnu::always_inline]] bool pop(message& out, bool by_borrower = false) noexcept {
+        if (!by_borrower && lent()) return false;
+        const std::uint64_t position = head_.load(std::memory_order_relaxed);
+        message* front = consumer_front(position);
+        if (front == nullptr || (by_borrower && front->on_worker())) return false;
+        out.take(*front);
+        front->sequence.store(position + reading_.capacity(), std::memory_order_release);  // the slot's next lap
+        head_.store(position + 1, std::memory_order_relaxed);
         return true;
     }
 
-    std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
+    // For the turn's holder: the oldest message must run on the worker.
+    bool front_on_worker() noexcept {
+        message* front = consumer_front(head_.load(std::memory_order_relaxed));
+        return front != nullptr && front->on_worker();
+    }
+
+    // Messages claimed and not yet taken (some may still be being written).
+    std::size_t size() const noexcept {
+        const std::uint64_t taken = head_.load(std::memory_order_seq_cst);
+        return static_cast<std::size_t>(claimed() - taken);
+    }
 
     // The consumer waits for a message or for `wake_anyway()` to hold, or
     // until `deadline` on `time` (forever: no deadline). Returns false if
@@ -281,89 +380,195 @@ public:
     template <class Predicate>
     bool wait_until(const clock& time, duration deadline, Predicate wake_anyway, bool lendable = false) {
         auto ready = [&] { return has_work() || wake_anyway(); };
-        if (lendable) set_consumer(false, true);
+        if (lendable) flags_.fetch_or(idle, std::memory_order_acq_rel);
         // A producer on this thread usually runs next: one yield saves the
         // sleep and the wake-up (an idle consumer then blocks, so a pumped
         // runtime sees nothing ready).
         if (!ready()) boost::this_fiber::yield();
-        bool woken = ready();
-        while (!woken) {
-            // Armed again after every wake-up: a borrower may have served
-            // the messages that woke it, and the next push must wake it.
-            set_consumer(true, lendable);
-            if (!waiting_.wait_until(time, deadline, [&] { return ready() || !armed(); })) break;
-            woken = ready();
-        }
-        set_consumer(false, false);
+        const bool woken = ready() || sleep(time, deadline, ready);
+        flags_.fetch_and(~(idle | waiting), std::memory_order_acq_rel);
         return woken;
     }
 
     // Wakes the consumer (after changing what its predicate reads).
-    void wake() { waiting_.notify_all(); }
+    void wake() noexcept { consumer_.unpark(); }
 
-    // Takes the consumer's turn if it is parked idle, nobody holds the turn
-    // and nothing queued must run on the worker; the caller must be on the
-    // consumer's thread.
+    // Takes the consumer's turn if it is parked idle and nobody holds the
+    // turn; the caller must be on the consumer's thread.
     bool try_borrow() noexcept {
-        std::lock_guard<spinlock> guard(lock_);
-        if (!consumer_idle_ || lent_ || worker_only_ != 0) return false;
-        lent_ = true;
-        lent_flag_.store(true, std::memory_order_relaxed);
+        unsigned seen = flags_.load(std::memory_order_relaxed);
+        do {
+            if ((seen & idle) == 0 || (seen & lent_bit) != 0) return false;
+        } while (!flags_.compare_exchange_weak(seen, seen | lent_bit, std::memory_order_acq_rel,
+                                               std::memory_order_relaxed));
         return true;
     }
 
     // Gives the turn back, waking the consumer if messages came meanwhile
     // or `wake_anyway` (it has something else to see).
     void give_back(bool wake_anyway) {
-        bool wake_consumer = false;
-        {
-            std::lock_guard<spinlock> guard(lock_);
-            lent_ = false;
-            lent_flag_.store(false, std::memory_order_relaxed);
-            wake_consumer = consumer_waiting_ && (count_ != 0 || wake_anyway);
-            if (wake_consumer) consumer_waiting_ = false;
-        }
-        if (wake_consumer) wake();
+        // seq_cst: a producer that saw the turn lent did not wake the
+        // consumer; this sees its message in size() instead.
+        const unsigned before = flags_.fetch_and(~lent_bit, std::memory_order_seq_cst);
+        if ((before & waiting) != 0 && (wake_anyway || size() != 0)) wake_waiting_consumer();
     }
 
-    bool lent() const noexcept { return lent_flag_.load(std::memory_order_relaxed); }
+    bool lent() const noexcept { return (flags_.load(std::memory_order_acquire) & lent_bit) != 0; }
 
 private:
     static constexpr std::size_t initial_capacity = 64;
+    // flags_: the consumer is parked (or about to be) and wants a wake-up;
+    // it may lend its turn; a borrower holds the turn.
+    static constexpr unsigned waiting = 1, idle = 2, lent_bit = 4;
 
-    spinlock lock_;
-    std::unique_ptr<message[]> ring_;
-    std::size_t capacity_;
-    std::size_t head_ = 0;
-    std::size_t count_ = 0;
-    bool consumer_waiting_ = false;  // under lock_: it sleeps on waiting_
-    bool consumer_idle_ = false;     // under lock_: ... and may lend its turn
-    bool lent_ = false;              // under lock_: a caller holds the turn
-    std::size_t worker_only_ = 0;    // under lock_: queued messages that must run on the worker
-    std::atomic<std::size_t> size_{0};
-    std::atomic<bool> lent_flag_{false};  // lent_, for predicates
-    signal waiting_;
+    mailbox_ring* first_;                        // every ring, oldest first, for the destructor
+    std::atomic<mailbox_ring*> tail_;            // the ring producers claim in
+    std::atomic<unsigned> flags_{0};
+    parker consumer_;
+    // The consumer's (and a borrower's, while it holds the turn); atomic so
+    // that size() and has_work() may look from elsewhere.
+    std::atomic<mailbox_ring*> head_ring_;
+    std::atomic<std::uint64_t> head_{0};
+    // The head ring's slots, copied: one pointer less to follow per pop.
+    struct ring_view {
+        message* slots;
+        std::uint64_t mask;
+        std::uint64_t base;
+        explicit ring_view(mailbox_ring& ring) : slots(ring.slots.get()), mask(ring.mask), base(ring.base) {}
+        message& at(std::uint64_t position) const noexcept { return slots[(position - base) & mask]; }
+        std::uint64_t capacity() const noexcept { return mask + 1; }
+    } reading_;
 
-    bool has_work() const noexcept { return size() != 0 && !lent(); }
-
-    bool armed() noexcept {
-        std::lock_guard<spinlock> guard(lock_);
-        return consumer_waiting_;
+    // A slot at the tail, for this producer alone. The first try is inline:
+    // it succeeds unless producers race or the ring is full.
+    [[gnu::always_inline]] message& claim(std::uint64_t& position) {
+        mailbox_ring* ring = tail_.load(std::memory_order_acquire);
+        std::uint64_t at = ring->tail.load(std::memory_order_relaxed);
+        if ((at & mailbox_ring::closed) == 0) {
+            message& slot = ring->at(at);
+            if (slot.sequence.load(std::memory_order_acquire) == at &&
+                ring->tail.compare_exchange_strong(at, at + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                position = at;
+                return slot;
+            }
+        }
+        return claim_contended(position);
     }
 
-    void set_consumer(bool waiting, bool idle) noexcept {
-        std::lock_guard<spinlock> guard(lock_);
-        consumer_waiting_ = waiting;
-        consumer_idle_ = idle;
+    [[gnu::noinline]] message& claim_contended(std::uint64_t& position) {
+        mailbox_ring* ring = tail_.load(std::memory_order_acquire);
+        for (;;) {
+            std::uint64_t at = ring->tail.load(std::memory_order_relaxed);
+            if ((at & mailbox_ring::closed) != 0) {
+                ring = follow(ring, at);
+                continue;
+            }
+            message& slot = ring->at(at);
+            const auto lag = static_cast<std::int64_t>(slot.sequence.load(std::memory_order_acquire) - at);
+            if (lag == 0) {
+                if (ring->tail.compare_exchange_weak(at, at + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+                    position = at;
+                    return slot;
+                }
+            } else if (lag < 0) {
+                // Full: the slot still holds the message of the lap before.
+                ring->tail.compare_exchange_strong(at, at | mailbox_ring::closed, std::memory_order_acq_rel,
+                                                   std::memory_order_relaxed);
+            }
+            // Otherwise another producer took `at` first: look again.
+        }
     }
 
-    void grow() {
-        std::unique_ptr<message[]> larger(new message[capacity_ * 2]);
-        for (std::size_t index = 0; index < count_; ++index)
-            larger[index].take(ring_[(head_ + index) & (capacity_ - 1)]);
-        ring_ = std::move(larger);
-        capacity_ *= 2;
-        head_ = 0;
+    // The ring after a closed one, linked by whichever producer gets there
+    // first (a race makes one extra ring, dropped at once): nobody waits for
+    // the producer that closed it.
+    mailbox_ring* follow(mailbox_ring* full, std::uint64_t closed_tail) {
+        mailbox_ring* next = full->next.load(std::memory_order_acquire);
+        if (next == nullptr) {
+            auto made = std::make_unique<mailbox_ring>(full->capacity() * 2, closed_tail & ~mailbox_ring::closed);
+            if (full->next.compare_exchange_strong(next, made.get(), std::memory_order_acq_rel, std::memory_order_acquire))
+                next = made.release();
+        }
+        tail_.compare_exchange_strong(full, next, std::memory_order_acq_rel, std::memory_order_relaxed);
+        return next;
+    }
+
+    void publish(message& slot, std::uint64_t position) {
+        // An exchange (a full barrier), then the look at flags_: with the
+        // consumer's announce-then-look in sleep(), one of the two sees the
+        // other, so a wake-up is never lost.
+        slot.sequence.exchange(position + 1, std::memory_order_seq_cst);
+        const unsigned seen = flags_.load(std::memory_order_seq_cst);
+        // While the turn is lent, give_back() wakes the consumer instead.
+        if ((seen & waiting) != 0 && (seen & lent_bit) == 0) wake_waiting_consumer();
+    }
+
+    // Only the one that clears `waiting` unparks: one wake-up per sleep.
+    void wake_waiting_consumer() noexcept {
+        if ((flags_.fetch_and(~waiting, std::memory_order_acq_rel) & waiting) != 0) consumer_.unpark();
+    }
+
+    // All claimed positions, in the newest ring.
+    std::uint64_t claimed() const noexcept {
+        const mailbox_ring* ring = tail_.load(std::memory_order_acquire);
+        for (;;) {
+            const std::uint64_t at = ring->tail.load(std::memory_order_seq_cst);
+            const mailbox_ring* next = ring->next.load(std::memory_order_acquire);
+            if ((at & mailbox_ring::closed) == 0 || next == nullptr) return at & ~mailbox_ring::closed;
+            ring = next;
+        }
+    }
+
+    // The oldest published message (at `position`, the head), for the
+    // consumer or the turn's holder, moving on past drained closed rings;
+    // null if none yet.
+    message* consumer_front(std::uint64_t position) noexcept {
+        for (;;) {
+            message& slot = reading_.at(position);
+            if (slot.sequence.load(std::memory_order_acquire) == position + 1) return &slot;
+            mailbox_ring* next = drained_successor(*head_ring_.load(std::memory_order_relaxed), position);
+            if (next == nullptr) return nullptr;
+            head_ring_.store(next, std::memory_order_relaxed);
+            reading_ = ring_view(*next);
+        }
+    }
+
+    // The ring after `ring` if `ring` is closed and every position in it
+    // was taken; else null (empty, or a message still being written).
+    static mailbox_ring* drained_successor(const mailbox_ring& ring, std::uint64_t position) noexcept {
+        const std::uint64_t tail = ring.tail.load(std::memory_order_acquire);
+        if ((tail & mailbox_ring::closed) == 0 || (tail & ~mailbox_ring::closed) != position) return nullptr;
+        return ring.next.load(std::memory_order_acquire);
+    }
+
+    // A published message waits for the consumer (a look from the
+    // consumer's predicate, which may run while a borrower holds the turn:
+    // it only reads).
+    bool has_work() const noexcept {
+        if (lent()) return false;
+        const std::uint64_t position = head_.load(std::memory_order_relaxed);
+        for (const mailbox_ring* ring = head_ring_.load(std::memory_order_relaxed); ring != nullptr;) {
+            if (ring->at(position).sequence.load(std::memory_order_seq_cst) == position + 1)
+                return true;
+            ring = drained_successor(*ring, position);
+        }
+        return false;
+    }
+
+    // Sleeps until ready(), a wake() or the deadline; false at the deadline.
+    template <class Ready>
+    bool sleep(const clock& time, duration deadline, Ready ready) {
+        unpark_on_tick ticks(time, consumer_, deadline != forever);
+        const wait_point until = time.is_manual() ? no_deadline : real_time_point(deadline);
+        for (;;) {
+            // Announced, then looked: a push after the look sees `waiting`.
+            // Armed again after every wake-up: a borrower may have served
+            // the messages that woke it, and the next push must wake it.
+            flags_.fetch_or(waiting, std::memory_order_seq_cst);
+            if (ready()) return true;
+            if (time.is_manual() && time.now() >= deadline) return false;
+            if (!consumer_.park_until(until)) return ready();
+        }
     }
 };
 

@@ -1,12 +1,14 @@
-// keepsake/detail/scheduling.hpp: Boost.Fiber's round robin, counting the
-// ready fibers other than the thread's own (main and dispatcher) so a
-// pumped runtime can tell when it has nothing left to run.
+// keepsake/detail/scheduling.hpp: keepsake's fiber scheduling algorithms.
+// Both take their wake-ups from other threads through the thread's
+// wake_inbox (detail/parking.hpp) and sleep on a futex when idle: no
+// Boost.Fiber spinlock is on the way between threads. counting_round_robin
+// also counts the ready fibers other than the thread's own (main and
+// dispatcher), so a pumped runtime can tell when it has nothing left to run.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <memory>
@@ -15,10 +17,11 @@
 #include <vector>
 
 #include <boost/fiber/algo/algorithm.hpp>
-#include <boost/fiber/algo/round_robin.hpp>
 #include <boost/fiber/scheduler.hpp>
 #include <boost/fiber/context.hpp>
 #include <boost/fiber/type.hpp>
+
+#include "keepsake/detail/parking.hpp"
 
 namespace keepsake {
 namespace detail {
@@ -29,7 +32,52 @@ struct pump_budget {
     std::chrono::steady_clock::time_point until{};
 };
 
-class counting_round_robin final : public boost::fibers::algo::round_robin {
+// What keepsake's algorithms share: the thread's wake inbox, drained by
+// the dispatcher, and a futex sleep when nothing is ready.
+class waking_algorithm : public boost::fibers::algo::algorithm {
+public:
+    waking_algorithm() : inbox_(wake_inbox::join_this_thread()) {}
+    ~waking_algorithm() override { wake_inbox::leave_this_thread(inbox_); }
+    waking_algorithm(const waking_algorithm&) = delete;
+    waking_algorithm& operator=(const waking_algorithm&) = delete;
+
+    // Only the dispatcher calls this; its next pick_next delivers.
+    void suspend_until(const std::chrono::steady_clock::time_point& until) noexcept override {
+        inbox_.sleep_until(until);
+        dispatcher_next_ = true;
+    }
+
+    void notify() noexcept override { inbox_.notify(); }
+
+protected:
+    // Called first in pick_next. Only the dispatcher delivers: it runs
+    // between fibers, so none of them is half-way into a park. It is the
+    // one calling when the last pick returned it (or it just slept): known
+    // without asking Boost.Fiber for the active context, a thread-local
+    // lookup that would cost more than the rest of a pick.
+    void take_wake_ups() noexcept {
+        if (!dispatcher_next_) return;
+        dispatcher_next_ = false;
+        inbox_.deliver();
+    }
+
+    boost::fibers::context* picked(boost::fibers::context* next) noexcept {
+        if (next != nullptr && next->is_context(boost::fibers::type::dispatcher_context)) dispatcher_next_ = true;
+        return next;
+    }
+
+    static bool is_worker(boost::fibers::context* ctx) noexcept {
+        return ctx->is_context(boost::fibers::type::worker_context);
+    }
+
+    wake_inbox& inbox() noexcept { return inbox_; }
+
+private:
+    wake_inbox& inbox_;
+    bool dispatcher_next_ = false;
+};
+
+class counting_round_robin final : public waking_algorithm {
 public:
     // Shared: the algorithm stays installed on the thread after the runtime
     // that installed it is gone.
@@ -39,15 +87,20 @@ public:
 
     void awakened(boost::fibers::context* ctx) noexcept override {
         if (is_worker(ctx)) ready_workers_->fetch_add(1, std::memory_order_relaxed);
-        round_robin::awakened(ctx);
+        ctx->ready_link(ready_);
     }
 
     boost::fibers::context* pick_next() noexcept override {
+        take_wake_ups();
         if (boost::fibers::context* pump = spent_budget_pump()) return pump;
-        boost::fibers::context* next = round_robin::pick_next();
-        if (next != nullptr && is_worker(next)) ready_workers_->fetch_sub(1, std::memory_order_relaxed);
-        return next;
+        if (ready_.empty()) return nullptr;
+        boost::fibers::context* next = &ready_.front();
+        ready_.pop_front();
+        if (is_worker(next)) ready_workers_->fetch_sub(1, std::memory_order_relaxed);
+        return picked(next);
     }
+
+    bool has_ready_fibers() const noexcept override { return !ready_.empty(); }
 
 private:
     // The clock is read every few picks only: it costs as much as a switch.
@@ -55,6 +108,7 @@ private:
 
     std::shared_ptr<std::atomic<std::size_t>> ready_workers_;
     std::shared_ptr<pump_budget> budget_;
+    boost::fibers::scheduler::ready_queue_type ready_;
     unsigned picks_ = 0;
 
     // Once run_for's budget is spent, its context goes next, ahead of its
@@ -68,10 +122,6 @@ private:
         if (is_worker(pump)) ready_workers_->fetch_sub(1, std::memory_order_relaxed);
         return pump;
     }
-
-    static bool is_worker(boost::fibers::context* ctx) noexcept {
-        return ctx->is_context(boost::fibers::type::worker_context);
-    }
 };
 
 // Work sharing between a runtime's threads (runtime_options::share_work):
@@ -80,20 +130,18 @@ private:
 // queue for the whole process (every runtime would share it), does not wake
 // a sleeping thread when work arrives, and lets always-ready fibers starve
 // the dispatcher (so wake-ups from other threads are never taken in); this
-// one does none of that.
-class sharing_algorithm;
-
+// one does none of that. The queue's lock is a std::mutex, held for a few
+// instructions: a thread that finds it taken sleeps in the kernel (glibc's
+// mutex does not spin), it never spins on a descheduled holder.
 struct shared_ready_pool {
     std::mutex mutex;
     std::deque<boost::fibers::context*> ready;  // detached worker contexts
-    std::vector<sharing_algorithm*> sleeping;   // threads waiting for work
+    std::vector<wake_inbox*> sleeping;          // threads waiting for work (inboxes outlive them)
 };
 
-class sharing_algorithm final : public boost::fibers::algo::algorithm {
+class sharing_algorithm final : public waking_algorithm {
 public:
     explicit sharing_algorithm(std::shared_ptr<shared_ready_pool> pool) : pool_(std::move(pool)) {}
-    sharing_algorithm(const sharing_algorithm&) = delete;
-    sharing_algorithm& operator=(const sharing_algorithm&) = delete;
 
     void awakened(boost::fibers::context* ctx) noexcept override {
         if (ctx->is_context(boost::fibers::type::pinned_context)) {  // main and dispatcher stay home
@@ -101,7 +149,7 @@ public:
             return;
         }
         ctx->detach();
-        sharing_algorithm* wake = nullptr;
+        wake_inbox* wake = nullptr;
         {
             std::lock_guard<std::mutex> lock(pool_->mutex);
             pool_->ready.push_back(ctx);
@@ -110,16 +158,17 @@ public:
                 pool_->sleeping.pop_back();
             }
         }
-        if (wake != nullptr && wake != this) wake->notify();
+        if (wake != nullptr && wake != &inbox()) wake->notify();
     }
 
-    // The thread's own contexts (main, and the dispatcher, which moves
-    // fibers woken from other threads into the queue) take every other turn
-    // while both queues have work: fibers that are always ready would
-    // otherwise starve them.
+    // The thread's own contexts (main, and the dispatcher, which takes in
+    // fibers woken from other threads) take every other turn while both
+    // queues have work: fibers that are always ready would otherwise starve
+    // them.
     boost::fibers::context* pick_next() noexcept override {
+        take_wake_ups();
         own_turn_ = !own_turn_;
-        if (own_turn_ && !local_.empty()) return pop_local();
+        if (own_turn_ && !local_.empty()) return picked(pop_local());
         boost::fibers::context* next = nullptr;
         {
             std::lock_guard<std::mutex> lock(pool_->mutex);
@@ -132,7 +181,7 @@ public:
             boost::fibers::context::active()->attach(next);
             return next;
         }
-        return local_.empty() ? nullptr : pop_local();
+        return local_.empty() ? nullptr : picked(pop_local());
     }
 
     bool has_ready_fibers() const noexcept override {
@@ -147,40 +196,24 @@ public:
             // queue: a fiber queued after that look wakes this thread.
             std::lock_guard<std::mutex> lock(pool_->mutex);
             if (!pool_->ready.empty()) return;
-            pool_->sleeping.push_back(this);
+            pool_->sleeping.push_back(&inbox());
         }
-        {
-            std::unique_lock<std::mutex> lock(mutex_);
-            if (until == std::chrono::steady_clock::time_point::max())
-                woken_.wait(lock, [&] { return notified_; });
-            else
-                woken_.wait_until(lock, until, [&] { return notified_; });
-            notified_ = false;
-        }
+        waking_algorithm::suspend_until(until);
         std::lock_guard<std::mutex> lock(pool_->mutex);
         auto& sleeping = pool_->sleeping;
-        sleeping.erase(std::remove(sleeping.begin(), sleeping.end(), this), sleeping.end());
-    }
-
-    boost::fibers::context* pop_local() noexcept {
-        boost::fibers::context* next = &local_.front();
-        local_.pop_front();
-        return next;
-    }
-
-    void notify() noexcept override {
-        std::lock_guard<std::mutex> lock(mutex_);
-        notified_ = true;
-        woken_.notify_all();
+        sleeping.erase(std::remove(sleeping.begin(), sleeping.end(), &inbox()), sleeping.end());
     }
 
 private:
     std::shared_ptr<shared_ready_pool> pool_;
     boost::fibers::scheduler::ready_queue_type local_;
     bool own_turn_ = false;
-    std::mutex mutex_;
-    std::condition_variable woken_;
-    bool notified_ = false;
+
+    boost::fibers::context* pop_local() noexcept {
+        boost::fibers::context* next = &local_.front();
+        local_.pop_front();
+        return next;
+    }
 };
 
 } // namespace detail

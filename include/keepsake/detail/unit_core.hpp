@@ -21,6 +21,7 @@
 #include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/child.hpp"
 #include "keepsake/detail/listeners.hpp"
+#include "keepsake/detail/parking.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
@@ -200,7 +201,7 @@ private:
     // unit_spec::direct_calls). The fiber running the messages stands in as
     // the server, so a message that calls its own unit is still refused.
     bool borrow_turn() {
-        if (!spec_.direct_calls) return false;
+        if (!spec_.direct_calls || current_inbox() == nullptr) return false;  // a plain thread never runs it
         boost::fibers::context* caller = boost::fibers::context::active();
         if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
         if (caller == server_.load(std::memory_order_relaxed)) return false;
@@ -217,8 +218,9 @@ private:
 
     // In a borrowed turn, first serves what was queued before the call (it
     // is older), restarting in place after a crash as the worker would.
-    // False if the turn went back to the worker (the unit is ending): the
-    // call then queues, as it would have.
+    // False if the turn went back to the worker (the unit is ending, or a
+    // queued message must run on the worker): the call then queues, as it
+    // would have.
     bool serve_backlog_in_turn() {
         while (mailbox_.pop(inflight_, true)) {
             if (serve_inflight()) {
@@ -230,6 +232,10 @@ private:
                 return_turn();
                 return false;
             }
+        }
+        if (mailbox_.front_on_worker()) {
+            return_turn();
+            return false;
         }
         return true;
     }
