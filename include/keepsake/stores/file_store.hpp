@@ -27,6 +27,9 @@ struct file_store_options {
     // fsync files and the directory. Off only for tests and benchmarks: a
     // reboot may then lose or empty recent records.
     bool sync = true;
+    // Open an existing store directory to read it only (tools): nothing is
+    // created or cleaned up, and put_batch/remove throw errc::invalid_argument.
+    bool read_only = false;
 };
 
 namespace detail {
@@ -69,7 +72,8 @@ struct file_read {
 class KEEPSAKE_API file_store : public store {
 public:
     // Opens (creating if needed) the directory `directory`, and removes
-    // temporary files an interrupted put left behind.
+    // temporary files an interrupted put left behind. Read-only: the
+    // directory must exist (errc::not_found otherwise) and is left as it is.
     explicit file_store(std::string directory, file_store_options options = {});
 
     std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
@@ -96,6 +100,7 @@ private:
     void write_file(const std::string& path, const record& r) const;
     void sync_directory_if_dirty();
     void remove_leftovers() const;
+    void refuse_if_read_only(const std::string& what) const;
 };
 
 } // namespace keepsake
