@@ -115,6 +115,11 @@ std::size_t encode(const T& value, std::byte* out, std::size_t capacity) {
         std::memcpy(out, &value, sizeof(T));
         return sizeof(T);
     } else {
+        static_assert(cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value,
+                      "keepsake: this state type is not trivially copyable, so it is committed through cereal, "
+                      "which needs a serialize function for it: add template <class Archive> void "
+                      "serialize(Archive& a) { a(member, ...); }, and #include <keepsake/cereal.hpp> for the "
+                      "standard types its members use (std::string, std::vector, std::map, ...)");
         detail::span_buffer buffer(reinterpret_cast<char*>(out), capacity);
         try {
             std::ostream stream(&buffer);

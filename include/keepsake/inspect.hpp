@@ -45,6 +45,7 @@
 #include <cereal/archives/json.hpp>
 
 #include "keepsake/codec.hpp"
+#include "keepsake/detail/format.hpp"
 #include "keepsake/detail/snapshot.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/exporter.hpp"
@@ -62,12 +63,6 @@ namespace detail {
 struct usage_error : error {
     explicit usage_error(const std::string& message) : error(errc::invalid_argument, message) {}
 };
-
-inline std::string hex64(std::uint64_t value) {
-    char text[24];
-    std::snprintf(text, sizeof(text), "0x%016llx", static_cast<unsigned long long>(value));
-    return text;
-}
 
 // ns since the epoch as UTC, with milliseconds when it has any (commit
 // times are whole seconds); 0 is "unknown".

@@ -20,6 +20,7 @@
 
 #include "keepsake/codec.hpp"
 #include "keepsake/detail/atomic.hpp"
+#include "keepsake/detail/format.hpp"
 #include "keepsake/detail/slots.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/log.hpp"
@@ -266,8 +267,8 @@ private:
     [[noreturn]] void throw_mismatch(const detail::slot_snapshot& snap) const {
         throw error(errc::type_mismatch,
                     "key '" + key_ + "' holds a state written by another type or schema version (fingerprint " +
-                        std::to_string(snap.fingerprint) + ", schema " + std::to_string(snap.schema_version) +
-                        "; this keeper expects " + std::to_string(type_fingerprint<T>()) + ", schema " +
+                        detail::hex64(snap.fingerprint) + ", schema " + std::to_string(snap.schema_version) +
+                        "; this keeper expects " + detail::hex64(type_fingerprint<T>()) + ", schema " +
                         std::to_string(options_.schema_version) +
                         "); give keeper_options::upgrade to convert it, or remove the key");
     }

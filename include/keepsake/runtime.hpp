@@ -239,10 +239,15 @@ private:
     std::vector<std::shared_ptr<detail::root_process>> roots_;
 
     void check_pumping_thread(const char* what) const {
-        if (!pumped() || owner_threads_.front() != std::this_thread::get_id())
+        if (!pumped())
             throw error(errc::invalid_argument, std::string("runtime::") + what +
-                                                    " pumps a runtime made with threads = 0, on the thread "
-                                                    "that made it; this runtime runs on its own threads");
+                                                    " pumps a runtime made with threads = 0; this runtime runs "
+                                                    "its fibers on threads of its own, so there is nothing to pump");
+        if (owner_threads_.front() != std::this_thread::get_id())
+            throw error(errc::invalid_argument, std::string("runtime::") + what +
+                                                    " was called on another thread than the one that made this "
+                                                    "runtime (threads = 0), which is the only thread its fibers "
+                                                    "run on: call it there, or make the runtime with threads >= 1");
     }
 
     void install_scheduler() {

@@ -94,6 +94,7 @@ public:
         out.restarts = restarts_.load(std::memory_order_relaxed);
         out.messages = messages_.load(std::memory_order_relaxed);
         out.commits = commits_.load(std::memory_order_relaxed);
+        out.crashes = crashes_.load(std::memory_order_relaxed);
         out.generation = generation_.load(std::memory_order_relaxed);
         out.uptime = uptime();
         out.queued = queued();
@@ -269,9 +270,10 @@ private:
         } catch (...) {
             crash_reason_ = "an exception not derived from std::exception";
         }
-        worker_crashed failure(name(), crash_reason_);
-        if (restart_in_turn()) return_turn();
-        throw failure;
+        const std::string reason = crash_reason_;  // a failing restart (the init hook) overwrites it
+        const bool restarted = restart_in_turn();
+        if (restarted) return_turn();
+        throw worker_crashed(name(), reason, restarted);
     }
 
     template <class M>
@@ -303,6 +305,7 @@ private:
     std::atomic<std::uint64_t> restarts_{0};
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> commits_{0};
+    std::atomic<std::uint64_t> crashes_{0};
     std::atomic<std::uint64_t> generation_{0};
     std::uint64_t restarts_this_instance_ = 0;
     std::uint32_t uncommitted_messages_ = 0;
@@ -463,15 +466,20 @@ private:
     // uncommitted changes, and restart in place unless that is too often.
     // Returns the exit reason when the unit gives up (or is stopping).
     std::optional<exit_reason> on_crash(std::string_view what) {
+        bump(crashes_);
+        // Decided first, so the caller of the crashing call is told whether
+        // the unit restarts.
+        const bool stopping = context_stop_requested();
+        const bool gives_up = !stopping && !log_.allow(runtime_.clock().now());
         if (inflight_.reply() != nullptr)
-            fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what))));
+            fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what), !stopping && !gives_up)));
         else
             finish_inflight();
         dirty_ = false;
         if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
         publish(event_kind::exited, exit_kind::crashed, what);
-        if (context_stop_requested()) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
-        if (!log_.allow(runtime_.clock().now())) {
+        if (stopping) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
+        if (gives_up) {
             publish(event_kind::gave_up, exit_kind::crashed, what);
             return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_.intensity.max_restarts) +
                                                        " restarts within the period; last crash: " + std::string(what)};
