@@ -253,3 +253,91 @@ TEST_CASE("a type mismatch names both fingerprints in hex, as keepsake-inspect s
     CHECK(says(failure, "expects " + keepsake::detail::hex64(keepsake::type_fingerprint<int>())));
     CHECK(keepsake::detail::hex64(0xabcULL) == "0x0000000000000abc");
 }
+
+TEST_CASE("the runtime's counters render in Prometheus' text format, and parse", "[metrics]") {
+    pumped_runtime harness("metrics");
+    keepsake::unit_spec<tally, tally_handler> alice;
+    alice.name = "alice";
+    keepsake::supervisor_spec tree;
+    tree.name = "accounts";
+    tree.children.push_back(keepsake::child(alice));
+    auto accounts = keepsake::start_supervisor(harness.rt, tree);
+    auto unit = *keepsake::whereis<tally, tally_handler>(harness.rt, "alice");
+    auto solo = keepsake::start_unit(harness.rt, tally_spec("solo", 0, true));
+
+    for (int i = 0; i < 3; ++i) unit.cast(add{2});
+    CHECK(unit.call(total{}) == 6);
+    CHECK_THROWS_AS(unit.call([](tally&) -> long { throw std::runtime_error("bug"); }), keepsake::worker_crashed);
+    CHECK_THROWS_AS(solo.call([](tally&) -> long { throw std::runtime_error("fatal"); }), keepsake::worker_crashed);
+    harness.rt.poll();
+    for (int i = 0; i < 5; ++i) unit.cast(add{1});  // not served until the runtime is pumped
+
+    keepsake::memory_store store;
+    keepsake::exporter_options export_options;
+    export_options.interval = std::chrono::hours(1);
+    keepsake::exporter out(harness.seg, store, export_options);
+    const std::string odd_name = "mem \"main\" \\ store";
+
+    const auto before_flush = keepsake::prometheus_text(harness.rt, {{odd_name, &out}});
+    const exposition unflushed = parse_prometheus(before_flush);
+    CHECK(sample(unflushed, "keepsake_unit_queue_depth{unit=\"alice\"}") == 5);
+    const auto label = "{exporter=\"" + odd_name + "\"}";
+    if (out.stats().passes == 0) CHECK(std::isinf(sample(unflushed, "keepsake_export_lag_seconds" + label)));
+
+    REQUIRE(out.flush());
+    harness.rt.run_for(100ms);
+    const std::string text = keepsake::prometheus_text(harness.rt, {{odd_name, &out}});
+    INFO(text);
+    const exposition parsed = parse_prometheus(text);
+
+    CHECK(sample(parsed, std::string("keepsake_build_info{version=\"") + KEEPSAKE_VERSION_STRING + "\"}") == 1);
+    CHECK(sample(parsed, "keepsake_units{state=\"running\"}") == 1);
+    CHECK(sample(parsed, "keepsake_units{state=\"not_running\"}") == 1);  // solo gave up
+    CHECK(sample(parsed, "keepsake_units{state=\"restarting\"}") == 0);
+    CHECK(sample(parsed, "keepsake_supervisors{state=\"running\"}") == 1);
+    CHECK(sample(parsed, "keepsake_unit_crashes_total{unit=\"alice\"}") == 1);
+    CHECK(sample(parsed, "keepsake_unit_restarts_total{unit=\"alice\"}") == 1);
+    CHECK(sample(parsed, "keepsake_unit_crashes_total{unit=\"solo\"}") == 1);
+    CHECK(sample(parsed, "keepsake_unit_restarts_total{unit=\"solo\"}") == 0);
+    CHECK(sample(parsed, "keepsake_unit_starts_total{unit=\"alice\"}") == 1);
+    const keepsake::unit_stats stats = unit.stats();
+    CHECK(stats.commits == 8);  // eight adds; the total read commits nothing, the crash neither
+    CHECK(sample(parsed, "keepsake_unit_commits_total{unit=\"alice\"}") == stats.commits);
+    CHECK(sample(parsed, "keepsake_unit_messages_total{unit=\"alice\"}") == stats.messages);
+    CHECK(sample(parsed, "keepsake_unit_generation{unit=\"alice\"}") == stats.generation);
+    CHECK(sample(parsed, "keepsake_unit_queue_depth{unit=\"alice\"}") == 0);
+    CHECK(sample(parsed, "keepsake_supervisor_restarts_total{supervisor=\"accounts\"}") == 0);
+    CHECK(sample(parsed, "keepsake_export_records_total" + label) == 1);  // alice: solo never committed
+    CHECK(sample(parsed, "keepsake_export_store_failures_total" + label) == 0);
+    const double lag = sample(parsed, "keepsake_export_lag_seconds" + label);
+    CHECK(lag >= 0);
+    CHECK(lag < 60);
+    CHECK(parsed.types.at("keepsake_unit_crashes_total") == "counter");
+    CHECK(parsed.types.at("keepsake_unit_queue_depth") == "gauge");
+    for (const auto& [family, type] : parsed.types)
+        if (type == "counter") CHECK(family.size() > 6);
+    for (const auto& [family, type] : parsed.types)
+        if (type == "counter") CHECK(family.compare(family.size() - 6, 6, "_total") == 0);
+
+    // A unit that is gone is no longer reported.
+    accounts.terminate_child("alice");
+    accounts.delete_child("alice");
+    unit = keepsake::unit<tally, tally_handler>();
+    const exposition after = parse_prometheus(keepsake::prometheus_text(harness.rt));
+    CHECK(after.samples.count("keepsake_unit_commits_total{unit=\"alice\"}") == 0);
+    CHECK(after.samples.count("keepsake_unit_commits_total{unit=\"solo\"}") == 1);
+    CHECK(sample(after, "keepsake_units{state=\"running\"}") == 0);
+    CHECK(after.types.count("keepsake_export_lag_seconds") == 0);  // no exporter given
+}
+
+TEST_CASE("the Prometheus parser of these tests rejects what a server would", "[metrics]") {
+    CHECK_THROWS(parse_prometheus("x 1\n"));                                        // no TYPE
+    CHECK_THROWS(parse_prometheus("# TYPE x gauge\nx{a=\"b} 1\n"));                // unterminated
+    CHECK_THROWS(parse_prometheus("# TYPE x gauge\nx{a=\"\\q\"} 1\n"));            // bad escape
+    CHECK_THROWS(parse_prometheus("# TYPE x gauge\nx 1\nx 2\n"));                   // twice
+    CHECK_THROWS(parse_prometheus("# TYPE x gauge\n# TYPE y gauge\nx 1\n"));        // before its TYPE
+    CHECK_THROWS(parse_prometheus("# TYPE 1x gauge\n"));                            // bad name
+    CHECK_THROWS(parse_prometheus("# TYPE x gauge\nx one\n"));                      // bad value
+    const exposition ok = parse_prometheus("# HELP x h\n# TYPE x gauge\nx{a=\"\\\"q\\\\\\n\"} +Inf\n");
+    CHECK(std::isinf(ok.samples.at("x{a=\"\"q\\\n\"}")));
+}

@@ -23,6 +23,7 @@
 #include <boost/fiber/protected_fixedsize_stack.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/metered.hpp"
 #include "keepsake/detail/scheduling.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/error.hpp"
@@ -176,6 +177,30 @@ public:
         return std::static_pointer_cast<Core>(found->second.who.lock());
     }
 
+    // --- metrics (keepsake/metrics.hpp) --------------------------------
+    // Units and supervisors report their counters through a meter, added
+    // when they are made; one whose object is gone is dropped.
+    void add_meter(detail::meter added) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
+                      meters_.end());
+        meters_.push_back(std::move(added));
+    }
+
+    // The counters of every unit and supervisor that exists, oldest first.
+    std::vector<detail::metered_counters> sample_meters() const {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        std::vector<detail::metered_counters> sampled;
+        sampled.reserve(meters_.size());
+        for (const detail::meter& each : meters_) {
+            const std::shared_ptr<void> held = each.alive.lock();
+            if (!held) continue;
+            sampled.emplace_back();
+            each.fill(held.get(), sampled.back());
+        }
+        return sampled;
+    }
+
     // Top-level processes, stopped newest first when the runtime goes.
     void add_root(std::shared_ptr<detail::root_process> root) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
@@ -237,6 +262,7 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;
+    std::vector<detail::meter> meters_;  // under registry_mutex_
 
     void check_pumping_thread(const char* what) const {
         if (!pumped())

@@ -111,6 +111,20 @@ std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_s
     // its errors would only follow that one.
     if constexpr (std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>) {
         auto core = make_registered<unit_core<State, Handler>>(where, std::move(spec));
+        where.add_meter({core, [](const void* alive, metered_counters& out) {
+                             const auto& unit = *static_cast<const unit_core<State, Handler>*>(alive);
+                             const unit_stats stats = unit.stats();
+                             out.name = unit.name();
+                             out.state = to_string(unit.state());
+                             out.instance = stats.instance;
+                             out.restarts = stats.restarts;
+                             out.crashes = stats.crashes;
+                             out.messages = stats.messages;
+                             out.commits = stats.commits;
+                             out.generation = stats.generation;
+                             out.queued = stats.queued;
+                             out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
+                         }});
         return core;
     } else {
         return nullptr;
