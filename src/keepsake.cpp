@@ -5,5 +5,8 @@
 #endif
 
 #include "keepsake/segment-inl.hpp"
+#include "keepsake/detail/child-inl.hpp"
 #include "keepsake/exporter-inl.hpp"
+#include "keepsake/runtime-inl.hpp"
+#include "keepsake/supervisor-inl.hpp"
 #include "keepsake/stores/file_store-inl.hpp"

@@ -21,6 +21,7 @@
 #include <boost/fiber/context.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/config.hpp"
 #include "keepsake/detail/mailbox.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
@@ -97,7 +98,7 @@ using reply_value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 class actor {
 public:
     explicit actor(std::string name) : name_(std::move(name)) {}
-    virtual ~actor() { fail_pending(); }
+    KEEPSAKE_INLINE virtual ~actor();
     actor(const actor&) = delete;
     actor& operator=(const actor&) = delete;
 
@@ -168,35 +169,14 @@ protected:
     }
 
     // Every queued call fails with not_running; casts are dropped.
-    void fail_pending() noexcept {
-        message pending;
-        while (mailbox_.pop(pending)) {
-            if (reply_cell* reply = pending.reply()) {
-                answer_failure(*reply, not_running_failure());
-                replies_.release(reply);
-            }
-            pending.reset();
-        }
-    }
+    void fail_pending() noexcept;
 
     // The error for a caller nobody will serve. Without memory for its
     // message, bad_alloc (from the exception runtime's emergency pool) still
     // wakes the caller.
-    std::exception_ptr not_running_failure() const noexcept {
-        try {
-            return std::make_exception_ptr(not_running_error());
-        } catch (...) {
-            return std::make_exception_ptr(std::bad_alloc());
-        }
-    }
+    std::exception_ptr not_running_failure() const noexcept;
 
-    error not_running_error() const {
-        return error(errc::not_running, "'" + name_ +
-                                            "' is not running: it was stopped, or it gave up and nothing "
-                                            "restarted it. Start it again before calling it: "
-                                            "supervisor::restart_child for a child of a supervisor, "
-                                            "start_unit or start_supervisor for one started on its own");
-    }
+    error not_running_error() const;
 
 private:
     std::string name_;
@@ -252,55 +232,19 @@ public:
     bool is_running() const noexcept override { return fiber_alive_.load(std::memory_order_acquire); }
     std::uint64_t instance() const noexcept override { return instance_.load(std::memory_order_acquire); }
 
-    void start(exit_handler on_exit) override {
-        if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
-        const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
-        prepare_instance(std::move(on_exit));
-        set_state(child_state::running);
-        runtime_.spawn([self = self_pointer(), number] { self->fiber_main(number); }, stack_size_);
-        runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
-        if (start_outcome_ == outcome::failed)
-            throw error(errc::start_failed, "'" + name() + "' failed to start: " + start_error_);
-    }
+    KEEPSAKE_INLINE void start(exit_handler on_exit) override;
 
-    void stop(const shutdown_spec& how, bool restart_follows) override {
-        stopped_by_parent_.store(true, std::memory_order_release);
-        if (is_running()) {
-            if (how.how == shutdown_spec::mode::brutal_kill) force();
-            else request_stop();
-            const duration deadline =
-                how.how == shutdown_spec::mode::timeout ? runtime_.clock().now() + how.limit : forever;
-            if (!wait_ended(deadline)) {
-                force();
-                wait_ended(forever);
-            }
-        }
-        if (restart_follows) {
-            set_state(child_state::restarting);
-        } else {
-            set_state(child_state::not_running);
-            fail_pending();
-        }
-    }
+    KEEPSAKE_INLINE void stop(const shutdown_spec& how, bool restart_follows) override;
 
-    void discard() override {
-        set_state(child_state::not_running);
-        fail_pending();
-    }
+    KEEPSAKE_INLINE void discard() override;
 
-    void stop_root() override { stop(own_shutdown_, false); }
+    KEEPSAKE_INLINE void stop_root() override;
 
-    void forget() override {
-        discard();
-        runtime_.unregister_name(name(), this);
-    }
+    KEEPSAKE_INLINE void forget() override;
 
     runtime& runtime_of() const noexcept { return runtime_; }
 
-    duration uptime() const {
-        return is_running() ? runtime_.clock().now() - duration(started_at_.load(std::memory_order_relaxed))
-                            : duration::zero();
-    }
+    duration uptime() const;
 
 protected:
     runtime& runtime_;
@@ -317,18 +261,7 @@ protected:
     // Publishes what this actor did to `child` (itself, for a unit's worker
     // or a supervisor's own stop), stamped with the runtime's clock.
     void publish(event_kind kind, std::string_view child, std::uint64_t child_instance,
-                 exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
-        if (!runtime_.events().any()) return;  // not even the clock read: a crash's path is hot
-        event what;
-        what.kind = kind;
-        what.supervisor = name();
-        what.child = child;
-        what.instance = child_instance;
-        what.reason_kind = reason_kind;
-        what.reason = reason;
-        what.at = runtime_.clock().now();
-        runtime_.events().publish(what);
-    }
+                 exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const;
     bool started() const noexcept { return started_; }
     bool stop_requested() const noexcept { return stop_requested_.load(std::memory_order_acquire); }
     bool forced() const noexcept { return forced_.load(std::memory_order_acquire); }
@@ -351,81 +284,21 @@ private:
     std::atomic<std::uint64_t> instance_{0};
     std::atomic<std::int64_t> started_at_{0};
 
-    void prepare_instance(exit_handler on_exit) {
-        auto lock = lifecycle_.lock();
-        on_exit_ = std::move(on_exit);
-        start_outcome_ = outcome::pending;
-        start_error_.clear();
-        started_ = false;
-        stop_requested_.store(false, std::memory_order_relaxed);
-        forced_.store(false, std::memory_order_relaxed);
-        stopped_by_parent_.store(false, std::memory_order_relaxed);
-        fiber_alive_.store(true, std::memory_order_release);
-        started_at_.store(runtime_.clock().now().count(), std::memory_order_relaxed);
-    }
+    void prepare_instance(exit_handler on_exit);
 
-    void report_start(outcome result, std::string why) {
-        {
-            auto lock = lifecycle_.lock();
-            start_outcome_ = result;
-            start_error_ = std::move(why);
-            started_ = result == outcome::started;
-        }
-        lifecycle_.notify_all();
-    }
+    void report_start(outcome result, std::string why);
 
-    void request_stop() {
-        stop_requested_.store(true, std::memory_order_release);
-        wake_for_stop();
-    }
+    void request_stop();
 
-    void force() {
-        forced_.store(true, std::memory_order_release);
-        request_stop();
-    }
+    void force();
 
-    bool wait_ended(duration deadline) {
-        return runtime_.wait_until(lifecycle_, deadline, [&] { return !is_running(); });
-    }
+    bool wait_ended(duration deadline);
 
-    void fiber_main(std::uint64_t number) {
-        boost::fibers::context* self = boost::fibers::context::active();
-        server_scheduler_.store(self->get_scheduler(), std::memory_order_relaxed);
-        server_.store(self, std::memory_order_relaxed);
-        exit_reason reason;
-        try {
-            reason = run_instance(number);
-        } catch (const std::exception& thrown) {
-            if (!started_) return fail_start(thrown.what());
-            reason = exit_reason{exit_kind::crashed, thrown.what()};
-        } catch (...) {
-            if (!started_) return fail_start("an exception not derived from std::exception");
-            reason = exit_reason{exit_kind::crashed, "an exception not derived from std::exception"};
-        }
-        end_instance(number, reason);
-    }
+    void fiber_main(std::uint64_t number);
 
-    void fail_start(const std::string& why) {
-        server_.store(nullptr, std::memory_order_relaxed);
-        finish_inflight();
-        fiber_alive_.store(false, std::memory_order_release);
-        report_start(outcome::failed, why);
-    }
+    void fail_start(const std::string& why);
 
-    void end_instance(std::uint64_t number, const exit_reason& reason) {
-        server_.store(nullptr, std::memory_order_relaxed);
-        // Read before the fiber is marked ended: a stopper may start the
-        // next instance (with a new handler) as soon as it sees that.
-        const bool by_parent = stopped_by_parent();
-        exit_handler tell_parent = by_parent ? exit_handler{} : on_exit_;
-        if (!by_parent) set_state(child_state::restarting);
-        {
-            auto lock = lifecycle_.lock();
-            fiber_alive_.store(false, std::memory_order_release);
-        }
-        lifecycle_.notify_all();
-        if (tell_parent) tell_parent(number, reason);
-    }
+    void end_instance(std::uint64_t number, const exit_reason& reason);
 };
 
 // Makes a unit's or supervisor's core and registers its name, so whereis
@@ -439,3 +312,7 @@ std::shared_ptr<Core> make_registered(runtime& where, Spec spec) {
 
 } // namespace detail
 } // namespace keepsake
+
+#ifdef KEEPSAKE_HEADER_ONLY
+#include "keepsake/detail/child-inl.hpp"
+#endif

@@ -76,10 +76,10 @@ public:
     // directory must exist (errc::not_found otherwise) and is left as it is.
     explicit file_store(std::string directory, file_store_options options = {});
 
-    std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
-    std::optional<record> get(const std::string& key) override;
-    bool remove(const std::string& key) override;
-    std::vector<std::string> list(const std::string& prefix) override;
+    KEEPSAKE_INLINE std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
+    KEEPSAKE_INLINE std::optional<record> get(const std::string& key) override;
+    KEEPSAKE_INLINE bool remove(const std::string& key) override;
+    KEEPSAKE_INLINE std::vector<std::string> list(const std::string& prefix) override;
     std::string describe() const override { return "file store " + directory_; }
 
     // The path of the current file of `key` (for tools and tests).
