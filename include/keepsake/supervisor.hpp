@@ -1,4 +1,4 @@
-// keepsake/supervisor.hpp: OTP supervisors (shared/design/supervision.md).
+// keepsake/supervisor.hpp: OTP supervisors (README, "Supervisors").
 //
 // A supervisor is an actor on a fiber of its own: child exits and management
 // calls arrive in its mailbox and are handled one at a time, as OTP's
