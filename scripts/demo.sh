@@ -36,7 +36,8 @@ say() { sleep "${KEEPSAKE_DEMO_PAUSE:-1}"; printf '\n== %s\n' "$*"; }
 show() { sed 's/^/   /'; }
 # start: runs the app in the background, its output in $work/app.log.
 start() {
-  "$demo" --segment $segment --store "$work/state.db" --crash-every 7 --interval-ms 100 >"$work/app.log" 2>&1 &
+  : >"$work/app.log"  # emptied here, before the checks below read it
+  "$demo" --segment $segment --store "$work/state.db" --crash-every 7 --interval-ms 100 >>"$work/app.log" 2>&1 &
   pid=$!
 }
 # wait_for REGEX: until a line of the app's output matches (30 s at most).
