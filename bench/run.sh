@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh libcaf-dev  # CAF: the peer of the cross-thread bench
-cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF >/dev/null
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF \
+      -DKEEPSAKE_BUILD_BENCH=ON >/dev/null
 cmake --build build-release -j "$(nproc)" --target keepsake_bench keepsake_export_bench keepsake_xthread_bench >/dev/null
 csv=$(mktemp)
 trap 'rm -f "$csv"' EXIT

@@ -351,6 +351,68 @@ TEST_CASE("inspect lists, shows, dumps, exports and deletes the segment of a SIG
         CHECK(decoded.name == "ada");
         CHECK(decoded.scores == std::vector<int>{3, 1, 4});
     }
+    SECTION("a second export of an unchanged segment writes nothing, and says so") {
+        const std::string db = stores.path() + "/state.db";
+        REQUIRE(run_tool(tool, dir, {"export", "app", "--sqlite", db}).out.find("exported 2 record(s)") !=
+                std::string::npos);
+        const ran again = run_tool(tool, dir, {"export", "app", "--sqlite", db});
+        REQUIRE(again.status == 0);
+        CHECK(again.out == "exported 0 record(s) of segment 'app' to SQLite store " + db +
+                               "; 2 already there at the same generation\n");
+        const ran files = run_tool(tool, dir, {"export", "app", "--files", stores.path() + "/files"});
+        CHECK(files.out.find("exported 2 record(s)") != std::string::npos);
+        const ran files_again = run_tool(tool, dir, {"export", "app", "--files", stores.path() + "/files"});
+        CHECK(files_again.out.find("exported 0 record(s)") != std::string::npos);
+        CHECK(files_again.out.find("2 already there") != std::string::npos);
+    }
+    SECTION("the stores it exported to, read back: list, get and dump, changing nothing") {
+        const std::string db = stores.path() + "/state.db";
+        const std::string files = stores.path() + "/files";
+        REQUIRE(run_tool(tool, dir, {"export", "app", "--sqlite", db, "--prefix", "app/"}).status == 0);
+        REQUIRE(run_tool(tool, dir, {"export", "app", "--files", files}).status == 0);
+        std::ofstream(files + "/leftover.tmp") << "an interrupted put's file";
+
+        const ran listed = run_tool(tool, dir, {"store", "list", "--sqlite", db, "--prefix", "app/", "--tsv"});
+        REQUIRE(listed.status == 0);
+        CHECK(listed.out.compare(0, 4, "KEY\t") == 0);
+        const std::vector<std::string> pos = row_of(listed.out, "app/pos");
+        REQUIRE(pos.size() == 8);
+        CHECK(pos[1] == "3");
+        CHECK(pos[2] == std::to_string(sizeof(position)));
+        CHECK(pos[3] == keepsake::detail::hex64(keepsake::type_fingerprint<position>()));
+        CHECK(pos[4] == "position");
+        CHECK(pos[6] == "1");
+        CHECK(row_of(listed.out, "app/profile").at(1) == "1");
+        const ran text = run_tool(tool, dir, {"store", "list", "--files", files});
+        CHECK(text.out.find("records   2\n") != std::string::npos);
+        CHECK(text.out.find("file store " + files) != std::string::npos);
+
+        const ran got = run_tool(tool, dir, {"store", "get", "--sqlite", db, "app/pos"});
+        REQUIRE(got.status == 0);
+        CHECK(got.out.find("generation   3\n") != std::string::npos);
+        CHECK(got.out.find("type         position\n") != std::string::npos);
+        CHECK(got.out.find("checksum     valid\n") != std::string::npos);
+
+        const ran json = run_tool(tool, dir, {"store", "dump", "--files", files, "profile", "--json"});
+        REQUIRE(json.status == 0);
+        CHECK(json.out.find("\"name\": \"ada\"") != std::string::npos);
+        const ran raw = run_tool(tool, dir, {"store", "dump", "--sqlite", db, "app/pos", "--raw"});
+        REQUIRE(raw.out.size() == sizeof(position));
+        position decoded;
+        std::memcpy(&decoded, raw.out.data(), sizeof(decoded));
+        CHECK(decoded.id == 7);
+        const ran hex = run_tool(tool, dir, {"store", "dump", "--sqlite", db, "app/pos"});
+        CHECK(hex.out.rfind("key app/pos, generation 3, " + std::to_string(sizeof(position)) + " bytes", 0) == 0);
+
+        // Read-only: the interrupted put's file is left to its owner.
+        CHECK(std::filesystem::exists(files + "/leftover.tmp"));
+        const ran missing = run_tool(tool, dir, {"store", "get", "--sqlite", db, "app/none"});
+        CHECK(missing.status == 1);
+        CHECK(missing.err.find("has no record 'app/none'") != std::string::npos);
+        const ran no_file = run_tool(tool, dir, {"store", "list", "--sqlite", stores.path() + "/absent.db"});
+        CHECK(no_file.status == 1);
+        CHECK_FALSE(std::filesystem::exists(stores.path() + "/absent.db"));
+    }
     // None of the above changed a byte of the segment.
     CHECK(file_holds(dir.file("app"), untouched));
 
@@ -387,8 +449,21 @@ TEST_CASE("inspect refuses to delete from a segment a live process owns, naming 
     CHECK(refused.err.find("cannot delete key 'pos'") != std::string::npos);
     CHECK(refused.err.find("pid " + std::to_string(child)) != std::string::npos);
 
+    const ran whole = run_tool(tool, dir, {"remove", "app"});
+    CHECK(whole.status == 1);
+    CHECK(whole.err.find("cannot remove segment 'app'") != std::string::npos);
+    CHECK(whole.err.find("pid " + std::to_string(child)) != std::string::npos);
+    CHECK(segment::exists("app", dir.path()));
+
     test_support::kill_and_reap(child);
     CHECK(run_tool(tool, dir, {"delete", "app", "pos"}).status == 0);
+    const ran removed = run_tool(tool, dir, {"remove", "app"});
+    CHECK(removed.status == 0);
+    CHECK(removed.out == "removed segment 'app' (" + dir.path() + ")\n");
+    CHECK_FALSE(segment::exists("app", dir.path()));
+    const ran again = run_tool(tool, dir, {"remove", "app"});
+    CHECK(again.status == 1);
+    CHECK(again.err.find("there is no segment 'app'") != std::string::npos);
     test_support::release_shared(report);
 }
 
@@ -431,9 +506,27 @@ TEST_CASE("inspect gives a clear error and a non-zero status on bad input, never
         fails({"export", "good", "--sqlite", "a", "--files", "b"}, 2, "export takes one store");
         fails({"list", "--bogus"}, 2, "unknown option --bogus");
         fails({"export", "good", "--files", "x", "--timeout", "soon"}, 2, "--timeout wants whole seconds");
+        fails({"store", "list"}, 2, "store list takes one store");
+        fails({"store", "get", "--files", "x"}, 2, "store get takes a store and KEY (0 given)");
+        fails({"store", "frob", "--files", "x"}, 2, "unknown store command 'frob'");
+        fails({"store"}, 2, "store needs list, get or dump");
+        fails({"show", "good", "--sqlite", "x"}, 2, "--sqlite, --files and --prefix go with export and store");
+        fails({"remove"}, 2, "remove takes SEGMENT (0 given)");
         std::ostringstream out, err;
         CHECK(tool.run({"--help"}, out, err) == 0);
         CHECK(out.str().find("usage: keepsake-inspect") != std::string::npos);
+        std::ostringstream version, no_err;
+        CHECK(tool.run({"--version"}, version, no_err) == 0);
+        CHECK(version.str() == std::string("keepsake-inspect ") + KEEPSAKE_VERSION_STRING + " (segment layout " +
+                                 std::to_string(keepsake::detail::segment_layout_version) + ")\n");
+        CHECK(std::string(KEEPSAKE_VERSION_STRING) == std::to_string(KEEPSAKE_VERSION_MAJOR) + "." +
+                                                         std::to_string(KEEPSAKE_VERSION_MINOR) + "." +
+                                                         std::to_string(KEEPSAKE_VERSION_PATCH));
+        CHECK(KEEPSAKE_VERSION == KEEPSAKE_VERSION_MAJOR * 10000 + KEEPSAKE_VERSION_MINOR * 100 + KEEPSAKE_VERSION_PATCH);
+        const ran types = run_tool(tool, dir, {"types"});
+        CHECK(types.status == 0);
+        CHECK(types.out.find("position  " + keepsake::detail::hex64(keepsake::type_fingerprint<position>()) +
+                             "  raw     1") != std::string::npos);
     }
     SECTION("damaged segments") {
         const std::string file = dir.file("good");

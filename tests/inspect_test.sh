@@ -30,6 +30,7 @@ for _ in $(seq 200); do [ "$(grep -c committed "$work/log" || true)" -ge 5 ] && 
 run show demo | grep -qF "open, owned by pid $pid (alive)" || fail "show beside a live owner: $(run show demo)"
 run dump demo counter --json | grep -q '"value": ' || fail "dump beside a live owner"
 expect_error 1 "owned by pid $pid" delete demo counter
+expect_error 1 "owned by pid $pid" remove demo
 
 { kill -9 $pid; wait $pid; } 2>/dev/null || true
 last=$(grep committed "$work/log" | tail -1 | awk '{print $2}')
@@ -51,6 +52,14 @@ run dump demo counter | head -1 | grep -qF "key counter, generation $generation,
 [ "$(run dump demo counter --raw | od -An -tu8 | tr -d ' ')" = "$generation" ] || fail "raw dump"
 run export demo --sqlite "$work/state.db" --prefix demo/ | grep -qF "exported 1 record(s) of segment 'demo'" || fail "export to SQLite"
 [ -s "$work/state.db" ] || fail "no SQLite file"
+# Nothing changed since: the second export writes nothing.
+run export demo --sqlite "$work/state.db" --prefix demo/ | grep -qF "exported 0 record(s) of segment 'demo' to SQLite store $work/state.db with prefix 'demo/'; 1 already there at the same generation" ||
+  fail "second export: $(run export demo --sqlite "$work/state.db" --prefix demo/)"
+# What a reboot would restore: the store's record, at the segment's generation.
+row=$(run store list --sqlite "$work/state.db" --tsv | grep "^demo/counter"$'\t') || fail "store list: $(run store list --sqlite "$work/state.db")"
+[ "$(cut -f2 <<<"$row")" = "$generation" ] && [ "$(cut -f5 <<<"$row")" = "unsigned long" ] || fail "store list row: $row"
+run store get --sqlite "$work/state.db" demo/counter | grep -q "^generation   $generation$" || fail "store get"
+run store dump --sqlite "$work/state.db" demo/counter --json | grep -q "\"value\": $generation$" || fail "store dump --json"
 run export demo --files "$work/files" >/dev/null
 [ -s "$work/files/counter.rec" ] || fail "export to files wrote no record"
 
@@ -60,6 +69,8 @@ expect_error 1 "segment 'demo' has no key 'nokey'" dump demo nokey
 expect_error 1 "invalid segment name" show 'no/such'
 expect_error 2 "unknown command 'bogus'" bogus
 expect_error 2 "export takes one store" export demo
+expect_error 1 "has no record 'nokey'" store get --sqlite "$work/state.db" nokey
+run --version | grep -q "^keepsake-inspect [0-9]*\.[0-9]*\.[0-9]* (segment layout [0-9]*)$" || fail "--version: $(run --version)"
 
 # delete leaves the crash for the program to see; the counter starts afresh.
 run delete demo counter | grep -qF "deleted key 'counter' from segment 'demo'" || fail delete
@@ -73,4 +84,7 @@ for args in "show demo" "dump demo counter" "delete demo counter" "export demo -
   expect_error 1 "segment 'demo' is damaged (header checksum mismatch)" $args
 done
 run list | grep -qF "demo  unreadable: segment 'demo' is damaged" || fail "list of a damaged segment: $(run list)"
+# A whole segment, damaged or not, is removed once nobody owns it.
+run remove demo | grep -qF "removed segment 'demo'" || fail "remove"
+run list | grep -qF "no segments in $dir" || fail "after remove: $(run list)"
 echo "inspect: killed at committed $last, inspected generation $generation"

@@ -312,7 +312,7 @@ TEST_CASE("SQLite store: a damaged row is record_corrupt, WAL is on", "[store][s
     s.put_batch({make_record("k", 2), make_record("j", 1)});
     sqlite3* raw = nullptr;
     REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(raw, "UPDATE keepsake_records SET data = substr(data, 1, 10) WHERE key = CAST('k' AS BLOB)",
+    REQUIRE(sqlite3_exec(raw, "UPDATE keepsake_records SET data = substr(data, 1, 10) WHERE key = 'k'",
                          nullptr, nullptr, nullptr) == SQLITE_OK);
     sqlite3_stmt* mode = nullptr;
     REQUIRE(sqlite3_prepare_v2(raw, "PRAGMA journal_mode", -1, &mode, nullptr) == SQLITE_OK);
@@ -381,6 +381,106 @@ TEST_CASE("file store: records are 0600, its directory must be private, a plante
         CHECK_THAT(error_from([&] { keepsake::file_store bad(open_dir); }).what(),
                    Catch::Matchers::Contains("owned by uid 65534"));
     }
+}
+
+namespace {
+
+// Runs one SQL statement on the file, outside the store, and returns the
+// first column of its first row as text ("" if none).
+std::string sql_value(const std::string& path, const std::string& sql) {
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
+    sqlite3_stmt* statement = nullptr;
+    REQUIRE(sqlite3_prepare_v2(raw, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK);
+    std::string value;
+    if (sqlite3_step(statement) == SQLITE_ROW && sqlite3_column_text(statement, 0) != nullptr)
+        value = reinterpret_cast<const char*>(sqlite3_column_text(statement, 0));
+    sqlite3_finalize(statement);
+    sqlite3_close(raw);
+    return value;
+}
+
+} // namespace
+
+TEST_CASE("SQLite store: keys are TEXT, so the sqlite3 shell finds a record by key = '...'", "[store][sqlite]") {
+    temp_dir dir;
+    const std::string path = dir.path() + "/s.db";
+    keepsake::sqlite_store s(path);
+    s.put_batch({make_record("app/x", 7), make_record("app/y", 3)});
+    CHECK(sql_value(path, "SELECT generation FROM keepsake_records WHERE key = 'app/x'") == "7");
+    CHECK(sql_value(path, "SELECT typeof(key) FROM keepsake_records WHERE key = 'app/y'") == "text");
+    CHECK(sql_value(path, "SELECT type FROM pragma_table_info('keepsake_records') WHERE name = 'key'") == "TEXT");
+}
+
+TEST_CASE("SQLite store: a table of keepsake 0.1.0 (BLOB keys) is migrated, records intact", "[store][sqlite]") {
+    temp_dir dir;
+    const std::string path = dir.path() + "/old.db";
+    const record old_record = make_record("app/x", 5, 40);
+    {
+        // The 0.1.0 schema and a row as 0.1.0 wrote it: the key as a blob.
+        sqlite3* raw = nullptr;
+        REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
+        REQUIRE(sqlite3_exec(raw,
+                             "CREATE TABLE keepsake_records (key BLOB PRIMARY KEY NOT NULL, generation INTEGER NOT "
+                             "NULL, schema_version INTEGER NOT NULL, codec INTEGER NOT NULL, fingerprint INTEGER NOT "
+                             "NULL, checksum INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID",
+                             nullptr, nullptr, nullptr) == SQLITE_OK);
+        sqlite3_stmt* insert = nullptr;
+        REQUIRE(sqlite3_prepare_v2(raw, "INSERT INTO keepsake_records VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &insert,
+                                   nullptr) == SQLITE_OK);
+        auto as_signed = [](std::uint64_t word) {
+            sqlite3_int64 value;
+            std::memcpy(&value, &word, sizeof(value));
+            return value;
+        };
+        sqlite3_bind_blob(insert, 1, old_record.key.data(), static_cast<int>(old_record.key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(insert, 2, static_cast<sqlite3_int64>(old_record.generation));
+        sqlite3_bind_int64(insert, 3, old_record.schema_version);
+        sqlite3_bind_int64(insert, 4, old_record.codec);
+        sqlite3_bind_int64(insert, 5, as_signed(old_record.fingerprint));
+        sqlite3_bind_int64(insert, 6, as_signed(keepsake::detail::record_checksum(old_record)));
+        sqlite3_bind_blob(insert, 7, old_record.bytes.data(), static_cast<int>(old_record.bytes.size()), SQLITE_STATIC);
+        REQUIRE(sqlite3_step(insert) == SQLITE_DONE);
+        sqlite3_finalize(insert);
+        sqlite3_close(raw);
+    }
+    keepsake::sqlite_store_options reading;
+    reading.read_only = true;
+    const keepsake::error refused = error_from([&] { keepsake::sqlite_store s(path, reading); });
+    CHECK(refused.code() == errc::layout_mismatch);
+    CHECK(std::string(refused.what()).find("open the store read-write once") != std::string::npos);
+
+    keepsake::sqlite_store s(path);
+    CHECK(same(*s.get("app/x"), old_record));
+    CHECK(s.list("app/") == std::vector<std::string>{"app/x"});
+    CHECK(sql_value(path, "SELECT typeof(key) FROM keepsake_records") == "text");
+    CHECK(sql_value(path, "SELECT generation FROM keepsake_records WHERE key = 'app/x'") == "5");
+    CHECK(s.put_batch({make_record("app/x", 4)}) == std::vector<std::size_t>{0});  // still never older
+    CHECK(s.put_batch({make_record("app/x", 6)}).empty());
+    CHECK(sql_value(path, "SELECT count(*) FROM keepsake_records") == "1");
+}
+
+TEST_CASE("SQLite store: read_only reads, and changes nothing", "[store][sqlite]") {
+    temp_dir dir;
+    const std::string path = dir.path() + "/s.db";
+    keepsake::sqlite_store_options reading;
+    reading.read_only = true;
+    CHECK(error_from([&] { keepsake::sqlite_store s(path, reading); }).code() == errc::store_failed);  // no file
+    CHECK_FALSE(std::filesystem::exists(path));
+    {
+        keepsake::sqlite_store writer(path);
+        writer.put_batch({make_record("k", 2)});
+    }
+    keepsake::sqlite_store s(path, reading);
+    CHECK(same(*s.get("k"), make_record("k", 2)));
+    CHECK(s.list("") == std::vector<std::string>{"k"});
+    CHECK(error_from([&] { s.put_batch({make_record("k", 3)}); }).code() == errc::invalid_argument);
+    CHECK(error_from([&] { s.remove("k"); }).code() == errc::invalid_argument);
+    keepsake::sqlite_store_options other_table = reading;
+    other_table.table = "not_there";
+    const keepsake::error missing = error_from([&] { keepsake::sqlite_store t(path, other_table); });
+    CHECK(missing.code() == errc::not_found);
+    CHECK(std::string(missing.what()).find("not a keepsake store") != std::string::npos);
 }
 
 TEST_CASE("SQLite store: a bad option or path is a clear error", "[store][sqlite]") {

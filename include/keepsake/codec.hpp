@@ -22,6 +22,7 @@
 
 #include "keepsake/detail/archives.hpp"
 #include "keepsake/detail/checksum.hpp"
+#include "keepsake/detail/format.hpp"
 #include "keepsake/detail/reflect.hpp"
 #include "keepsake/error.hpp"
 
@@ -137,14 +138,8 @@ std::uint64_t type_fingerprint() {
     return fingerprint;
 }
 
-// Fingerprints as messages and keepsake-inspect print them.
-inline std::string fingerprint_text(std::uint64_t fingerprint) {
-    static const char digits[] = "0123456789abcdef";
-    std::string text = "0x0000000000000000";
-    for (int nibble = 0; nibble < 16; ++nibble)
-        text[static_cast<std::size_t>(17 - nibble)] = digits[(fingerprint >> (4 * nibble)) & 0xfu];
-    return text;
-}
+// Fingerprints as messages and keepsake-inspect print them (0x and 16 hex digits).
+inline std::string fingerprint_text(std::uint64_t fingerprint) { return detail::hex64(fingerprint); }
 
 namespace detail {
 
@@ -186,6 +181,11 @@ std::size_t encode_measured(const T& value, std::byte* out, std::size_t capacity
         if (sizeof(T) <= capacity) std::memcpy(out, &value, sizeof(T));
         return sizeof(T);
     } else {
+        static_assert(cereal::traits::is_output_serializable<T, cereal::BinaryOutputArchive>::value,
+                      "keepsake: this state type is not trivially copyable, so it is committed through cereal, "
+                      "which needs a serialize function for it: add template <class Archive> void "
+                      "serialize(Archive& a) { a(member, ...); }, and #include <keepsake/cereal.hpp> for the "
+                      "standard types its members use (std::string, std::vector, std::map, ...)");
         detail::span_buffer buffer(reinterpret_cast<char*>(out), capacity);
         std::ostream stream(&buffer);
         {

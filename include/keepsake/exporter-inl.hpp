@@ -135,6 +135,7 @@ KEEPSAKE_INLINE void exporter::run() {
         if (stopping_ != was_stopping && backing_off) continue;  // the wait now ends at the deadline
         if (out_of_time()) break;
         const std::uint64_t ticket = requested_;
+        const auto began = std::chrono::steady_clock::now();
         lock.unlock();
         const pass_result result = guarded_pass();
         lock.lock();
@@ -143,6 +144,7 @@ KEEPSAKE_INLINE void exporter::run() {
         failures_in_row_ = 0;
         completed_ = ticket;
         ++stats_.passes;
+        stats_.covered_until = began;
         done_.notify_all();
         clean = stopping_ && completed_ >= stop_ticket_;
         if (clean) break;

@@ -107,6 +107,9 @@ struct exporter_stats {
     std::uint64_t records = 0;   // records in them
     std::uint64_t failures = 0;  // puts (and passes) that threw
     std::uint64_t refused = 0;   // records refused: stale_generation or record_rejected
+    // When the last complete pass began (passes > 0): every commit made
+    // before it is in the store (or refused). now - this is the export lag.
+    std::chrono::steady_clock::time_point covered_until{};
 };
 
 class KEEPSAKE_API exporter {

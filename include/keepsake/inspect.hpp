@@ -11,7 +11,14 @@
 // generation of each key through keepsake's exporter; delete takes the
 // segment's lock without becoming its owner (segment_access::maintenance),
 // so it is refused, naming the pid, while a live process owns the segment,
-// and leaves the crashed/clean flag and the recorded owner as they were.
+// and leaves the crashed/clean flag and the recorded owner as they were;
+// remove deletes a whole segment that no live process owns. The store
+// commands read a file or SQLite store, opened read-only: what a reboot
+// would restore.
+//
+// Types are recognised by their fingerprint: a segment or a store record
+// holds the fingerprint of its type, not its name, so `dump --json` and the
+// TYPE column know the types an inspector registered, and no others.
 //
 // Needs keepsake::sqlite (export --sqlite). Errors are messages and a
 // non-zero exit status, never a crash: 1 for a failure, 2 for a usage error.
@@ -38,6 +45,7 @@
 #include <cereal/archives/json.hpp>
 
 #include "keepsake/codec.hpp"
+#include "keepsake/detail/format.hpp"
 #include "keepsake/detail/snapshot.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/exporter.hpp"
@@ -45,6 +53,7 @@
 #include "keepsake/store.hpp"
 #include "keepsake/stores/file_store.hpp"
 #include "keepsake/stores/sqlite_store.hpp"
+#include "keepsake/version.hpp"
 
 namespace keepsake {
 
@@ -54,12 +63,6 @@ namespace detail {
 struct usage_error : error {
     explicit usage_error(const std::string& message) : error(errc::invalid_argument, message) {}
 };
-
-inline std::string hex64(std::uint64_t value) {
-    char text[24];
-    std::snprintf(text, sizeof(text), "0x%016llx", static_cast<unsigned long long>(value));
-    return text;
-}
 
 // ns since the epoch as UTC, with milliseconds when it has any (commit
 // times are whole seconds); 0 is "unknown".
@@ -132,15 +135,39 @@ inline std::string owner_words(const segment_status& status) {
     return "crashed: " + pid + " died without closing it";
 }
 
+// A store as the exporter sees it, counting the records it wrote: a record
+// the store skips as already there (the same generation) is exported, but
+// was not written again.
+class counting_store : public store {
+public:
+    explicit counting_store(store& inner) : inner_(inner) {}
+    std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
+        std::vector<std::size_t> skipped = inner_.put_batch(records);
+        written_ += records.size() - std::min(records.size(), skipped.size());
+        return skipped;
+    }
+    std::optional<record> get(const std::string& key) override { return inner_.get(key); }
+    bool remove(const std::string& key) override { return inner_.remove(key); }
+    std::vector<std::string> list(const std::string& prefix) override { return inner_.list(prefix); }
+    std::string describe() const override { return inner_.describe(); }
+    std::size_t written() const noexcept { return written_; }
+
+private:
+    store& inner_;
+    std::size_t written_ = 0;
+};
+
 } // namespace detail
 
 class inspector {
 public:
-    // Lets `dump --json` decode entries written by a keeper<T> with this
-    // schema version, and `show` name them. T needs a cereal serialize
-    // function (for the JSON), also when it is trivially copyable, and a
-    // default constructor. The entry is recognised by type_fingerprint<T>(),
-    // so register the T the program keeps, with the same state_traits.
+    // Lets `dump --json` decode entries (and store records) written by a
+    // keeper<T> with this schema version, and `show` name them. T needs a
+    // cereal serialize function (for the JSON), also when it is trivially
+    // copyable, and a default constructor. Entries are recognised by
+    // type_fingerprint<T>() (a segment stores the fingerprint of a state's
+    // type, not its name), so register the T the program keeps, with the
+    // same state_traits.
     template <class T>
     inspector& register_type(std::string name, std::uint32_t schema_version = state_traits<T>::schema_version) {
         static_assert(std::is_default_constructible_v<T>, "register_type<T> needs a default-constructible T");
@@ -175,6 +202,11 @@ public:
                 out << usage();
                 return 0;
             }
+            if (line.version) {
+                out << "keepsake-inspect " << KEEPSAKE_VERSION_STRING << " (segment layout "
+                    << detail::segment_layout_version << ")\n";
+                return 0;
+            }
             return dispatch(line, out);
         } catch (const detail::usage_error& failure) {
             err << "keepsake-inspect: " << failure.what() << "\n" << "run keepsake-inspect --help for the commands\n";
@@ -191,6 +223,7 @@ public:
     static std::string usage() {
         return "usage: keepsake-inspect [--dir DIR] COMMAND ...\n"
                "\n"
+               "Segments (shared memory):\n"
                "  list                          the segments in DIR, with their owner and state\n"
                "  show SEGMENT [--tsv]          owner, clean or crashed, and each key: generation, size,\n"
                "                                type fingerprint, schema version, last commit time;\n"
@@ -198,15 +231,27 @@ public:
                "  dump SEGMENT KEY [--json|--raw]\n"
                "                                the newest valid state of KEY: hex (default), JSON for a\n"
                "                                registered type, or the bytes as they are\n"
-               "  export SEGMENT (--sqlite PATH | --files DIR) [--prefix P] [--timeout SECONDS]\n"
-               "                                copy each key's newest valid state to a store\n"
+               "  export SEGMENT STORE [--prefix P] [--timeout SECONDS]\n"
+               "                                copy each key's newest valid state to the store\n"
                "  delete SEGMENT KEY            remove KEY and its state (refused while the owner runs)\n"
+               "  remove SEGMENT                remove the whole segment (refused while the owner runs)\n"
                "\n"
+               "Stores (what a reboot would restore), opened read-only:\n"
+               "  store list STORE [--prefix P] [--tsv]\n"
+               "                                each record: key, generation, size, type, schema\n"
+               "  store get STORE KEY           one record's generation, size, type and checksum check\n"
+               "  store dump STORE KEY [--json|--raw]\n"
+               "                                a record's state, as dump shows a key's\n"
+               "\n"
+               "  STORE        --sqlite PATH (an SQLite store) or --files DIR (a file store)\n"
                "  --dir DIR    where segments are (default: $KEEPSAKE_SHM_DIR, else /dev/shm)\n"
+               "  types        the types this inspector decodes, with their fingerprints\n"
+               "  --version    the version of keepsake it was built with\n"
                "  --help       this text\n"
                "\n"
-               "list, show, dump and export only read: they work while the owner runs and after it\n"
-               "died, and change nothing. Exit status: 0 done, 1 failed (the message says why), 2 bad usage.\n";
+               "Only delete, remove and export change anything (export only the store). Types are\n"
+               "known by fingerprint: those registered with this inspector (see 'types').\n"
+               "Exit status: 0 done, 1 failed (the message says why), 2 bad usage.\n";
     }
 
 private:
@@ -220,10 +265,11 @@ private:
 
     struct command {
         bool help = false;
+        bool version = false;
         std::string directory;
         std::vector<std::string> words;  // the command and its operands
         std::string format;              // dump: "", "json" or "raw"
-        bool tsv = false;                // show: only the key table, tab-separated
+        bool tsv = false;                // show, store list: only the table, tab-separated
         std::string sqlite_path;
         std::string files_directory;
         std::string prefix;
@@ -241,6 +287,7 @@ private:
                 return args[++i];
             };
             if (arg == "--help" || arg == "-h") line.help = true;
+            else if (arg == "--version") line.version = true;
             else if (arg == "--dir") line.directory = value();
             else if (arg == "--json") line.format = "json";
             else if (arg == "--raw") line.format = "raw";
@@ -264,19 +311,26 @@ private:
         return seconds;
     }
 
-    static void expect_operands(const command& line, std::size_t count, const char* shape) {
-        if (line.words.size() != count + 1)
-            throw detail::usage_error(line.words[0] + " takes " + shape + " (" + std::to_string(line.words.size() - 1) +
+    // `count` operands after the command's `name_words` words (1, or 2 for "store list").
+    static void expect_operands(const command& line, std::size_t count, const char* shape, std::size_t name_words = 1) {
+        if (line.words.size() != count + name_words)
+            throw detail::usage_error(line.words[0] + (name_words == 2 ? " " + line.words[1] : std::string()) +
+                                      " takes " + shape + " (" + std::to_string(line.words.size() - name_words) +
                                       " given)");
     }
 
     int dispatch(const command& line, std::ostream& out) const {
         if (line.words.empty()) throw detail::usage_error("no command given");
         const std::string& name = line.words[0];
-        const bool store_options = !line.sqlite_path.empty() || !line.files_directory.empty() || !line.prefix.empty();
-        if (name != "dump" && !line.format.empty()) throw detail::usage_error("--json and --raw go with dump");
-        if (name != "show" && line.tsv) throw detail::usage_error("--tsv goes with show");
-        if (name != "export" && store_options) throw detail::usage_error("--sqlite, --files and --prefix go with export");
+        const bool stores = name == "store";
+        const std::string sub = stores && line.words.size() > 1 ? line.words[1] : std::string();
+        const bool has_store = !line.sqlite_path.empty() || !line.files_directory.empty();
+        if (name != "dump" && !(stores && sub == "dump") && !line.format.empty())
+            throw detail::usage_error("--json and --raw go with dump and store dump");
+        if (name != "show" && !(stores && sub == "list") && line.tsv)
+            throw detail::usage_error("--tsv goes with show and store list");
+        if (name != "export" && !stores && (has_store || !line.prefix.empty()))
+            throw detail::usage_error("--sqlite, --files and --prefix go with export and store");
         if (name == "list") {
             expect_operands(line, 0, "no operands");
             return list(line, out);
@@ -296,6 +350,26 @@ private:
         if (name == "delete") {
             expect_operands(line, 2, "SEGMENT KEY");
             return remove_key(line, out);
+        }
+        if (name == "remove") {
+            expect_operands(line, 1, "SEGMENT");
+            return remove_segment(line, out);
+        }
+        if (name == "types") {
+            expect_operands(line, 0, "no operands");
+            return list_types(out);
+        }
+        if (stores) {
+            if (sub == "list") {
+                expect_operands(line, 0, "a store and no operands", 2);
+                return store_list(line, out);
+            }
+            if (sub == "get" || sub == "dump") {
+                expect_operands(line, 1, "a store and KEY", 2);
+                return sub == "get" ? store_get(line, out) : store_dump(line, out);
+            }
+            throw detail::usage_error(sub.empty() ? "store needs list, get or dump"
+                                                  : "unknown store command '" + sub + "' (list, get or dump)");
         }
         throw detail::usage_error("unknown command '" + name + "'");
     }
@@ -321,6 +395,15 @@ private:
     std::string type_words(std::uint64_t fingerprint, std::uint32_t codec) const {
         const registered_type* type = type_of(fingerprint, codec);
         return type ? type->name : std::string("-");
+    }
+
+    int list_types(std::ostream& out) const {
+        std::vector<std::vector<std::string>> table{{"TYPE", "FINGERPRINT", "CODEC", "SCHEMA"}};
+        for (const registered_type& type : types_)
+            table.push_back({type.name, detail::hex64(type.fingerprint), detail::codec_name(type.codec),
+                             std::to_string(type.schema_version)});
+        detail::print_table(table, "  ", out);
+        return 0;
     }
 
     // A segment that fails to open is a row with its error, not the end
@@ -429,22 +512,27 @@ private:
 
     int dump(const command& line, std::ostream& out) const {
         const segment view = open_view(line);
-        const record copied = read_newest(view, line.words[2]);
-        if (line.format == "raw") {
+        print_state(read_newest(view, line.words[2]), line.format, out);
+        return 0;
+    }
+
+    // A state (a segment key's newest generation, or a store record) in the
+    // form asked: hex with its words (default), JSON, or its raw bytes.
+    void print_state(const record& copied, const std::string& format, std::ostream& out) const {
+        if (format == "raw") {
             out.write(reinterpret_cast<const char*>(copied.bytes.data()),
                       static_cast<std::streamsize>(copied.bytes.size()));
-            return 0;
+            return;
         }
-        if (line.format == "json") {
+        if (format == "json") {
             print_json(copied, out);
-            return 0;
+            return;
         }
         out << "key " << copied.key << ", generation " << copied.generation << ", " << copied.bytes.size()
             << " bytes, fingerprint " << detail::hex64(copied.fingerprint) << " ("
             << type_words(copied.fingerprint, copied.codec) << ", " << detail::codec_name(copied.codec)
             << "), schema " << copied.schema_version << "\n";
         detail::hex_dump(copied.bytes, out);
-        return 0;
     }
 
     void print_json(const record& copied, std::ostream& out) const {
@@ -455,8 +543,8 @@ private:
             throw error(errc::type_mismatch,
                         "key '" + copied.key + "' holds type fingerprint " + detail::hex64(copied.fingerprint) +
                             ", which no registered type has (registered: " + (known.empty() ? "none" : known) +
-                            "); build an inspector that registers the type (README, keepsake-inspect), "
-                            "or dump the bytes without --json");
+                            "); types are known by fingerprint, not by name: build an inspector that registers "
+                            "the type (README, keepsake-inspect), or dump the bytes without --json");
         }
         if (type->schema_version != copied.schema_version)
             throw error(errc::type_mismatch, "key '" + copied.key + "' holds " + type->name + " at schema version " +
@@ -475,18 +563,29 @@ private:
         out << rendered.str() << "\n";
     }
 
-    static std::unique_ptr<store> open_store(const command& line) {
+    // The store the command names; read_only for the store commands.
+    static std::unique_ptr<store> open_store(const command& line, bool read_only) {
+        const std::string name = line.words[0] == "store" ? "store " + line.words[1] : line.words[0];
         if (line.sqlite_path.empty() == line.files_directory.empty())
-            throw detail::usage_error("export takes one store: --sqlite PATH or --files DIR");
-        if (!line.sqlite_path.empty()) return std::make_unique<sqlite_store>(line.sqlite_path);
-        return std::make_unique<file_store>(line.files_directory);
+            throw detail::usage_error(name + " takes one store: --sqlite PATH or --files DIR");
+        if (!line.sqlite_path.empty()) {
+            sqlite_store_options options;
+            options.read_only = read_only;
+            return std::make_unique<sqlite_store>(line.sqlite_path, options);
+        }
+        file_store_options options;
+        options.read_only = read_only;
+        return std::make_unique<file_store>(line.files_directory, options);
     }
 
     // The exporter does the copying (seqlock reads, batches, the store's
     // never-older rule); stop() makes its one full pass and waits for it.
+    // What it writes is counted apart from what the store already held at
+    // that generation, so a second export of an unchanged segment says so.
     static int export_segment(const command& line, std::ostream& out) {
         const segment view = open_view(line);
-        const std::unique_ptr<store> target = open_store(line);
+        const std::unique_ptr<store> opened = open_store(line, false);
+        detail::counting_store target(*opened);
         std::size_t exported = 0;
         std::string last_failure;
         exporter_options options;
@@ -497,16 +596,75 @@ private:
             if (event.kind == export_event_kind::exported) exported += event.records;
             if (event.kind == export_event_kind::store_failed) last_failure = event.message;
         };
-        exporter copier(view, *target, options);
+        exporter copier(view, target, options);
         if (!copier.stop(std::chrono::seconds(line.timeout_seconds)))
             throw error(errc::store_failed,
-                        "export of segment '" + view.name() + "' to " + target->describe() + " did not finish in " +
+                        "export of segment '" + view.name() + "' to " + target.describe() + " did not finish in " +
                             std::to_string(line.timeout_seconds) + " s" +
                             (last_failure.empty() ? std::string("; its owner may be committing too often")
                                                   : "; last failure: " + last_failure) +
                             "; fix the store (space, permissions) and run it again, or give a longer --timeout");
-        out << "exported " << exported << " record(s) of segment '" << view.name() << "' to " << target->describe()
-            << (line.prefix.empty() ? std::string() : " with prefix '" + line.prefix + "'") << "\n";
+        const std::size_t written = std::min(target.written(), exported);
+        out << "exported " << written << " record(s) of segment '" << view.name() << "' to " << target.describe()
+            << (line.prefix.empty() ? std::string() : " with prefix '" + line.prefix + "'");
+        if (exported > written) out << "; " << exported - written << " already there at the same generation";
+        out << "\n";
+        return 0;
+    }
+
+    int store_list(const command& line, std::ostream& out) const {
+        const std::unique_ptr<store> from = open_store(line, true);
+        std::vector<std::vector<std::string>> table{
+            {"KEY", "GENERATION", "SIZE", "FINGERPRINT", "TYPE", "CODEC", "SCHEMA", "NOTES"}};
+        for (const std::string& key : from->list(line.prefix)) {
+            try {
+                const std::optional<record> found = from->get(key);
+                if (!found) continue;  // removed meanwhile
+                table.push_back({key, std::to_string(found->generation), std::to_string(found->bytes.size()),
+                                 detail::hex64(found->fingerprint), type_words(found->fingerprint, found->codec),
+                                 detail::codec_name(found->codec), std::to_string(found->schema_version), "-"});
+            } catch (const error& failure) {
+                if (failure.code() != errc::record_corrupt) throw;
+                table.push_back({key, "-", "-", "-", "-", "-", "-", "damaged: no valid record"});
+            }
+        }
+        if (!line.tsv) {
+            out << "store     " << from->describe() << "\n"
+                << "records   " << table.size() - 1
+                << (line.prefix.empty() ? std::string() : " with prefix '" + line.prefix + "'") << "\n";
+            if (table.size() == 1) return 0;
+            out << "\n";
+        }
+        detail::print_table(table, line.tsv ? "\t" : "  ", out);
+        return 0;
+    }
+
+    static record read_record(store& from, const std::string& key) {
+        std::optional<record> found = from.get(key);
+        if (!found)
+            throw error(errc::not_found, from.describe() + " has no record '" + key +
+                                             "'; keepsake-inspect store list lists its keys");
+        return std::move(*found);
+    }
+
+    int store_get(const command& line, std::ostream& out) const {
+        const std::unique_ptr<store> from = open_store(line, true);
+        const record found = read_record(*from, line.words[2]);
+        out << "key          " << found.key << "\n"
+            << "store        " << from->describe() << "\n"
+            << "generation   " << found.generation << "\n"
+            << "size         " << found.bytes.size() << " bytes\n"
+            << "fingerprint  " << detail::hex64(found.fingerprint) << "\n"
+            << "type         " << type_words(found.fingerprint, found.codec) << "\n"
+            << "codec        " << detail::codec_name(found.codec) << "\n"
+            << "schema       " << found.schema_version << "\n"
+            << "checksum     valid\n";
+        return 0;
+    }
+
+    int store_dump(const command& line, std::ostream& out) const {
+        const std::unique_ptr<store> from = open_store(line, true);
+        print_state(read_record(*from, line.words[2]), line.format, out);
         return 0;
     }
 
@@ -527,6 +685,26 @@ private:
             throw error(errc::not_found, "segment '" + held.name() + "' has no key '" + key +
                                              "'; keepsake-inspect show " + held.name() + " lists its keys");
         out << "deleted key '" << key << "' from segment '" << held.name() << "'\n";
+        return 0;
+    }
+
+    // The whole segment file, as segment::remove does it: under the
+    // segment's lock, so a live owner is refused by pid.
+    static int remove_segment(const command& line, std::ostream& out) {
+        const std::string& name = line.words[1];
+        check_directory(line.directory);
+        bool removed = false;
+        try {
+            removed = segment::remove(name, line.directory);
+        } catch (const error& failure) {
+            if (failure.code() != errc::segment_owned) throw;
+            throw error(errc::segment_owned, "cannot remove segment '" + name + "': " + failure.what() +
+                                                 "; keepsake-inspect changes a segment only when no process owns it");
+        }
+        if (!removed)
+            throw error(errc::not_found, "there is no segment '" + name + "' in " + line.directory +
+                                             "; keepsake-inspect list shows the segments there");
+        out << "removed segment '" << name << "' (" << line.directory << ")\n";
         return 0;
     }
 };

@@ -23,6 +23,7 @@
 
 #include "keepsake/codec.hpp"
 #include "keepsake/detail/atomic.hpp"
+#include "keepsake/detail/format.hpp"
 #include "keepsake/detail/slots.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/log.hpp"

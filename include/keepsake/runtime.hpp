@@ -28,6 +28,7 @@
 
 #include "keepsake/clock.hpp"
 #include "keepsake/detail/committers.hpp"
+#include "keepsake/detail/metered.hpp"
 #include "keepsake/detail/scheduling.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/error.hpp"
@@ -221,6 +222,30 @@ public:
         if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) segments_.push_back(segment);
     }
 
+    // --- metrics (keepsake/metrics.hpp) --------------------------------
+    // Units and supervisors report their counters through a meter, added
+    // when they are made; one whose object is gone is dropped.
+    void add_meter(detail::meter added) {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
+                      meters_.end());
+        meters_.push_back(std::move(added));
+    }
+
+    // The counters of every unit and supervisor that exists, oldest first.
+    std::vector<detail::metered_counters> sample_meters() const {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        std::vector<detail::metered_counters> sampled;
+        sampled.reserve(meters_.size());
+        for (const detail::meter& each : meters_) {
+            const std::shared_ptr<void> held = each.alive.lock();
+            if (!held) continue;
+            sampled.emplace_back();
+            each.fill(held.get(), sampled.back());
+        }
+        return sampled;
+    }
+
     // Top-level processes, stopped newest first when the runtime goes.
     void add_root(std::shared_ptr<detail::root_process> root) {
         std::lock_guard<std::mutex> lock(registry_mutex_);
@@ -283,6 +308,7 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;
+    std::vector<detail::meter> meters_;  // under registry_mutex_
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
     std::uint64_t committer_id_ = 0;
 
@@ -299,10 +325,15 @@ private:
     }
 
     void check_pumping_thread(const char* what) const {
-        if (!pumped() || owner_threads_.front() != std::this_thread::get_id())
+        if (!pumped())
             throw error(errc::invalid_argument, std::string("runtime::") + what +
-                                                    " pumps a runtime made with threads = 0, on the thread "
-                                                    "that made it; this runtime runs on its own threads");
+                                                    " pumps a runtime made with threads = 0; this runtime runs "
+                                                    "its fibers on threads of its own, so there is nothing to pump");
+        if (owner_threads_.front() != std::this_thread::get_id())
+            throw error(errc::invalid_argument, std::string("runtime::") + what +
+                                                    " was called on another thread than the one that made this "
+                                                    "runtime (threads = 0), which is the only thread its fibers "
+                                                    "run on: call it there, or make the runtime with threads >= 1");
     }
 
     void install_scheduler() {

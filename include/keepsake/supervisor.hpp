@@ -1,4 +1,4 @@
-// keepsake/supervisor.hpp: OTP supervisors (shared/design/supervision.md).
+// keepsake/supervisor.hpp: OTP supervisors (README, "Supervisors").
 //
 // A supervisor is an actor on a fiber of its own: child exits and management
 // calls arrive in its mailbox and are handled one at a time, as OTP's
@@ -547,7 +547,19 @@ private:
 };
 
 inline std::shared_ptr<supervisor_core> make_supervisor_core(runtime& where, supervisor_spec spec) {
-    return make_registered<supervisor_core>(where, std::move(spec));
+    auto core = make_registered<supervisor_core>(where, std::move(spec));
+    where.add_meter({core, [](const void* alive, metered_counters& out) {  // keepsake/metrics.hpp
+                         const auto& tree = *static_cast<const supervisor_core*>(alive);
+                         const supervisor_stats stats = tree.stats();
+                         out.supervisor = true;
+                         out.name = tree.name();
+                         out.state = to_string(tree.state());
+                         out.instance = stats.instance;
+                         out.restarts = stats.restarts;
+                         out.queued = tree.queued();
+                         out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
+                     }});
+    return core;
 }
 
 } // namespace detail

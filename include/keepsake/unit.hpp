@@ -10,9 +10,11 @@
 // its supervisor decides.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "keepsake/clock.hpp"
@@ -40,18 +42,18 @@ public:
     // error(timeout) after the spec's call_timeout.
     template <class Message>
     auto call(Message&& message) {
-        return core().call(std::forward<Message>(message), core().call_timeout());
+        if constexpr (check_message<Message>()) return core().call(std::forward<Message>(message), core().call_timeout());
     }
 
     template <class Message>
     auto call_for(Message&& message, duration timeout) {
-        return core().call(std::forward<Message>(message), timeout);
+        if constexpr (check_message<Message>()) return core().call(std::forward<Message>(message), timeout);
     }
 
     // Queues a message and returns at once.
     template <class Message>
     void cast(Message&& message) {
-        core().cast(std::forward<Message>(message));
+        if constexpr (check_message<Message>()) core().cast(std::forward<Message>(message));
     }
 
     const std::string& name() const { return core().name(); }
@@ -76,6 +78,23 @@ public:
 private:
     std::shared_ptr<core_type> core_;
 
+    // One clear error for a message this unit cannot serve; false then, so
+    // the call is not instantiated and no second error follows.
+    template <class Message>
+    static constexpr bool check_message() {
+        using check = detail::message_check<std::decay_t<Message>, State, Handler, unit_context<State>>;
+        static_assert(check::known,
+                      "keepsake: the unit cannot serve this message: it is neither a callable taking State& (or "
+                      "const State&, or State& and unit_context<State>&) nor a type the unit's Handler has an "
+                      "operator()(State&, const Message&) for; add that overload to the handler, or check the "
+                      "message's type and the unit's State");
+        static_assert(!check::known || check::by_value,
+                      "keepsake: a message's result must be a value, not a reference: a reference would point "
+                      "into the unit's state, which the worker goes on changing (and a crash rolls back) after "
+                      "the answer; return a copy (declare the handler or lambda '-> T', or return by value)");
+        return check::ok;
+    }
+
     core_type& core() const {
         if (!core_) throw error(errc::not_found, "empty keepsake::unit handle");
         return *core_;
@@ -88,7 +107,28 @@ namespace detail {
 // its children; start_unit for a unit of its own).
 template <class State, class Handler>
 std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_spec<State, Handler> spec) {
-    return make_registered<unit_core<State, Handler>>(where, std::move(spec));
+    // A State unit_spec refuses (its static_assert says why) makes no core:
+    // its errors would only follow that one.
+    if constexpr (std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>) {
+        auto core = make_registered<unit_core<State, Handler>>(where, std::move(spec));
+        where.add_meter({core, [](const void* alive, metered_counters& out) {
+                             const auto& unit = *static_cast<const unit_core<State, Handler>*>(alive);
+                             const unit_stats stats = unit.stats();
+                             out.name = unit.name();
+                             out.state = to_string(unit.state());
+                             out.instance = stats.instance;
+                             out.restarts = stats.restarts;
+                             out.crashes = stats.crashes;
+                             out.messages = stats.messages;
+                             out.commits = stats.commits;
+                             out.generation = stats.generation;
+                             out.queued = stats.queued;
+                             out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
+                         }});
+        return core;
+    } else {
+        return nullptr;
+    }
 }
 
 } // namespace detail
@@ -98,9 +138,13 @@ std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_s
 // its init declines (ignore_start), the handle's state() is not_running.
 template <class State, class Handler>
 unit<State, Handler> start_unit(runtime& where, unit_spec<State, Handler> spec) {
-    auto core = detail::make_unit_core(where, std::move(spec));
-    core->start_as_root();
-    return unit<State, Handler>(core);
+    if constexpr (!std::is_copy_constructible_v<State> || !std::is_copy_assignable_v<State>) {
+        return {};  // refused by unit_spec's static_assert
+    } else {
+        auto core = detail::make_unit_core(where, std::move(spec));
+        core->start_as_root();
+        return unit<State, Handler>(core);
+    }
 }
 
 // Stops a unit started with start_unit (by its shutdown spec).

@@ -64,6 +64,45 @@ auto invoke_handler(Handler& handler, const Message& message, State& state, Cont
     else return handler(state, message);
 }
 
+// Whether the unit's handler takes a typed message, and what it answers
+// (SFINAE-friendly, unlike invoke_handler's deduced return type).
+template <class Handler, class Message, class State, class Context>
+struct handles {
+    static constexpr bool with_context = std::is_invocable_v<Handler&, State&, const Message&, Context&>;
+    static constexpr bool value = with_context || std::is_invocable_v<Handler&, State&, const Message&>;
+};
+
+template <class Handler, class Message, class State, class Context, bool WithContext>
+struct handler_answer {
+    using type = std::invoke_result_t<Handler&, State&, const Message&, Context&>;
+};
+template <class Handler, class Message, class State, class Context>
+struct handler_answer<Handler, Message, State, Context, false> {
+    using type = std::invoke_result_t<Handler&, State&, const Message&>;
+};
+
+// The checks behind unit::call and unit::cast, so a message the unit cannot
+// serve fails with one sentence rather than deep inside the machinery.
+template <class Message, class State, class Handler, class Context>
+struct message_check {
+    static constexpr bool callable = is_state_callable<Message, State, Context>();
+    static constexpr bool handled = handles<Handler, Message, State, Context>::value;
+    static constexpr bool known = callable || handled;
+
+    template <class M, bool = is_state_callable<M, State, Context>(), bool = handles<Handler, M, State, Context>::value>
+    struct answer_of { using type = void; };
+    template <class M, bool Handled>
+    struct answer_of<M, true, Handled> { using type = state_call_result<M, State, Context>; };
+    template <class M>
+    struct answer_of<M, false, true> {
+        using type = typename handler_answer<Handler, M, State, Context,
+                                             handles<Handler, M, State, Context>::with_context>::type;
+    };
+
+    static constexpr bool by_value = !std::is_reference_v<typename answer_of<Message>::type>;
+    static constexpr bool ok = known && by_value;
+};
+
 template <class State, class Handler>
 class unit_core;
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <type_traits>
 
 #include "keepsake/clock.hpp"
 #include "keepsake/keeper.hpp"
@@ -46,6 +47,7 @@ struct start_info {
 struct unit_stats {
     std::uint64_t instance = 0;
     std::uint64_t restarts = 0;     // worker restarts inside the unit, all instances
+    std::uint64_t crashes = 0;      // worker crashes, all instances (restarted, given up on, or while stopping)
     std::uint64_t messages = 0;     // messages served
     std::uint64_t commits = 0;
     std::uint64_t generation = 0;   // newest committed generation
@@ -61,6 +63,13 @@ struct no_handler {};
 
 template <class State, class Handler = no_handler>
 struct unit_spec {
+    static_assert(std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>,
+                  "keepsake: a unit's State must be copyable: the unit keeps copies beside the live state (the "
+                  "initial state for a fresh start, the last commit for on_state_changed). Keep what cannot be "
+                  "copied (a socket, a std::unique_ptr, a mutex) outside the state, or hold it through a "
+                  "std::shared_ptr");
+    static_assert(std::is_default_constructible_v<State>,
+                  "keepsake: a unit's State must be default-constructible (unit_spec::initial starts as State{})");
     std::string name;  // the key in the segment, the name for whereis, the child id
     State initial{};
     // Typed messages: handler(State&, const Msg&) (or with a trailing

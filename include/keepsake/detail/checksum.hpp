@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #ifndef XXH_INLINE_ALL
 #define XXH_INLINE_ALL

@@ -46,11 +46,17 @@ inline const char* to_string(child_state state) noexcept {
 }
 
 // The error a caller gets when the worker crashed while serving its call.
+// `restarted`: the unit restarted its worker in place (false: it gave up,
+// or it is stopping).
 class worker_crashed : public error {
 public:
-    worker_crashed(const std::string& unit, const std::string& reason)
-        : error(errc::worker_crashed, "unit '" + unit + "' crashed while serving this call: " + reason +
-                                          "; the unit restarts from its last commit, so the call may be retried"),
+    worker_crashed(const std::string& unit, const std::string& reason, bool restarted = true)
+        : error(errc::worker_crashed,
+                "unit '" + unit + "' crashed while serving this call: " + reason +
+                    (restarted ? "; the unit restarts from its last commit, so the call may be retried"
+                               : "; this was its last crash: the unit gave up (more restarts than its intensity "
+                                 "allows) or is stopping, so its supervisor decides what follows (a unit of "
+                                 "start_unit stays stopped)")),
           reason_(reason) {}
     const std::string& reason() const noexcept { return reason_; }
 
@@ -209,8 +215,10 @@ protected:
 
     error not_running_error() const {
         return error(errc::not_running, "'" + name_ +
-                                            "' is not running (stopped, or its supervisor gave up); start it "
-                                            "again (restart_child) before calling it");
+                                            "' is not running: it was stopped, or it gave up and nothing "
+                                            "restarted it. Start it again before calling it: "
+                                            "supervisor::restart_child for a child of a supervisor, "
+                                            "start_unit or start_supervisor for one started on its own");
     }
 
 private:

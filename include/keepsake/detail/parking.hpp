@@ -22,6 +22,7 @@
 #include <vector>
 
 #include <boost/fiber/context.hpp>
+#include <boost/fiber/scheduler.hpp>
 #include <boost/intrusive/set.hpp>
 
 #include "keepsake/clock.hpp"

@@ -96,6 +96,7 @@ public:
         out.restarts = restarts_.load(std::memory_order_relaxed);
         out.messages = messages_.load(std::memory_order_relaxed);
         out.commits = commits_.load(std::memory_order_relaxed);
+        out.crashes = crashes_.load(std::memory_order_relaxed);
         out.generation = generation_.load(std::memory_order_relaxed);
         out.uptime = uptime();
         out.queued = queued();
@@ -295,9 +296,10 @@ private:
         } catch (...) {
             crash_reason_ = "an exception not derived from std::exception";
         }
-        worker_crashed failure(name(), crash_reason_);
-        if (restart_in_turn()) return_turn();
-        throw failure;
+        const std::string reason = crash_reason_;  // a failing restart (the init hook) overwrites it
+        const bool restarted = restart_in_turn();
+        if (restarted) return_turn();
+        throw worker_crashed(name(), reason, restarted);
     }
 
     template <class M>
@@ -329,6 +331,7 @@ private:
     std::atomic<std::uint64_t> restarts_{0};
     std::atomic<std::uint64_t> messages_{0};
     std::atomic<std::uint64_t> commits_{0};
+    std::atomic<std::uint64_t> crashes_{0};
     std::atomic<std::uint64_t> generation_{0};
     std::atomic<bool> stopping_itself_{false};  // stop_self() was called in this (re)start
     std::uint64_t restarts_this_instance_ = 0;
@@ -510,8 +513,13 @@ private:
     // uncommitted changes, and restart in place unless that is too often.
     // Returns the exit reason when the unit gives up (or is stopping).
     std::optional<exit_reason> on_crash(std::string_view what) {
+        bump(crashes_);
+        // Decided first, so the caller of the crashing call is told whether
+        // the unit restarts.
+        const bool stopping = context_stop_requested();
+        const bool gives_up = !stopping && !log_.allow(runtime_.clock().now());
         if (inflight_.reply() != nullptr)
-            fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what))));
+            fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what), !stopping && !gives_up)));
         else
             finish_inflight();
         dirty_ = false;
@@ -521,8 +529,8 @@ private:
             line << "unit '" << name() << "' crashed (restarts so far: " << restarts_.load(std::memory_order_relaxed)
                  << "): " << what;
         });
-        if (context_stop_requested()) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
-        if (!log_.allow(runtime_.clock().now())) {
+        if (stopping) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
+        if (gives_up) {
             publish(event_kind::gave_up, exit_kind::crashed, what);
             detail::report(report_kind::give_up, [&](report_line& line) {
                 line << "unit '" << name() << "' gave up: more than " << std::uint64_t{spec_.intensity.max_restarts}

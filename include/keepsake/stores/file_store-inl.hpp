@@ -201,6 +201,12 @@ KEEPSAKE_INLINE std::vector<std::string> directory_names(const std::string& dire
 KEEPSAKE_INLINE file_store::file_store(std::string directory, file_store_options options)
     : directory_(std::move(directory)), options_(options) {
     if (directory_.empty()) throw error(errc::invalid_argument, "file_store needs a directory");
+    if (options_.read_only) {
+        struct stat info {};
+        if (::stat(directory_.c_str(), &info) != 0 || !S_ISDIR(info.st_mode))
+            throw error(errc::not_found, "file store directory " + directory_ + " does not exist");
+        return;
+    }
     if (::mkdir(directory_.c_str(), 0700) != 0 && errno != EEXIST)
         detail::throw_store_io("cannot create store directory " + directory_, errno);
     check_directory();
@@ -212,6 +218,7 @@ KEEPSAKE_INLINE std::string file_store::path_of(const std::string& key) const {
 }
 
 KEEPSAKE_INLINE std::vector<std::size_t> file_store::put_batch(const std::vector<record>& records) {
+    refuse_if_read_only("put records");
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<std::size_t> skipped;
     for (std::size_t i = 0; i < records.size(); ++i)
@@ -241,6 +248,7 @@ KEEPSAKE_INLINE std::optional<record> file_store::get(const std::string& key) {
 }
 
 KEEPSAKE_INLINE bool file_store::remove(const std::string& key) {
+    refuse_if_read_only("remove key '" + key + "'");
     std::lock_guard<std::mutex> lock(mutex_);
     const std::string base = directory_ + "/" + detail::encode_file_name(key);
     bool removed = false;
@@ -357,6 +365,11 @@ KEEPSAKE_INLINE void file_store::sync_directory_if_dirty() {
     ::close(fd);
     if (!ok) detail::throw_store_io("cannot sync store directory " + directory_, saved);
     dir_dirty_ = false;
+}
+
+KEEPSAKE_INLINE void file_store::refuse_if_read_only(const std::string& what) const {
+    if (options_.read_only)
+        throw error(errc::invalid_argument, describe() + " was opened read-only: cannot " + what);
 }
 
 KEEPSAKE_INLINE void file_store::remove_leftovers() const {

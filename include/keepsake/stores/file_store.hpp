@@ -27,6 +27,9 @@ struct file_store_options {
     // fsync files and the directory. Off only for tests and benchmarks: a
     // reboot may then lose or empty recent records.
     bool sync = true;
+    // Open an existing store directory to read it only (tools): nothing is
+    // created or cleaned up, and put_batch/remove throw errc::invalid_argument.
+    bool read_only = false;
 };
 
 namespace detail {
@@ -72,12 +75,14 @@ public:
     // removes temporary files an interrupted put left behind. An existing
     // directory must be this user's and writable by nobody else
     // (errc::unsafe_file otherwise). Record files are created 0600.
+    // Read-only: the directory must exist (errc::not_found otherwise) and is
+    // left as it is.
     explicit file_store(std::string directory, file_store_options options = {});
 
-    std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
-    std::optional<record> get(const std::string& key) override;
-    bool remove(const std::string& key) override;
-    std::vector<std::string> list(const std::string& prefix) override;
+    KEEPSAKE_INLINE std::vector<std::size_t> put_batch(const std::vector<record>& records) override;
+    KEEPSAKE_INLINE std::optional<record> get(const std::string& key) override;
+    KEEPSAKE_INLINE bool remove(const std::string& key) override;
+    KEEPSAKE_INLINE std::vector<std::string> list(const std::string& prefix) override;
     std::string describe() const override { return "file store " + directory_; }
 
     // The path of the current file of `key` (for tools and tests).
@@ -99,6 +104,7 @@ private:
     void sync_directory_if_dirty();
     void check_directory() const;
     void remove_leftovers() const;
+    void refuse_if_read_only(const std::string& what) const;
 };
 
 } // namespace keepsake

@@ -7,6 +7,14 @@
 // statement, so it also holds between processes sharing the file). Each row
 // carries the record checksum, checked on every read.
 //
+// The table (README, "The SQLite store's table"), readable with the sqlite3
+// shell (`select key, generation from keepsake_records where key = 'app/x'`):
+//   key TEXT PRIMARY KEY, generation INTEGER, schema_version INTEGER,
+//   codec INTEGER, fingerprint INTEGER, checksum INTEGER, data BLOB
+// fingerprint and checksum are 64-bit words stored as signed integers (the
+// same bits). A table made by keepsake 0.1.0 before keys were TEXT (key BLOB)
+// is migrated when a store opens it read-write.
+//
 // This header is always compiled inline, also in keepsake's compiled mode:
 // building it into libkeepsake would make every user link SQLite.
 #pragma once
@@ -35,6 +43,9 @@ struct sqlite_store_options {
     sqlite_sync synchronous = sqlite_sync::full;
     std::string table = "keepsake_records";  // letters, digits and '_'
     int busy_timeout_ms = 5000;              // waiting for another writer of the file
+    // Open an existing store to read it only (tools): nothing is created,
+    // migrated or written, and put_batch/remove throw errc::invalid_argument.
+    bool read_only = false;
 };
 
 class sqlite_store : public store {
@@ -42,9 +53,9 @@ public:
     explicit sqlite_store(const std::string& path, sqlite_store_options options = {})
         : path_(path), options_(std::move(options)) {
         check_table_name();
-        create_private(path);
-        if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                            nullptr) != SQLITE_OK) {
+        if (!options_.read_only) create_private(path);
+        const int mode = options_.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+        if (sqlite3_open_v2(path.c_str(), &db_, mode | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
             const std::string why = db_ ? sqlite3_errmsg(db_) : "out of memory";
             sqlite3_close(db_);
             throw error(errc::store_failed, "cannot open SQLite store " + path + ": " + why);
@@ -69,6 +80,7 @@ public:
     std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
         std::vector<std::size_t> skipped;
         if (records.empty()) return skipped;
+        refuse_if_read_only("put records");
         std::lock_guard<std::mutex> lock(mutex_);
         execute("BEGIN IMMEDIATE");
         try {
@@ -93,6 +105,7 @@ public:
     }
 
     bool remove(const std::string& key) override {
+        refuse_if_read_only("remove key '" + key + "'");
         std::lock_guard<std::mutex> lock(mutex_);
         statement_reset reset{delete_};
         bind_key(delete_, key);
@@ -103,12 +116,14 @@ public:
     std::vector<std::string> list(const std::string& prefix) override {
         std::lock_guard<std::mutex> lock(mutex_);
         statement_reset reset{list_};
+        bind_key(list_, prefix);  // keys from the prefix on, in order: stop at the first without it
         std::vector<std::string> keys;
         for (int step = sqlite3_step(list_); step != SQLITE_DONE; step = sqlite3_step(list_)) {
             if (step != SQLITE_ROW) fail("cannot list keys");
-            std::string key(static_cast<const char*>(sqlite3_column_blob(list_, 0)),
+            std::string key(reinterpret_cast<const char*>(sqlite3_column_text(list_, 0)),
                             static_cast<std::size_t>(sqlite3_column_bytes(list_, 0)));
-            if (detail::has_prefix(key, prefix)) keys.push_back(std::move(key));
+            if (!detail::has_prefix(key, prefix)) break;
+            keys.push_back(std::move(key));
         }
         return keys;
     }
@@ -158,15 +173,23 @@ private:
 
     void configure() {
         sqlite3_busy_timeout(db_, options_.busy_timeout_ms);
-        execute("PRAGMA journal_mode=WAL");
-        static const char* const levels[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
-                                             "PRAGMA synchronous=FULL"};
-        execute(levels[static_cast<int>(options_.synchronous)]);
         const std::string& t = options_.table;
-        execute("CREATE TABLE IF NOT EXISTS " + t +
-                " (key BLOB PRIMARY KEY NOT NULL, generation INTEGER NOT NULL, schema_version INTEGER NOT NULL,"
-                " codec INTEGER NOT NULL, fingerprint INTEGER NOT NULL, checksum INTEGER NOT NULL,"
-                " data BLOB NOT NULL) WITHOUT ROWID");
+        if (options_.read_only) {
+            const std::string key_type = key_column_type();
+            if (key_type.empty())
+                throw error(errc::not_found, describe() + " has no table '" + t +
+                                                 "': it is not a keepsake store (or another table was given)");
+            if (key_type != "TEXT")
+                throw error(errc::layout_mismatch,
+                            describe() + ": table '" + t + "' was made by keepsake 0.1.0 (BLOB keys); open the "
+                            "store read-write once (any keepsake program does) to migrate it");
+        } else {
+            execute("PRAGMA journal_mode=WAL");
+            static const char* const levels[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
+                                                 "PRAGMA synchronous=FULL"};
+            execute(levels[static_cast<int>(options_.synchronous)]);
+            create_or_migrate();
+        }
         upsert_ = prepare("INSERT INTO " + t +
                           " (key, generation, schema_version, codec, fingerprint, checksum, data)"
                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(key) DO UPDATE SET"
@@ -177,7 +200,55 @@ private:
         select_ = prepare("SELECT generation, schema_version, codec, fingerprint, checksum, data FROM " + t +
                           " WHERE key = ?1");
         delete_ = prepare("DELETE FROM " + t + " WHERE key = ?1");
-        list_ = prepare("SELECT key FROM " + t + " ORDER BY key");
+        list_ = prepare("SELECT key FROM " + t + " WHERE key >= ?1 ORDER BY key");
+    }
+
+    static std::string columns(const std::string& key_type) {
+        return " (key " + key_type +
+               " PRIMARY KEY NOT NULL, generation INTEGER NOT NULL, schema_version INTEGER NOT NULL,"
+               " codec INTEGER NOT NULL, fingerprint INTEGER NOT NULL, checksum INTEGER NOT NULL,"
+               " data BLOB NOT NULL) WITHOUT ROWID";
+    }
+
+    // The declared type of the table's key column; empty if no such table.
+    std::string key_column_type() {
+        sqlite3_stmt* info = prepare("SELECT type FROM pragma_table_info('" + options_.table + "') WHERE name = 'key'");
+        std::string type;
+        const int step = sqlite3_step(info);
+        if (step == SQLITE_ROW) type = reinterpret_cast<const char*>(sqlite3_column_text(info, 0));
+        sqlite3_finalize(info);
+        if (step != SQLITE_ROW && step != SQLITE_DONE) fail("cannot read the schema of table '" + options_.table + "'");
+        return type;
+    }
+
+    // Creates the table, or moves the rows of a 0.1.0 table (key BLOB) into
+    // one with TEXT keys, in one transaction: the same bytes, now text, so
+    // the sqlite3 shell finds them by `key = 'app/x'`. Checksums cover the
+    // key's bytes, which do not change.
+    void create_or_migrate() {
+        const std::string& t = options_.table;
+        execute("BEGIN IMMEDIATE");
+        try {
+            const std::string key_type = key_column_type();
+            if (key_type.empty()) {
+                execute("CREATE TABLE " + t + columns("TEXT"));
+            } else if (key_type == "BLOB") {
+                execute("CREATE TABLE " + t + "_migrating" + columns("TEXT"));
+                execute("INSERT INTO " + t + "_migrating SELECT CAST(key AS TEXT), generation, schema_version,"
+                        " codec, fingerprint, checksum, data FROM " + t);
+                execute("DROP TABLE " + t);
+                execute("ALTER TABLE " + t + "_migrating RENAME TO " + t);
+            }
+            execute("COMMIT");
+        } catch (...) {
+            sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+            throw;
+        }
+    }
+
+    void refuse_if_read_only(const std::string& what) const {
+        if (options_.read_only)
+            throw error(errc::invalid_argument, describe() + " was opened read-only: cannot " + what);
     }
 
     void finalize_all() noexcept {
@@ -204,7 +275,7 @@ private:
     }
 
     static void bind_key(sqlite3_stmt* statement, const std::string& key) {
-        sqlite3_bind_blob(statement, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_text(statement, 1, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
     }
 
     // SQLite integers are signed 64-bit; the unsigned words go in as their
