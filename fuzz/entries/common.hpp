@@ -191,6 +191,22 @@ bool same(const T& a, const T& b) {
         return a == b;
 }
 
+// Reading a bool that holds neither 0 nor 1 is undefined behaviour, so a
+// decoded state must never hold one; looked at as bytes (memcpy), which
+// is defined, so this also tells without UBSan.
+template <class T>
+bool bools_hold_0_or_1(const T& value) {
+    auto byte_of = [](const bool& flag) {
+        unsigned char byte = 0;
+        std::memcpy(&byte, &flag, 1);
+        return byte;
+    };
+    if constexpr (std::is_same_v<T, bool>) return byte_of(value) <= 1;
+    else if constexpr (std::is_same_v<T, flags>) return byte_of(value.on) <= 1;
+    else if constexpr (std::is_same_v<T, inventory>) return byte_of(value.open) <= 1;
+    else return true;
+}
+
 template <class T>
 keepsake::keeper_options<T> options_for() {
     keepsake::keeper_options<T> options;
@@ -314,6 +330,7 @@ outcome<T> restore_outcome(keepsake::keeper<T>& kept) {
     outcome<T> result;
     result.error = expected("keeper::restore", [&] {
         if (auto found = kept.restore()) {
+            check(bools_hold_0_or_1(found->value), "restore handed on a bool that is neither 0 nor 1");
             result.value = std::move(found->value);
             result.generation = found->info.generation;
         }
@@ -352,6 +369,7 @@ inline keepsake::segment& memory_segment() {
 template <class T>
 void recover_and_check(keepsake::store& from, const std::string& key, bool memory_first) {
     keepsake::segment& memory = memory_segment();
+    memory.remove_key(key);  // left by a run a finding cut short (in the tests, which go on)
     {
         keepsake::keeper<T> kept(memory, key, options_for<T>());
         std::uint64_t in_memory = 0;
@@ -365,6 +383,7 @@ void recover_and_check(keepsake::store& from, const std::string& key, bool memor
                   "recover failed with an unexpected error code " + std::to_string(static_cast<int>(*failed)));
         } else {
             const std::string where = "recover from " + std::string(keepsake::to_string(result->source));
+            check(bools_hold_0_or_1(result->value), where + " handed on a bool that is neither 0 nor 1");
             check_committed(kept, result->value, result->generation,
                             result->source == keepsake::recovery_source::store ? result->store_generation : 0, where);
             if (result->source == keepsake::recovery_source::shared_memory)

@@ -93,7 +93,10 @@ inline void reseal_entries(std::string& bytes, const directory_block& block) {
         if (!read_at(bytes, at, entry)) break;
         if (entry.state == entry_free) continue;
         entry.checksum = entry_checksum(entry);
-        for (region_desc& region : entry.regions) region.checksum = region_checksum(region, entry.checksum);
+        // A descriptor never used (all zeros: the entry never moved) stays so.
+        static const region_desc unused{};
+        for (region_desc& region : entry.regions)
+            if (std::memcmp(&region, &unused, sizeof(region)) != 0) region.checksum = region_checksum(region, entry.checksum);
         write_at(bytes, at, entry);
         reseal_slots(bytes, entry);
     }
