@@ -224,6 +224,14 @@ keepsake::keeper_options<T> options_for() {
     return options;
 }
 
+// The least segment for `entries` directory entries and `data` bytes of
+// keys (what segment_options::size must be at least, as check_options asks).
+inline std::uint64_t least_segment_size(std::uint32_t entries, std::uint64_t data = 4096) {
+    return keepsake::detail::align64(sizeof(keepsake::detail::segment_header) +
+                                     std::uint64_t{entries} * sizeof(keepsake::detail::dir_entry)) +
+           data;
+}
+
 // --- findings ---------------------------------------------------------------
 class finding : public std::logic_error {
 public:

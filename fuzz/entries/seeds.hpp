@@ -34,7 +34,7 @@ inline keepsake::segment_options small(const std::string& directory, std::uint32
     keepsake::segment_options options;
     options.directory = directory;
     options.max_entries = entries;
-    options.size = keepsake::detail::align64(keepsake::detail::directory_end(entries)) + data;
+    options.size = least_segment_size(entries, data);
     options.max_size = options.size;  // a seed that needs more is a mistake here, not a larger seed
     return options;
 }

@@ -28,7 +28,7 @@ inline keepsake::segment_options owner_options(const std::string& directory) {
     keepsake::segment_options options;
     options.directory = directory;
     options.max_entries = 1;
-    options.size = keepsake::detail::align64(keepsake::detail::directory_end(1)) + 4096;  // the least there is
+    options.size = least_segment_size(1);  // the least there is
     options.max_size = 1u << 20;
     return options;
 }
