@@ -45,7 +45,8 @@ for target in "${targets[@]}"; do
   echo "== fuzz $target for $seconds s"
   status=0
   KEEPSAKE_FUZZ_DIR=$scratch "$build/fuzz/keepsake_fuzz_$target" "$corpus" -max_total_time="$seconds" \
-    -timeout=10 -malloc_limit_mb=16 -rss_limit_mb=1024 -artifact_prefix="$artifacts/" -print_final_stats=1 \
+    -dict=fuzz/keepsake.dict -timeout=10 -malloc_limit_mb=16 -rss_limit_mb=1024 -artifact_prefix="$artifacts/" \
+    -print_final_stats=1 \
     >"$log" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")

@@ -1,7 +1,8 @@
 // fuzz/entries/segment.hpp: the fuzzer's bytes are a segment file, opened
 // the three ways there are:
 //   - read-only view (keepsake-inspect's way): the entries, each key's
-//     newest state copied out as the exporter copies it;
+//     newest state copied out, and an exporter's pass, which must export
+//     just that;
 //   - owner: keepers of every kind restore, commit (twice, the second time
 //     a larger state, which may move the key and grow the segment), and
 //     each commit must come back from restore while every other key stays
@@ -16,7 +17,12 @@
 #include "entries/common.hpp"
 #include "entries/reseal.hpp"
 
+#include <chrono>
+#include <set>
+
 #include <keepsake/detail/snapshot.hpp>
+#include <keepsake/exporter.hpp>
+#include <keepsake/stores/memory_store.hpp>
 
 namespace keepsake_fuzz {
 
@@ -48,14 +54,48 @@ inline void as_view(const std::string& directory) {
     });
     const auto views = view->shared_impl()->entry_views();
     check(views.size() == listed.size(), "entries() and entry_views() disagree");
+    // A read-only view does not index keys, so a key twice in the directory
+    // (damage, or forgery) is listed twice there; not checked below.
+    std::map<std::string, std::optional<keepsake::record>> newest;
+    std::set<std::string> twice;
     for (const auto& each : views) {
         keepsake::record copied;
         const auto status = keepsake::detail::snapshot_newest(each.area, 0, copied);
+        if (newest.count(each.key) != 0) twice.insert(each.key);
+        std::optional<keepsake::record>& found = newest[each.key];
         if (status != keepsake::detail::snapshot_status::copied) continue;
         check(copied.generation != 0 && copied.generation <= keepsake::detail::max_generation &&
                   copied.bytes.size() <= each.area.capacity,
               "a snapshot of key '" + each.key + "' is outside its slot's bounds");
+        found = std::move(copied);
     }
+    // The exporter (keepsake-inspect export's way) copies the same.
+    keepsake::memory_store out;
+    keepsake::exporter_options options;
+    options.interval = std::chrono::hours(1);
+    bool stopped = false;
+    expected("exporter", [&] {
+        keepsake::exporter copier(*view, out, options);
+        stopped = copier.stop(std::chrono::seconds(5));
+    });
+    for (const keepsake::entry_info& entry : listed) {
+        if (twice.count(entry.key) != 0) continue;
+        const std::optional<keepsake::record>& copied = newest[entry.key];
+        check(entry.generation == (copied ? copied->generation : 0),
+              "entries() and a copy of key '" + entry.key + "' disagree on its newest valid generation");
+    }
+    for (const auto& [key, copied] : newest) {
+        if (twice.count(key) != 0) continue;
+        const std::optional<keepsake::record> stored = out.get(key);
+        if (!copied) {
+            check(!stored, "the exporter exported key '" + key + "', which holds no valid state");
+            continue;
+        }
+        check(stored && stored->generation == copied->generation && stored->bytes == copied->bytes &&
+                  stored->fingerprint == copied->fingerprint,
+              "the exporter did not export key '" + key + "' as its newest slot holds it");
+    }
+    check(stopped || !twice.empty(), "the exporter's stop() failed with nothing in its way");
 }
 
 // One kept key in the owner's run: its keeper, and what restore gave last.
