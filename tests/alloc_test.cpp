@@ -1,52 +1,15 @@
 // No heap allocation per commit, call, cast or restart once warmed up, for a
-// trivially copyable state. This binary replaces the global operator new to
-// count every allocation made on the test's thread (a pumped runtime runs
-// the workers on that thread too).
+// trivially copyable state. This binary replaces the global operator new
+// (counting_new.cpp) to count every allocation made on the test's thread (a
+// pumped runtime runs the workers on that thread too).
 #include <catch2/catch.hpp>
 
-#include <cstddef>
-#include <cstdlib>
 #include <exception>
-#include <new>
 
 #include <keepsake/keepsake.hpp>
 
+#include "counting_new.hpp"
 #include "support.hpp"
-
-namespace {
-
-thread_local std::size_t allocations = 0;
-
-void* counted(std::size_t size, std::size_t alignment = alignof(std::max_align_t)) {
-    ++allocations;
-    void* memory = nullptr;
-    if (alignment <= alignof(std::max_align_t)) memory = std::malloc(size == 0 ? 1 : size);
-    else if (::posix_memalign(&memory, alignment, size == 0 ? alignment : size) != 0) memory = nullptr;
-    return memory;
-}
-
-} // namespace
-
-void* operator new(std::size_t size) {
-    if (void* memory = counted(size)) return memory;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return ::operator new(size); }
-void* operator new(std::size_t size, std::align_val_t alignment) {
-    if (void* memory = counted(size, static_cast<std::size_t>(alignment))) return memory;
-    throw std::bad_alloc();
-}
-void* operator new[](std::size_t size, std::align_val_t alignment) { return ::operator new(size, alignment); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept { return counted(size); }
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return counted(size); }
-void operator delete(void* memory) noexcept { std::free(memory); }
-void operator delete[](void* memory) noexcept { std::free(memory); }
-void operator delete(void* memory, std::size_t) noexcept { std::free(memory); }
-void operator delete[](void* memory, std::size_t) noexcept { std::free(memory); }
-void operator delete(void* memory, std::align_val_t) noexcept { std::free(memory); }
-void operator delete[](void* memory, std::align_val_t) noexcept { std::free(memory); }
-void operator delete(void* memory, std::size_t, std::align_val_t) noexcept { std::free(memory); }
-void operator delete[](void* memory, std::size_t, std::align_val_t) noexcept { std::free(memory); }
 
 namespace {
 
@@ -64,9 +27,9 @@ struct fault : std::exception {
 // Allocations made by `work` run `times` times.
 template <class Work>
 std::size_t allocations_in(int times, Work&& work) {
-    const std::size_t before = allocations;
+    const std::size_t before = test_support::heap::allocations();
     for (int i = 0; i < times; ++i) work(i);
-    return allocations - before;
+    return test_support::heap::allocations() - before;
 }
 
 struct pumped_unit {

@@ -218,6 +218,11 @@ namespace detail {
 
 template <class T>
 void check_raw_bytes(const std::byte* data, std::size_t size) {
+    // A bool that is the whole state is no aggregate, so the probe sees no field in it.
+    if constexpr (std::is_same_v<T, bool>)
+        if (static_cast<unsigned>(data[0]) > 1)
+            throw error(errc::decode_failed, "the bool state holds " + std::to_string(static_cast<unsigned>(data[0])) +
+                                                 ", not 0 or 1");
     for (const checked_field& field : raw_layout<T>().checked) {
         const auto byte = static_cast<unsigned>(data[field.offset]);
         if (field.kind == field_kind::boolean && byte > 1)
