@@ -241,3 +241,41 @@ TEST_CASE("random byte flips anywhere give a committed state or a clear error", 
     CHECK(restored > 0);
     CHECK(errors > 0);
 }
+
+TEST_CASE("a directory entry copied onto another, or with a key the rules refuse, is set aside in every view",
+          "[corruption]") {
+    using namespace keepsake::detail;
+    shm_dir dir;
+    {
+        segment s("twice", dir.options());
+        keeper<int>(s, "a").commit(1);
+        keeper<int>(s, "b").commit(2);
+    }
+    std::string bytes = test_support::read_file(dir.file("twice"));
+    segment_header header{};
+    std::memcpy(&header, bytes.data(), sizeof(header));
+    const std::size_t first = header.blocks[0].offset;
+    SECTION("a second entry of key 'a' (its words check out)") {
+        std::memcpy(&bytes[first + sizeof(dir_entry)], &bytes[first], sizeof(dir_entry));
+    }
+    SECTION("key 'b' renamed to 'b b', resealed") {
+        dir_entry entry{};
+        std::memcpy(&entry, &bytes[first + sizeof(dir_entry)], sizeof(entry));
+        entry.key_length = 3;
+        std::memcpy(entry.key, "b b", 3);
+        entry.checksum = entry_checksum_of(entry);
+        for (region_desc& region : entry.regions) region.checksum = region_checksum_of(region, entry.checksum);
+        std::memcpy(&bytes[first + sizeof(dir_entry)], &entry, sizeof(entry));
+    }
+    { std::ofstream(dir.file("twice"), std::ios::binary | std::ios::trunc) << bytes; }
+    {
+        segment view = segment::open_existing("twice", keepsake::segment_access::read_only, dir.path());
+        REQUIRE(view.entries().size() == 1);
+        CHECK(view.entries()[0].key == "a");
+    }
+    segment s("twice", dir.options());
+    CHECK(s.entries().size() == 1);
+    CHECK(s.damaged_entries() == 1);
+    s.drop_damaged_entries();
+    CHECK(keeper<int>(s, "a").restore()->value == 1);
+}

@@ -317,6 +317,7 @@ private:
     bool read_valid_entry(std::uint32_t index, dir_entry& out) const noexcept;
 
     slot_area area_of(const dir_entry& entry) const noexcept;
+    bool set_aside(std::uint32_t index) const noexcept;
 
     std::optional<found_entry> find_entry(const std::string& key) const;
     std::optional<found_entry> find_valid_entry(const std::string& key) const noexcept;

@@ -19,7 +19,9 @@
 #include "keepsake/segment.hpp"
 #endif
 
+#include <algorithm>
 #include <cstring>
+#include <unordered_set>
 
 namespace keepsake {
 namespace detail {
@@ -51,10 +53,19 @@ KEEPSAKE_INLINE bool segment_impl::read_valid_entry(std::uint32_t index, dir_ent
     std::memcpy(&out, live, sizeof(out));
     if (out.state != entry_ready || entry_checksum_of(out) != out.checksum) return false;
     if (out.key_length == 0 || out.key_length > max_key_length || out.active > 1) return false;
+    // A key the naming rules refuse could not be named to remove it.
+    for (std::uint32_t i = 0; i < out.key_length; ++i)
+        if (!is_name_char(out.key[i], true)) return false;
     const auto kind = static_cast<entry_kind>(out.kind);
     if (kind != entry_kind::state && kind != entry_kind::table) return false;
     const region_desc& region = out.regions[out.active];
     return region_checksum_of(region, out.checksum) == region.checksum && region_in_bounds(region, kind);
+}
+
+// Entries found damaged at open (a second entry of one key, overlapping
+// regions) are not listed, even where their own words check out.
+KEEPSAKE_INLINE bool segment_impl::set_aside(std::uint32_t index) const noexcept {
+    return std::find(damaged_.begin(), damaged_.end(), index) != damaged_.end();
 }
 
 KEEPSAKE_INLINE slot_area segment_impl::area_of(const dir_entry& entry) const noexcept {
@@ -92,6 +103,7 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
     for (std::size_t i = 1; i < blocks_.size(); ++i)
         if (!space_.take(blocks_[i].offset, align64(std::uint64_t{blocks_[i].count} * sizeof(dir_entry))))
             corrupt("directory block " + std::to_string(i) + " overlaps another");
+    std::unordered_set<std::string> seen;  // every mode: a read-only view lists a key once too
     for (std::uint32_t i = 0; i < entry_count_; ++i) {
         dir_entry& slot = *entry_at(i);
         const std::uint32_t state = load_acquire(slot.state);
@@ -111,7 +123,7 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
             const region_desc& region = entry.regions[entry.active];
             // Two entries claiming the same key or the same bytes: only
             // damage (or a forger) does that; the first one found keeps them.
-            valid = !(indexed() && directory_index_.count(key)) &&
+            valid = seen.insert(key).second &&
                     space_.take(region.offset, region_bytes(region, static_cast<entry_kind>(entry.kind)));
         }
         if (valid) {
@@ -326,7 +338,7 @@ KEEPSAKE_INLINE std::vector<entry_info> segment_impl::list_entries() const {
     std::vector<entry_info> listed;
     for (std::uint32_t i = 0; i < entry_count_; ++i) {
         dir_entry entry{};
-        if (!read_valid_entry(i, entry)) continue;
+        if (!read_valid_entry(i, entry) || set_aside(i)) continue;
         listed.push_back(describe(entry, area_of(entry)));
     }
     return listed;
@@ -337,7 +349,7 @@ KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views(
     std::vector<entry_view> views;
     for (std::uint32_t i = 0; i < entry_count_; ++i) {
         dir_entry entry{};
-        if (read_valid_entry(i, entry))
+        if (read_valid_entry(i, entry) && !set_aside(i))
             views.push_back({std::string(entry.key, entry.key_length), area_of(entry), i, entry.nonce,
                              static_cast<entry_kind>(entry.kind)});
     }

@@ -72,7 +72,10 @@ constexpr bool probe_target() {
 
 struct counting_probe {
     template <class U, class = std::enable_if_t<probe_target<U>()>>
-    constexpr operator U() const noexcept;  // only named in unevaluated contexts
+    // Named in unevaluated contexts only; defined all the same, as clang
+    // warns about an undefined inline function a field's own converting
+    // constructor template refers to (std::optional's does).
+    constexpr operator U() const noexcept { return U{}; }
 };
 
 template <class T, class Probe, std::size_t... I>
@@ -110,7 +113,7 @@ constexpr bool holds_unfixed_enum();
 
 struct fixed_enum_probe {
     template <class U, class = std::enable_if_t<probe_target<U>() && !holds_unfixed_enum<U>()>>
-    constexpr operator U() const noexcept;
+    constexpr operator U() const noexcept { return U{}; }
 };
 
 template <class U>
