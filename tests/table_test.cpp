@@ -7,6 +7,8 @@
 #include <cereal/types/vector.hpp>
 
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <atomic>
 #include <map>
 #include <thread>
@@ -385,4 +387,43 @@ TEST_CASE("the exporter copies a state and its tables as of one commit while com
     done.store(true);
     committer.join();
     CHECK(checked == 200);
+}
+
+TEST_CASE("removing a key removes its side tables; a key made again starts with empty tables", "[table]") {
+    shm_dir dir;
+    {
+        segment s("removed", dir.options());
+        {
+            keeper<world> k(s, "w");
+            k.table<std::uint64_t, entity>("entities").put(1, entity{1, 1, "a"});
+            k.table<std::uint64_t, entity>("more").put(2, entity{2, 1, "b"});
+            k.commit(world{1, 3, 2});
+            CHECK(test_support::error_from([&] { s.remove_key("w"); }).code() == errc::key_in_use);
+        }
+        CHECK(s.entries().size() == 3);
+        CHECK(s.remove_key("w"));
+        CHECK(s.entries().empty());
+        keeper<world> k(s, "x");
+        k.table<std::uint64_t, entity>("t").put(1, entity{1, 1, "a"});
+        k.commit(world{1, 1, 1});
+    }
+    // A crash between the two steps of a removal: the key's entry is free
+    // (the first store), its table's is not.
+    {
+        std::string bytes = test_support::read_file(dir.file("removed"));
+        keepsake::detail::segment_header header{};
+        std::memcpy(&header, bytes.data(), sizeof(header));
+        for (std::uint32_t i = 0; i < header.blocks[0].count; ++i) {
+            keepsake::detail::dir_entry entry{};
+            const std::size_t at = header.blocks[0].offset + i * sizeof(entry);
+            std::memcpy(&entry, &bytes[at], sizeof(entry));
+            if (entry.state == keepsake::detail::entry_ready && std::string(entry.key, entry.key_length) == "x")
+                std::memset(&bytes[at], 0, sizeof(entry.state));
+        }
+        std::ofstream(dir.file("removed"), std::ios::binary | std::ios::trunc) << bytes;
+    }
+    segment s("removed", dir.options());
+    CHECK(s.entries().size() == 1);  // the orphan table
+    keeper<world> again(s, "x");
+    CHECK(again.table<std::uint64_t, entity>("t").empty());
 }

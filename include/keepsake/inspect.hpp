@@ -471,6 +471,8 @@ private:
 
     std::vector<std::string> row_of(const entry_info& entry) const {
         std::string notes;
+        if (entry.kind == static_cast<std::uint32_t>(detail::entry_kind::table))
+            notes += "side table of '" + entry.key.substr(0, entry.key.rfind("::")) + "', exported with it; ";
         if (entry.generation == 0) notes += "no valid state; ";
         if (entry.invalid_slots != 0) notes += std::to_string(entry.invalid_slots) + " damaged slot(s); ";
         if (entry.unpublished_slots != 0) notes += std::to_string(entry.unpublished_slots) + " unfinished commit(s); ";
@@ -495,6 +497,11 @@ private:
         if (!found)
             throw error(errc::not_found, "segment '" + view.name() + "' has no key '" + key +
                                              "'; keepsake-inspect show " + view.name() + " lists its keys");
+        if (found->kind == detail::entry_kind::table)
+            throw error(errc::invalid_argument, "key '" + key + "' is a side table of '" +
+                                                    key.substr(0, key.rfind("::")) +
+                                                    "': its items are read by that keeper's table<K, V>() and "
+                                                    "exported with its state (keepsake-inspect export)");
         record copied;
         switch (detail::snapshot_newest(found->area, 0, copied)) {
         case detail::snapshot_status::copied: break;

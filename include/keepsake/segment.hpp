@@ -217,7 +217,8 @@ public:
     slot_area move_entry(std::uint32_t index, std::uint32_t count, std::uint64_t capacity,
                          const std::function<void(const slot_area&)>& fill);
 
-    // Forgets a key (its region becomes free). Not while a keeper holds it.
+    // Forgets a key and its side tables (their regions become free). Not
+    // while a keeper holds it or one of its tables.
     bool remove_key(const std::string& key);
 
     void drop_damaged_entries();
@@ -318,6 +319,8 @@ private:
 
     slot_area area_of(const dir_entry& entry) const noexcept;
     bool set_aside(std::uint32_t index) const noexcept;
+    std::vector<std::string> table_keys_of(const std::string& key) const;  // '<key>::<name>' entries
+    bool remove_entry(const std::string& key);
 
     std::optional<found_entry> find_entry(const std::string& key) const;
     std::optional<found_entry> find_valid_entry(const std::string& key) const noexcept;

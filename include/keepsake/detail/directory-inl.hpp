@@ -23,6 +23,8 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "keepsake/detail/table_slots.hpp"
+
 namespace keepsake {
 namespace detail {
 
@@ -305,12 +307,38 @@ KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_valid_entry(const 
     return std::nullopt;
 }
 
+// A key goes with its side tables ('<key>::<name>'): the key's own entry
+// first, in one store, then its tables. A crash in between leaves tables of
+// a key that is gone: a keeper made under that key again finds them empty
+// (their items are above its committed generation, 0, so its first load
+// clears them), and removing the key again takes them.
 KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
     check_key(key);
     refuse_unless(segment_access::maintenance, ("remove key '" + key + "'").c_str());
     std::lock_guard<std::mutex> lock(mutex_);
+    const std::vector<std::string> tables = table_keys_of(key);
+    for (const std::string& each : tables)
+        if (attached_.count(each)) throw error(errc::key_in_use, "side table '" + each + "' is still attached; destroy its keeper first");
     if (attached_.count(key))
         throw error(errc::key_in_use, "key '" + key + "' still has a keeper; destroy it first");
+    bool removed = remove_entry(key);
+    for (const std::string& each : tables) removed = remove_entry(each) || removed;
+    return removed;
+}
+
+KEEPSAKE_INLINE std::vector<std::string> segment_impl::table_keys_of(const std::string& key) const {
+    std::vector<std::string> tables;
+    const std::string prefix = key + "::";
+    for (const auto& known : directory_index_) {
+        const std::string& name = known.first;
+        if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+            name.find(':', prefix.size()) == std::string::npos)
+            tables.push_back(name);
+    }
+    return tables;
+}
+
+KEEPSAKE_INLINE bool segment_impl::remove_entry(const std::string& key) {
     auto found = find_entry(key);
     if (!found) return false;
     store_release(entry_at(found->index)->state, entry_free);  // one store: crash-safe
@@ -379,6 +407,7 @@ KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const 
     info.slot_count = entry.regions[entry.active].count;
     info.slot_capacity = area.capacity;
     info.moves = entry.regions[entry.active].serial;
+    const bool table = entry.kind == static_cast<std::uint32_t>(entry_kind::table);
     for (std::uint32_t s = 0; s < area.count; ++s) {
         const slot_snapshot snap = read_slot_header(area, s);
         if (snap.generation == 0) {
@@ -386,19 +415,24 @@ KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const 
             if (snap.size != 0 || snap.checksum != 0) ++info.unpublished_slots;
             continue;
         }
-        if (!slot_is_valid(area, snap)) {
+        const bool valid = table ? read_item(area, s).valid : slot_is_valid(area, snap);
+        if (!valid) {
             // A commit in this process may be rewriting it right now.
             if (load_acquire(area.header(s)->generation) == snap.generation) ++info.invalid_slots;
             continue;
         }
-        if (snap.generation > info.generation) {
-            info.generation = snap.generation;
-            info.size = snap.size;
-            info.fingerprint = snap.fingerprint;
-            info.schema_version = snap.schema_version;
-            info.codec = snap.codec;
-            info.commit_ns = snap.commit_ns;
+        if (table) {  // a table: its newest item's words, and the bytes of every item version
+            info.size += snap.size;
+            if (snap.generation < info.generation) continue;
+        } else if (snap.generation <= info.generation) {
+            continue;
         }
+        info.generation = snap.generation;
+        if (!table) info.size = snap.size;
+        info.fingerprint = snap.fingerprint;
+        info.schema_version = snap.schema_version;
+        info.codec = snap.codec;
+        info.commit_ns = snap.commit_ns;
     }
     return info;
 }
