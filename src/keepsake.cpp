@@ -8,3 +8,4 @@
 #include "keepsake/detail/directory-inl.hpp"
 #include "keepsake/exporter-inl.hpp"
 #include "keepsake/stores/file_store-inl.hpp"
+#include "keepsake/runtime-inl.hpp"
