@@ -9,3 +9,4 @@
 #include "keepsake/exporter-inl.hpp"
 #include "keepsake/stores/file_store-inl.hpp"
 #include "keepsake/runtime-inl.hpp"
+#include "keepsake/detail/child-inl.hpp"
