@@ -10,3 +10,4 @@
 #include "keepsake/stores/file_store-inl.hpp"
 #include "keepsake/runtime-inl.hpp"
 #include "keepsake/detail/child-inl.hpp"
+#include "keepsake/supervisor-inl.hpp"
