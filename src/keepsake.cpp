@@ -8,3 +8,6 @@
 #include "keepsake/detail/directory-inl.hpp"
 #include "keepsake/exporter-inl.hpp"
 #include "keepsake/stores/file_store-inl.hpp"
+#include "keepsake/runtime-inl.hpp"
+#include "keepsake/detail/child-inl.hpp"
+#include "keepsake/supervisor-inl.hpp"

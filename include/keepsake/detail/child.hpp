@@ -21,6 +21,7 @@
 #include <boost/fiber/context.hpp>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/config.hpp"
 #include "keepsake/detail/futex.hpp"
 #include "keepsake/detail/mailbox.hpp"
 #include "keepsake/detail/parking.hpp"
@@ -100,7 +101,7 @@ using reply_value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
 class actor {
 public:
     explicit actor(std::string name) : name_(std::move(name)) {}
-    virtual ~actor() { fail_pending(); }
+    KEEPSAKE_INLINE virtual ~actor();
     actor(const actor&) = delete;
     actor& operator=(const actor&) = delete;
 
@@ -120,10 +121,7 @@ protected:
 
     // Running again: after any drain of a caller that saw it stopped (a
     // worker and a drain must not both take from the mailbox).
-    void set_running() noexcept {
-        std::lock_guard<futex_mutex> guard(draining_);
-        set_state(child_state::running);
-    }
+    void set_running() noexcept;
 
     // Queues `job` (called as job(target, reply)) and waits up to `timeout`
     // (real time) for its answer.
@@ -186,40 +184,16 @@ protected:
     // Every queued call fails with not_running; casts are dropped. Only
     // while no worker serves the mailbox (it has one consumer); drains from
     // several threads take turns.
-    void fail_pending() noexcept {
-        std::lock_guard<futex_mutex> guard(draining_);
-        drain_failing();
-    }
+    void fail_pending() noexcept;
 
-    void drain_failing() noexcept {
-        message pending;
-        while (mailbox_.pop(pending)) {
-            if (reply_cell* reply = pending.reply()) {
-                answer_failure(*reply, not_running_failure());
-                replies_.release(reply);
-            }
-            pending.reset();
-        }
-    }
+    void drain_failing() noexcept;
 
     // The error for a caller nobody will serve. Without memory for its
     // message, bad_alloc (from the exception runtime's emergency pool) still
     // wakes the caller.
-    std::exception_ptr not_running_failure() const noexcept {
-        try {
-            return std::make_exception_ptr(not_running_error());
-        } catch (...) {
-            return std::make_exception_ptr(std::bad_alloc());
-        }
-    }
+    std::exception_ptr not_running_failure() const noexcept;
 
-    error not_running_error() const {
-        return error(errc::not_running, "'" + name_ +
-                                            "' is not running: it was stopped, or it gave up and nothing "
-                                            "restarted it. Start it again before calling it: "
-                                            "supervisor::restart_child for a child of a supervisor, "
-                                            "start_unit or start_supervisor for one started on its own");
-    }
+    error not_running_error() const;
 
 private:
     std::string name_;
@@ -242,10 +216,7 @@ private:
         if (state() == child_state::not_running) fail_if_still_stopped();
     }
 
-    void fail_if_still_stopped() noexcept {
-        std::lock_guard<futex_mutex> guard(draining_);
-        if (state() == child_state::not_running) drain_failing();
-    }
+    void fail_if_still_stopped() noexcept;
 
     template <class R>
     R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout, bool same_thread) {
@@ -281,73 +252,25 @@ public:
     bool accepts_calls() const noexcept override { return state() != child_state::not_running; }
     std::uint64_t instance() const noexcept override { return instance_.load(std::memory_order_acquire); }
 
-    bool start(exit_handler on_exit) override {
-        if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
-        const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
-        prepare_instance(std::move(on_exit));
-        set_running();
-        runtime_.spawn([self = self_pointer(), number] { self->fiber_main(number); }, stack_size_);
-        runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
-        if (start_outcome_ == outcome::failed)
-            throw error(errc::start_failed, "'" + name() + "' failed to start: " + start_error_);
-        if (start_outcome_ == outcome::started) return true;
-        discard();
-        return false;
-    }
+    KEEPSAKE_INLINE bool start(exit_handler on_exit) override;
 
     // Starts it with no supervisor above it: when it ends by itself it stays
     // down (calls fail with not_running), and the runtime stops it when the
     // runtime goes. Its start is an event, by "runtime", as a child's start
     // is by its supervisor. False if its init declined (ignore_start).
-    bool start_as_root() {
-        std::weak_ptr<supervised_actor> weak = self_pointer();
-        const bool running = start([weak](std::uint64_t, const exit_reason&) {
-            if (auto alive = weak.lock()) alive->discard();
-        });
-        if (!running) return false;
-        runtime_.add_root(self_pointer());
-        publish_by("runtime", event_kind::started, name(), instance());
-        return true;
-    }
+    bool start_as_root();
 
-    void stop(const shutdown_spec& how, bool restart_follows) override {
-        stopped_by_parent_.store(true, std::memory_order_release);
-        if (is_running()) {
-            if (how.how == shutdown_spec::mode::brutal_kill) force();
-            else request_stop();
-            const duration deadline =
-                how.how == shutdown_spec::mode::timeout ? runtime_.clock().now() + how.limit : forever;
-            if (!wait_ended(deadline)) {
-                force();
-                wait_ended(forever);
-            }
-        }
-        if (restart_follows) {
-            set_state(child_state::restarting);
-        } else {
-            set_state(child_state::not_running);
-            fail_pending();
-        }
-    }
+    KEEPSAKE_INLINE void stop(const shutdown_spec& how, bool restart_follows) override;
 
-    void discard() override {
-        set_state(child_state::not_running);
-        fail_pending();
-    }
+    KEEPSAKE_INLINE void discard() override;
 
-    void stop_root() override { stop(own_shutdown_, false); }
+    KEEPSAKE_INLINE void stop_root() override;
 
-    void forget() override {
-        discard();
-        runtime_.unregister_name(name(), this);
-    }
+    KEEPSAKE_INLINE void forget() override;
 
     runtime& runtime_of() const noexcept { return runtime_; }
 
-    duration uptime() const {
-        return is_running() ? runtime_.clock().now() - duration(started_at_.load(std::memory_order_relaxed))
-                            : duration::zero();
-    }
+    duration uptime() const;
 
 protected:
     runtime& runtime_;
@@ -364,22 +287,9 @@ protected:
     // Publishes what this actor did to `child` (itself, for a unit's worker
     // or a supervisor's own stop), stamped with the runtime's clock.
     void publish(event_kind kind, std::string_view child, std::uint64_t child_instance,
-                 exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
-        publish_by(name(), kind, child, child_instance, reason_kind, reason);
-    }
+                 exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const;
     void publish_by(std::string_view by, event_kind kind, std::string_view child, std::uint64_t child_instance,
-                    exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const {
-        if (!runtime_.events().any()) return;  // not even the clock read: a crash's path is hot
-        event what;
-        what.kind = kind;
-        what.supervisor = by;
-        what.child = child;
-        what.instance = child_instance;
-        what.reason_kind = reason_kind;
-        what.reason = reason;
-        what.at = runtime_.clock().now();
-        runtime_.events().publish(what);
-    }
+                    exit_kind reason_kind = exit_kind::normal, std::string_view reason = {}) const;
     bool started() const noexcept { return started_; }
     bool stop_requested() const noexcept { return stop_requested_.load(std::memory_order_acquire); }
     bool forced() const noexcept { return forced_.load(std::memory_order_acquire); }
@@ -402,85 +312,22 @@ private:
     std::atomic<std::uint64_t> instance_{0};
     std::atomic<std::int64_t> started_at_{0};
 
-    void prepare_instance(exit_handler on_exit) {
-        auto lock = lifecycle_.lock();
-        on_exit_ = std::move(on_exit);
-        start_outcome_ = outcome::pending;
-        start_error_.clear();
-        started_ = false;
-        stop_requested_.store(false, std::memory_order_relaxed);
-        forced_.store(false, std::memory_order_relaxed);
-        stopped_by_parent_.store(false, std::memory_order_relaxed);
-        fiber_alive_.store(true, std::memory_order_release);
-        started_at_.store(runtime_.clock().now().count(), std::memory_order_relaxed);
-    }
+    void prepare_instance(exit_handler on_exit);
 
-    void report_start(outcome result, std::string why) {
-        {
-            auto lock = lifecycle_.lock();
-            start_outcome_ = result;
-            start_error_ = std::move(why);
-            started_ = result == outcome::started;
-        }
-        lifecycle_.notify_all();
-    }
+    void report_start(outcome result, std::string why);
 
-    void request_stop() {
-        stop_requested_.store(true, std::memory_order_release);
-        wake_for_stop();
-    }
+    void request_stop();
 
-    void force() {
-        forced_.store(true, std::memory_order_release);
-        request_stop();
-    }
+    void force();
 
-    bool wait_ended(duration deadline) {
-        return runtime_.wait_until(lifecycle_, deadline, [&] { return !is_running(); });
-    }
+    bool wait_ended(duration deadline);
 
-    void fiber_main(std::uint64_t number) {
-        boost::fibers::context* self = boost::fibers::context::active();
-        server_scheduler_.store(self->get_scheduler(), std::memory_order_relaxed);
-        server_.store(self, std::memory_order_relaxed);
-        exit_reason reason;
-        try {
-            reason = run_instance(number);
-        } catch (const ignore_start& declined) {
-            if (!started_) return end_start(outcome::ignored, declined.reason());
-            reason = exit_reason{exit_kind::normal, declined.reason()};
-        } catch (const std::exception& thrown) {
-            if (!started_) return end_start(outcome::failed, thrown.what());
-            reason = exit_reason{exit_kind::crashed, thrown.what()};
-        } catch (...) {
-            if (!started_) return end_start(outcome::failed, "an exception not derived from std::exception");
-            reason = exit_reason{exit_kind::crashed, "an exception not derived from std::exception"};
-        }
-        end_instance(number, reason);
-    }
+    void fiber_main(std::uint64_t number);
 
     // The instance ended before it reported started: it failed, or declined.
-    void end_start(outcome result, const std::string& why) {
-        server_.store(nullptr, std::memory_order_relaxed);
-        finish_inflight();
-        fiber_alive_.store(false, std::memory_order_release);
-        report_start(result, why);
-    }
+    void end_start(outcome result, const std::string& why);
 
-    void end_instance(std::uint64_t number, const exit_reason& reason) {
-        server_.store(nullptr, std::memory_order_relaxed);
-        // Read before the fiber is marked ended: a stopper may start the
-        // next instance (with a new handler) as soon as it sees that.
-        const bool by_parent = stopped_by_parent();
-        exit_handler tell_parent = by_parent ? exit_handler{} : on_exit_;
-        if (!by_parent) set_state(child_state::restarting);
-        {
-            auto lock = lifecycle_.lock();
-            fiber_alive_.store(false, std::memory_order_release);
-        }
-        lifecycle_.notify_all();
-        if (tell_parent) tell_parent(number, reason);
-    }
+    void end_instance(std::uint64_t number, const exit_reason& reason);
 };
 
 // Makes a unit's or supervisor's core and registers its name, so whereis
@@ -494,3 +341,7 @@ std::shared_ptr<Core> make_registered(runtime& where, Spec spec) {
 
 } // namespace detail
 } // namespace keepsake
+
+#ifdef KEEPSAKE_HEADER_ONLY
+#include "keepsake/detail/child-inl.hpp"
+#endif

@@ -1,0 +1,220 @@
+// keepsake/detail/child-inl.hpp: the code of actors and supervised actors
+// (units and supervisors) that is not on a message's path. Included by
+// detail/child.hpp in header-only mode; compiled once by src/keepsake.cpp
+// in the compiled mode.
+#pragma once
+
+#ifndef KEEPSAKE_HEADER_ONLY
+#include "keepsake/detail/child.hpp"
+#endif
+
+namespace keepsake {
+namespace detail {
+
+KEEPSAKE_INLINE actor::~actor() { fail_pending(); }
+
+KEEPSAKE_INLINE void actor::set_running() noexcept {
+    std::lock_guard<futex_mutex> guard(draining_);
+    set_state(child_state::running);
+}
+
+KEEPSAKE_INLINE void actor::fail_pending() noexcept {
+    std::lock_guard<futex_mutex> guard(draining_);
+    drain_failing();
+}
+
+KEEPSAKE_INLINE void actor::drain_failing() noexcept {
+    message pending;
+    while (mailbox_.pop(pending)) {
+        if (reply_cell* reply = pending.reply()) {
+            answer_failure(*reply, not_running_failure());
+            replies_.release(reply);
+        }
+        pending.reset();
+    }
+}
+
+KEEPSAKE_INLINE std::exception_ptr actor::not_running_failure() const noexcept {
+    try {
+        return std::make_exception_ptr(not_running_error());
+    } catch (...) {
+        return std::make_exception_ptr(std::bad_alloc());
+    }
+}
+
+KEEPSAKE_INLINE error actor::not_running_error() const {
+    return error(errc::not_running, "'" + name_ +
+                                        "' is not running: it was stopped, or it gave up and nothing "
+                                        "restarted it. Start it again before calling it: "
+                                        "supervisor::restart_child for a child of a supervisor, "
+                                        "start_unit or start_supervisor for one started on its own");
+}
+
+KEEPSAKE_INLINE void actor::fail_if_still_stopped() noexcept {
+    std::lock_guard<futex_mutex> guard(draining_);
+    if (state() == child_state::not_running) drain_failing();
+}
+
+KEEPSAKE_INLINE bool supervised_actor::start(exit_handler on_exit) {
+    if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
+    const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
+    prepare_instance(std::move(on_exit));
+    set_running();
+    runtime_.spawn([self = self_pointer(), number] { self->fiber_main(number); }, stack_size_);
+    runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
+    if (start_outcome_ == outcome::failed)
+        throw error(errc::start_failed, "'" + name() + "' failed to start: " + start_error_);
+    if (start_outcome_ == outcome::started) return true;
+    discard();
+    return false;
+}
+
+KEEPSAKE_INLINE bool supervised_actor::start_as_root() {
+    std::weak_ptr<supervised_actor> weak = self_pointer();
+    const bool running = start([weak](std::uint64_t, const exit_reason&) {
+        if (auto alive = weak.lock()) alive->discard();
+    });
+    if (!running) return false;
+    runtime_.add_root(self_pointer());
+    publish_by("runtime", event_kind::started, name(), instance());
+    return true;
+}
+
+KEEPSAKE_INLINE void supervised_actor::stop(const shutdown_spec& how, bool restart_follows) {
+    stopped_by_parent_.store(true, std::memory_order_release);
+    if (is_running()) {
+        if (how.how == shutdown_spec::mode::brutal_kill) force();
+        else request_stop();
+        const duration deadline =
+            how.how == shutdown_spec::mode::timeout ? runtime_.clock().now() + how.limit : forever;
+        if (!wait_ended(deadline)) {
+            force();
+            wait_ended(forever);
+        }
+    }
+    if (restart_follows) {
+        set_state(child_state::restarting);
+    } else {
+        set_state(child_state::not_running);
+        fail_pending();
+    }
+}
+
+KEEPSAKE_INLINE void supervised_actor::discard() {
+    set_state(child_state::not_running);
+    fail_pending();
+}
+
+KEEPSAKE_INLINE void supervised_actor::stop_root() { stop(own_shutdown_, false); }
+
+KEEPSAKE_INLINE void supervised_actor::forget() {
+    discard();
+    runtime_.unregister_name(name(), this);
+}
+
+KEEPSAKE_INLINE duration supervised_actor::uptime() const {
+    return is_running() ? runtime_.clock().now() - duration(started_at_.load(std::memory_order_relaxed))
+                        : duration::zero();
+}
+
+KEEPSAKE_INLINE void supervised_actor::publish(event_kind kind, std::string_view child, std::uint64_t child_instance,
+                                                exit_kind reason_kind, std::string_view reason) const {
+    publish_by(name(), kind, child, child_instance, reason_kind, reason);
+}
+
+KEEPSAKE_INLINE void supervised_actor::publish_by(std::string_view by, event_kind kind, std::string_view child,
+                                                   std::uint64_t child_instance, exit_kind reason_kind,
+                                                   std::string_view reason) const {
+    if (!runtime_.events().any()) return;  // not even the clock read: a crash's path is hot
+    event what;
+    what.kind = kind;
+    what.supervisor = by;
+    what.child = child;
+    what.instance = child_instance;
+    what.reason_kind = reason_kind;
+    what.reason = reason;
+    what.at = runtime_.clock().now();
+    runtime_.events().publish(what);
+}
+
+KEEPSAKE_INLINE void supervised_actor::prepare_instance(exit_handler on_exit) {
+    auto lock = lifecycle_.lock();
+    on_exit_ = std::move(on_exit);
+    start_outcome_ = outcome::pending;
+    start_error_.clear();
+    started_ = false;
+    stop_requested_.store(false, std::memory_order_relaxed);
+    forced_.store(false, std::memory_order_relaxed);
+    stopped_by_parent_.store(false, std::memory_order_relaxed);
+    fiber_alive_.store(true, std::memory_order_release);
+    started_at_.store(runtime_.clock().now().count(), std::memory_order_relaxed);
+}
+
+KEEPSAKE_INLINE void supervised_actor::report_start(outcome result, std::string why) {
+    {
+        auto lock = lifecycle_.lock();
+        start_outcome_ = result;
+        start_error_ = std::move(why);
+        started_ = result == outcome::started;
+    }
+    lifecycle_.notify_all();
+}
+
+KEEPSAKE_INLINE void supervised_actor::request_stop() {
+    stop_requested_.store(true, std::memory_order_release);
+    wake_for_stop();
+}
+
+KEEPSAKE_INLINE void supervised_actor::force() {
+    forced_.store(true, std::memory_order_release);
+    request_stop();
+}
+
+KEEPSAKE_INLINE bool supervised_actor::wait_ended(duration deadline) {
+    return runtime_.wait_until(lifecycle_, deadline, [&] { return !is_running(); });
+}
+
+KEEPSAKE_INLINE void supervised_actor::fiber_main(std::uint64_t number) {
+    boost::fibers::context* self = boost::fibers::context::active();
+    server_scheduler_.store(self->get_scheduler(), std::memory_order_relaxed);
+    server_.store(self, std::memory_order_relaxed);
+    exit_reason reason;
+    try {
+        reason = run_instance(number);
+    } catch (const ignore_start& declined) {
+        if (!started_) return end_start(outcome::ignored, declined.reason());
+        reason = exit_reason{exit_kind::normal, declined.reason()};
+    } catch (const std::exception& thrown) {
+        if (!started_) return end_start(outcome::failed, thrown.what());
+        reason = exit_reason{exit_kind::crashed, thrown.what()};
+    } catch (...) {
+        if (!started_) return end_start(outcome::failed, "an exception not derived from std::exception");
+        reason = exit_reason{exit_kind::crashed, "an exception not derived from std::exception"};
+    }
+    end_instance(number, reason);
+}
+
+KEEPSAKE_INLINE void supervised_actor::end_start(outcome result, const std::string& why) {
+    server_.store(nullptr, std::memory_order_relaxed);
+    finish_inflight();
+    fiber_alive_.store(false, std::memory_order_release);
+    report_start(result, why);
+}
+
+KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const exit_reason& reason) {
+    server_.store(nullptr, std::memory_order_relaxed);
+    // Read before the fiber is marked ended: a stopper may start the
+    // next instance (with a new handler) as soon as it sees that.
+    const bool by_parent = stopped_by_parent();
+    exit_handler tell_parent = by_parent ? exit_handler{} : on_exit_;
+    if (!by_parent) set_state(child_state::restarting);
+    {
+        auto lock = lifecycle_.lock();
+        fiber_alive_.store(false, std::memory_order_release);
+    }
+    lifecycle_.notify_all();
+    if (tell_parent) tell_parent(number, reason);
+}
+
+} // namespace detail
+} // namespace keepsake

@@ -1,0 +1,266 @@
+// keepsake/runtime-inl.hpp: the runtime's code. Included by runtime.hpp in
+// header-only mode; compiled once by src/keepsake.cpp in the compiled mode.
+#pragma once
+
+#ifndef KEEPSAKE_HEADER_ONLY
+#include "keepsake/runtime.hpp"
+#endif
+
+namespace keepsake {
+
+KEEPSAKE_INLINE runtime::runtime(runtime_options options)
+    : options_(std::move(options)), time_(options_.time ? options_.time : std::make_shared<steady_clock>()) {
+    if (options_.stack_size < 16 * 1024)
+        throw error(errc::invalid_argument, "runtime_options::stack_size must be at least 16 KiB");
+    if (options_.threads == 0) {
+        install_scheduler();
+        owner_threads_.push_back(std::this_thread::get_id());
+        spawn_launcher();
+    } else {
+        start_threads();
+    }
+    committer_id_ = detail::committers::instance().add([this](const void* segment) { stop_units_in(segment); });
+}
+
+KEEPSAKE_INLINE runtime::~runtime() {
+    detail::committers::instance().remove(committer_id_);
+    shutdown();
+}
+
+KEEPSAKE_INLINE std::size_t runtime::poll() {
+    check_pumping_thread("poll");
+    const std::size_t ready = ready_workers_->load(std::memory_order_relaxed);
+    boost::this_fiber::yield();
+    return ready;
+}
+
+KEEPSAKE_INLINE std::size_t runtime::run_for(duration budget) {
+    check_pumping_thread("run_for");
+    const auto until = std::chrono::steady_clock::now() + budget;
+    budget_->pump = boost::fibers::context::active();
+    budget_->until = until;
+    std::size_t rounds = 0;
+    do {
+        boost::this_fiber::yield();
+        ++rounds;
+    } while (ready_workers_->load(std::memory_order_relaxed) != 0 && std::chrono::steady_clock::now() < until);
+    budget_->pump = nullptr;
+    return rounds;
+}
+
+KEEPSAKE_INLINE bool runtime::on_runtime_thread() const {
+    const auto self = std::this_thread::get_id();
+    return std::find(owner_threads_.begin(), owner_threads_.end(), self) != owner_threads_.end();
+}
+
+KEEPSAKE_INLINE void runtime::spawn(std::function<void()> body, std::size_t stack_size) {
+    if (stack_size == 0) stack_size = options_.stack_size;
+    live_fibers_.fetch_add(1, std::memory_order_relaxed);
+    if (launchers_.size() == 1 && on_runtime_thread()) {
+        launch(std::move(body), stack_size);
+        return;
+    }
+    launcher& target = *launchers_[next_launcher_.fetch_add(1, std::memory_order_relaxed) % launchers_.size()];
+    {
+        auto lock = target.wake.lock();
+        target.queue.emplace_back(std::move(body), stack_size);
+    }
+    target.wake.notify_all();
+}
+
+KEEPSAKE_INLINE void runtime::register_name(const std::string& name, std::type_index type, std::string (*describe)(),
+                                            std::weak_ptr<detail::named_process> who) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    auto found = registry_.find(name);
+    if (found != registry_.end())
+        if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
+    registry_.insert_or_assign(name, registered{type, describe, std::move(who)});
+}
+
+KEEPSAKE_INLINE void runtime::unregister_name(const std::string& name, const detail::named_process* who) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    auto found = registry_.find(name);
+    if (found == registry_.end()) return;
+    auto held = found->second.who.lock();
+    if (!held || held.get() == who) registry_.erase(found);
+}
+
+KEEPSAKE_INLINE void runtime::note_segment(const void* segment) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) segments_.push_back(segment);
+}
+
+KEEPSAKE_INLINE void runtime::add_meter(detail::meter added) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
+                  meters_.end());
+    meters_.push_back(std::move(added));
+}
+
+KEEPSAKE_INLINE std::vector<detail::metered_counters> runtime::sample_meters() const {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    std::vector<detail::metered_counters> sampled;
+    sampled.reserve(meters_.size());
+    for (const detail::meter& each : meters_) {
+        const std::shared_ptr<void> held = each.alive.lock();
+        if (!held) continue;
+        sampled.emplace_back();
+        each.fill(held.get(), sampled.back());
+    }
+    return sampled;
+}
+
+KEEPSAKE_INLINE void runtime::add_root(std::shared_ptr<detail::root_process> root) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    roots_.push_back(std::move(root));
+}
+
+KEEPSAKE_INLINE void runtime::remove_root(const detail::root_process* root) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    roots_.erase(std::remove_if(roots_.begin(), roots_.end(), [&](const auto& held) { return held.get() == root; }),
+                 roots_.end());
+}
+
+KEEPSAKE_INLINE void runtime::shutdown() {
+    if (shut_down_.exchange(true)) return;
+    stop_roots();
+    fibers_done_.wait([&] { return live_fibers_.load(std::memory_order_acquire) == 0; });
+    for (auto& each : launchers_) {
+        {
+            auto lock = each->wake.lock();
+            each->stopping = true;
+        }
+        each->wake.notify_all();
+    }
+    if (pumped()) {
+        // The launcher fiber ends at its next turn.
+        while (!launchers_.front()->done.load(std::memory_order_acquire)) boost::this_fiber::yield();
+    }
+    for (auto& thread : threads_) thread.join();
+    threads_.clear();
+}
+
+KEEPSAKE_INLINE void runtime::refuse_name(const std::string& name, const detail::named_process& holder) {
+    if (holder.is_running())
+        throw error(errc::already_started, "'" + name + "' is already running in this runtime; give each unit "
+                                                        "and supervisor a unique name");
+    throw error(errc::already_present,
+                "the name '" + name + "' is still held by a unit or supervisor that is not running (its "
+                "supervisor keeps its spec, or a handle to it is alive); restart that one (restart_child), or "
+                "delete it (delete_child) and drop its handles, before starting another of that name");
+}
+
+KEEPSAKE_INLINE void runtime::check_pumping_thread(const char* what) const {
+    if (!pumped())
+        throw error(errc::invalid_argument, std::string("runtime::") + what +
+                                                " pumps a runtime made with threads = 0; this runtime runs "
+                                                "its fibers on threads of its own, so there is nothing to pump");
+    if (owner_threads_.front() != std::this_thread::get_id())
+        throw error(errc::invalid_argument, std::string("runtime::") + what +
+                                                " was called on another thread than the one that made this "
+                                                "runtime (threads = 0), which is the only thread its fibers "
+                                                "run on: call it there, or make the runtime with threads >= 1");
+}
+
+KEEPSAKE_INLINE void runtime::install_scheduler() {
+    if (options_.share_work && options_.threads >= 2)
+        boost::fibers::use_scheduling_algorithm<detail::sharing_algorithm>(shared_pool_);
+    else
+        boost::fibers::use_scheduling_algorithm<detail::counting_round_robin>(ready_workers_, budget_);
+}
+
+KEEPSAKE_INLINE void runtime::launch(std::function<void()> body, std::size_t stack_size) {
+    boost::fibers::fiber(std::allocator_arg, boost::fibers::protected_fixedsize_stack(stack_size),
+                         [this, body = std::move(body)] {
+                             try {
+                                 body();
+                             } catch (...) {
+                                 // An exception escaping a fiber would call std::terminate.
+                                 detail::log(spdlog::level::err, [] {
+                                     return std::string("an exception escaped a keepsake fiber; ignored");
+                                 });
+                             }
+                             fiber_ended();
+                         })
+        .detach();
+}
+
+KEEPSAKE_INLINE void runtime::fiber_ended() {
+    if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) fibers_done_.notify_all();
+}
+
+KEEPSAKE_INLINE void runtime::launcher_loop(launcher& mine) {
+    for (;;) {
+        std::vector<std::pair<std::function<void()>, std::size_t>> batch;
+        {
+            auto lock = mine.wake.lock();
+            while (mine.queue.empty() && !mine.stopping) mine.wake.wait(lock);
+            if (mine.queue.empty() && mine.stopping) break;
+            batch.swap(mine.queue);
+        }
+        for (auto& request : batch) launch(std::move(request.first), request.second);
+    }
+    mine.done.store(true, std::memory_order_release);
+}
+
+KEEPSAKE_INLINE void runtime::spawn_launcher() {
+    launchers_.push_back(std::make_unique<launcher>());
+    boost::fibers::fiber([this] { launcher_loop(*launchers_.front()); }).detach();
+}
+
+KEEPSAKE_INLINE void runtime::start_threads() {
+    for (unsigned index = 0; index < options_.threads; ++index) launchers_.push_back(std::make_unique<launcher>());
+    std::mutex ready_mutex;
+    std::condition_variable ready_cv;
+    std::size_t ready = 0;
+    for (unsigned index = 0; index < options_.threads; ++index) {
+        threads_.emplace_back([this, index, &ready_mutex, &ready_cv, &ready] {
+            install_scheduler();
+            {
+                // Notified under the lock: the waiter owns the condition
+                // variable and destroys it as soon as it sees the count.
+                std::lock_guard<std::mutex> lock(ready_mutex);
+                owner_threads_.push_back(std::this_thread::get_id());
+                ++ready;
+                ready_cv.notify_all();
+            }
+            launcher_loop(*launchers_[index]);
+        });
+    }
+    std::unique_lock<std::mutex> lock(ready_mutex);
+    ready_cv.wait(lock, [&] { return ready == options_.threads; });
+}
+
+KEEPSAKE_INLINE void runtime::stop_units_in(const void* segment) {
+    {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) return;
+    }
+    const bool allowed =
+        pumped() ? on_runtime_thread() &&
+                       boost::fibers::context::active()->is_context(boost::fibers::type::main_context)
+                 : !on_runtime_thread();
+    if (!allowed) {
+        detail::log(spdlog::level::warn, [] {
+            return std::string("an exporter went while units of its segment still run, and they cannot be "
+                               "stopped from this thread: what they commit from now on is not exported");
+        });
+        return;
+    }
+    stop_roots();
+}
+
+KEEPSAKE_INLINE void runtime::stop_roots() {
+    for (;;) {
+        std::shared_ptr<detail::root_process> newest;
+        {
+            std::lock_guard<std::mutex> lock(registry_mutex_);
+            if (roots_.empty()) break;
+            newest = roots_.back();
+            roots_.pop_back();
+        }
+        newest->stop_root();
+    }
+}
+
+} // namespace keepsake
