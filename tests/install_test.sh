@@ -4,9 +4,10 @@
 # machine in its files), then builds and runs the consumer program twice:
 # as a CMake project that only knows find_package(keepsake CONFIG), and
 # with pkg-config's flags alone.
-#   install_test.sh BUILD_DIR CONSUMER_SOURCE_DIR COMPILER
+#   install_test.sh BUILD_DIR CONSUMER_SOURCE_DIR COMPILER VERSION
+# (VERSION, MAJOR.MINOR, is what the consumer asks find_package for.)
 set -euo pipefail
-build_dir=$1 consumer_src=$2 compiler=$3
+build_dir=$1 consumer_src=$2 compiler=$3 version=$4
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -26,7 +27,7 @@ if grep -h 'INTERFACE_INCLUDE_DIRECTORIES' "$prefix"/lib*/cmake/keepsake/keepsak
 fi
 
 cmake -S "$consumer_src" -B "$work/build" -DCMAKE_PREFIX_PATH="$prefix" \
-      -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_BUILD_TYPE=Release >/dev/null
+      -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_BUILD_TYPE=Release -DKEEPSAKE_WANTED="$version" >/dev/null
 cmake --build "$work/build" >/dev/null
 mkdir -p "$work/shm"
 "$work/build/consumer" "$work/shm"
