@@ -131,6 +131,8 @@ for part in BM_xthread_vs_caf BM_caf_never_sleeps BM_readme_call; do
       if (!((key "_quiet_us") in column)) return
       printf "%-48s %10.3f %10.3f %9.2fx\n", label " (" unit ")", value[key "_quiet_us"], value[key "_busy_us"],
              value[key "_busy_us"] / value[key "_quiet_us"]
+      if ((key "_quiet_p99_us") in column)
+        printf "%-48s %10.3f %10.3f\n", "  the same, p99 (" unit ")", value[key "_quiet_p99_us"], value[key "_busy_p99_us"]
     }
     END {
       if (header++ == 0 && "keepsake_call_quiet_us" in column)
