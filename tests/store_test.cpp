@@ -483,6 +483,28 @@ TEST_CASE("SQLite store: read_only reads, and changes nothing", "[store][sqlite]
     CHECK(std::string(missing.what()).find("not a keepsake store") != std::string::npos);
 }
 
+TEST_CASE("SQLite store: opens and reads while another connection holds its write lock", "[store][sqlite][recovery]") {
+    temp_dir dir;
+    const std::string path = dir.path() + "/s.db";
+    { keepsake::sqlite_store(path).put_batch({make_record("k", 2)}); }
+    keepsake::sqlite_store_options impatient;
+    impatient.busy_timeout_ms = 100;
+    {
+        sqlite3* other = nullptr;
+        REQUIRE(sqlite3_open(path.c_str(), &other) == SQLITE_OK);
+        REQUIRE(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr) == SQLITE_OK);
+        {
+            keepsake::sqlite_store s(path, impatient);
+            CHECK(same(*s.get("k"), make_record("k", 2)));
+            CHECK(s.list("") == std::vector<std::string>{"k"});
+            // Writing waits for the lock, then says so; the exporter retries.
+            CHECK(error_from([&] { s.put_batch({make_record("k", 3)}); }).code() == errc::store_failed);
+        }
+        sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+        sqlite3_close(other);
+    }
+}
+
 TEST_CASE("SQLite store: a bad option or path is a clear error", "[store][sqlite]") {
     keepsake::sqlite_store_options options;
     options.table = "x; DROP";

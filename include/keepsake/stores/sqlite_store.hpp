@@ -184,11 +184,17 @@ private:
                             describe() + ": table '" + t + "' was made by keepsake 0.1.0 (BLOB keys); open the "
                             "store read-write once (any keepsake program does) to migrate it");
         } else {
-            execute("PRAGMA journal_mode=WAL");
             static const char* const levels[] = {"PRAGMA synchronous=OFF", "PRAGMA synchronous=NORMAL",
                                                  "PRAGMA synchronous=FULL"};
             execute(levels[static_cast<int>(options_.synchronous)]);
-            create_or_migrate();
+            // A store that is already ours opens with reads only: a restart
+            // must not wait on a lock another connection holds, nor need
+            // write access, before recovery can read its records.
+            const bool ready = journal_mode() == "wal" && key_column_type() == "TEXT";
+            if (!ready) {
+                execute("PRAGMA journal_mode=WAL");
+                create_or_migrate();
+            }
         }
         upsert_ = prepare("INSERT INTO " + t +
                           " (key, generation, schema_version, codec, fingerprint, checksum, data)"
@@ -208,6 +214,16 @@ private:
                " PRIMARY KEY NOT NULL, generation INTEGER NOT NULL, schema_version INTEGER NOT NULL,"
                " codec INTEGER NOT NULL, fingerprint INTEGER NOT NULL, checksum INTEGER NOT NULL,"
                " data BLOB NOT NULL) WITHOUT ROWID";
+    }
+
+    std::string journal_mode() {
+        sqlite3_stmt* query = prepare("PRAGMA journal_mode");
+        std::string mode;
+        const int step = sqlite3_step(query);
+        if (step == SQLITE_ROW) mode = reinterpret_cast<const char*>(sqlite3_column_text(query, 0));
+        sqlite3_finalize(query);
+        if (step != SQLITE_ROW) fail("cannot read the journal mode");
+        return mode;
     }
 
     // The declared type of the table's key column; empty if no such table.
