@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Include hygiene: every public header compiles on its own (it includes what
-# it uses, its -inl.hpp included), without a warning; and the
+# it uses), without a warning, in both modes: header-only (its -inl.hpp
+# included) and compiled (declarations only, -DKEEPSAKE_COMPILED_LIB); and the
 # keeper's headers reach no Boost.Fiber, unit, runtime or supervisor header,
 # so a program with keepers only does not pay for them.
 #   headers_test.sh SOURCE_DIR COMPILER [STANDARD]
@@ -18,6 +19,8 @@ while read -r header; do
   printf '#include <%s>\n#include <%s>\n' "$name" "$name" >"$work/one.cpp"  # twice: include guards
   "$compiler" "${flags[@]}" "$work/one.cpp" 2>"$work/err" ||
     fail "$name does not compile on its own:"$'\n'"$(head -20 "$work/err")"
+  "$compiler" "${flags[@]}" -DKEEPSAKE_COMPILED_LIB "$work/one.cpp" 2>"$work/err" ||
+    fail "$name does not compile on its own in compiled mode:"$'\n'"$(head -20 "$work/err")"
   count=$((count + 1))
 done < <(find "$source_dir/include/keepsake" -name '*.hpp' ! -name '*-inl.hpp' | sort)
 
@@ -28,4 +31,4 @@ for header in keeper.hpp recovery.hpp exporter.hpp stores/file_store.hpp stores/
           grep -E 'boost/fiber|boost/context|keepsake/(runtime|supervisor|unit|detail/(child|mailbox|unit_core|scheduling))' || true)
   [ -z "$heavy" ] || fail "keepsake/$header pulls in what keepers do not need:"$'\n'"$heavy"
 done
-echo "headers: $count public headers compile on their own; keeper, recovery, exporter and stores reach no fiber or supervision header"
+echo "headers: $count public headers compile on their own, in both modes; keeper, recovery, exporter and stores reach no fiber or supervision header"
