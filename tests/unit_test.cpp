@@ -406,8 +406,17 @@ TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so;
         keepsake::start_unit(env.rt, spec);
         FAIL("the unit started from nothing");
     } catch (const keepsake::error& failure) {
+        const std::string message = failure.what();
         CHECK(failure.code() == errc::start_failed);
-        CHECK(std::string(failure.what()).find("stored state has 8 bytes, the type has 16") != std::string::npos);
+        // What failed inside the hook, with the context of the direct case:
+        // the key, what is stored, and the remedy.
+        CHECK(message.find("stored state has 8 bytes, the type has 16") != std::string::npos);
+        CHECK(message.find("upgrade hook") != std::string::npos);
+        CHECK(message.find("key 'kept'") != std::string::npos);
+        CHECK(message.find("generation 1") != std::string::npos);
+        CHECK(message.find(keepsake::fingerprint_text(keepsake::type_fingerprint<counter>())) != std::string::npos);
+        CHECK(message.find("schema_version") != std::string::npos);
+        CHECK(message.find("give keeper_options::upgrade") != std::string::npos);
     }
     keepsake::keeper<counter> still(env.seg, "kept");
     CHECK(still.restore()->value.value == 41);

@@ -134,7 +134,8 @@ void decode_record(const record& r, const keeper_options<T>& options, const stor
     old.codec = static_cast<codec_kind>(r.codec);
     old.data = r.bytes.data();
     old.size = r.bytes.size();
-    out = options.upgrade(old);
+    out = run_upgrade<T>(options.upgrade, old, from.describe() + ": record '" + r.key + "'", type_fingerprint<T>(),
+                         options.schema_version);
 }
 
 } // namespace detail
