@@ -8,6 +8,8 @@
 #include <mutex>
 #include <new>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include <keepsake/keepsake.hpp>
@@ -404,6 +406,58 @@ TEST_CASE("a store that cannot be read never blocks a restart from shared memory
     SECTION("with nothing in shared memory, the store's error is what recovery reports") {
         keeper<state64> fresh(s, "never-committed");
         CHECK(error_from([&] { keepsake::recover(fresh, store, state_at(0)); }).code() == errc::store_failed);
+    }
+}
+
+namespace {
+// A store a user wrote (the README invites them): its get() throws what a
+// C++ library throws, not a keepsake::error.
+class throwing_store : public keepsake::memory_store {
+public:
+    bool out_of_memory = false;
+    std::optional<keepsake::record> get(const std::string&) override {
+        if (out_of_memory) throw std::bad_alloc();
+        throw std::runtime_error("user store: the disk went away");
+    }
+};
+} // namespace
+
+TEST_CASE("a user's store whose get() throws a std::exception is a store that cannot be read", "[recovery][store]") {
+    shm_dir dir;
+    segment s("user-store", dir.options());
+    throwing_store store;
+    keeper<state64> k(s, "k");
+    commit_next(k);
+    commit_next(k);
+    SECTION("std::runtime_error, shared memory holds a state: it is taken, and the store's message is reported") {
+        const auto got = keepsake::recover(k, store, state_at(0));
+        CHECK(got.source == recovery_source::shared_memory);
+        CHECK(got.generation == 2);
+        CHECK(got.value.generation == 2);
+        CHECK(got.store_unreadable);
+        CHECK(got.store_generation == 0);
+        REQUIRE(got.problems.size() == 1);
+        CHECK(got.problems[0].find("could not be read") != std::string::npos);
+        CHECK(got.problems[0].find("user store: the disk went away") != std::string::npos);
+    }
+    SECTION("std::bad_alloc, shared memory holds a state: the same") {
+        store.out_of_memory = true;
+        const auto got = keepsake::recover(k, store, state_at(0));
+        CHECK(got.source == recovery_source::shared_memory);
+        CHECK(got.generation == 2);
+        CHECK(got.store_unreadable);
+        REQUIRE(got.problems.size() == 1);
+        CHECK(got.problems[0].find(std::bad_alloc().what()) != std::string::npos);
+    }
+    SECTION("with nothing in shared memory, a keepsake::error carries the store's message") {
+        keeper<state64> fresh(s, "never-committed");
+        const keepsake::error failure = error_from([&] { keepsake::recover(fresh, store, state_at(0)); });
+        CHECK(failure.code() == errc::store_failed);
+        const std::string message = failure.what();
+        CHECK(message.find("user store: the disk went away") != std::string::npos);
+        CHECK(message.find("never-committed") != std::string::npos);
+        CHECK(message.find("memory store") != std::string::npos);
+        CHECK_FALSE(fresh.restore());  // nothing was committed in its place
     }
 }
 

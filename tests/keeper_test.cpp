@@ -232,28 +232,6 @@ TEST_CASE("a capacity too small for the type is refused before the key exists", 
     CHECK(k.commit(2.5) == 1);
 }
 
-// Cuts every slot of `key` to `size` bytes and re-seals it with a valid
-// checksum: what a type change looks like to restore (the bytes are what
-// was committed, they just do not make this type).
-void reseal_slots(const std::string& path, const std::string& key, std::uint64_t size) {
-    using namespace keepsake::detail;
-    const test_support::slot_place place = test_support::find_slots_in_file(path, key);
-    std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
-    for (std::uint32_t slot = 0; slot < place.count; ++slot) {
-        slot_header header{};
-        io.seekg(static_cast<std::streamoff>(place.header(slot)));
-        io.read(reinterpret_cast<char*>(&header), sizeof(header));
-        if (header.generation == 0) continue;
-        std::string data(size, '\0');
-        io.read(data.data(), static_cast<std::streamsize>(size));
-        header.size = size;
-        header.checksum = slot_checksum(header.generation, header.size, header.fingerprint, header.schema_version,
-                                        header.codec, data.data(), header.commit_ns, header.tag);
-        io.seekp(static_cast<std::streamoff>(place.header(slot)));
-        io.write(reinterpret_cast<const char*>(&header), sizeof(header));
-    }
-}
-
 TEST_CASE("bytes that pass their checksum but do not decode are an error naming the key, never no state",
           "[keeper][decode]") {
     shm_dir dir;
@@ -264,7 +242,7 @@ TEST_CASE("bytes that pass their checksum but do not decode are an error naming 
         k.commit({"second", {2}});
     }
     // The string's length prefix (8 bytes) decodes, its characters do not.
-    reseal_slots(dir.file("decode"), "inv", 10);
+    test_support::reseal_slots(dir.file("decode"), "inv", 10);
     const std::string before = test_support::read_file(dir.file("decode"));
     segment s("decode", dir.options());
     keeper<inventory> k(s, "inv");

@@ -62,6 +62,28 @@ inline slot_place find_slots_in_file(const std::string& path, const std::string&
     return find_slots(read_file(path), key);
 }
 
+// Cuts every slot of `key` to `size` bytes and re-seals it with a valid
+// checksum: what a type change looks like to restore (the bytes are what
+// was committed, they just do not make this type).
+inline void reseal_slots(const std::string& path, const std::string& key, std::uint64_t size) {
+    using namespace keepsake::detail;
+    const test_support::slot_place place = find_slots_in_file(path, key);
+    std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+    for (std::uint32_t slot = 0; slot < place.count; ++slot) {
+        slot_header header{};
+        io.seekg(static_cast<std::streamoff>(place.header(slot)));
+        io.read(reinterpret_cast<char*>(&header), sizeof(header));
+        if (header.generation == 0) continue;
+        std::string data(size, '\0');
+        io.read(data.data(), static_cast<std::streamsize>(size));
+        header.size = size;
+        header.checksum = slot_checksum(header.generation, header.size, header.fingerprint, header.schema_version,
+                                        header.codec, data.data(), header.commit_ns, header.tag);
+        io.seekp(static_cast<std::streamoff>(place.header(slot)));
+        io.write(reinterpret_cast<const char*>(&header), sizeof(header));
+    }
+}
+
 // ThreadSanitizer keeps one shadow call stack per thread and cannot follow a
 // fiber that moves to another thread (Debian's Boost.Context does not tell
 // it about switches): its own runtime crashes. Work sharing is tested in the

@@ -406,11 +406,85 @@ TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so;
         keepsake::start_unit(env.rt, spec);
         FAIL("the unit started from nothing");
     } catch (const keepsake::error& failure) {
+        const std::string message = failure.what();
         CHECK(failure.code() == errc::start_failed);
-        CHECK(std::string(failure.what()).find("stored state has 8 bytes, the type has 16") != std::string::npos);
+        // What failed inside the hook, with the context of the direct case:
+        // the key, what is stored, and the remedy.
+        CHECK(message.find("stored state has 8 bytes, the type has 16") != std::string::npos);
+        CHECK(message.find("upgrade hook") != std::string::npos);
+        CHECK(message.find("key 'kept'") != std::string::npos);
+        CHECK(message.find("generation 1") != std::string::npos);
+        CHECK(message.find(keepsake::fingerprint_text(keepsake::type_fingerprint<counter>())) != std::string::npos);
+        CHECK(message.find("schema_version") != std::string::npos);
+        CHECK(message.find("give keeper_options::upgrade") != std::string::npos);
     }
     keepsake::keeper<counter> still(env.seg, "kept");
     CHECK(still.restore()->value.value == 41);
+}
+
+namespace {
+// A unit state with the cereal codec: a slot cut short and sealed again
+// holds bytes that pass their checksum but do not decode.
+struct named_count {
+    std::string name;
+    long count = 0;
+    template <class Archive>
+    void serialize(Archive& archive) {
+        archive(name, count);
+    }
+};
+} // namespace
+
+TEST_CASE("a unit whose committed state is its own type but does not decode fails to start; the slots stay",
+          "[unit][decode]") {
+    shm_dir dir;
+    {
+        keepsake::segment s("not-decoding", dir.options());
+        keepsake::keeper<named_count> k(s, "kept");
+        k.commit({"first", 1});
+        k.commit({"second", 2});
+    }
+    // Same fingerprint and schema; the string's length prefix (8 bytes)
+    // decodes, its characters do not.
+    test_support::reseal_slots(dir.file("not-decoding"), "kept", 10);
+    const std::string before = test_support::read_file(dir.file("not-decoding"));
+    keepsake::memory_store durable;
+    keepsake::segment seg("not-decoding", dir.options());
+    {
+        keepsake::runtime rt(pumped(seg));
+        keepsake::unit_spec<named_count> spec;
+        spec.name = "kept";
+        spec.initial = {"fresh", 0};
+        SECTION("from shared memory") {}
+        SECTION("through recover(), with a store") { spec.recover_from = &durable; }
+        try {
+            keepsake::start_unit(rt, spec);
+            FAIL("the unit started from its initial state over a committed one");
+        } catch (const keepsake::error& failure) {
+            const std::string message = failure.what();
+            CHECK(failure.code() == errc::start_failed);
+            CHECK(message.find("key 'kept'") != std::string::npos);
+            CHECK(message.find("generation 2") != std::string::npos);
+            CHECK(message.find("type fingerprint " +
+                               keepsake::fingerprint_text(keepsake::type_fingerprint<named_count>())) !=
+                  std::string::npos);
+            CHECK(message.find("schema 1") != std::string::npos);
+            CHECK(message.find("schema_version") != std::string::npos);
+            CHECK(message.find("give keeper_options::upgrade") != std::string::npos);
+        }
+    }
+    // Nothing was written: the slots hold the same generations and bytes,
+    // and the store was given nothing in their place.
+    const test_support::slot_place place = test_support::find_slots(before, "kept");
+    const std::size_t span = static_cast<std::size_t>(place.header(place.count) - place.first);
+    CHECK(test_support::read_file(dir.file("not-decoding")).substr(place.first, span) ==
+          before.substr(place.first, span));
+    CHECK_FALSE(durable.get("kept"));
+    keepsake::keeper<named_count> still(seg, "kept");
+    CHECK(still.generation() == 2);
+    named_count out{"untouched", 9};
+    CHECK(test_support::error_from([&] { still.restore_into(out); }).code() == errc::decode_failed);
+    CHECK(out.name == "untouched");
 }
 
 TEST_CASE("a unit's side table is committed with its state; a crash undoes both together", "[unit][table]") {

@@ -293,6 +293,24 @@ inline constexpr std::uint64_t initial_cereal_capacity = 64;
                     "to convert the old bytes");
 }
 
+// Runs the user's upgrade hook on `record`: a decode_failed it throws (from
+// decode_as<U> inside it, say) is the error above, naming `what` and what is
+// stored, with the hook's own message kept as the reason.
+template <class T, class Hook>
+T run_upgrade(const Hook& hook, const stored_record& record, const std::string& what,
+              std::uint64_t expected_fingerprint, std::uint32_t expected_schema) {
+    try {
+        return hook(record);
+    } catch (const error& failure) {
+        if (failure.code() != errc::decode_failed) throw;
+        throw_undecodable(what, record.generation, record.fingerprint, record.schema_version, expected_fingerprint,
+                          expected_schema,
+                          ("the upgrade hook could not decode them: " +
+                           std::string(failure.what()))
+                              .c_str());
+    }
+}
+
 } // namespace detail
 
 // For upgrade hooks: decodes a record as the old type U that wrote it.

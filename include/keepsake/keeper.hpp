@@ -448,7 +448,8 @@ private:
         record.codec = static_cast<codec_kind>(snap.codec);
         record.data = area_.data(snap.index);
         record.size = static_cast<std::size_t>(snap.size);
-        return options_.upgrade(record);
+        return detail::run_upgrade<T>(options_.upgrade, record, "key '" + key_ + "'", type_fingerprint<T>(),
+                                      options_.schema_version);
     }
 
     // A raw decode cannot fail half-way (the bytes are checked first); a

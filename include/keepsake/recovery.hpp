@@ -11,6 +11,8 @@
 // exporter would report it as a stale_generation.
 #pragma once
 
+#include <exception>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,9 +75,18 @@ inline void remove_quietly(store& from, const std::string& key) noexcept {
 // cannot be read (locked, damaged file, gone read-only) is no reason to stay
 // down when shared memory holds a state: that one is taken, and the store's
 // error goes to `problems`. Without a state in shared memory, which copy is
-// newest cannot be known, so the error is thrown.
+// newest cannot be known, so the error is thrown. A store written by the
+// user may throw anything from std::exception (std::runtime_error,
+// std::bad_alloc): that is an unreadable store too, and without a state in
+// shared memory it is thrown as errc::store_failed carrying its message.
 inline std::optional<record> fetch_valid(store& from, const std::string& key, bool memory_has_state,
                                          std::vector<std::string>& problems, bool& unreadable) {
+    const auto take_memory = [&](const char* why) {
+        unreadable = true;
+        problems.emplace_back("the store could not be read, so shared memory's state was taken without "
+                              "comparing: " + std::string(why));
+        log(spdlog::level::err, [&] { return "recovery of key '" + key + "': " + problems.back(); });
+    };
     try {
         std::optional<record> found = from.get(key);
         if (found && !record_generation_in_range(found->generation))
@@ -90,10 +101,13 @@ inline std::optional<record> fetch_valid(store& from, const std::string& key, bo
             return std::nullopt;
         }
         if (failure.code() == errc::version_too_new || !memory_has_state) throw;
-        unreadable = true;
-        problems.emplace_back("the store could not be read, so shared memory's state was taken without "
-                              "comparing: " + std::string(failure.what()));
-        log(spdlog::level::err, [&] { return "recovery of key '" + key + "': " + problems.back(); });
+        take_memory(failure.what());
+        return std::nullopt;
+    } catch (const std::exception& failure) {
+        if (!memory_has_state)
+            throw error(errc::store_failed,
+                        from.describe() + ": reading key '" + key + "' failed: " + failure.what());
+        take_memory(failure.what());
         return std::nullopt;
     }
 }
@@ -134,7 +148,8 @@ void decode_record(const record& r, const keeper_options<T>& options, const stor
     old.codec = static_cast<codec_kind>(r.codec);
     old.data = r.bytes.data();
     old.size = r.bytes.size();
-    out = options.upgrade(old);
+    out = run_upgrade<T>(options.upgrade, old, from.describe() + ": record '" + r.key + "'", type_fingerprint<T>(),
+                         options.schema_version);
 }
 
 } // namespace detail
