@@ -1,7 +1,8 @@
 // Real crashes: a forked child is SIGKILLed at random instants while it
-// commits, creates a segment, or adds entries; the parent then recovers.
-// KEEPSAKE_KILLS sets how many kills each test makes (default 200 for the
-// commit tests, 100 for creation and entry addition).
+// commits, creates a segment, adds entries, or grows keys and the segment;
+// the parent then recovers. KEEPSAKE_KILLS sets how many kills each test
+// makes (default 200 for the commit and growth tests, 100 for creation and
+// entry addition).
 #include <catch2/catch.hpp>
 
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <cereal/types/vector.hpp>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include "support.hpp"
 
@@ -314,5 +316,218 @@ TEST_CASE("SIGKILL at random instants while keys grow, move and are removed: who
     }
     std::printf("growing commits: %d kills, %d keys found moved\n", kills, moved);
     CHECK(moved > 0);
+    test_support::release_shared(report);
+}
+
+namespace {
+
+// Keys for the segment-growth kill test: key i's state at generation g has
+// a length that grows with g, and every word follows from i and g.
+struct keyed_state {
+    std::uint64_t key = 0;
+    std::uint64_t generation = 0;
+    std::vector<std::uint64_t> words;
+    template <class Archive>
+    void serialize(Archive& archive) { archive(key, generation, words); }
+
+    static std::size_t length(std::uint64_t key, std::uint64_t generation) {
+        return static_cast<std::size_t>(std::min<std::uint64_t>(4 + key % 32 + generation * 24, 400));
+    }
+    static std::uint64_t word(std::uint64_t key, std::uint64_t generation, std::size_t at) {
+        return generation * 0x9E3779B97F4A7C15ull + key * 0x100000001B3ull + at;
+    }
+    static keyed_state at(std::uint64_t key, std::uint64_t generation) {
+        keyed_state state{key, generation, std::vector<std::uint64_t>(length(key, generation))};
+        for (std::size_t i = 0; i < state.words.size(); ++i) state.words[i] = word(key, generation, i);
+        return state;
+    }
+    bool whole(std::uint64_t expected_key) const {
+        if (key != expected_key || words.size() != length(key, generation)) return false;
+        for (std::size_t i = 0; i < words.size(); ++i)
+            if (words[i] != word(key, generation, i)) return false;
+        return true;
+    }
+};
+
+constexpr std::size_t growth_max_keys = 8192;
+
+struct segment_growth_report {
+    std::atomic<int> ready{0};
+    std::atomic<std::uint64_t> committed[growth_max_keys];  // per key: the generation whose commit returned
+};
+
+// The header as the file holds it (zeros where the file is absent or short).
+keepsake::detail::segment_header header_on_disk(const std::string& path, std::uint64_t& file_size) {
+    keepsake::detail::segment_header header{};
+    file_size = 0;
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return header;
+    struct stat info {};
+    if (::fstat(fd, &info) == 0) file_size = static_cast<std::uint64_t>(info.st_size);
+    if (::pread(fd, &header, sizeof(header), 0) != static_cast<ssize_t>(sizeof(header))) header = {};
+    ::close(fd);
+    return header;
+}
+
+// Bytes the directory blocks after the first take from the data area.
+std::uint64_t added_block_bytes(const keepsake::detail::segment_header& header) {
+    std::uint64_t bytes = 0;
+    for (std::uint32_t b = 1; b < header.block_count && b < keepsake::detail::max_directory_blocks; ++b)
+        bytes += keepsake::detail::align64(std::uint64_t{header.blocks[b].count} * sizeof(keepsake::detail::dir_entry));
+    return bytes;
+}
+
+// Growths of the file from `from` to `to` bytes, as segment_impl::grow
+// sizes them (twice the size, or the next MiB past what was needed; the
+// needs here are below 1 MiB).
+int growths_between(std::uint64_t from, std::uint64_t to) {
+    int count = 0;
+    for (std::uint64_t size = from; size < to; ++count)
+        size = std::max(size * 2, (size + 1 + (1u << 20) - 1) & ~std::uint64_t{(1u << 20) - 1});
+    return count;
+}
+
+// Adds keys k<n>, k<n+1>, ... (each with a first commit), and after each
+// one commits an older key at its next generation, which grows it (and
+// moves it to larger slots now and then): the directory keeps needing new
+// blocks and the file keeps growing.
+[[noreturn]] void add_and_grow_forever(const keepsake::segment_options& options, segment_growth_report& report,
+                                       std::uint64_t seed) {
+    segment s("grown", options);
+    const auto listed = s.entries();
+    std::uint64_t next = listed.size();
+    std::mt19937_64 pick(seed);
+    report.ready.store(1, std::memory_order_release);
+    for (;; ++next) {
+        if (next < growth_max_keys) {
+            keeper<keyed_state> k(s, "k" + std::to_string(next));
+            report.committed[next].store(k.commit(keyed_state::at(next, k.generation() + 1)),
+                                         std::memory_order_release);
+        }
+        const std::uint64_t older = pick() % std::min<std::uint64_t>(next + 1, growth_max_keys);
+        keeper<keyed_state> k(s, "k" + std::to_string(older));
+        report.committed[older].store(k.commit(keyed_state::at(older, k.generation() + 1)), std::memory_order_release);
+    }
+}
+
+} // namespace
+
+// From the smallest segment the options allow (one directory entry, 4 KiB
+// of data), a child adds keys and grows their states, so the file grows
+// (and is mapped further) and the directory takes new blocks, while it is
+// SIGKILLed at random instants. Every 10 kills the segment starts afresh,
+// so growth keeps happening rather than once.
+TEST_CASE("SIGKILL at random instants while a segment grows its file and its directory from the smallest size",
+          "[crash][grow]") {
+    using keepsake::detail::align64;
+    using keepsake::detail::dir_entry;
+    using keepsake::detail::segment_header;
+    shm_dir dir;
+    auto* report = test_support::shared_anonymous<segment_growth_report>();
+    const int kills = test_support::env_count("KEEPSAKE_KILLS", 200);
+    constexpr int fresh_every = 10;
+    const std::uint64_t data_offset = align64(sizeof(segment_header) + sizeof(dir_entry));
+    auto options = dir.options(data_offset + 4096, 1);
+    options.max_size = 256u << 20;
+    {
+        // It is the smallest: a byte less is refused.
+        auto smaller = options;
+        smaller.size -= 1;
+        REQUIRE(test_support::error_from([&] { segment("grown", smaller); }).code() == keepsake::errc::invalid_argument);
+    }
+    const std::string path = dir.file("grown");
+    std::vector<std::uint64_t> last_generation(growth_max_keys, 0);
+    int grew = 0, mid_growth = 0, blocks_added = 0, emptied = 0;
+    std::uint64_t largest = 0, most_blocks = 0, keys_checked = 0, most_keys = 0;
+    std::uint64_t size_before = 0;
+    std::uint32_t blocks_before = 0;
+    for (int round = 0; round < kills; ++round) {
+        if (round % fresh_every == 0) {
+            segment::remove("grown", dir.path());
+            for (auto& committed : report->committed) committed.store(0);
+            std::fill(last_generation.begin(), last_generation.end(), 0);
+            size_before = options.size;  // as the next child (or this parent) creates it
+            blocks_before = 1;
+        }
+        report->ready.store(0);
+        const pid_t child = test_support::fork_child(
+            [&] { add_and_grow_forever(options, *report, static_cast<std::uint64_t>(round) * 6364136223846793005ull + 1); });
+        REQUIRE(test_support::wait_ready(report->ready, child));
+        sleep_random_us(4000);
+        test_support::kill_and_reap(child);
+
+        // The file as the kill left it: longer than its recorded size when
+        // the kill came in the middle of a growth.
+        std::uint64_t file_size = 0;
+        const segment_header left = header_on_disk(path, file_size);
+        const bool finished = left.magic == keepsake::detail::segment_magic;
+        if (finished && file_size > left.total_size) ++mid_growth;
+
+        // It opens, at once (a hang ends the test run with SIGALRM), and whole.
+        ::alarm(60);
+        segment s("grown", options);
+        REQUIRE(s.damaged_entries() == 0);
+        REQUIRE(s.size() == std::max(file_size, options.size));  // the file's length is the size: no tail lost
+        REQUIRE(s.size() >= size_before);
+        std::uint64_t opened_size = 0;
+        const segment_header header = header_on_disk(path, opened_size);
+        REQUIRE(header.block_count >= blocks_before);
+        grew += growths_between(size_before, s.size());
+        blocks_added += static_cast<int>(header.block_count - blocks_before);
+        size_before = s.size();
+        blocks_before = header.block_count;
+        largest = std::max(largest, s.size());
+        most_blocks = std::max<std::uint64_t>(most_blocks, header.block_count);
+
+        // Keys were added in order: every key whose first commit returned is
+        // listed, at its place, with a whole state that never goes back.
+        const auto listed = s.entries();
+        REQUIRE(listed.size() <= growth_max_keys);
+        std::uint64_t in_regions = 0;
+        for (std::size_t i = 0; i < listed.size(); ++i) {
+            REQUIRE(listed[i].key == "k" + std::to_string(i));
+            REQUIRE(listed[i].invalid_slots == 0);
+            in_regions += listed[i].slot_count * keepsake::detail::slot_stride(listed[i].slot_capacity);
+        }
+        for (std::size_t i = listed.size(); i < growth_max_keys; ++i)
+            REQUIRE(report->committed[i].load(std::memory_order_acquire) == 0);
+        for (std::size_t i = 0; i < listed.size(); ++i) {
+            const std::uint64_t returned = report->committed[i].load(std::memory_order_acquire);
+            keeper<keyed_state> k(s, listed[i].key);
+            const auto kept = k.restore();
+            if (!kept) {  // added, killed before its first commit
+                REQUIRE(returned == 0);
+                continue;
+            }
+            INFO("key " << listed[i].key);
+            REQUIRE(kept->value.whole(i));
+            REQUIRE(kept->value.generation == kept->info.generation);
+            REQUIRE(kept->info.skipped_slots == 0);
+            REQUIRE(kept->info.generation >= returned);
+            REQUIRE(kept->info.generation <= returned + 1);
+            REQUIRE(kept->info.generation >= last_generation[i]);
+            last_generation[i] = kept->info.generation;
+        }
+        keys_checked += listed.size();
+        most_keys = std::max<std::uint64_t>(most_keys, listed.size());
+        // No space lost: what the keys and the added directory blocks do
+        // not hold is free.
+        REQUIRE(s.free_bytes() == s.size() - data_offset - added_block_bytes(header) - in_regions);
+        if (round % fresh_every == fresh_every - 1) {
+            // As the other growth test: with every key removed, the data
+            // area is free again, but for the directory's added blocks.
+            for (const keepsake::entry_info& entry : listed) REQUIRE(s.remove_key(entry.key));
+            REQUIRE(s.free_bytes() == s.size() - data_offset - added_block_bytes(header));
+            ++emptied;
+        }
+        ::alarm(0);
+    }
+    std::printf("segment growth: %d kills, %d file growths (%d caught half done), %d blocks added, up to %llu KiB "
+                "and %llu blocks, %llu keys checked (up to %llu), emptied %d times\n",
+                kills, grew, mid_growth, blocks_added, static_cast<unsigned long long>(largest >> 10),
+                static_cast<unsigned long long>(most_blocks), static_cast<unsigned long long>(keys_checked),
+                static_cast<unsigned long long>(most_keys), emptied);
+    CHECK(grew > 0);
+    CHECK(blocks_added > 0);
     test_support::release_shared(report);
 }

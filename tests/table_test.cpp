@@ -7,6 +7,7 @@
 #include <cereal/types/vector.hpp>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <atomic>
@@ -239,6 +240,164 @@ TEST_CASE("SIGKILL at random instants never leaves a table and its state from tw
     std::printf("tables: %d kills, %d restored and checked, reached commit %llu\n", kills, checked,
                 static_cast<unsigned long long>(last));
     CHECK(checked >= kills * 9 / 10);
+    test_support::release_shared(report);
+}
+
+namespace {
+
+// The three-table kill test: every commit changes the state and each of
+// three tables, and every item a commit writes records that commit.
+constexpr int ledger_tables = 3;
+const char* const ledger_table_names[ledger_tables] = {"units", "items", "quests"};
+
+// What the commit that wrote it left in each table (the child keeps the
+// counts as it changes the tables, never by reading them back).
+struct ledger {
+    std::uint64_t commit = 0;
+    std::uint64_t count[ledger_tables] = {};
+    std::uint64_t sum[ledger_tables] = {};      // of the items' hp
+    std::uint64_t next_id[ledger_tables] = {};  // every id below it was handed out
+};
+
+char ledger_letter(std::uint64_t commit, int table) {
+    return static_cast<char>('a' + (commit + 7 * static_cast<std::uint64_t>(table)) % 26);
+}
+
+struct ledger_keeper {
+    keeper<ledger> k;
+    entity_table* tables[ledger_tables];
+    explicit ledger_keeper(const segment& s) : k(s, "ledger") {
+        for (int t = 0; t < ledger_tables; ++t) tables[t] = &k.table<std::uint64_t, entity>(ledger_table_names[t]);
+    }
+};
+
+// Commits forever. Per commit and per table: maybe erases an item, then
+// puts one (a new id, growing the table, or an old one, whose name grows),
+// so every table holds an item written by the newest commit.
+[[noreturn]] void commit_ledger_forever(const shm_dir& dir, table_report& report, std::uint64_t seed) {
+    segment s("ledger", dir.options(1u << 20, 16));
+    ledger_keeper held(s);
+    const auto kept = held.k.restore();
+    ledger current = kept ? kept->value : ledger{};
+    std::mt19937_64 rng(seed);
+    report.ready.store(1, std::memory_order_release);
+    for (;;) {
+        ledger next = current;
+        next.commit = current.commit + 1;
+        for (int t = 0; t < ledger_tables; ++t) {
+            entity_table& table = *held.tables[t];
+            if (next.next_id[t] != 0 && rng() % 6 == 0) {
+                const std::uint64_t id = rng() % next.next_id[t];
+                if (const entity* old = table.find(id)) {
+                    next.sum[t] -= old->hp;
+                    --next.count[t];
+                    table.erase(id);
+                }
+            }
+            // Table t takes a new id once in 2 + t commits.
+            const bool grow = next.next_id[t] == 0 || rng() % (2 + static_cast<unsigned>(t)) == 0;
+            const std::uint64_t id = grow ? next.next_id[t]++ : rng() % next.next_id[t];
+            entity changed{rng() % 1000, next.commit, {}};
+            if (const entity* old = table.find(id)) {
+                next.sum[t] -= old->hp;
+                changed.name.assign((old->name.size() + 7) % 300 + 1, ledger_letter(next.commit, t));
+            } else {
+                ++next.count[t];
+                changed.name.assign(1, ledger_letter(next.commit, t));
+            }
+            next.sum[t] += changed.hp;
+            table.put(id, std::move(changed));
+        }
+        held.k.commit(next);
+        current = next;
+        report.last_committed.store(next.commit, std::memory_order_release);
+    }
+}
+
+} // namespace
+
+// One commit publishes the state and every changed table together: after
+// each kill the state and all three tables are of one commit, the newest
+// whose commit returned or the one under way, never a mix. Every 20 kills
+// the segment starts afresh, so the tables keep growing under the kills.
+TEST_CASE("SIGKILL at random instants never leaves a state and three growing tables from two commits",
+          "[table][crash]") {
+    shm_dir dir;
+    auto* report = test_support::shared_anonymous<table_report>();
+    const int kills = test_support::env_count("KEEPSAKE_KILLS", 200);
+    constexpr int fresh_every = 20;
+    int checked = 0, under_way = 0, table_moves = 0;
+    std::uint64_t last = 0, reached = 0, largest = 0;
+    std::map<std::string, std::uint32_t> moves_seen;
+    for (int round = 0; round < kills; ++round) {
+        if (round % fresh_every == 0) {
+            segment::remove("ledger", dir.path());
+            report->last_committed.store(0);
+            last = 0;
+            moves_seen.clear();
+        }
+        report->ready.store(0);
+        const pid_t child = test_support::fork_child(
+            [&] { commit_ledger_forever(dir, *report, static_cast<std::uint64_t>(round) * 104729 + 3); });
+        REQUIRE(test_support::wait_ready(report->ready, child));
+        std::this_thread::sleep_for(std::chrono::microseconds(std::mt19937(round + 1)() % 3000));
+        test_support::kill_and_reap(child);
+        const std::uint64_t reported = report->last_committed.load(std::memory_order_acquire);
+
+        segment s("ledger", dir.options(1u << 20, 16));
+        REQUIRE(s.damaged_entries() == 0);
+        ledger_keeper held(s);
+        const auto kept = held.k.restore();
+        if (!kept) {  // killed before the first commit since the segment was made
+            REQUIRE(reported == 0);
+            REQUIRE(last == 0);
+            continue;
+        }
+        const ledger& state = kept->value;
+        // The newest commit that returned, or the one under way: nothing lost,
+        // nothing goes back.
+        REQUIRE(state.commit >= reported);
+        REQUIRE(state.commit <= reported + 1);
+        REQUIRE(state.commit >= last);
+        for (int t = 0; t < ledger_tables; ++t) {
+            std::uint64_t count = 0, sum = 0, newest = 0;
+            bool foreign = false;  // an item the restored commit cannot have left
+            held.tables[t]->for_each([&](const std::uint64_t& id, const entity& value) {
+                ++count;
+                sum += value.hp;
+                newest = std::max(newest, value.written);
+                foreign = foreign || value.written > state.commit || value.written == 0 || id >= state.next_id[t];
+                for (char c : value.name) foreign = foreign || c != ledger_letter(value.written, t);
+            });
+            INFO("table " << ledger_table_names[t] << " as restored with commit " << state.commit);
+            REQUIRE_FALSE(foreign);
+            // The restored commit changed this table too: its items are of
+            // that commit, not of the one before.
+            REQUIRE(newest == state.commit);
+            REQUIRE(count == state.count[t]);
+            REQUIRE(held.tables[t]->size() == count);
+            REQUIRE(sum == state.sum[t]);
+            largest = std::max(largest, count);
+        }
+        for (const keepsake::entry_info& entry : s.entries()) {
+            REQUIRE(entry.invalid_slots == 0);
+            if (entry.kind != 2) continue;
+            std::uint32_t& seen = moves_seen[entry.key];
+            REQUIRE(entry.moves >= seen);
+            table_moves += static_cast<int>(entry.moves - seen);
+            seen = entry.moves;
+        }
+        under_way += state.commit == reported + 1 ? 1 : 0;
+        last = state.commit;
+        reached = std::max(reached, last);
+        ++checked;
+    }
+    std::printf("three tables: %d kills, %d restored and checked (%d with the commit under way), %d table moves "
+                "(growth), up to %llu items a table, reached commit %llu\n",
+                kills, checked, under_way, table_moves, static_cast<unsigned long long>(largest),
+                static_cast<unsigned long long>(reached));
+    CHECK(checked >= kills * 8 / 10);
+    CHECK(table_moves > 0);
     test_support::release_shared(report);
 }
 
