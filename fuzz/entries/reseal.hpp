@@ -50,21 +50,6 @@ namespace sealing {
 
 using namespace keepsake::detail;
 
-// As segment-inl.hpp computes them.
-inline std::uint64_t block_checksum(const directory_block& block) noexcept {
-    return hash_bytes(&block, offsetof(directory_block, checksum), 0x626c6f63ull);
-}
-
-inline std::uint64_t entry_checksum(const dir_entry& entry) noexcept {
-    const auto* bytes = reinterpret_cast<const unsigned char*>(&entry);
-    return hash_bytes(bytes + offsetof(dir_entry, key_length),
-                      offsetof(dir_entry, checksum) - offsetof(dir_entry, key_length), 0x64697265ull);
-}
-
-inline std::uint64_t region_checksum(const region_desc& region, std::uint64_t entry_sum) noexcept {
-    return hash_bytes(&region, offsetof(region_desc, checksum), entry_sum ^ 0x7265676eull);
-}
-
 // The slots of an entry's active region, each with the tag it holds (a
 // foreign tag stays foreign).
 inline void reseal_slots(std::string& bytes, const dir_entry& entry) {
@@ -92,11 +77,11 @@ inline void reseal_entries(std::string& bytes, const directory_block& block) {
         dir_entry entry{};
         if (!read_at(bytes, at, entry)) break;
         if (entry.state == entry_free) continue;
-        entry.checksum = entry_checksum(entry);
+        entry.checksum = entry_checksum_of(entry);
         // A descriptor never used (all zeros: the entry never moved) stays so.
         static const region_desc unused{};
         for (region_desc& region : entry.regions)
-            if (std::memcmp(&region, &unused, sizeof(region)) != 0) region.checksum = region_checksum(region, entry.checksum);
+            if (std::memcmp(&region, &unused, sizeof(region)) != 0) region.checksum = region_checksum_of(region, entry.checksum);
         write_at(bytes, at, entry);
         reseal_slots(bytes, entry);
     }
@@ -112,7 +97,7 @@ inline std::string reseal_segment(std::string bytes) {
     header.header_checksum = header_checksum_of(header);
     const std::uint32_t blocks = std::min(header.block_count, max_directory_blocks);
     for (std::uint32_t b = 0; b < blocks; ++b) {
-        header.blocks[b].checksum = sealing::block_checksum(header.blocks[b]);
+        header.blocks[b].checksum = keepsake::detail::block_checksum_of(header.blocks[b]);
         sealing::reseal_entries(bytes, header.blocks[b]);
     }
     write_at(bytes, 0, header);

@@ -147,6 +147,7 @@ inline constexpr std::uint32_t max_table_items = 1u << 24;
 KEEPSAKE_API std::uint64_t header_checksum_of(const segment_header& header) noexcept;
 KEEPSAKE_API std::uint64_t entry_checksum_of(const dir_entry& entry) noexcept;
 KEEPSAKE_API std::uint64_t region_checksum_of(const region_desc& region, std::uint64_t entry_checksum) noexcept;
+KEEPSAKE_API std::uint64_t block_checksum_of(const directory_block& block) noexcept;
 // Where segment files live: `requested`, else $KEEPSAKE_SHM_DIR, else /dev/shm.
 KEEPSAKE_API std::string segment_directory(const std::string& requested);
 
