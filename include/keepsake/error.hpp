@@ -37,6 +37,10 @@ enum class errc {
     version_too_new,    // a record's schema is newer than this program knows
     // files (after the others, so their values stay as they were)
     unsafe_file,        // a segment or store file is not a regular file of this user's, or is open to others
+    // the unit registry (after the others, so their values stay as they were)
+    permanently_crashed,  // a unit past its crash threshold: clear it before starting it again
+    circuit_open,         // a unit type's circuit breaker refuses new starts for a cooldown
+    unknown_type,         // no unit type registered under that name
 };
 
 class error : public std::runtime_error {

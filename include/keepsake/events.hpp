@@ -54,6 +54,17 @@ enum class event_kind {
     // A unit's first start recovered its state but passed over a damaged
     // store record or a store it could not read (reason says which).
     recovery_problem,
+    // The unit registry (keepsake/unit_registry.hpp): child the unit.
+    permanently_crashed,  // past its crash threshold: not started again until cleared
+    circuit_open,         // a type's circuit breaker refuses new starts (child: the type name)
+    rolled_back,          // the rollback ladder started a unit from an older generation (reason says which)
+    resumed,              // a dynamic supervisor restarted its persisted children (instance: how many; took)
+    resume_refused,       // a persisted child was not resumed (reason says why)
+    // Storage telemetry (took: how long it took): supervisor "recovery",
+    // "exporter" or "forget"; child the key, or the store for a batch.
+    recovered,       // a first start's recover() (reason: where the state came from)
+    export_batch,    // an exporter put one batch (instance: records in it)
+    forgotten,       // a key was forgotten (segment, store)
 };
 
 inline const char* to_string(event_kind kind) noexcept {
@@ -67,6 +78,14 @@ inline const char* to_string(event_kind kind) noexcept {
     case event_kind::export_failed: return "export_failed";
     case event_kind::export_timed_out: return "export_timed_out";
     case event_kind::recovery_problem: return "recovery_problem";
+    case event_kind::permanently_crashed: return "permanently_crashed";
+    case event_kind::circuit_open: return "circuit_open";
+    case event_kind::rolled_back: return "rolled_back";
+    case event_kind::resumed: return "resumed";
+    case event_kind::resume_refused: return "resume_refused";
+    case event_kind::recovered: return "recovered";
+    case event_kind::export_batch: return "export_batch";
+    case event_kind::forgotten: return "forgotten";
     }
     return "unknown";
 }
@@ -81,6 +100,7 @@ struct event {
     exit_kind reason_kind = exit_kind::normal;
     std::string_view reason;
     duration at{};                // the runtime's clock
+    duration took{};              // storage telemetry and resume: how long it took (real time)
 };
 
 class event_bus {
