@@ -40,6 +40,10 @@ KEEPSAKE_INLINE exporter::exporter(const segment& source, store& target, exporte
     if (options_.batch_size == 0 || options_.retry_min.count() <= 0 || options_.retry_max < options_.retry_min)
         throw error(errc::invalid_argument,
                     "exporter_options: batch_size must be at least 1, and 0 < retry_min <= retry_max");
+    // A unit deleted while this exporter runs (key lifecycle, terminate_and_delete) is forgotten here,
+    // so its store record goes too.
+    book_ = detail::registry_book::of(segment_);
+    forgetter_id_ = book_->set_forgetter([this](const std::string& key) { return forget(key); });
     thread_ = std::thread([this] { run_guarded(); });
 }
 
@@ -47,6 +51,7 @@ KEEPSAKE_INLINE exporter::exporter(const segment& source, store& target, exporte
 // first (their runtime's stop), so their last commits are in the last pass,
 // whether the runtime was declared before or after this exporter.
 KEEPSAKE_INLINE exporter::~exporter() {
+    book_->clear_forgetter(forgetter_id_);
     try {
         bool stop_called = false;
         {

@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "keepsake/detail/config.hpp"
+#include "keepsake/detail/registry_book.hpp"
 #include "keepsake/detail/group_record.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
@@ -157,6 +158,8 @@ private:
     enum class pass_result { complete, incomplete, failed, abandoned };
 
     std::shared_ptr<detail::segment_impl> segment_;
+    std::shared_ptr<detail::registry_book> book_;  // the unit registry's deletes come through forget()
+    std::uint64_t forgetter_id_ = 0;
     store& store_;
     exporter_options options_;
 

@@ -17,4 +17,6 @@
 #include "keepsake/store.hpp"
 #include "keepsake/supervisor.hpp"
 #include "keepsake/unit.hpp"
+#include "keepsake/unit_registry.hpp"
+#include "keepsake/unit_types.hpp"
 #include "keepsake/version.hpp"

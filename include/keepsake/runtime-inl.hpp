@@ -170,19 +170,20 @@ KEEPSAKE_INLINE void runtime::install_scheduler() {
 }
 
 KEEPSAKE_INLINE void runtime::launch(std::function<void()> body, std::size_t stack_size) {
-    boost::fibers::fiber(std::allocator_arg, boost::fibers::protected_fixedsize_stack(stack_size),
-                         [this, body = std::move(body)] {
-                             try {
-                                 body();
-                             } catch (...) {
-                                 // An exception escaping a fiber would call std::terminate.
-                                 detail::log(spdlog::level::err, [] {
-                                     return std::string("an exception escaped a keepsake fiber; ignored");
-                                 });
-                             }
-                             fiber_ended();
-                         })
-        .detach();
+    auto guarded = [this, body = std::move(body)] {
+        try {
+            body();
+        } catch (...) {
+            // An exception escaping a fiber would call std::terminate.
+            detail::log(spdlog::level::err, [] { return std::string("an exception escaped a keepsake fiber; ignored"); });
+        }
+        fiber_ended();
+    };
+    if (options_.guard_pages)
+        boost::fibers::fiber(std::allocator_arg, boost::fibers::protected_fixedsize_stack(stack_size), std::move(guarded))
+            .detach();
+    else
+        boost::fibers::fiber(std::allocator_arg, boost::fibers::fixedsize_stack(stack_size), std::move(guarded)).detach();
 }
 
 KEEPSAKE_INLINE void runtime::fiber_ended() {

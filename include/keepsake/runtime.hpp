@@ -24,6 +24,7 @@
 
 #include <boost/fiber/fiber.hpp>
 #include <boost/fiber/operations.hpp>
+#include <boost/fiber/fixedsize_stack.hpp>
 #include <boost/fiber/protected_fixedsize_stack.hpp>
 
 #include "keepsake/clock.hpp"
@@ -58,6 +59,12 @@ struct runtime_options {
     // rely on thread-local state). false: a fiber stays on the thread it
     // started on.
     bool share_work = false;
+    // Each stack has a guard page (an overflow is a segfault, not silent
+    // corruption), mapped on its own: two memory mappings a fiber, so
+    // Linux's vm.max_map_count (65 530 by default) caps a process near 32 000
+    // units. false: stacks come from the heap, without guard pages, for
+    // programs of more units than that (the resume bench's 100 000).
+    bool guard_pages = true;
 };
 
 namespace detail {

@@ -6,6 +6,7 @@
 #ifndef KEEPSAKE_HEADER_ONLY
 #include "keepsake/supervisor.hpp"
 #endif
+#include "keepsake/unit_types.hpp"
 
 namespace keepsake {
 namespace detail {
@@ -13,7 +14,7 @@ namespace detail {
 KEEPSAKE_INLINE supervisor_core::supervisor_core(runtime& where, supervisor_spec spec)
     : supervised_actor(where, spec.name, spec.shutdown, 0), spec_(std::move(spec)), log_(spec_.flags.intensity) {
     check_spec();
-    for (const child_spec& each : spec_.children) children_.push_back(make_record(each));
+    for (const child_spec& each : spec_.children) add_record(make_record(each));
 }
 
 KEEPSAKE_INLINE supervisor_core::~supervisor_core() { forget(); }
@@ -36,15 +37,19 @@ KEEPSAKE_INLINE void supervisor_core::do_start_child(const child_spec& spec) {
     if (spec_.flags.dynamic && spec_.flags.max_children != 0 && children_.size() >= spec_.flags.max_children)
         throw error(errc::limit_reached, "supervisor '" + name() + "' already has max_children (" +
                                              std::to_string(spec_.flags.max_children) + ") children");
-    auto made = make_record(spec);
-    record& added = *made;
-    children_.push_back(std::move(made));
+    record& added = add_record(make_record(spec));
+    const std::shared_ptr<child_process> process = added.process;
+    bool running = false;
     try {
-        start_record(added);
+        running = start_record(added);
     } catch (...) {
-        remove_record(added);
+        if (find(process.get()) != nullptr) remove_record(added);
         throw;
     }
+    // Asked for by name, a unit the registry declines is an error, not a
+    // quiet ignore.
+    if (!running)
+        if (auto refused = process->refused_start()) throw error(errc::permanently_crashed, *refused);
 }
 
 KEEPSAKE_INLINE void supervisor_core::do_restart_child(const std::string& id) {
@@ -60,7 +65,55 @@ KEEPSAKE_INLINE void supervisor_core::do_terminate_child(const std::string& id) 
     found.retry_pending = false;
     if (found.process->is_running()) stop_record(found, false);
     else found.process->discard();
-    if (found.spec.restart == restart_type::temporary || spec_.flags.dynamic) remove_record(found);
+    const bool dropped = found.spec.restart == restart_type::temporary || spec_.flags.dynamic;
+    const exit_reason asked{exit_kind::shutdown, "terminated on request"};
+    if (dropped) {
+        retire(found, asked);
+        remove_record(found);
+    } else {
+        found.process->retire(unit_status::stopped_graceful, false);
+    }
+}
+
+KEEPSAKE_INLINE void supervisor_core::do_terminate_and_delete(const std::string& id) {
+    record& found = require(id);
+    found.retry_pending = false;
+    if (found.process->is_running()) stop_record(found, false);
+    else found.process->discard();
+    retire(found, exit_reason{exit_kind::shutdown, "terminated and deleted on request"}, true);
+    remove_record(found);
+}
+
+KEEPSAKE_INLINE void supervisor_core::do_terminate_all(bool delete_keys) {
+    while (!children_.empty()) {
+        const std::string id = children_.back()->spec.id;
+        if (delete_keys) do_terminate_and_delete(id);
+        else if (spec_.flags.dynamic) do_terminate_child(id);
+        else {
+            do_terminate_child(id);
+            if (find(id) != nullptr) remove_record(*find(id));
+        }
+    }
+}
+
+KEEPSAKE_INLINE void supervisor_core::retire(record& which, const exit_reason& why, bool delete_keys) {
+    key_lifecycle lifecycle = which.spec.lifecycle;
+    if (lifecycle == key_lifecycle::automatic)
+        lifecycle = which.spec.restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit
+                                                                   : key_lifecycle::keep;
+    const bool remove = delete_keys || lifecycle == key_lifecycle::remove ||
+                        (lifecycle == key_lifecycle::remove_on_normal_exit && why.is_normal());
+    const unit_status status = !why.is_normal()                    ? unit_status::crashed
+                               : why.kind == exit_kind::shutdown    ? unit_status::stopped_graceful
+                                                                    : unit_status::stopped_permanent;
+    try {
+        which.process->retire(status, remove);
+    } catch (const std::exception& failure) {
+        detail::report(report_kind::store_failure, [&](report_line& line) {
+            line << "supervisor '" << name() << "': could not update or delete the keys of child '"
+                 << which.spec.id << "': " << failure.what();
+        });
+    }
 }
 
 KEEPSAKE_INLINE void supervisor_core::do_delete_child(const std::string& id) {
@@ -150,9 +203,16 @@ KEEPSAKE_INLINE std::unique_ptr<supervisor_core::record> supervisor_core::make_r
 }
 
 KEEPSAKE_INLINE supervisor_core::record* supervisor_core::find(const std::string& id) const {
-    for (const auto& child : children_)
-        if (child && child->spec.id == id) return child.get();
-    return nullptr;
+    auto found = by_id_.find(id);
+    return found == by_id_.end() ? nullptr : found->second;
+}
+
+KEEPSAKE_INLINE supervisor_core::record& supervisor_core::add_record(std::unique_ptr<record> made) {
+    made->order = spec_.flags.dynamic ? next_order_++ : children_.size();
+    record& added = *made;
+    by_id_[added.spec.id] = &added;
+    children_.push_back(std::move(made));
+    return added;
 }
 
 KEEPSAKE_INLINE supervisor_core::record* supervisor_core::find(const child_process* process) const {
@@ -176,6 +236,8 @@ KEEPSAKE_INLINE std::size_t supervisor_core::index_of(const record& which) const
 
 KEEPSAKE_INLINE void supervisor_core::remove_record(record& which) {
     which.process->forget();
+    auto indexed = by_id_.find(which.spec.id);
+    if (indexed != by_id_.end() && indexed->second == &which) by_id_.erase(indexed);
     const std::size_t index = index_of(which);
     if (index < children_.size()) children_.erase(children_.begin() + static_cast<std::ptrdiff_t>(index));
 }
@@ -188,6 +250,7 @@ KEEPSAKE_INLINE void supervisor_core::publish(event_kind kind, const record& chi
 KEEPSAKE_INLINE bool supervisor_core::start_record(record& child) {
     std::weak_ptr<supervisor_core> weak = shared_from_this();
     child_process* process = child.process.get();
+    process->place(placement{name(), spec_.flags.dynamic, child.order});
     bool running = false;
     try {
         running = child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {
@@ -245,6 +308,7 @@ KEEPSAKE_INLINE exit_reason supervisor_core::run_instance(std::uint64_t) {
     leaving_.reset();
     reset_to_static_children();
     start_static_children();
+    if (spec_.flags.dynamic && spec_.resume && instance() == 1) resume_children();
     report_started();
     while (!leaving_ && !stop_requested()) {
         if (serve_queued(1) == 0) mailbox_.wait_until(runtime_.clock(), forever, [&] { return stop_requested(); });
@@ -275,6 +339,11 @@ KEEPSAKE_INLINE void supervisor_core::reset_to_static_children() {
     for (auto& left : children_)
         if (left) left->process->forget();
     children_ = std::move(kept);
+    by_id_.clear();
+    for (std::size_t index = 0; index < children_.size(); ++index) {
+        children_[index]->order = index;
+        by_id_[children_[index]->spec.id] = children_[index].get();
+    }
 }
 
 KEEPSAKE_INLINE void supervisor_core::start_static_children() {
@@ -302,6 +371,7 @@ KEEPSAKE_INLINE void supervisor_core::child_exited(const child_process* process,
         return;
     }
     const bool significant = child->spec.significant;
+    retire(*child, why);
     if (child->spec.restart == restart_type::temporary) remove_record(*child);
     else child->process->discard();
     if (significant) check_auto_shutdown();
@@ -413,6 +483,18 @@ KEEPSAKE_INLINE void supervisor::delete_child(const std::string& id) {
     core().manage([id](detail::supervisor_core& self) { self.do_delete_child(id); });
 }
 
+KEEPSAKE_INLINE void supervisor::start_child(const std::string& type, const std::string& key) {
+    start_child(child_of_type(type, key));
+}
+
+KEEPSAKE_INLINE void supervisor::terminate_and_delete(const std::string& id) {
+    core().manage([id](detail::supervisor_core& self) { self.do_terminate_and_delete(id); });
+}
+
+KEEPSAKE_INLINE void supervisor::terminate_all(bool delete_keys) {
+    core().manage([delete_keys](detail::supervisor_core& self) { self.do_terminate_all(delete_keys); });
+}
+
 KEEPSAKE_INLINE std::vector<child_info> supervisor::which_children() {
     return core().manage([](detail::supervisor_core& self) { return self.do_which_children(); });
 }
@@ -440,3 +522,5 @@ KEEPSAKE_INLINE std::optional<supervisor> whereis_supervisor(const runtime& wher
 }
 
 } // namespace keepsake
+
+#include "keepsake/detail/resume-inl.hpp"

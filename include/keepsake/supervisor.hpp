@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -53,6 +54,27 @@ struct child_spec {
     shutdown_spec shutdown{};
     bool significant = false;
     std::function<std::shared_ptr<detail::child_process>(runtime&)> make;
+    // A unit's: its registered type (unit_types.hpp) and what happens to
+    // its key when it ends for good.
+    std::string type;
+    key_lifecycle lifecycle = key_lifecycle::automatic;
+};
+
+// What a dynamic supervisor's on_resume hook decides for one persisted child.
+enum class resume_action {
+    resume,  // start it (with `spec`, which the hook may change)
+    skip,    // leave it stopped this run (its registry status becomes stopped_graceful)
+    remove,  // delete its state, record and crash history
+};
+
+// A child the registry says was running under this dynamic supervisor.
+struct resume_candidate {
+    std::string key;
+    std::string type;
+    unit_status status = unit_status::running;
+    std::uint64_t starts = 0;   // starts so far, all runs
+    std::uint64_t crashes = 0;  // crashes so far, all runs
+    child_spec spec;            // made by its type; the hook may adapt it
 };
 
 struct supervisor_spec {
@@ -64,6 +86,19 @@ struct supervisor_spec {
     shutdown_spec shutdown = shutdown_spec::infinity();
     bool significant = false;
     duration call_timeout = std::chrono::seconds(30);  // management calls
+    // --- resume (a dynamic supervisor; README "Resume") ----------------
+    // At its first start in a process, restart the children the unit
+    // registry says were running under this name, by their registered
+    // type, in their original order, from their last commit. The registry
+    // is the one of `registry` (null: the runtime's default segment).
+    bool resume = true;
+    const segment* registry = nullptr;
+    // After a reboot (no segment): the records an exporter wrote to this
+    // store under store_prefix.
+    store* resume_from = nullptr;
+    std::string store_prefix;
+    // Decides for each child before it is resumed (null: resume them all).
+    std::function<resume_action(resume_candidate&)> on_resume;
 };
 
 struct child_info {
@@ -108,9 +143,14 @@ child_spec child_spec_of(Spec spec, child_kind kind, Make make_core) {
 
 template <class State, class Handler>
 child_spec child(unit_spec<State, Handler> spec) {
-    return detail::child_spec_of(std::move(spec), child_kind::worker, [](runtime& where, const auto& kept) {
+    std::string type = spec.type;
+    const key_lifecycle lifecycle = spec.lifecycle;
+    child_spec made = detail::child_spec_of(std::move(spec), child_kind::worker, [](runtime& where, const auto& kept) {
         return detail::make_unit_core(where, kept);
     });
+    made.type = std::move(type);
+    made.lifecycle = lifecycle;
+    return made;
 }
 
 KEEPSAKE_API child_spec child(supervisor_spec spec);
@@ -163,6 +203,13 @@ public:
 
     void do_delete_child(const std::string& id);
 
+    // Stops the child and deletes its state, record and crash history.
+    void do_terminate_and_delete(const std::string& id);
+
+    // Stops every child, newest first (a dynamic supervisor's tenant
+    // teardown); `delete_keys`: their keys go too, else each by its lifecycle.
+    void do_terminate_all(bool delete_keys);
+
     std::vector<child_info> do_which_children() const;
 
     child_counts do_count_children() const;
@@ -176,6 +223,7 @@ private:
         std::uint64_t instance = 0;  // the instance this supervisor started last
         bool expect_exit = false;    // running, and not being stopped by us
         bool retry_pending = false;  // a failed restart will be retried
+        std::uint64_t order = 0;     // start order: the registry keeps it, resume follows it
     };
 
     supervisor_spec spec_;
@@ -183,6 +231,8 @@ private:
     std::vector<std::unique_ptr<record>> children_;  // start order
     std::atomic<std::uint64_t> restarts_{0};
     std::optional<exit_reason> leaving_;  // gave up or auto shutdown
+    std::unordered_map<std::string, record*> by_id_;  // children_ by id
+    std::uint64_t next_order_ = 0;
 
     KEEPSAKE_INLINE std::shared_ptr<supervised_actor> self_pointer() override;
 
@@ -203,6 +253,18 @@ private:
     std::size_t index_of(const record& which) const;
 
     void remove_record(record& which);
+
+    record& add_record(std::unique_ptr<record> made);
+
+    // A child ended for good: its registry status, or its keys deleted, as
+    // its lifecycle says (or `delete_keys`).
+    void retire(record& which, const exit_reason& why, bool delete_keys = false);
+
+    // --- resume (detail/resume-inl.hpp) ----------------------------------
+    void resume_children();
+
+    // False if it was not started (refused, or skipped by on_resume).
+    bool resume_one(registry_book& book, const persisted_unit& record);
 
     void publish(event_kind kind, const record& child, exit_kind reason_kind = exit_kind::normal,
                  std::string_view reason = {}) const;
@@ -277,6 +339,14 @@ public:
     void restart_child(const std::string& id);
     void terminate_child(const std::string& id);
     void delete_child(const std::string& id);
+    // Starts the unit `key` of the registered type `type` (unit_types.hpp).
+    void start_child(const std::string& type, const std::string& key);
+    // Stops the child and deletes its state in the segment, its registry
+    // record and crash history and, through the segment's exporter, its
+    // store record.
+    void terminate_and_delete(const std::string& id);
+    // Stops every child, newest first; `delete_keys` deletes them too.
+    void terminate_all(bool delete_keys = false);
     std::vector<child_info> which_children();
     child_counts count_children();
 

@@ -6,10 +6,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <type_traits>
 
 #include "keepsake/clock.hpp"
+#include "keepsake/detail/registry_book.hpp"
 #include "keepsake/keeper.hpp"
 #include "keepsake/recovery.hpp"
 #include "keepsake/restart_policy.hpp"
@@ -100,6 +102,19 @@ struct unit_spec {
     // throw restarts the worker). Messages that take a unit_context always
     // run on the worker. false: every message runs on the worker fiber.
     bool direct_calls = true;
+    // --- the unit registry (keepsake/unit_registry.hpp) ---------------
+    // The registered type it was made from (unit_types.hpp sets it): kept
+    // in the segment, so a dynamic supervisor resumes the unit by it.
+    std::string type;
+    // Poison-state protection: unset takes its type's threshold (5 crashes
+    // in an hour unless the type says otherwise), or none for a unit of no
+    // type; crash_threshold::off() turns it off.
+    std::optional<crash_threshold> threshold;
+    // What happens to its key (state, record, crash history) when it ends
+    // for good: see key_lifecycle.
+    key_lifecycle lifecycle = key_lifecycle::automatic;
+    // The rollback ladder (unit_type_options::rollback_after); 0: off.
+    std::uint32_t rollback_after = 0;
 };
 
 } // namespace keepsake

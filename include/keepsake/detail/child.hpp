@@ -28,6 +28,7 @@
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/detail/signal.hpp"
+#include "keepsake/detail/unit_registration.hpp"
 #include "keepsake/restart_policy.hpp"
 #include "keepsake/runtime.hpp"
 
@@ -90,6 +91,14 @@ public:
     // Its spec is deleted: also give up its name (and a unit its keeper),
     // even if a handle still holds it, so the id can be used again.
     virtual void forget() { discard(); }
+    // --- the unit registry (a unit's; a supervisor has none) ---
+    // Where its supervisor placed it, before each start.
+    virtual void place(const placement&) {}
+    // It ended for good (no restart follows): the status the registry keeps,
+    // or, when `remove_key`, its state, record and history are deleted.
+    virtual void retire(unit_status, bool /*remove_key*/) {}
+    // Why its last start was declined by the registry (permanently crashed), if it was.
+    virtual std::optional<std::string> refused_start() const { return std::nullopt; }
 };
 
 // A value or nothing, so call<void> and call<R> share one path.

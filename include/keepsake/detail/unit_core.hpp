@@ -23,6 +23,8 @@
 #include "keepsake/detail/listeners.hpp"
 #include "keepsake/detail/parking.hpp"
 #include "keepsake/detail/signal.hpp"
+#include "keepsake/detail/type_breaker.hpp"
+#include "keepsake/detail/unit_registration.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/keeper.hpp"
@@ -49,6 +51,7 @@ public:
           state_(spec_.initial),
           log_(spec_.intensity), context_(*this, state_) {
         check_spec();
+        if (!spec_.type.empty()) breaker_ = type_breakers::instance().find(spec_.type);
     }
 
     ~unit_core() override { runtime_.unregister_name(name(), this); }
@@ -125,7 +128,19 @@ public:
     void forget() override {
         supervised_actor::forget();
         keeper_.reset();  // the key is free for a new unit of that name
+        registration_.detach();
     }
+
+    void place(const placement& where) override { placement_ = where; }
+
+    void retire(unit_status status, bool remove_key) override {
+        if (!registration_.attached()) return;
+        if (!remove_key) return registration_.set_status(status);
+        keeper_.reset();
+        registration_.remove_all(name());
+    }
+
+    std::optional<std::string> refused_start() const override { return refused_; }
 
     // --- the worker side (called from jobs and the context) --------------
     template <class R, class F>
@@ -346,6 +361,11 @@ private:
     boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
     listener_list<const State&, const State&> state_changed_;
     listener_list<const exit_reason&, const State&> terminated_;
+    unit_registration registration_;  // its record in the segment's unit registry
+    placement placement_;
+    std::shared_ptr<type_breaker> breaker_;  // its type's circuit breaker
+    std::optional<std::string> refused_;     // why the registry declined its last start
+    bool handed_over_once_ = false;
 
     void check_spec() const {
         if (spec_.commit.when == commit_policy::mode::every_n && spec_.commit.n == 0)
@@ -377,11 +397,9 @@ private:
     // else the initial state; then the init hook, whose changes count as
     // uncommitted changes.
     void hand_over_state(std::uint64_t number) {
-        const bool first = !keeper_;
-        if (first) {
-            keeper_.emplace(segment_to_use(), name(), spec_.keeper);
-            runtime_.note_segment(segment_to_use().shared_impl().get());
-        }
+        const bool first = !handed_over_once_;  // the first start of this core: recover from the store too
+        if (!keeper_) attach_keeper();
+        handed_over_once_ = true;
         start_info info;
         info.instance = number;
         info.restarts = restarts_this_instance_;
@@ -404,12 +422,68 @@ private:
         stopping_itself_.store(false, std::memory_order_relaxed);
         dirty_ = false;
         if (spec_.init) {
+            running_scope running(registration_.entry());
             spec_.init(state_, info);
             dirty_ = true;
         }
         uncommitted_messages_ = 0;
         if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
         last_committed_.reset();  // the init may have changed state_: the next commit reads the keeper's
+        registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
+    }
+
+    key_lifecycle lifecycle() const noexcept {
+        if (spec_.lifecycle != key_lifecycle::automatic) return spec_.lifecycle;
+        return spec_.restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit : key_lifecycle::keep;
+    }
+
+    crash_threshold threshold() const {
+        return spec_.threshold.value_or(spec_.type.empty() ? crash_threshold::off() : crash_threshold{});
+    }
+
+    // Before each instance: the registry's say. A unit past its crash
+    // threshold is declined (ignore_start: its supervisor keeps it not
+    // running); a new unit of a type whose breaker is open fails to start.
+    void check_registry_at_start() {
+        refused_.reset();
+        const bool first = !registration_.attached();
+        if (first) {
+            if (breaker_) breaker_->check();
+            registration_.attach(segment_to_use(), name());
+            if (!keeper_) attach_keeper();
+        }
+        const bool poisoned = first ? registration_.account_previous_run(threshold(), keeper_->generation())
+                                    : registration_.status() == unit_status::permanently_crashed;
+        if (!poisoned) return;
+        refused_ = "unit '" + name() + "' is permanently_crashed (" + std::to_string(threshold().crashes) +
+                   " crashes within its crash threshold's window): it is not started until cleared with "
+                   "keepsake::clear_crashed or `keepsake-inspect clear`; its state and crash history are kept";
+        publish(event_kind::permanently_crashed, exit_kind::crashed, *refused_);
+        throw ignore_start(*refused_);
+    }
+
+    void attach_keeper() {
+        keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        runtime_.note_segment(segment_to_use().shared_impl().get());
+    }
+
+    // Records a crash in the registry; true if it makes the unit
+    // permanently crashed (then it is not restarted in place).
+    bool note_crash(crash_kind kind, std::string_view what) {
+        if (breaker_ && breaker_->note_crash()) {
+            publish_by(name(), event_kind::circuit_open, spec_.type, 0, exit_kind::crashed, what);
+            detail::report(report_kind::crash, [&](report_line& line) {
+                line << "unit type '" << spec_.type << "': circuit breaker open (new starts refused for a cooldown)";
+            });
+        }
+        if (!registration_.attached()) return false;
+        if (!registration_.crashed(kind, what, generation_.load(std::memory_order_relaxed), threshold())) return false;
+        publish(event_kind::permanently_crashed, exit_kind::crashed, what);
+        detail::report(report_kind::give_up, [&](report_line& line) {
+            line << "unit '" << name() << "' is permanently crashed (" << std::uint64_t{threshold().crashes}
+                 << " crashes within " << std::chrono::nanoseconds(threshold().window) << "); last crash: " << what;
+        });
+        return true;
     }
 
     // on_state_changed's "before" is the committed state, which the keeper
@@ -483,6 +557,7 @@ private:
     // Caught here, next to the throw, rather than at the top of the
     // instance: a crash then unwinds a few frames, not the whole worker.
     bool serve_inflight() {
+        running_scope running(registration_.entry());
         try {
             inflight_.run(static_cast<actor*>(this));
             return true;
@@ -498,6 +573,7 @@ private:
 
     served run_body() {
         if (spec_.loop) {
+            running_scope running(registration_.entry());
             spec_.loop(context_);
             return served::stopped;
         }
@@ -512,12 +588,13 @@ private:
     // A crash inside the instance: answer the call that crashed, forget the
     // uncommitted changes, and restart in place unless that is too often.
     // Returns the exit reason when the unit gives up (or is stopping).
-    std::optional<exit_reason> on_crash(std::string_view what) {
+    std::optional<exit_reason> on_crash(std::string_view what, crash_kind kind = crash_kind::exception) {
         bump(crashes_);
         // Decided first, so the caller of the crashing call is told whether
         // the unit restarts.
         const bool stopping = context_stop_requested();
-        const bool gives_up = !stopping && !log_.allow(runtime_.clock().now());
+        const bool poisoned = note_crash(kind, what);
+        const bool gives_up = !stopping && (poisoned || !log_.allow(runtime_.clock().now()));
         if (inflight_.reply() != nullptr)
             fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what), !stopping && !gives_up)));
         else
@@ -530,6 +607,10 @@ private:
                  << "): " << what;
         });
         if (stopping) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
+        if (poisoned) {
+            registration_.set_status(unit_status::permanently_crashed);
+            return exit_reason{exit_kind::crashed, "permanently crashed; last crash: " + std::string(what)};
+        }
         if (gives_up) {
             publish(event_kind::gave_up, exit_kind::crashed, what);
             detail::report(report_kind::give_up, [&](report_line& line) {
@@ -550,6 +631,7 @@ private:
     exit_reason run_instance(std::uint64_t number) override {
         restarts_this_instance_ = 0;
         log_.clear();
+        check_registry_at_start();
         for (;;) {
             std::optional<exit_reason> ended;
             try {

@@ -1,0 +1,292 @@
+// keepsake/detail/registry_book.hpp: this process's view of the unit
+// registry of one segment: the records of the units it runs (attached, so
+// nobody else in the process writes them), the run it belongs to, and how to
+// delete a unit's keys (through an exporter of the segment when one runs, so
+// the store forgets them too).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "keepsake/detail/process.hpp"
+#include "keepsake/detail/fatal_signals.hpp"
+#include "keepsake/detail/unit_record.hpp"
+#include "keepsake/segment.hpp"
+#include "keepsake/store.hpp"
+
+namespace keepsake {
+
+// A unit's crash threshold (poison-state protection): `crashes` crashes
+// within `window` (wall clock, across process restarts) make it
+// permanently_crashed. 0 crashes: off. A process killed from outside (kill
+// -9, power loss) is recorded as process_killed and counted only with
+// count_process_kills; a fatal signal while the unit ran always counts.
+struct crash_threshold {
+    std::uint32_t crashes = 5;
+    std::chrono::seconds window = std::chrono::hours(1);
+    bool count_process_kills = false;
+
+    static crash_threshold off() { return {0, std::chrono::hours(1), false}; }
+};
+
+namespace detail {
+
+// Identifies one run of one process: its pid and start time.
+inline std::uint64_t run_id_of(const owner_info& owner) noexcept {
+    return mix_words(static_cast<std::uint64_t>(owner.pid), owner.start_time, 0x72756e73u, 0) | 1u;
+}
+
+class registry_book {
+public:
+    explicit registry_book(std::shared_ptr<segment_impl> where) : segment_(std::move(where)) {
+        const segment_status now = segment_->status();
+        run_ = run_id_of(now.owner);
+        if (segment_->previous_owner) previous_run_ = run_id_of(*segment_->previous_owner);
+        previous_crashed_ = segment_->outcome == open_outcome::reopened_after_crash;
+    }
+
+    // One book per segment mapping in this process.
+    static std::shared_ptr<registry_book> of(const std::shared_ptr<segment_impl>& where) {
+        static std::mutex* const guard = new std::mutex();
+        static auto* const books = new std::unordered_map<const segment_impl*, std::weak_ptr<registry_book>>();
+        std::lock_guard<std::mutex> lock(*guard);
+        auto& slot = (*books)[where.get()];
+        if (auto alive = slot.lock()) return alive;
+        for (auto each = books->begin(); each != books->end();)  // drop the books of closed segments
+            each = each->second.expired() && each->first != where.get() ? books->erase(each) : std::next(each);
+        auto made = std::make_shared<registry_book>(where);
+        slot = made;
+        install_fatal_signal_handlers();
+        return made;
+    }
+
+    std::uint64_t run() const noexcept { return run_; }
+    const std::shared_ptr<segment_impl>& segment() const noexcept { return segment_; }
+
+    // Did the process that ran this record die while it ran (the segment
+    // was reopened after a crash of the run that last started it)?
+    bool died_with_previous_run(const persisted_unit& record) const noexcept {
+        return previous_crashed_ && record.run == previous_run_ && record.run != run_;
+    }
+
+    // The record and history writers of one unit, attached while a unit of
+    // that key lives in this process. Stable address (signal handlers).
+    struct entry {
+        std::string key;
+        record_slots<persisted_unit> record;
+        record_slots<persisted_crashes> crashes;
+        std::uint32_t users = 0;
+    };
+
+    entry& attach(const std::string& key) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto& held = entries_[key];
+        if (!held) {
+            held = std::make_unique<entry>();
+            held->key = key;
+        }
+        ensure_record(*held);
+        ++held->users;
+        return *held;
+    }
+
+    void release(entry& which) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--which.users != 0) return;
+        let_go(which);
+        entries_.erase(which.key);
+    }
+
+    std::optional<persisted_unit> read(entry& which) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_record(which);
+        return which.record.read();
+    }
+
+    // Applies `change` to the unit's record (a fresh one if it has none) and publishes it.
+    template <class Change>
+    persisted_unit update(entry& which, Change&& change) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_record(which);
+        persisted_unit record = which.record.read().value_or(fresh(which.key));
+        change(record);
+        record.status_ns = wall_clock_ns();
+        which.record.write(record);
+        return record;
+    }
+
+    // Appends one crash to the unit's history; returns the crashes that
+    // count against `threshold` within its window (this one included).
+    std::uint32_t add_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
+                            const crash_threshold& threshold) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_record(which);
+        if (!which.crashes.attached())
+            which.crashes = record_slots<persisted_crashes>(
+                segment_->attach(registry_key(crash_record_prefix, which.key), entry_kind::state, 2,
+                                 sizeof(persisted_crashes)).area);
+        persisted_crashes history = which.crashes.read().value_or(persisted_crashes{});
+        persisted_crash& added = history.entries[history.next];
+        added.wall_ns = wall_clock_ns();
+        added.generation = generation;
+        added.kind = static_cast<std::uint32_t>(kind);
+        const std::size_t taken = std::min(reason.size(), max_crash_reason);
+        std::memset(added.reason, 0, sizeof(added.reason));
+        std::memcpy(added.reason, reason.data(), taken);
+        added.reason_length = static_cast<std::uint32_t>(taken);
+        history.next = static_cast<std::uint32_t>((history.next + 1) % crash_history_size);
+        history.count = std::min<std::uint32_t>(history.count + 1, crash_history_size);
+        which.crashes.write(history);
+        return counted(history, threshold, added.wall_ns);
+    }
+
+    static std::uint32_t counted(const persisted_crashes& history, const crash_threshold& threshold,
+                                 std::uint64_t now_ns) noexcept {
+        const auto window = static_cast<std::uint64_t>(std::chrono::nanoseconds(threshold.window).count());
+        std::uint32_t within = 0;
+        for (std::uint32_t index = 0; index < history.count; ++index) {
+            const persisted_crash& each = history.entries[index];
+            if (static_cast<crash_kind>(each.kind) == crash_kind::process_killed && !threshold.count_process_kills)
+                continue;
+            if (each.wall_ns + window >= now_ns) ++within;
+        }
+        return within;
+    }
+
+    // Forgets the crash history (clear_crashed).
+    void clear_history(entry& which) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const std::string key = registry_key(crash_record_prefix, which.key);
+        if (!which.crashes.attached() && segment_->entry_view_of(key))
+            which.crashes = record_slots<persisted_crashes>(
+                segment_->attach(key, entry_kind::state, 2, sizeof(persisted_crashes)).area);
+        if (which.crashes.attached()) which.crashes.write(persisted_crashes{});
+    }
+
+    // Removes the unit's record and history keys and its state key (which
+    // nobody may hold now): through the segment's exporter when one runs.
+    // The entry stays (detached) for whoever holds it: a later start attaches again.
+    void remove_unit(entry& which, const std::string& state_key) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (which.record.attached()) which.record.write(with_status(which, unit_status::deleted));
+        let_go(which);
+        which.record = {};
+        which.crashes = {};
+        for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key),
+                                        registry_key(unit_record_prefix, which.key)})
+            forget_key(key);
+    }
+
+    // Every unit record of the segment that checks out, as found now.
+    std::vector<persisted_unit> records() const {
+        std::vector<persisted_unit> found;
+        const std::string prefix = unit_record_prefix;
+        for (const auto& view : segment_->entry_views()) {
+            if (view.kind != entry_kind::state || !has_prefix(view.key, prefix)) continue;
+            if (auto record = record_slots<persisted_unit>(view.area).read()) found.push_back(*record);
+        }
+        return found;
+    }
+
+    // The crash history of `key`, if it has one.
+    std::optional<persisted_crashes> history(const std::string& key) const {
+        auto view = segment_->entry_view_of(registry_key(crash_record_prefix, key));
+        if (!view) return std::nullopt;
+        return record_slots<persisted_crashes>(view->area).read();
+    }
+
+    // After a reboot: the registry records (and histories) an exporter put
+    // in `from` under `prefix` that the segment lacks, written one
+    // generation above the store's so the next export goes on from there.
+    // Returns how many records it imported.
+    std::size_t import_from(store& from, const std::string& prefix) {
+        std::size_t imported = 0;
+        for (const char* kind : {unit_record_prefix, crash_record_prefix}) {
+            for (const std::string& stored : from.list(prefix + kind)) {
+                const std::string key = stored.substr(prefix.size());
+                if (segment_->entry_view_of(key)) continue;
+                auto got = from.get(stored);
+                if (!got) continue;
+                if (kind == unit_record_prefix) imported += import_one<persisted_unit>(key, *got);
+                else import_one<persisted_crashes>(key, *got);
+            }
+        }
+        return imported;
+    }
+
+    // An exporter of this segment deletes keys from its store too (until
+    // it calls clear_forgetter with the id this returns).
+    std::uint64_t set_forgetter(std::function<bool(const std::string&)> forget) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        forgetter_ = std::move(forget);
+        return ++forgetter_id_;
+    }
+    void clear_forgetter(std::uint64_t id) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (id == forgetter_id_) forgetter_ = nullptr;
+    }
+
+    // A record as the registry keeps it before its first write.
+    static persisted_unit fresh(const std::string& key) {
+        persisted_unit record{};
+        record.status = static_cast<std::uint32_t>(unit_status::running);
+        copy_text(record.key, record.key_length, max_key_length, key);
+        return record;
+    }
+
+private:
+    template <class Record>
+    std::size_t import_one(const std::string& key, const record& got) {
+        auto value = record_slots<Record>::from_bytes(got.fingerprint, got.codec, got.bytes.data(), got.bytes.size());
+        if (!value) return 0;
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto area = segment_->attach(key, entry_kind::state, 2, sizeof(Record)).area;
+        record_slots<Record>(area).write(*value, got.generation + 1);
+        segment_->release_key(key);
+        return 1;
+    }
+
+    std::shared_ptr<segment_impl> segment_;
+    mutable std::mutex mutex_;
+    std::unordered_map<std::string, std::unique_ptr<entry>> entries_;
+    std::function<bool(const std::string&)> forgetter_;
+    std::uint64_t forgetter_id_ = 0;
+    std::uint64_t run_ = 0;
+    std::uint64_t previous_run_ = 0;
+    bool previous_crashed_ = false;
+
+    persisted_unit with_status(entry& which, unit_status status) const {
+        persisted_unit record = which.record.read().value_or(fresh(which.key));
+        record.status = static_cast<std::uint32_t>(status);
+        record.status_ns = wall_clock_ns();
+        return record;
+    }
+
+    void ensure_record(entry& which) {
+        if (which.record.attached()) return;
+        which.record = record_slots<persisted_unit>(
+            segment_->attach(registry_key(unit_record_prefix, which.key), entry_kind::state, 2, sizeof(persisted_unit)).area);
+    }
+
+    void let_go(entry& which) {
+        if (which.record.attached()) segment_->release_key(registry_key(unit_record_prefix, which.key));
+        if (which.crashes.attached()) segment_->release_key(registry_key(crash_record_prefix, which.key));
+    }
+
+    void forget_key(const std::string& key) {
+        if (forgetter_) forgetter_(key);
+        else segment_->remove_key(key);
+    }
+};
+
+} // namespace detail
+} // namespace keepsake

@@ -1,0 +1,143 @@
+// keepsake/detail/unit_registration.hpp: what a unit writes into the
+// registry of its segment, and the decisions the registry makes for it
+// (poison-state protection). Kept beside the unit core so the core only
+// calls it at its start, crash and end.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "keepsake/detail/fatal_signals.hpp"
+#include "keepsake/detail/registry_book.hpp"
+#include "keepsake/restart_policy.hpp"
+#include "keepsake/segment.hpp"
+
+namespace keepsake::detail {
+
+// Where a supervisor placed a child (unset for a root unit).
+struct placement {
+    std::string parent;
+    bool dynamic = false;
+    std::uint64_t order = 0;
+};
+
+class unit_registration {
+public:
+    unit_registration() = default;
+    unit_registration(const unit_registration&) = delete;
+    unit_registration& operator=(const unit_registration&) = delete;
+    ~unit_registration() { detach(); }
+
+    bool attached() const noexcept { return entry_ != nullptr; }
+    // For running_scope: the record a fatal signal marks (null: none).
+    unit_record_slots* entry() const noexcept { return entry_ != nullptr ? &entry_->record : nullptr; }
+
+    void attach(const segment& where, const std::string& key) {
+        if (entry_ != nullptr) return;
+        book_ = registry_book::of(where.shared_impl());
+        entry_ = &book_->attach(key);
+    }
+
+    void detach() noexcept {
+        if (entry_ == nullptr) return;
+        try {
+            book_->release(*entry_);
+        } catch (...) {
+            // Releasing touches no shared memory: nothing to report.
+        }
+        entry_ = nullptr;
+        book_.reset();
+    }
+
+    std::optional<persisted_unit> record() const { return entry_ != nullptr ? book_->read(*entry_) : std::nullopt; }
+
+    unit_status status() const {
+        auto found = record();
+        return found ? static_cast<unit_status>(found->status) : unit_status::running;
+    }
+
+    // The first start of a unit in this process: if the run that last
+    // started it died while it ran, that is a crash of it (a fatal signal
+    // while its code ran always counts; a kill from outside counts with
+    // count_process_kills). True if it is (now) permanently crashed.
+    bool account_previous_run(const crash_threshold& threshold, std::uint64_t generation) {
+        auto found = record();
+        if (!found || static_cast<unit_status>(found->status) != unit_status::running ||
+            !book_->died_with_previous_run(*found))
+            return status_is(found, unit_status::permanently_crashed);
+        const bool died_here = (found->flags & unit_flag_died_here) != 0;
+        std::string reason = died_here ? "the process died of signal " + std::to_string(found->died_signal) + " (" +
+                                             signal_name(static_cast<int>(found->died_signal)) + ") while this unit ran"
+                                       : "the process died (killed from outside, or power lost) while this unit "
+                                         "was running";
+        return crashed(died_here ? crash_kind::process_crashed : crash_kind::process_killed, reason, generation,
+                       threshold);
+    }
+
+    // A start of the worker (restarts in place too).
+    void started(const placement& where, std::string_view type, restart_type restart, key_lifecycle lifecycle) {
+        book_->update(*entry_, [&](persisted_unit& record) {
+            record.status = static_cast<std::uint32_t>(unit_status::running);
+            record.flags = (record.flags & ~(unit_flag_died_here | unit_flag_dynamic)) |
+                           (where.dynamic ? unit_flag_dynamic : 0u);
+            record.died_signal = 0;
+            record.restart = static_cast<std::uint32_t>(restart);
+            record.lifecycle = static_cast<std::uint32_t>(lifecycle);
+            record.order = where.order;
+            record.run = book_->run();
+            ++record.starts;
+            copy_text(record.type, record.type_length, max_type_name, type);
+            copy_text(record.parent, record.parent_length, max_parent_name, where.parent);
+        });
+    }
+
+    // Records a crash; true if it makes the unit permanently crashed.
+    bool crashed(crash_kind kind, std::string_view reason, std::uint64_t generation, const crash_threshold& threshold) {
+        const std::uint32_t within = book_->add_crash(*entry_, kind, reason, generation, threshold);
+        const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
+        book_->update(*entry_, [&](persisted_unit& record) {
+            ++record.crashes;
+            record.flags &= ~unit_flag_died_here;
+            if (poisoned) record.status = static_cast<std::uint32_t>(unit_status::permanently_crashed);
+        });
+        return poisoned;
+    }
+
+    void set_status(unit_status status) {
+        if (entry_ == nullptr) return;
+        book_->update(*entry_, [&](persisted_unit& record) {
+            // Only clear_crashed takes a unit out of permanently_crashed.
+            if (static_cast<unit_status>(record.status) != unit_status::permanently_crashed)
+                record.status = static_cast<std::uint32_t>(status);
+        });
+    }
+
+    // Deletes the unit's state key (nobody may hold it), record and history.
+    void remove_all(const std::string& state_key) {
+        if (entry_ != nullptr) book_->remove_unit(*entry_, state_key);
+    }
+
+    static const char* signal_name(int number) noexcept {
+        switch (number) {
+        case SIGSEGV: return "SIGSEGV";
+        case SIGBUS: return "SIGBUS";
+        case SIGILL: return "SIGILL";
+        case SIGFPE: return "SIGFPE";
+        case SIGABRT: return "SIGABRT";
+        }
+        return "signal";
+    }
+
+private:
+    std::shared_ptr<registry_book> book_;
+    registry_book::entry* entry_ = nullptr;
+
+    static bool status_is(const std::optional<persisted_unit>& record, unit_status status) noexcept {
+        return record && static_cast<unit_status>(record->status) == status;
+    }
+};
+
+} // namespace keepsake::detail
