@@ -307,7 +307,9 @@ TEST_CASE("the runtime's counters render in Prometheus' text format, and parse",
     CHECK(sample(parsed, "keepsake_unit_generation{unit=\"alice\"}") == stats.generation);
     CHECK(sample(parsed, "keepsake_unit_queue_depth{unit=\"alice\"}") == 0);
     CHECK(sample(parsed, "keepsake_supervisor_restarts_total{supervisor=\"accounts\"}") == 0);
-    CHECK(sample(parsed, "keepsake_export_records_total" + label) == 1);  // alice: solo never committed
+    // alice's state (solo never committed), and the unit registry's records:
+    // both units' records and both crash histories.
+    CHECK(sample(parsed, "keepsake_export_records_total" + label) == 5);
     CHECK(sample(parsed, "keepsake_export_store_failures_total" + label) == 0);
     const double lag = sample(parsed, "keepsake_export_lag_seconds" + label);
     CHECK(lag >= 0);

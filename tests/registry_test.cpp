@@ -116,7 +116,7 @@ void note_error(shared_book& book, const std::string& what) {
 // then start, call and terminate units at random until killed.
 [[noreturn]] void run_players(const shm_dir& dir, shared_book& book, unsigned seed) {
     keepsake::set_crash_reports(false);
-    register_test_types({keepsake::crash_threshold::off(), {}, 0});
+    register_test_types({keepsake::crash_threshold::off(), {}});
     keepsake::segment seg("players", dir.options(64u << 20, 4096));
     keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
     std::atomic<int> resumed{0};
@@ -233,7 +233,7 @@ TEST_CASE("registry: temporary children started and ended 100 000 times leave th
 }
 
 TEST_CASE("registry: info and list say type, parent, status, starts and crash history", "[registry]") {
-    register_test_types({keepsake::crash_threshold::off(), {}, 0});
+    register_test_types({keepsake::crash_threshold::off(), {}});
     keepsake::set_crash_reports(false);
     shm_dir dir;
     keepsake::segment seg("info", dir.options());
@@ -493,7 +493,7 @@ TEST_CASE("registry: a type's circuit breaker refuses new starts after M crashes
 TEST_CASE("registry: on_resume may skip, remove or adapt a child; unknown types are refused with an event",
           "[registry]") {
     keepsake::set_crash_reports(false);
-    register_test_types({keepsake::crash_threshold::off(), {}, 0});
+    register_test_types({keepsake::crash_threshold::off(), {}});
     shm_dir dir;
     {
         keepsake::segment seg("hook", dir.options());

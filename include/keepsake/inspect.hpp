@@ -47,6 +47,7 @@
 #include "keepsake/codec.hpp"
 #include "keepsake/detail/format.hpp"
 #include "keepsake/detail/inspect_format.hpp"
+#include "keepsake/detail/inspect_units.hpp"
 #include "keepsake/detail/snapshot.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/exporter.hpp"
@@ -134,6 +135,10 @@ public:
                "                                copy each key's newest valid state to the store\n"
                "  delete SEGMENT KEY            remove KEY and its state (refused while the owner runs)\n"
                "  remove SEGMENT                remove the whole segment (refused while the owner runs)\n"
+               "  units SEGMENT                 the unit registry: each unit's type, parent, status, starts,\n"
+               "                                crashes, and its last crashes (time, kind, reason)\n"
+               "  clear SEGMENT KEY             take a permanently_crashed unit out of that status (and\n"
+               "                                clear its crash history; refused while the owner runs)\n"
                "\n"
                "Stores (what a reboot would restore), opened read-only:\n"
                "  store list STORE [--prefix P] [--tsv]\n"
@@ -148,7 +153,7 @@ public:
                "  --version    the version of keepsake it was built with\n"
                "  --help       this text\n"
                "\n"
-               "Only delete, remove and export change anything (export only the store). Types are\n"
+               "Only delete, remove, clear and export change anything (export only the store). Types are\n"
                "known by fingerprint: those registered with this inspector (see 'types').\n"
                "Exit status: 0 done, 1 failed (the message says why), 2 bad usage.\n";
     }
@@ -257,6 +262,15 @@ private:
         if (name == "types") {
             expect_operands(line, 0, "no operands");
             return list_types(out);
+        }
+        if (name == "units") {
+            expect_operands(line, 1, "SEGMENT");
+            detail::print_units(open_view(line, segment_access::read_only), out);
+            return 0;
+        }
+        if (name == "clear") {
+            expect_operands(line, 2, "SEGMENT KEY");
+            return clear_unit(line, out);
         }
         if (stores) {
             if (sub == "list") {
@@ -582,6 +596,18 @@ private:
             throw error(errc::segment_owned, "cannot " + what + ": " + failure.what() +
                                                  "; keepsake-inspect changes a segment only when no process owns it");
         }
+    }
+
+    static int clear_unit(const command& line, std::ostream& out) {
+        const std::string& key = line.words[2];
+        segment held = open_to_change(line, "clear unit '" + key + "'");
+        if (!clear_crashed(held, key))
+            throw error(errc::not_found, "unit '" + key + "' of segment '" + held.name() +
+                                             "' is not permanently_crashed (or has no record); keepsake-inspect "
+                                             "units " + held.name() + " shows each unit's status");
+        out << "cleared unit '" << key << "' of segment '" << held.name()
+            << "': it starts again (a dynamic supervisor resumes it at the next run)\n";
+        return 0;
     }
 
     static int remove_key(const command& line, std::ostream& out) {

@@ -49,7 +49,6 @@ struct unit_info {
     std::uint64_t crashes = 0;     // every crash recorded, all runs
     std::uint64_t status_ns = 0;   // wall clock of the last change of the record
     std::uint64_t order = 0;       // start order under its supervisor
-    std::uint64_t rolled_back_from = 0;  // generation the rollback ladder skipped, 0: none
     std::vector<crash_entry> history;    // the last crashes, oldest first (at most 8)
 };
 
@@ -69,7 +68,6 @@ inline unit_info describe_unit(const registry_book& book, const persisted_unit& 
     info.crashes = record.crashes;
     info.status_ns = record.status_ns;
     info.order = record.order;
-    info.rolled_back_from = record.rolled_back_from;
     if (auto view = book.segment()->entry_view_of(info.key)) {
         std::uint64_t best = 0;
         for (std::uint32_t index = 0; index < view->area.count; ++index) {
@@ -132,15 +130,29 @@ inline std::optional<unit_info> info(const segment& where, const std::string& ke
 // Takes a permanently crashed unit out of that status (its crash history is
 // cleared, so its threshold counts from zero): it can be started again, and
 // a dynamic supervisor resumes it at the next run. Returns false if the unit
-// was not permanently crashed. Needs an owner's handle (the program itself,
-// or keepsake-inspect on a segment no program owns); works while the unit's
-// supervisor keeps it (not running).
+// was not permanently crashed. Needs the owner's handle (in the program,
+// even while the unit's supervisor keeps it) or a maintenance handle
+// (keepsake-inspect clear, on a segment no program owns).
 inline bool clear_crashed(const segment& where, const std::string& key) {
-    if (where.access() != segment_access::owner)
-        throw error(errc::invalid_argument, "clear_crashed needs the segment's owner handle: open '" + where.name() +
-                                                "' as keepsake::segment (no program may own it meanwhile)");
-    auto book = detail::registry_book::of(where.shared_impl());
-    if (!where.shared_impl()->entry_view_of(detail::registry_key(detail::unit_record_prefix, key))) return false;
+    if (where.access() == segment_access::read_only)
+        throw error(errc::invalid_argument, "clear_crashed changes segment '" + where.name() +
+                                                "': open it as its owner (keepsake::segment) or for maintenance");
+    const auto& impl = where.shared_impl();
+    const auto record_view = impl->entry_view_of(detail::registry_key(detail::unit_record_prefix, key));
+    if (!record_view) return false;
+    if (where.access() == segment_access::maintenance) {  // nobody else writes: the views will do
+        detail::record_slots<detail::persisted_unit> record(record_view->area);
+        auto found = record.read();
+        if (!found || static_cast<unit_status>(found->status) != unit_status::permanently_crashed) return false;
+        found->status = static_cast<std::uint32_t>(unit_status::running);
+        found->run = 0;
+        found->status_ns = detail::wall_clock_ns();
+        record.write(*found);
+        if (auto history = impl->entry_view_of(detail::registry_key(detail::crash_record_prefix, key)))
+            detail::record_slots<detail::persisted_crashes>(history->area).write(detail::persisted_crashes{});
+        return true;
+    }
+    auto book = detail::registry_book::of(impl);
     auto& held = book->attach(key);
     bool cleared = false;
     try {

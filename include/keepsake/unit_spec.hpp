@@ -113,8 +113,6 @@ struct unit_spec {
     // What happens to its key (state, record, crash history) when it ends
     // for good: see key_lifecycle.
     key_lifecycle lifecycle = key_lifecycle::automatic;
-    // The rollback ladder (unit_type_options::rollback_after); 0: off.
-    std::uint32_t rollback_after = 0;
 };
 
 } // namespace keepsake

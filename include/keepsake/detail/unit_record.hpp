@@ -109,7 +109,7 @@ struct persisted_unit {
     std::uint64_t crashes;    // every crash ever recorded
     std::uint64_t status_ns;  // wall clock of the last change
     std::uint64_t run;        // the process run that last started it (run_id)
-    std::uint64_t rolled_back_from;  // the generation the rollback ladder skipped, 0: none
+    std::uint64_t rolled_back_from;  // reserved (a rollback ladder's skipped generation): 0
     std::uint32_t died_signal;       // with unit_flag_died_here
     std::uint8_t key_length;
     std::uint8_t type_length;
