@@ -11,6 +11,7 @@
 // forwarded to the child. After SIGTERM or SIGINT the child's end is not a
 // crash: the launcher exits with the child's code (128 + signal if the
 // signal killed it) and starts nothing again.
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -352,12 +353,13 @@ private:
 
     // The delay before a restart, still answering signals: SIGTERM or SIGINT
     // ends the launcher (false), there being no child to pass them to.
+    // With no delay it still takes the signals already pending (a zero
+    // timeout polls), so a SIGTERM that came with the crash starts nothing.
     bool pause_before_restart() {
-        if (options_.delay_ms <= 0) return true;
-        const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.delay_ms);
+        using wall = std::chrono::steady_clock;
+        const auto until = wall::now() + std::chrono::milliseconds(options_.delay_ms);
         for (;;) {
-            const auto left = until - std::chrono::steady_clock::now();
-            if (left <= std::chrono::steady_clock::duration::zero()) return true;
+            const auto left = std::max(until - wall::now(), wall::duration::zero());
             const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
             timespec timeout{};
             timeout.tv_sec = static_cast<time_t>(ns / 1000000000);

@@ -43,6 +43,7 @@ case "${what:-exit7}" in
     echo ready >>"$dir/signals"
     while :; do sleep 0.05; done ;;
   plain-sleep) echo ready >>"$dir/signals"; exec sleep 300 ;;
+  term-launcher-exit7) kill -TERM "$PPID"; exit 7 ;;
 esac
 EOF
 chmod +x "$dir/child"
@@ -160,6 +161,13 @@ kill -TERM "$launcher"
 set +e; wait "$launcher"; rc=$?; set -e
 [ $rc = 143 ] || fail "SIGTERM during the delay: rc $rc, want 143"
 [ "$(starts)" = 1 ] || fail "restarted after SIGTERM during the delay"
+
+# SIGTERM that comes with the crash (the child sends it, then exits 7),
+# with no delay: whichever the launcher takes first, nothing restarts.
+reset; plan term-launcher-exit7 exit0
+launch --delay 0 -- "$dir/child"
+[ $rc = 7 ] || [ $rc = 143 ] || fail "SIGTERM with the crash: rc $rc, want 7 or 143"
+[ "$(starts)" = 1 ] || fail "restarted after a SIGTERM that came with the crash"
 
 # --- no zombie ------------------------------------------------------------
 # The launcher inherits a child of its own (the shell's `sleep` before the
