@@ -2,11 +2,13 @@
 // checks, start and stop order, restart types, strategies, the exact
 // restart-intensity rule, escalation in nested trees, auto_shutdown,
 // management calls, state kept across supervisor restarts, shutdown
-// timeouts. The runtime is pumped by the test thread on a manual clock, so
-// restart intensity is exact and nothing sleeps.
+// timeouts, and runtime::wait. The runtime is pumped by the test thread on
+// a manual clock, so restart intensity is exact and nothing sleeps (except
+// in the wait tests, where roots end while the test thread waits).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -15,6 +17,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -1346,4 +1349,123 @@ TEST_CASE("supervisor: shutdown timeout on the real clock", "[supervisor]") {
     CHECK(*kind == exit_kind::killed);
     CHECK(took >= 50ms);
     CHECK(took < 3s);
+}
+
+// --- runtime::wait: how a program's supervision ended ---------------------
+
+namespace {
+
+// A loop unit that crashes on its own after a short real-time sleep.
+spec_t crasher(const std::string& name) {
+    spec_t spec = worker(name);
+    spec.loop = [](keepsake::unit_context<count>& ctx) {
+        ctx.sleep_for(2ms);
+        throw std::runtime_error("crasher boom");
+    };
+    return spec;
+}
+
+// A runtime on a thread of its own and the real clock: the test thread
+// waits while the fibers run.
+struct threaded_world {
+    shm_dir dir;
+    keepsake::segment seg{"waiting", dir.options()};
+    keepsake::runtime rt{keepsake::runtime_options{1, nullptr, 128 * 1024, &seg}};
+};
+
+} // namespace
+
+TEST_CASE("runtime::wait: a root supervisor that gives up ends the wait as crashed, with its message", "[wait]") {
+    threaded_world w;
+    auto s = keepsake::start_supervisor(
+        w.rt, tree("root", strategy::one_for_one, {keepsake::child(crasher("a")), keepsake::child(worker("b"))},
+                   {2, 60s}));
+    const keepsake::exit_reason ended = w.rt.wait();
+    CHECK(ended.kind == exit_kind::crashed);
+    CHECK(ended.what.find("supervisor 'root' gave up") != std::string::npos);
+    CHECK(keepsake::exit_code(ended) == 1);
+    CHECK_FALSE(s.is_running());
+    // The handle says the same, and so does a second wait.
+    CHECK(s.wait().kind == exit_kind::crashed);
+    CHECK(s.wait().what == ended.what);
+    CHECK(w.rt.wait().what == ended.what);
+}
+
+TEST_CASE("runtime::wait: roots stopped from another thread end the wait normally", "[wait]") {
+    threaded_world w;
+    auto s = keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}));
+    auto u = keepsake::start_unit(w.rt, worker("alone"));
+    std::thread stopper([&] {
+        std::this_thread::sleep_for(20ms);
+        keepsake::stop_unit(w.rt, u);
+        keepsake::stop_supervisor(w.rt, s);
+    });
+    const keepsake::exit_reason ended = w.rt.wait();
+    stopper.join();
+    CHECK(ended.is_normal());
+    CHECK(keepsake::exit_code(ended) == 0);
+    CHECK(s.wait().kind == exit_kind::shutdown);
+    CHECK(u.wait().kind == exit_kind::shutdown);
+}
+
+TEST_CASE("runtime::wait: the first root to end abnormally is the answer, even after others stop", "[wait]") {
+    threaded_world w;
+    auto s = keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}));
+    auto u = keepsake::start_unit(w.rt, crasher("alone"));  // gives up at its first crash
+    const keepsake::exit_reason alone = u.wait();
+    CHECK(alone.kind == exit_kind::crashed);
+    CHECK(s.is_running());
+    keepsake::stop_supervisor(w.rt, s);
+    const keepsake::exit_reason ended = w.rt.wait();
+    CHECK(ended.kind == exit_kind::crashed);
+    CHECK(ended.what == alone.what);
+}
+
+TEST_CASE("runtime::wait: at once without roots; a runtime's shutdown counts as normal", "[wait]") {
+    threaded_world w;
+    CHECK(w.rt.wait().kind == exit_kind::normal);
+    auto s = keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}));
+    w.rt.shutdown();
+    CHECK(w.rt.wait().is_normal());
+    CHECK(s.wait().kind == exit_kind::shutdown);
+}
+
+TEST_CASE("runtime::wait: a pumped runtime runs its fibers while it waits", "[wait]") {
+    world w(false);  // the real clock: the crasher's sleep ends by itself
+    auto s = keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(crasher("a"))},
+                                                   {1, 60s}));
+    const keepsake::exit_reason ended = w.rt.wait();
+    CHECK(ended.kind == exit_kind::crashed);
+    CHECK(w.events.count(event_kind::restarted, "root", "a") == 1);
+    CHECK(w.events.count(event_kind::gave_up, "root", "a") == 1);
+    CHECK(s.wait().what == ended.what);
+}
+
+TEST_CASE("runtime::wait: refused where it could never end", "[wait]") {
+    SECTION("a pumped runtime, from another thread than its pumping one") {
+        world w;
+        std::optional<errc> refused;
+        std::thread other([&] { refused = code_of([&] { w.rt.wait(); }); });
+        other.join();
+        CHECK(refused == errc::invalid_argument);
+    }
+    SECTION("a threaded runtime, from one of its own fibers") {
+        threaded_world w;
+        std::atomic<int> refused{0};
+        std::atomic<bool> done{false};
+        w.rt.spawn([&] {
+            if (code_of([&] { w.rt.wait(); }) == errc::invalid_argument) refused = 1;
+            done = true;
+        });
+        while (!done) std::this_thread::sleep_for(1ms);
+        CHECK(refused == 1);
+    }
+    SECTION("a child supervisor's handle") {
+        world w;
+        auto top = keepsake::start_supervisor(
+            w.rt, tree("top", strategy::one_for_one,
+                       {keepsake::child(tree("inner", strategy::one_for_one, {keepsake::child(worker("a"))}))}));
+        auto inner = w.sup("inner");
+        CHECK(code_of([&] { inner.wait(); }) == errc::invalid_argument);
+    }
 }

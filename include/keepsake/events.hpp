@@ -40,6 +40,11 @@ struct exit_reason {
     bool is_normal() const noexcept { return kind == exit_kind::normal || kind == exit_kind::shutdown; }
 };
 
+// A process exit code for how a program's supervision ended: 0 for a normal
+// exit, 1 otherwise. `return keepsake::exit_code(rt.wait());` in main lets
+// a launcher (keepsake-run, systemd) tell a crash from a clean end.
+inline int exit_code(const exit_reason& reason) noexcept { return reason.is_normal() ? 0 : 1; }
+
 enum class event_kind {
     started,       // a child (unit or supervisor) started
     start_failed,  // a child failed to start

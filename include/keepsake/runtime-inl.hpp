@@ -140,6 +140,46 @@ KEEPSAKE_INLINE void runtime::shutdown() {
     threads_.clear();
 }
 
+KEEPSAKE_INLINE exit_reason runtime::wait() {
+    check_waiting_thread("wait");
+    // On a pumped runtime this suspends the pumping thread's main fiber, so
+    // the scheduler runs the others (and sleeps when none is ready), as
+    // shutdown's wait for the fibers does.
+    roots_changed_.wait([&] { return live_roots_ == 0; });
+    auto lock = roots_changed_.lock();
+    if (first_abnormal_) return *first_abnormal_;
+    return exit_reason{exit_kind::normal, "every top-level unit and supervisor ended normally"};
+}
+
+KEEPSAKE_INLINE void runtime::root_began() {
+    auto lock = roots_changed_.lock();
+    ++live_roots_;
+}
+
+KEEPSAKE_INLINE void runtime::root_ended(const exit_reason* how) {
+    {
+        auto lock = roots_changed_.lock();
+        --live_roots_;
+        if (how != nullptr && !how->is_normal() && !first_abnormal_) first_abnormal_ = *how;
+    }
+    roots_changed_.notify_all();
+}
+
+KEEPSAKE_INLINE void runtime::check_waiting_thread(const char* what) const {
+    if (pumped()) {
+        if (owner_threads_.front() != std::this_thread::get_id())
+            throw error(errc::invalid_argument,
+                        std::string(what) + " was called on another thread than the one that pumps this runtime "
+                                            "(threads = 0): nothing would run its fibers meanwhile; call it on "
+                                            "that thread, or make the runtime with threads >= 1");
+    } else if (on_runtime_thread()) {
+        throw error(errc::invalid_argument,
+                    std::string(what) + " was called on one of the runtime's own threads, from one of its "
+                                        "fibers, which would wait for itself; call it from another thread "
+                                        "(main, typically)");
+    }
+}
+
 KEEPSAKE_INLINE void runtime::refuse_name(const std::string& name, const detail::named_process& holder) {
     if (holder.is_running())
         throw error(errc::already_started, "'" + name + "' is already running in this runtime; give each unit "

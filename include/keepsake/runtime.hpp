@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <typeindex>
@@ -183,6 +184,28 @@ public:
     // Stops everything (as the destructor does); idempotent.
     void shutdown();
 
+    // Blocks until every top-level unit and supervisor (start_unit,
+    // start_supervisor: the runtime's roots) has ended, by itself (a root
+    // supervisor that gave up, a unit past its intensity, one that stopped
+    // itself) or stopped (stop_unit, stop_supervisor, shutdown). Returns the
+    // reason of the first root that ended abnormally, for as long as this
+    // runtime lives (a root supervisor that gave up counts as crashed, with
+    // its message), else a normal reason; at once if no root runs. A pumped
+    // runtime runs its fibers meanwhile: call it on its pumping thread. A
+    // threaded one: from any thread but its own. Stopped roots count as
+    // normal. `return keepsake::exit_code(rt.wait());` ends main with 0 or 1.
+    exit_reason wait();
+
+    // Kept by units and supervisors started as roots, for wait(): one began,
+    // one ended (with how, or null for a start that did not happen).
+    void root_began();
+    void root_ended(const exit_reason* how);
+
+    // Refuses (error invalid_argument) a wait from a thread where it would
+    // never end: another thread than a pumped runtime's, or one of a
+    // threaded runtime's own.
+    void check_waiting_thread(const char* what) const;
+
 private:
     struct registered {
         std::type_index type;
@@ -213,6 +236,9 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;
+    detail::signal roots_changed_;                // wait(): a root ended
+    std::size_t live_roots_ = 0;                  // under roots_changed_
+    std::optional<exit_reason> first_abnormal_;   // under roots_changed_
     std::vector<detail::meter> meters_;  // under registry_mutex_
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
     std::uint64_t committer_id_ = 0;

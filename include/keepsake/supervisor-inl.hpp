@@ -306,6 +306,7 @@ KEEPSAKE_INLINE std::vector<supervisor_core::record*> supervisor_core::children_
 KEEPSAKE_INLINE exit_reason supervisor_core::run_instance(std::uint64_t) {
     log_.clear();
     leaving_.reset();
+    gave_up_ = false;
     reset_to_static_children();
     start_static_children();
     if (spec_.flags.dynamic && spec_.resume && instance() == 1) resume_children();
@@ -438,6 +439,7 @@ KEEPSAKE_INLINE void supervisor_core::give_up(const record& child, const exit_re
              << std::uint64_t{spec_.flags.intensity.max_restarts} << " restarts in " << spec_.flags.intensity.period
              << "; last exit: child '" << child.spec.id << "' (" << to_string(why.kind) << ": " << why.what << ")";
     });
+    gave_up_ = true;
     leaving_ = exit_reason{exit_kind::shutdown, "supervisor '" + name() + "' gave up: more than " +
                                                     std::to_string(spec_.flags.intensity.max_restarts) +
                                                     " restarts within the period"};

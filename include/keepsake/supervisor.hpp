@@ -233,6 +233,12 @@ private:
     std::optional<exit_reason> leaving_;  // gave up or auto shutdown
     std::unordered_map<std::string, record*> by_id_;  // children_ by id
     std::uint64_t next_order_ = 0;
+    bool gave_up_ = false;                 // this instance is leaving past its intensity
+
+    // A root supervisor that gave up ended its program abnormally.
+    exit_reason root_exit(const exit_reason& reason) const override {
+        return gave_up_ ? exit_reason{exit_kind::crashed, reason.what} : reason;
+    }
 
     KEEPSAKE_INLINE std::shared_ptr<supervised_actor> self_pointer() override;
 
@@ -354,6 +360,12 @@ public:
     const std::string& name() const { return core().name(); }
     child_state state() const { return core().state(); }
     bool is_running() const { return core().is_running(); }
+    // For a supervisor started with start_supervisor: blocks until it ended
+    // (gave up, stopped by auto_shutdown, or stopped) and returns how, as
+    // runtime::wait counts it: a give-up is crashed, with its message; a
+    // stop is shutdown. Same threads as runtime::wait; error(invalid_argument)
+    // for a child supervisor.
+    exit_reason wait() { return core().wait_root(); }
     explicit operator bool() const noexcept { return static_cast<bool>(core_); }
     const std::shared_ptr<detail::supervisor_core>& shared_core() const noexcept { return core_; }
 

@@ -59,6 +59,9 @@ public:
     const std::string& name() const { return core().name(); }
     child_state state() const { return core().state(); }
     unit_stats stats() const { return core().stats(); }
+    // For a unit started with start_unit: blocks until it ended (gave up,
+    // stopped itself, or stopped) and returns how; as supervisor::wait.
+    exit_reason wait() { return core().wait_root(); }
 
     // Called on the worker after each commit with the previous and the new
     // committed state, in commit order.

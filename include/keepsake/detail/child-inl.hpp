@@ -71,10 +71,23 @@ KEEPSAKE_INLINE bool supervised_actor::start(exit_handler on_exit) {
 
 KEEPSAKE_INLINE bool supervised_actor::start_as_root() {
     std::weak_ptr<supervised_actor> weak = self_pointer();
-    const bool running = start([weak](std::uint64_t, const exit_reason&) {
-        if (auto alive = weak.lock()) alive->discard();
-    });
-    if (!running) return false;
+    root_.store(true, std::memory_order_release);
+    // Counted before its fiber runs: it may end before start returns.
+    runtime_.root_began();
+    root_live_.store(true, std::memory_order_release);
+    bool running = false;
+    try {
+        running = start([weak](std::uint64_t, const exit_reason&) {
+            if (auto alive = weak.lock()) alive->discard();
+        });
+    } catch (...) {
+        end_root(exit_reason{exit_kind::crashed, "it failed to start"}, false);
+        throw;
+    }
+    if (!running) {
+        end_root(exit_reason{exit_kind::normal, "its init declined to start (ignore_start)"}, false);
+        return false;
+    }
     runtime_.add_root(self_pointer());
     publish_by("runtime", event_kind::started, name(), instance());
     return true;
@@ -105,7 +118,36 @@ KEEPSAKE_INLINE void supervised_actor::discard() {
     fail_pending();
 }
 
-KEEPSAKE_INLINE void supervised_actor::stop_root() { stop(own_shutdown_, false); }
+KEEPSAKE_INLINE void supervised_actor::stop_root() {
+    stop(own_shutdown_, false);
+    // A root that ended by itself first keeps its own reason.
+    end_root(exit_reason{exit_kind::shutdown, "stopped (stop_unit, stop_supervisor, or the runtime's shutdown)"});
+}
+
+KEEPSAKE_INLINE void supervised_actor::end_root(const exit_reason& how, bool counts) {
+    if (!root_live_.exchange(false, std::memory_order_acq_rel)) return;
+    exit_reason told;
+    {
+        auto lock = lifecycle_.lock();
+        if (!root_by_itself_) root_exit_ = how;
+        root_ended_ = true;
+        told = root_exit_;
+    }
+    lifecycle_.notify_all();
+    runtime_.root_ended(counts ? &told : nullptr);
+}
+
+KEEPSAKE_INLINE exit_reason supervised_actor::wait_root() {
+    if (!root_.load(std::memory_order_acquire))
+        throw error(errc::invalid_argument, "'" + name() +
+                                                "' was not started on its own (start_supervisor, start_unit): "
+                                                "its supervisor restarts it, so there is no end to wait for; "
+                                                "wait for the root above it, or for the runtime (runtime::wait)");
+    runtime_.check_waiting_thread("wait");
+    lifecycle_.wait([&] { return root_ended_; });
+    auto lock = lifecycle_.lock();
+    return root_exit_;
+}
 
 KEEPSAKE_INLINE void supervised_actor::forget() {
     discard();
@@ -208,11 +250,21 @@ KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const 
     const bool by_parent = stopped_by_parent();
     exit_handler tell_parent = by_parent ? exit_handler{} : on_exit_;
     if (!by_parent) set_state(child_state::restarting);
+    // A root that ended by itself: its reason is recorded before the fiber
+    // is marked ended, so a stop_root that sees the end keeps it; the
+    // runtime is told after, so a wait that returns sees it not running.
+    const bool root_by_itself = !by_parent && root_live_.load(std::memory_order_acquire);
+    exit_reason root_how = root_by_itself ? root_exit(reason) : exit_reason{};
     {
         auto lock = lifecycle_.lock();
+        if (root_by_itself) {
+            root_exit_ = root_how;
+            root_by_itself_ = true;
+        }
         fiber_alive_.store(false, std::memory_order_release);
     }
     lifecycle_.notify_all();
+    if (root_by_itself) end_root(root_how);
     if (tell_parent) tell_parent(number, reason);
 }
 

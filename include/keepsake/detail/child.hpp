@@ -279,6 +279,11 @@ public:
 
     runtime& runtime_of() const noexcept { return runtime_; }
 
+    // Started as a root: waits until it ended (by itself, or stopped) and
+    // returns how (stopped: shutdown). error(invalid_argument) for one that
+    // is not a root (a supervisor's child is restarted, not waited for).
+    exit_reason wait_root();
+
     duration uptime() const;
 
 protected:
@@ -304,6 +309,11 @@ protected:
     bool forced() const noexcept { return forced_.load(std::memory_order_acquire); }
     bool stopped_by_parent() const noexcept { return stopped_by_parent_.load(std::memory_order_acquire); }
 
+    // How a root's own end counts for runtime::wait, from the reason its
+    // instance returned (a supervisor that gave up exits with shutdown, as
+    // OTP's does, but for a program that is a crash). On its fiber.
+    virtual exit_reason root_exit(const exit_reason& reason) const { return reason; }
+
 private:
     enum class outcome { pending, started, ignored, failed };
 
@@ -320,6 +330,16 @@ private:
     std::atomic<bool> stopped_by_parent_{false};
     std::atomic<std::uint64_t> instance_{0};
     std::atomic<std::int64_t> started_at_{0};
+    std::atomic<bool> root_{false};       // started by start_as_root
+    std::atomic<bool> root_live_{false};  // a root that has not ended yet
+    bool root_by_itself_ = false;         // under lifecycle_: it ended on its own, root_exit_ says how
+    bool root_ended_ = false;             // under lifecycle_: runtime told
+    exit_reason root_exit_;               // under lifecycle_: how the root ended
+
+    // Once per root: records how it ended (`how`, unless it ended by itself:
+    // then its own reason) and tells the runtime; `counts` false for a start
+    // that did not happen, which is no exit for runtime::wait.
+    void end_root(const exit_reason& how, bool counts = true);
 
     void prepare_instance(exit_handler on_exit);
 
