@@ -116,7 +116,7 @@ void note_error(shared_book& book, const std::string& what) {
 // then start, call and terminate units at random until killed.
 [[noreturn]] void run_players(const shm_dir& dir, shared_book& book, unsigned seed) {
     keepsake::set_crash_reports(false);
-    register_test_types({keepsake::crash_threshold::off(), {}});
+    register_test_types({keepsake::crash_threshold::off(), {}, 0});
     keepsake::segment seg("players", dir.options(64u << 20, 4096));
     keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
     std::atomic<int> resumed{0};
@@ -233,7 +233,7 @@ TEST_CASE("registry: temporary children started and ended 100 000 times leave th
 }
 
 TEST_CASE("registry: info and list say type, parent, status, starts and crash history", "[registry]") {
-    register_test_types({keepsake::crash_threshold::off(), {}});
+    register_test_types({keepsake::crash_threshold::off(), {}, 0});
     keepsake::set_crash_reports(false);
     shm_dir dir;
     keepsake::segment seg("info", dir.options());
@@ -493,7 +493,7 @@ TEST_CASE("registry: a type's circuit breaker refuses new starts after M crashes
 TEST_CASE("registry: on_resume may skip, remove or adapt a child; unknown types are refused with an event",
           "[registry]") {
     keepsake::set_crash_reports(false);
-    register_test_types({keepsake::crash_threshold::off(), {}});
+    register_test_types({keepsake::crash_threshold::off(), {}, 0});
     shm_dir dir;
     {
         keepsake::segment seg("hook", dir.options());
@@ -579,4 +579,90 @@ TEST_CASE("registry: after a reboot a dynamic supervisor resumes its children fr
     const auto children = sup.which_children();  // newest first
     CHECK(children.back().id == key_of(0));
     CHECK(children.front().id == key_of(4));
+}
+
+namespace {
+
+// A unit whose handler throws while its state is 3: a state that crashes
+// the worker each time it is restored.
+struct steps_handler {
+    std::uint64_t operator()(tally& state, const bump&) const {
+        if (state.value == 3) throw std::runtime_error("3 is poison");
+        return ++state.value;
+    }
+};
+
+} // namespace
+
+TEST_CASE("registry: the rollback ladder starts a unit that keeps crashing from older generations, then from the "
+          "initial state, and keeps the skipped one",
+          "[registry]") {
+    keepsake::set_crash_reports(false);
+    shm_dir dir;
+    keepsake::segment seg("ladder", dir.options());
+    keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
+    std::vector<std::string> steps;
+    std::mutex steps_mutex;
+    rt.events().subscribe([&](const keepsake::event& e) {
+        std::lock_guard<std::mutex> lock(steps_mutex);
+        if (e.kind == event_kind::rolled_back) steps.push_back(std::string(e.reason));
+    });
+    keepsake::unit_spec<tally, steps_handler> spec;
+    spec.name = "u";
+    spec.keeper.slots = 3;  // two older generations to fall back on
+    spec.rollback_after = 2;
+    spec.threshold = keepsake::crash_threshold::off();
+    auto unit = keepsake::start_unit(rt, spec);
+    CHECK(unit.call(bump{}) == 1);  // generation 1: value 1
+    CHECK(unit.call(bump{}) == 2);  // generation 2: value 2
+    CHECK(unit.call(bump{}) == 3);  // generation 3: value 3, the poison
+    // Two crashes at generation 3: the ladder's first step, generation 2.
+    REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);
+    REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);
+    // From value 2 the unit answers again (and commits 3 again: the bug is still there).
+    CHECK(unit.call(bump{}) == 3);
+    {
+        std::lock_guard<std::mutex> lock(steps_mutex);
+        REQUIRE(steps.size() == 1);
+        CHECK(steps[0].find("started from generation 2") != std::string::npos);
+    }
+    CHECK(keepsake::info(seg, "u")->rolled_back_from == 3);
+    // The skipped generation is kept, whole, for inspection.
+    auto kept = seg.shared_impl()->entry_view_of("ks:s/u");
+    REQUIRE(kept.has_value());
+    const auto kept_slot = keepsake::detail::read_slot_header(kept->area, 0);
+    CHECK(kept_slot.generation == 3);
+    CHECK(keepsake::detail::slot_is_valid(kept->area, kept_slot));
+    tally skipped{};
+    std::memcpy(&skipped, kept->area.data(0), sizeof(skipped));
+    CHECK(skipped.value == 3);
+}
+
+TEST_CASE("registry: the rollback ladder ends at the initial state when every older generation crashes too",
+          "[registry]") {
+    keepsake::set_crash_reports(false);
+    shm_dir dir;
+    keepsake::segment seg("ladder-end", dir.options());
+    keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
+    std::vector<std::string> steps;
+    std::mutex steps_mutex;
+    rt.events().subscribe([&](const keepsake::event& e) {
+        std::lock_guard<std::mutex> lock(steps_mutex);
+        if (e.kind == event_kind::rolled_back) steps.push_back(std::string(e.reason));
+    });
+    keepsake::unit_spec<tally, steps_handler> spec;
+    spec.name = "u";
+    spec.rollback_after = 1;  // two slots: generation 2, then 1, then the initial state
+    spec.threshold = keepsake::crash_threshold::off();
+    spec.initial.value = 10;
+    auto unit = keepsake::start_unit(rt, spec);
+    unit.call([](tally& state) { state.value = 3; });  // generation 1: the poison
+    unit.call([](tally& state) { state.value = 3; });  // generation 2: the poison again
+    REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // step 1: generation 1, poisoned too
+    REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // step 2: no older slot: the initial state
+    CHECK(unit.call(bump{}) == 11);
+    std::lock_guard<std::mutex> lock(steps_mutex);
+    REQUIRE(steps.size() == 2);
+    CHECK(steps[0].find("started from generation 1") != std::string::npos);
+    CHECK(steps[1].find("started from the initial state") != std::string::npos);
 }

@@ -62,6 +62,7 @@ enum class event_kind {
     // The unit registry (keepsake/unit_registry.hpp): child the unit.
     permanently_crashed,  // past its crash threshold: not started again until cleared
     circuit_open,         // a type's circuit breaker refuses new starts (child: the type name)
+    rolled_back,          // the rollback ladder started a unit from an older generation (reason says which)
     resumed,              // a dynamic supervisor restarted its persisted children (instance: how many; took)
     resume_refused,       // a persisted child was not resumed (reason says why)
     // Storage telemetry (took: how long it took): supervisor "recovery",
@@ -84,6 +85,7 @@ inline const char* to_string(event_kind kind) noexcept {
     case event_kind::recovery_problem: return "recovery_problem";
     case event_kind::permanently_crashed: return "permanently_crashed";
     case event_kind::circuit_open: return "circuit_open";
+    case event_kind::rolled_back: return "rolled_back";
     case event_kind::resumed: return "resumed";
     case event_kind::resume_refused: return "resume_refused";
     case event_kind::recovered: return "recovered";

@@ -222,10 +222,14 @@ public:
     // their checksum are damage: the next older one is taken. Bytes that
     // pass it but do not decode as T are another type: errc::decode_failed,
     // naming the key and what is stored, and `out` and the slots untouched.
-    std::optional<restore_info> restore_into(T& out) {
+    std::optional<restore_info> restore_into(T& out) { return restore_older_than(detail::max_generation + 1, out); }
+
+    // restore_into() among the generations below `generation` only: what a
+    // rollback takes when the newest state keeps crashing its worker.
+    std::optional<restore_info> restore_older_than(std::uint64_t generation, T& out) {
         busy_guard guard(busy_, key_);
         restore_info info;
-        std::uint64_t below = detail::max_generation + 1;
+        std::uint64_t below = generation;
         while (auto snap = newest_below(below)) {
             below = snap->generation;
             if (!detail::slot_is_valid(area_, *snap)) {
@@ -265,6 +269,20 @@ public:
         if (!info) return std::nullopt;
         result.info = *info;
         return result;
+    }
+
+    // The committed slot of `generation` as a store record (its words and a
+    // copy of its bytes), if a slot holds it and checks out.
+    std::optional<record> committed_record(std::uint64_t generation) const {
+        for (std::uint32_t index = 0; index < area_.count; ++index) {
+            const detail::slot_snapshot snap = detail::read_slot_header(area_, index);
+            if (snap.generation != generation || !detail::slot_is_valid(area_, snap)) continue;
+            record copy{key_, snap.generation, snap.schema_version, snap.codec, snap.fingerprint, {}};
+            const std::byte* data = area_.data(index);
+            copy.bytes.assign(data, data + snap.size);
+            return copy;
+        }
+        return std::nullopt;
     }
 
     // The newest generation this keeper committed or found (0: none yet).

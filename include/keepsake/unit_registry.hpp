@@ -49,6 +49,9 @@ struct unit_info {
     std::uint64_t crashes = 0;     // every crash recorded, all runs
     std::uint64_t status_ns = 0;   // wall clock of the last change of the record
     std::uint64_t order = 0;       // start order under its supervisor
+    // The generation the rollback ladder last skipped (kept under
+    // ks:s/<key> for inspection), 0: none.
+    std::uint64_t rolled_back_from = 0;
     std::vector<crash_entry> history;    // the last crashes, oldest first (at most 8)
 };
 
@@ -68,6 +71,7 @@ inline unit_info describe_unit(const registry_book& book, const persisted_unit& 
     info.crashes = record.crashes;
     info.status_ns = record.status_ns;
     info.order = record.order;
+    info.rolled_back_from = record.rolled_back_from;
     if (auto view = book.segment()->entry_view_of(info.key)) {
         std::uint64_t best = 0;
         for (std::uint32_t index = 0; index < view->area.count; ++index) {

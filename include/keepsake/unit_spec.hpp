@@ -113,6 +113,11 @@ struct unit_spec {
     // What happens to its key (state, record, crash history) when it ends
     // for good: see key_lifecycle.
     key_lifecycle lifecycle = key_lifecycle::automatic;
+    // The rollback ladder (opt-in): after this many crashes in a row at the
+    // same committed generation G, the next start takes the older generation
+    // its slots hold (then the next older, then the initial state), each
+    // step a rolled_back event; G is kept under ks:s/<key>. 0: off.
+    std::uint32_t rollback_after = 0;
 };
 
 } // namespace keepsake

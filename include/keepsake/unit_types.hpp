@@ -5,8 +5,8 @@
 // registry of its segment (unit_registry.hpp), so a later run can make it
 // again from the key alone: that is how a dynamic supervisor resumes its
 // children after kill -9 or a reboot. The type also sets the unit's crash
-// threshold (by default DurableServer's 5 crashes in an hour) and a circuit
-// breaker over all units of the type.
+// threshold (by default DurableServer's 5 crashes in an hour), a circuit
+// breaker over all units of the type, and the rollback ladder (opt-in).
 #pragma once
 
 #include <chrono>
@@ -30,6 +30,9 @@ namespace keepsake {
 struct unit_type_options {
     crash_threshold threshold{};  // for each unit of the type, unless its spec sets its own
     circuit_breaker breaker{};
+    // The rollback ladder for each unit of the type, unless its spec sets
+    // it (unit_spec::rollback_after); 0: off.
+    std::uint32_t rollback_after = 0;
 };
 
 namespace detail {
@@ -95,6 +98,7 @@ void register_unit_type(const std::string& name, std::function<unit_spec<State, 
         spec.name = key;
         spec.type = name;
         if (!spec.threshold) spec.threshold = options.threshold;
+        if (spec.rollback_after == 0) spec.rollback_after = options.rollback_after;
         return child(std::move(spec));
     };
     detail::type_breakers::instance().set(name, std::make_shared<detail::type_breaker>(name, options.breaker));

@@ -182,6 +182,7 @@ public:
         which.record = {};
         which.crashes = {};
         for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key),
+                                        registry_key(skipped_record_prefix, which.key),
                                         registry_key(unit_record_prefix, which.key)})
             forget_key(key);
     }
@@ -221,6 +222,27 @@ public:
             }
         }
         return imported;
+    }
+
+    // Keeps a copy of a state the rollback ladder skips under ks:s/<key>,
+    // with its words, so keepsake-inspect dumps it as it dumps a state.
+    void keep_skipped(const record& skipped) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const std::string key = registry_key(skipped_record_prefix, skipped.key);
+        segment_->remove_key(key);  // the copy of an earlier rollback
+        const slot_area area =
+            segment_->attach(key, entry_kind::state, 2, std::max<std::uint64_t>(skipped.bytes.size(), 1)).area;
+        unpublish_slot(area, 0);
+        if (!skipped.bytes.empty()) std::memcpy(area.data(0), skipped.bytes.data(), skipped.bytes.size());
+        slot_snapshot words;
+        words.generation = skipped.generation;
+        words.size = skipped.bytes.size();
+        words.fingerprint = skipped.fingerprint;
+        words.schema_version = skipped.schema_version;
+        words.codec = skipped.codec;
+        words.commit_ns = commit_clock_ns();
+        publish_slot(area, 0, words);
+        segment_->release_key(key);
     }
 
     // An exporter of this segment deletes keys from its store too (until

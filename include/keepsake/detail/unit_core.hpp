@@ -411,7 +411,7 @@ private:
             info.source = found.source;
             info.generation = found.generation;
             info.restored = found.source != recovery_source::initial;
-        } else if (auto found = keeper_->restore_into(state_)) {
+        } else if (auto found = restore_for_start()) {
             info.generation = found->generation;
             info.restored = true;
             info.source = recovery_source::shared_memory;
@@ -430,6 +430,32 @@ private:
         if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
         last_committed_.reset();  // the init may have changed state_: the next commit reads the keeper's
         registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
+    }
+
+    // The newest commit, unless the rollback ladder says the state keeps
+    // crashing the worker: then an older one, or none (the initial state).
+    std::optional<restore_info> restore_for_start() {
+        const std::uint64_t newest = keeper_->generation();
+        if (spec_.rollback_after == 0 || !registration_.attached() || newest == 0)
+            return keeper_->restore_into(state_);
+        const std::uint32_t steps = registration_.crashes_at(name(), newest) / spec_.rollback_after;
+        if (steps == 0) return keeper_->restore_into(state_);
+        const bool first_step = registration_.rolled_back_from() != newest;
+        registration_.rolled_back(first_step ? keeper_->committed_record(newest) : std::optional<record>(), newest);
+        std::optional<restore_info> found;
+        std::uint64_t below = newest;
+        for (std::uint32_t step = 0; step < steps; ++step) {
+            found = keeper_->restore_older_than(below, state_);
+            if (!found) break;
+            below = found->generation;
+        }
+        const std::string told = "crashed " + std::to_string(registration_.crashes_at(name(), newest)) +
+                                 " times in a row at generation " + std::to_string(newest) + " (kept as ks:s/" +
+                                 name() + "): started from " +
+                                 (found ? "generation " + std::to_string(found->generation) : "the initial state");
+        publish(event_kind::rolled_back, exit_kind::crashed, told);
+        detail::report(report_kind::crash, [&](report_line& line) { line << "unit '" << name() << "' " << told; });
+        return found;
     }
 
     key_lifecycle lifecycle() const noexcept {
@@ -652,7 +678,10 @@ private:
                 if (!started()) throw;  // the start itself is declined
                 ended = exit_reason{exit_kind::normal, declined.reason()};
             } catch (const std::exception& thrown) {
-                if (!started()) throw;
+                if (!started()) {
+                    note_crash(crash_kind::start_failed, thrown.what());  // the rollback ladder and thresholds see it
+                    throw;
+                }
                 ended = on_crash(thrown.what());
             } catch (...) {
                 if (!started()) throw;

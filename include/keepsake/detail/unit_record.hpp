@@ -90,6 +90,7 @@ namespace detail {
 
 inline constexpr const char* unit_record_prefix = "ks:u/";
 inline constexpr const char* crash_record_prefix = "ks:c/";
+inline constexpr const char* skipped_record_prefix = "ks:s/";  // a state the rollback ladder skipped
 inline constexpr std::size_t max_type_name = 48;
 inline constexpr std::size_t max_parent_name = 48;
 inline constexpr std::size_t crash_history_size = 8;
@@ -109,7 +110,7 @@ struct persisted_unit {
     std::uint64_t crashes;    // every crash ever recorded
     std::uint64_t status_ns;  // wall clock of the last change
     std::uint64_t run;        // the process run that last started it (run_id)
-    std::uint64_t rolled_back_from;  // reserved (a rollback ladder's skipped generation): 0
+    std::uint64_t rolled_back_from;  // the generation the rollback ladder skipped, 0: none
     std::uint32_t died_signal;       // with unit_flag_died_here
     std::uint8_t key_length;
     std::uint8_t type_length;

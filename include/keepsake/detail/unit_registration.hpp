@@ -106,6 +106,36 @@ public:
         return poisoned;
     }
 
+    // Crashes in a row, newest first, that happened at `generation` (no
+    // commit since) and that the state may have caused: what the rollback
+    // ladder counts. Kills from outside and forced stops are not counted.
+    std::uint32_t crashes_at(const std::string& key, std::uint64_t generation) const {
+        auto history = book_->history(key);
+        if (!history) return 0;
+        std::uint32_t in_a_row = 0;
+        for (std::uint32_t step = 0; step < history->count; ++step) {
+            const std::uint32_t index =
+                static_cast<std::uint32_t>((history->next + crash_history_size - 1 - step) % crash_history_size);
+            const persisted_crash& each = history->entries[index];
+            const auto kind = static_cast<crash_kind>(each.kind);
+            if (kind == crash_kind::process_killed || kind == crash_kind::killed) continue;
+            if (each.generation != generation) break;
+            ++in_a_row;
+        }
+        return in_a_row;
+    }
+
+    // The ladder started the unit below `generation`, whose copy it kept.
+    void rolled_back(const std::optional<keepsake::record>& skipped, std::uint64_t generation) {
+        if (skipped) book_->keep_skipped(*skipped);
+        book_->update(*entry_, [&](persisted_unit& record) { record.rolled_back_from = generation; });
+    }
+
+    std::uint64_t rolled_back_from() const {
+        auto found = record();
+        return found ? found->rolled_back_from : 0;
+    }
+
     void set_status(unit_status status) {
         if (entry_ == nullptr) return;
         book_->update(*entry_, [&](persisted_unit& record) {
