@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The crash tests at soak strength: every kill test SIGKILLs its child
-# KILLS times (default 10000; ctest runs 200) and the byte-flip test runs
+# KILLS times (default 10000; ctest runs 200), the unit registry's resume
+# test included, and the byte-flip test runs
 # FLIPS trials (default 100000; ctest runs 3000).
 #   ./scripts/crash_soak.sh            # 10 000 kills per test
 #   KILLS=50000 ./scripts/crash_soak.sh
@@ -8,8 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 cmake -S . -B build >/dev/null
-cmake --build build -j "$(nproc)" --target keepsake_tests >/dev/null
+cmake --build build -j "$(nproc)" --target keepsake_tests keepsake_registry_tests >/dev/null
 export KEEPSAKE_KILLS=${KILLS:-10000} KEEPSAKE_FLIP_TRIALS=${FLIPS:-100000}
 echo "soak: $KEEPSAKE_KILLS kills per commit test ($((KEEPSAKE_KILLS / 2)) for creation and entry addition), $KEEPSAKE_FLIP_TRIALS flip trials"
 time build/tests/keepsake_tests "[crash],[corruption]" --durations yes
+# The unit registry: a dynamic supervisor's 1 000 units resumed after each kill.
+KEEPSAKE_REGISTRY_KILLS=$KEEPSAKE_KILLS time build/tests/keepsake_registry_tests "[registry][crash]" --durations yes
 # [crash] includes the growing-commit and side-table kill tests.

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -268,6 +269,7 @@ private:
             std::fprintf(stderr, "keepsake-run: cannot make a pipe: %s\n", std::strerror(errno));
             std::exit(exit_cannot_run);
         }
+        const pid_t launcher = getpid();
         const pid_t child = fork();
         if (child < 0) {
             std::fprintf(stderr, "keepsake-run: cannot fork to run %s: %s\n", program_, std::strerror(errno));
@@ -275,6 +277,11 @@ private:
         }
         if (child == 0) {
             close(report[0]);
+            // If keepsake-run itself is killed (kill -9), its program gets
+            // SIGTERM rather than running on unwatched (a new launcher would
+            // start a second copy beside it).
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (getppid() != launcher) _exit(exit_cannot_run);  // the launcher died before the prctl
             restore_signals_in_child();
             execvp(program_, options_.program.data());
             const int failure = errno;

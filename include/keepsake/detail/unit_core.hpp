@@ -49,9 +49,8 @@ public:
     unit_core(runtime& where, spec_type spec)
         : supervised_actor(where, spec.name, spec.shutdown, spec.stack_size), spec_(std::move(spec)),
           state_(spec_.initial),
-          log_(spec_.intensity), context_(*this, state_) {
+          log_(spec_.intensity), context_(*this, state_), registration_(policy_of(spec_)) {
         check_spec();
-        if (!spec_.type.empty()) breaker_ = type_breakers::instance().find(spec_.type);
     }
 
     ~unit_core() override { runtime_.unregister_name(name(), this); }
@@ -363,7 +362,6 @@ private:
     listener_list<const exit_reason&, const State&> terminated_;
     unit_registration registration_;  // its record in the segment's unit registry
     placement placement_;
-    std::shared_ptr<type_breaker> breaker_;  // its type's circuit breaker
     std::optional<std::string> refused_;     // why the registry declined its last start
     bool handed_over_once_ = false;
 
@@ -436,19 +434,13 @@ private:
     // crashing the worker: then an older one, or none (the initial state).
     std::optional<restore_info> restore_for_start() {
         const std::uint64_t newest = keeper_->generation();
-        if (spec_.rollback_after == 0 || !registration_.attached() || newest == 0)
-            return keeper_->restore_into(state_);
-        const std::uint32_t steps = registration_.crashes_at(name(), newest) / spec_.rollback_after;
+        const std::uint32_t steps = registration_.rollback_steps(name(), newest);
         if (steps == 0) return keeper_->restore_into(state_);
         const bool first_step = registration_.rolled_back_from() != newest;
         registration_.rolled_back(first_step ? keeper_->committed_record(newest) : std::optional<record>(), newest);
         std::optional<restore_info> found;
-        std::uint64_t below = newest;
-        for (std::uint32_t step = 0; step < steps; ++step) {
-            found = keeper_->restore_older_than(below, state_);
-            if (!found) break;
-            below = found->generation;
-        }
+        for (std::uint64_t below = newest, step = 0; step < steps; ++step, below = found->generation)
+            if (!(found = keeper_->restore_older_than(below, state_))) break;
         const std::string told = "crashed " + std::to_string(registration_.crashes_at(name(), newest)) +
                                  " times in a row at generation " + std::to_string(newest) + " (kept as ks:s/" +
                                  name() + "): started from " +
@@ -463,27 +455,23 @@ private:
         return spec_.restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit : key_lifecycle::keep;
     }
 
-    crash_threshold threshold() const {
-        return spec_.threshold.value_or(spec_.type.empty() ? crash_threshold::off() : crash_threshold{});
+    static unit_policy policy_of(const spec_type& spec) {
+        unit_policy policy;
+        policy.type = spec.type;
+        policy.threshold = spec.threshold.value_or(spec.type.empty() ? crash_threshold::off() : crash_threshold{});
+        policy.rollback_after = spec.rollback_after;
+        if (!spec.type.empty()) policy.breaker = type_breakers::instance().find(spec.type);
+        return policy;
     }
 
-    // Before each instance: the registry's say. A unit past its crash
-    // threshold is declined (ignore_start: its supervisor keeps it not
-    // running); a new unit of a type whose breaker is open fails to start.
+    // Before each instance: a unit past its crash threshold is declined
+    // (its supervisor keeps it not running).
     void check_registry_at_start() {
-        refused_.reset();
-        const bool first = !registration_.attached();
-        if (first) {
-            if (breaker_) breaker_->check();
-            registration_.attach(segment_to_use(), name());
+        refused_ = registration_.check_at_start(segment_to_use(), name(), [&] {
             if (!keeper_) attach_keeper();
-        }
-        const bool poisoned = first ? registration_.account_previous_run(threshold(), keeper_->generation())
-                                    : registration_.status() == unit_status::permanently_crashed;
-        if (!poisoned) return;
-        refused_ = "unit '" + name() + "' is permanently_crashed (" + std::to_string(threshold().crashes) +
-                   " crashes within its crash threshold's window): it is not started until cleared with "
-                   "keepsake::clear_crashed or `keepsake-inspect clear`; its state and crash history are kept";
+            return keeper_->generation();
+        });
+        if (!refused_) return;
         publish(event_kind::permanently_crashed, exit_kind::crashed, *refused_);
         throw ignore_start(*refused_);
     }
@@ -496,18 +484,17 @@ private:
     // Records a crash in the registry; true if it makes the unit
     // permanently crashed (then it is not restarted in place).
     bool note_crash(crash_kind kind, std::string_view what) {
-        if (breaker_ && breaker_->note_crash()) {
+        const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed));
+        if (outcome.breaker_opened) {
             publish_by(name(), event_kind::circuit_open, spec_.type, 0, exit_kind::crashed, what);
             detail::report(report_kind::crash, [&](report_line& line) {
                 line << "unit type '" << spec_.type << "': circuit breaker open (new starts refused for a cooldown)";
             });
         }
-        if (!registration_.attached()) return false;
-        if (!registration_.crashed(kind, what, generation_.load(std::memory_order_relaxed), threshold())) return false;
+        if (!outcome.poisoned) return false;
         publish(event_kind::permanently_crashed, exit_kind::crashed, what);
         detail::report(report_kind::give_up, [&](report_line& line) {
-            line << "unit '" << name() << "' is permanently crashed (" << std::uint64_t{threshold().crashes}
-                 << " crashes within " << std::chrono::nanoseconds(threshold().window) << "); last crash: " << what;
+            line << "unit '" << name() << "' is permanently crashed; last crash: " << what;
         });
         return true;
     }

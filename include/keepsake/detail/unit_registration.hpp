@@ -12,6 +12,7 @@
 
 #include "keepsake/detail/fatal_signals.hpp"
 #include "keepsake/detail/registry_book.hpp"
+#include "keepsake/detail/type_breaker.hpp"
 #include "keepsake/restart_policy.hpp"
 #include "keepsake/segment.hpp"
 
@@ -24,9 +25,24 @@ struct placement {
     std::uint64_t order = 0;
 };
 
+// What a unit's spec and type ask of the registry.
+struct unit_policy {
+    std::string type;
+    crash_threshold threshold = crash_threshold::off();
+    std::uint32_t rollback_after = 0;
+    std::shared_ptr<type_breaker> breaker;  // its type's, if registered
+};
+
+// What a crash led to.
+struct crash_outcome {
+    bool poisoned = false;        // the unit is permanently crashed now
+    bool breaker_opened = false;  // its type's breaker opened just now
+};
+
 class unit_registration {
 public:
     unit_registration() = default;
+    explicit unit_registration(unit_policy policy) : policy_(std::move(policy)) {}
     unit_registration(const unit_registration&) = delete;
     unit_registration& operator=(const unit_registration&) = delete;
     ~unit_registration() { detach(); }
@@ -161,7 +177,46 @@ public:
         return "signal";
     }
 
+    const unit_policy& policy() const noexcept { return policy_; }
+
+    // Before each instance. The first: a new unit of a type whose breaker
+    // is open fails (errc::circuit_open); then the record is attached, and
+    // a death of the previous run is accounted (generation_now() attaches
+    // the keeper and says its newest generation). Returns why the registry
+    // declines the start (permanently crashed), or nothing.
+    template <class GenerationNow>
+    std::optional<std::string> check_at_start(const segment& where, const std::string& key,
+                                              GenerationNow&& generation_now) {
+        const bool first = !attached();
+        if (first) {
+            if (policy_.breaker) policy_.breaker->check();
+            attach(where, key);
+        }
+        const bool poisoned = first ? account_previous_run(policy_.threshold, generation_now())
+                                    : status() == unit_status::permanently_crashed;
+        if (!poisoned) return std::nullopt;
+        return "unit '" + key + "' is permanently_crashed (" + std::to_string(policy_.threshold.crashes) +
+               " crashes within its crash threshold's window): it is not started until cleared with "
+               "keepsake::clear_crashed or `keepsake-inspect clear`; its state and crash history are kept";
+    }
+
+    // A crash of the unit (its generation then): its type's breaker and,
+    // once attached, its record and threshold.
+    crash_outcome note_crash(crash_kind kind, std::string_view what, std::uint64_t generation) {
+        crash_outcome outcome;
+        outcome.breaker_opened = policy_.breaker && policy_.breaker->note_crash();
+        if (attached()) outcome.poisoned = crashed(kind, what, generation, policy_.threshold);
+        return outcome;
+    }
+
+    // How many steps down the rollback ladder the next start goes (0: none).
+    std::uint32_t rollback_steps(const std::string& key, std::uint64_t newest) const {
+        if (policy_.rollback_after == 0 || !attached() || newest == 0) return 0;
+        return crashes_at(key, newest) / policy_.rollback_after;
+    }
+
 private:
+    unit_policy policy_;
     std::shared_ptr<registry_book> book_;
     registry_book::entry* entry_ = nullptr;
 
