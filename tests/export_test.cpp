@@ -17,6 +17,7 @@
 #include <keepsake/stores/file_store.hpp>
 #include <keepsake/stores/memory_store.hpp>
 #include <keepsake/stores/sqlite_store.hpp>
+#include <spdlog/sinks/sink.h>
 
 #include "support.hpp"
 
@@ -121,6 +122,65 @@ private:
     int returned_ = 0;
 };
 
+// Events seen on a bus (from the exporter's thread too), copied.
+struct seen_event {
+    keepsake::event_kind kind;
+    std::string supervisor, child, reason;
+    std::uint64_t instance;
+    keepsake::duration at, took;
+};
+
+struct bus_log {
+    keepsake::event_bus bus;
+    std::mutex mutex;
+    std::vector<seen_event> seen;
+
+    bus_log() {
+        bus.subscribe([this](const keepsake::event& what) {
+            std::lock_guard<std::mutex> lock(mutex);
+            seen.push_back(seen_event{what.kind, std::string(what.supervisor), std::string(what.child),
+                                      std::string(what.reason), what.instance, what.at, what.took});
+        });
+    }
+    std::vector<seen_event> of(keepsake::event_kind kind) {
+        std::lock_guard<std::mutex> lock(mutex);
+        std::vector<seen_event> found;
+        for (const auto& e : seen)
+            if (e.kind == kind) found.push_back(e);
+        return found;
+    }
+};
+
+keepsake::duration steady_now() { return keepsake::steady_clock().now(); }
+
+// A storage telemetry event (no runtime: stamped with the steady clock).
+void check_storage_event(const seen_event& e, const char* supervisor, const std::string& child,
+                         const std::string& reason, keepsake::duration since) {
+    CHECK(e.supervisor == supervisor);
+    CHECK(e.child == child);
+    CHECK(e.reason == reason);
+    CHECK(e.took > keepsake::duration::zero());
+    CHECK(e.at >= since);
+    CHECK(e.at <= steady_now());
+}
+
+// An spdlog sink that keeps each line's level and text, unformatted.
+class captured_lines : public spdlog::sinks::sink {
+public:
+    void log(const spdlog::details::log_msg& msg) override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        lines.emplace_back(msg.level, std::string(msg.payload.data(), msg.payload.size()));
+    }
+    void flush() override {}
+    void set_pattern(const std::string&) override {}
+    void set_formatter(std::unique_ptr<spdlog::formatter>) override {}
+
+    std::vector<std::pair<spdlog::level::level_enum, std::string>> lines;
+
+private:
+    std::mutex mutex_;
+};
+
 keepsake::exporter_options quiet_options(event_log* log = nullptr) {
     keepsake::exporter_options options;
     options.interval = 1h;  // passes only when asked, so counts are exact
@@ -201,8 +261,13 @@ TEST_CASE("store failures are retried with backoff until nothing is lost", "[exp
     keepsake::event_bus bus;  // as a runtime's events()
     std::mutex bus_mutex;
     std::vector<std::string> bus_seen;
+    std::uint64_t batches_seen = 0;
     bus.subscribe([&](const keepsake::event& what) {
         std::lock_guard<std::mutex> lock(bus_mutex);
+        if (what.kind == keepsake::event_kind::export_batch) {
+            ++batches_seen;
+            return;
+        }
         bus_seen.push_back(std::string(keepsake::to_string(what.kind)) + " " + std::string(what.supervisor) + " " +
                            std::string(what.reason));
     });
@@ -229,6 +294,7 @@ TEST_CASE("store failures are retried with backoff until nothing is lost", "[exp
     CHECK(failed->retry_in >= 1ms);
     std::lock_guard<std::mutex> bus_lock(bus_mutex);
     CHECK(bus_seen.size() == faulty.failures());  // every failure also reached the event bus
+    CHECK(batches_seen == out.stats().batches);    // and every batch put
     REQUIRE_FALSE(bus_seen.empty());
     CHECK(bus_seen.front().rfind("export_failed exporter ", 0) == 0);
     CHECK(bus_seen.front().find("injected failure") != std::string::npos);
@@ -583,6 +649,130 @@ TEST_CASE("terminate-and-delete removes a key from shared memory and the store",
     keeper<state64> again(s, "gone");
     CHECK(keepsake::recover(again, store, state_at(5)).source == recovery_source::initial);
     CHECK(keepsake::forget(s, store, "other") == false);
+}
+
+TEST_CASE("storage telemetry: each export batch and each forget is published with how long it took",
+          "[export][events]") {
+    shm_dir dir;
+    segment s("telemetry", dir.options());
+    keepsake::memory_store store;
+    bus_log events;
+    auto options = quiet_options();
+    options.batch_size = 4;
+    options.events = &events.bus;
+    exporter out(s, store, options);
+    std::vector<std::unique_ptr<keeper<state64>>> keepers;
+    for (int i = 0; i < 10; ++i) {
+        keepers.push_back(std::make_unique<keeper<state64>>(s, "k" + std::to_string(i)));
+        commit_next(*keepers.back());
+    }
+    const keepsake::duration before = steady_now();
+    REQUIRE(out.flush(5s));
+    const auto batches = events.of(keepsake::event_kind::export_batch);
+    REQUIRE(batches.size() == 3);
+    CHECK(batches[0].instance == 4);
+    CHECK(batches[1].instance == 4);
+    CHECK(batches[2].instance == 2);
+    for (const auto& batch : batches) check_storage_event(batch, "exporter", store.describe(), "", before);
+    REQUIRE(out.flush(5s));
+    CHECK(events.of(keepsake::event_kind::export_batch).size() == 3);  // nothing changed, nothing put
+
+    keepers.back().reset();
+    CHECK(out.forget("k9"));
+    CHECK_FALSE(out.forget("never"));
+    CHECK(error_from([&] { out.forget("k0"); }).code() == errc::key_in_use);  // no event: nothing forgotten
+    const auto forgotten = events.of(keepsake::event_kind::forgotten);
+    REQUIRE(forgotten.size() == 2);
+    check_storage_event(forgotten[0], "forget", "k9", "segment, store", before);
+    check_storage_event(forgotten[1], "forget", "never", "nowhere", before);
+    CHECK(events.of(keepsake::event_kind::export_failed).empty());
+}
+
+TEST_CASE("storage telemetry: a batch with records the store refused says how many", "[export][events]") {
+    shm_dir dir;
+    segment s("skipped", dir.options());
+    keepsake::memory_store store;
+    keepsake::record ahead;  // the store holds a newer generation of "k": its commit is refused
+    ahead.key = "k";
+    ahead.generation = 50;
+    store.put_batch({ahead});
+    bus_log events;
+    auto options = quiet_options();
+    options.events = &events.bus;
+    exporter out(s, store, options);
+    keeper<state64> k(s, "k"), other(s, "other");
+    commit_next(k);
+    commit_next(other);
+    CHECK_FALSE(out.flush(5s));
+    const auto batches = events.of(keepsake::event_kind::export_batch);
+    REQUIRE(batches.size() == 1);
+    CHECK(batches[0].instance == 2);
+    check_storage_event(batches[0], "exporter", store.describe(), "skipped 1", keepsake::duration::zero());
+    CHECK(events.of(keepsake::event_kind::export_failed).size() == 1);  // the refusal itself
+}
+
+TEST_CASE("storage telemetry: recover() and forget() given a bus publish what they did", "[recovery][events]") {
+    shm_dir dir;
+    segment s("told", dir.options());
+    keepsake::memory_store store;
+    bus_log events;
+    const keepsake::duration before = steady_now();
+    {
+        keeper<state64> k(s, "k");
+        const auto fresh = keepsake::recover(k, store, state_at(0), "p/", &events.bus);
+        CHECK(fresh.source == recovery_source::initial);
+        for (int i = 0; i < 4; ++i) commit_next(k);
+        auto options = quiet_options();
+        options.prefix = "p/";
+        exporter out(s, store, options);
+        REQUIRE(out.stop(5s));
+    }
+    REQUIRE(s.remove_key("k"));  // the store's record is all that is left
+    keeper<state64> k(s, "k");
+    const auto got = keepsake::recover(k, store, state_at(0), "p/", &events.bus);
+    CHECK(got.source == recovery_source::store);
+    (void)keepsake::recover(k, store, state_at(0), "p/");  // no bus, no event
+    const auto recovered = events.of(keepsake::event_kind::recovered);
+    REQUIRE(recovered.size() == 2);
+    check_storage_event(recovered[0], "recovery", "k", "initial", before);  // the segment key: no prefix
+    CHECK(recovered[0].instance == 1);
+    check_storage_event(recovered[1], "recovery", "k", "store", before);
+    CHECK(recovered[1].instance == got.generation);
+    CHECK_THROWS(keepsake::forget(s, store, "k", "p/", &events.bus));  // a keeper holds it: no event
+    CHECK(events.of(keepsake::event_kind::forgotten).empty());
+    {
+        keeper<state64> gone = std::move(k);
+    }
+    CHECK(keepsake::forget(s, store, "k", "p/", &events.bus));
+    CHECK_FALSE(store.get("p/k"));
+    const auto forgotten = events.of(keepsake::event_kind::forgotten);
+    REQUIRE(forgotten.size() == 1);
+    check_storage_event(forgotten[0], "forget", "k", "segment, store", before);
+}
+
+TEST_CASE("log_events logs the storage events with how long they took", "[events]") {
+    const auto previous = keepsake::logger();
+    auto lines = std::make_shared<captured_lines>();
+    auto logger = std::make_shared<spdlog::logger>("telemetry", lines);
+    logger->set_level(spdlog::level::debug);
+    keepsake::set_logger(logger);
+    keepsake::event_bus bus;
+    keepsake::log_events(bus);
+    using keepsake::event_kind;
+    using keepsake::exit_kind;
+    bus.publish({event_kind::recovered, "recovery", "k", 43, exit_kind::normal, "store", {}, 1234567ns});
+    bus.publish({event_kind::export_batch, "exporter", "memory store", 12, exit_kind::normal, "skipped 1", {}, 340200ns});
+    bus.publish({event_kind::export_batch, "exporter", "memory store", 3, exit_kind::normal, "", {}, 800ns});
+    bus.publish({event_kind::forgotten, "forget", "k", 0, exit_kind::normal, "segment, store", {}, 2500ms});
+    keepsake::set_logger(previous);
+    REQUIRE(lines->lines.size() == 4);
+    CHECK(lines->lines[0].first == spdlog::level::info);
+    CHECK(lines->lines[0].second == "recovery: recovered 'k' from store at generation 43 in 1.235 ms");
+    CHECK(lines->lines[1].first == spdlog::level::debug);
+    CHECK(lines->lines[1].second == "exporter: export_batch to memory store: 12 record(s) (skipped 1) in 340.2 us");
+    CHECK(lines->lines[2].second == "exporter: export_batch to memory store: 3 record(s) in 0.8 us");
+    CHECK(lines->lines[3].first == spdlog::level::info);
+    CHECK(lines->lines[3].second == "forget: forgotten 'k' (segment, store) in 2.500 s");
 }
 
 TEST_CASE("a full disk: the export waits and retries, and loses nothing", "[export][disk]") {

@@ -383,6 +383,52 @@ TEST_CASE("a store that cannot be read does not keep a unit down: shared memory 
     CHECK(problems[0].find("could not be read") != std::string::npos);
 }
 
+TEST_CASE("a unit's first start publishes its recovery: where from, which generation, how long", "[unit][store][events]") {
+    keepsake::memory_store durable;
+    auto time = std::make_shared<keepsake::manual_clock>(5s);
+    pumped_runtime env("recovered", time);
+    {
+        keepsake::keeper<counter> earlier(env.seg, "kept");
+        earlier.commit(counter{41});
+        earlier.commit(counter{42});  // generation 2, in shared memory only
+    }
+    struct seen {
+        std::string supervisor, child, reason;
+        std::uint64_t instance;
+        keepsake::duration at, took;
+    };
+    std::vector<seen> recovered;
+    env.rt.events().subscribe([&](const keepsake::event& what) {
+        if (what.kind == keepsake::event_kind::recovered)
+            recovered.push_back(seen{std::string(what.supervisor), std::string(what.child), std::string(what.reason),
+                                     what.instance, what.at, what.took});
+    });
+    auto spec = counter_spec("kept");
+    spec.recover_from = &durable;
+    auto unit = keepsake::start_unit(env.rt, spec);
+    CHECK(read(unit) == 42);
+    auto fresh_spec = counter_spec("fresh");
+    fresh_spec.recover_from = &durable;
+    fresh_spec.store_prefix = "app/";
+    auto fresh = keepsake::start_unit(env.rt, fresh_spec);
+    CHECK(read(fresh) == 0);
+    REQUIRE(recovered.size() == 2);
+    CHECK(recovered[0].supervisor == "recovery");
+    CHECK(recovered[0].child == "kept");
+    CHECK(recovered[0].reason == "shared_memory");
+    CHECK(recovered[0].instance == 2);
+    CHECK(recovered[1].child == "fresh");
+    CHECK(recovered[1].reason == "initial");
+    CHECK(recovered[1].instance == 1);  // recovery committed the initial state
+    for (const auto& e : recovered) {
+        CHECK(e.at == 5s);  // the runtime's clock, which did not move
+        CHECK(e.took > keepsake::duration::zero());  // real time
+    }
+    CHECK_THROWS_AS(unit.call([](counter&) -> int { throw std::runtime_error("boom"); }), keepsake::worker_crashed);
+    CHECK(read(unit) == 42);
+    CHECK(recovered.size() == 2);  // a restart takes shared memory without recover()
+}
+
 TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so; nothing is overwritten",
           "[unit][decode]") {
     struct wider {

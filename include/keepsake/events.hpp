@@ -3,7 +3,9 @@
 // tests count them, log_events() logs them through spdlog.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -65,11 +67,15 @@ enum class event_kind {
     rolled_back,          // the rollback ladder started a unit from an older generation (reason says which)
     resumed,              // a dynamic supervisor restarted its persisted children (instance: how many; took)
     resume_refused,       // a persisted child was not resumed (reason says why)
-    // Storage telemetry (took: how long it took): supervisor "recovery",
-    // "exporter" or "forget"; child the key, or the store for a batch.
-    recovered,       // a first start's recover() (reason: where the state came from)
-    export_batch,    // an exporter put one batch (instance: records in it)
-    forgotten,       // a key was forgotten (segment, store)
+    // Storage telemetry (took: how long it took, real time): supervisor
+    // "recovery", "exporter" or "forget"; child the key, or the store for a
+    // batch. `at` is the runtime's clock for a unit's recovery, else the
+    // steady clock (an exporter, recover() or forget() given a bus).
+    recovered,       // a recover(): a unit's first start, or a call given a bus (reason: where the state
+                     // came from; instance: the generation it holds now)
+    export_batch,    // an exporter put one batch (instance: records in it; reason: "skipped N" if the
+                     // store refused N of them, see export_failed)
+    forgotten,       // a key was forgotten (reason: where it was: "segment, store", "segment", "store", "nowhere")
 };
 
 inline const char* to_string(event_kind kind) noexcept {
@@ -104,7 +110,7 @@ struct event {
     std::uint64_t instance = 0;   // which start of that child
     exit_kind reason_kind = exit_kind::normal;
     std::string_view reason;
-    duration at{};                // the runtime's clock
+    duration at{};                // the runtime's clock (without a runtime: the steady clock)
     duration took{};              // storage telemetry and resume: how long it took (real time)
 };
 
@@ -122,15 +128,71 @@ private:
     detail::listener_list<const event&> handlers_;
 };
 
+namespace detail {
+
+// event::took: the real time since `began`.
+inline duration took_since(std::chrono::steady_clock::time_point began) noexcept {
+    return std::chrono::duration_cast<duration>(std::chrono::steady_clock::now() - began);
+}
+
+// The storage telemetry events, for callers that checked bus.any(). `at`:
+// the runtime's clock, or the steady clock without a runtime.
+inline void publish_recovered(const event_bus& bus, std::string_view key, const char* source,
+                              std::uint64_t generation, duration took, duration at) {
+    bus.publish(event{event_kind::recovered, "recovery", key, generation, exit_kind::normal, source, at, took});
+}
+
+inline void publish_forgotten(const event_bus& bus, std::string_view key, bool in_segment, bool in_store,
+                              duration took, duration at) {
+    const char* where = in_segment && in_store ? "segment, store" : in_segment ? "segment" : in_store ? "store"
+                                                                                                      : "nowhere";
+    bus.publish(event{event_kind::forgotten, "forget", key, 0, exit_kind::normal, where, at, took});
+}
+
+// "340.2 us", "12.345 ms", "2.500 s".
+inline std::string took_text(duration took) {
+    const double us = static_cast<double>(took.count()) / 1e3;
+    char text[48];
+    if (us < 1e3) std::snprintf(text, sizeof text, "%.1f us", us);
+    else if (us < 1e6) std::snprintf(text, sizeof text, "%.3f ms", us / 1e3);
+    else std::snprintf(text, sizeof text, "%.3f s", us / 1e6);
+    return text;
+}
+
+// The log line of a storage telemetry event.
+inline std::string storage_line(const event& what) {
+    const std::string by = std::string(what.supervisor) + ": ";
+    std::string line;
+    if (what.kind == event_kind::recovered)
+        line = by + "recovered '" + std::string(what.child) + "' from " + std::string(what.reason) +
+               " at generation " + std::to_string(what.instance);
+    else if (what.kind == event_kind::export_batch)
+        line = by + "export_batch to " + std::string(what.child) + ": " + std::to_string(what.instance) +
+               " record(s)" + (what.reason.empty() ? std::string() : " (" + std::string(what.reason) + ")");
+    else
+        line = by + to_string(what.kind) + " '" + std::string(what.child) + "' (" + std::string(what.reason) + ")";
+    return line + " in " + took_text(what.took);
+}
+
+} // namespace detail
+
 // Logs every event through keepsake's logger (quiet until the user sets a
-// level: see log.hpp). Crashes and give-ups are warnings, the rest info.
+// level: see log.hpp). Crashes, give-ups and export failures are warnings;
+// each export batch is debug; the rest info. Storage events say how long
+// they took.
 inline std::uint64_t log_events(event_bus& bus) {
     return bus.subscribe([](const event& what) {
         const bool exporting = what.kind == event_kind::export_failed || what.kind == event_kind::export_timed_out;
+        const bool storage = what.kind == event_kind::recovered || what.kind == event_kind::export_batch ||
+                             what.kind == event_kind::forgotten;
         const bool bad = exporting || what.kind == event_kind::gave_up || what.kind == event_kind::start_failed ||
                          (what.kind == event_kind::exited && (what.reason_kind == exit_kind::crashed ||
                                                               what.reason_kind == exit_kind::killed));
-        detail::log(bad ? spdlog::level::warn : spdlog::level::info, [&] {
+        const auto level = bad                                     ? spdlog::level::warn
+                           : what.kind == event_kind::export_batch ? spdlog::level::debug
+                                                                   : spdlog::level::info;
+        detail::log(level, [&] {
+            if (storage) return detail::storage_line(what);
             std::string line = std::string(what.supervisor) + ": " + to_string(what.kind) + " '" +
                                std::string(what.child) + "' #" + std::to_string(what.instance);
             if (exporting) return std::string(what.supervisor) + ": " + to_string(what.kind) + " to " +

@@ -111,12 +111,20 @@ KEEPSAKE_INLINE bool exporter::stop(std::chrono::milliseconds timeout) {
 }
 
 KEEPSAKE_INLINE bool exporter::forget(const std::string& key) {
-    std::lock_guard<std::mutex> guard(pass_mutex_);
-    if (const auto view = segment_->entry_view_of(key))
-        if (view->index < exported_.size()) exported_[view->index] = exported_key{};
-    const bool in_memory = segment_->remove_key(key);
-    const bool in_store = store_.remove(store_key(key));
-    count_refused_keys();
+    const auto began = std::chrono::steady_clock::now();
+    bool in_memory = false;
+    bool in_store = false;
+    {
+        std::lock_guard<std::mutex> guard(pass_mutex_);
+        if (const auto view = segment_->entry_view_of(key))
+            if (view->index < exported_.size()) exported_[view->index] = exported_key{};
+        in_memory = segment_->remove_key(key);
+        in_store = store_.remove(store_key(key));
+        count_refused_keys();
+    }
+    if (listened())
+        detail::publish_forgotten(*options_.events, key, in_memory, in_store, detail::took_since(began),
+                                  steady_clock().now());
     return in_memory || in_store;
 }
 
@@ -350,6 +358,8 @@ KEEPSAKE_INLINE void exporter::recycle_batch() {
 KEEPSAKE_INLINE bool exporter::put_batch() {
     std::string failure;
     std::size_t exported = 0;
+    const std::size_t records = batch_.size();
+    store_time_ = {};
     try {
         exported = put_records();
     } catch (const std::exception& thrown) {
@@ -377,7 +387,41 @@ KEEPSAKE_INLINE bool exporter::put_batch() {
                                           ", retrying in " + std::to_string(event.retry_in.count()) +
                                           " ms): " + failure;
     report(event);
+    if (failure.empty() && listened()) publish_batch(records, exported);
     return failure.empty();
+}
+
+// The batch is in the store: a failure to tell of it (out of memory) is
+// logged, never a failed pass.
+KEEPSAKE_INLINE void exporter::publish_batch(std::size_t records, std::size_t exported) const noexcept {
+    try {
+        const std::string target = store_.describe();
+        const std::string skipped =
+            exported == records ? std::string() : "skipped " + std::to_string(records - exported);
+        publish_on_bus(keepsake::event{event_kind::export_batch, "exporter", target, records, exit_kind::normal,
+                                       skipped, {}, std::chrono::duration_cast<duration>(store_time_)});
+    } catch (...) {
+        try {
+            detail::log(spdlog::level::err, [] { return std::string("exporter: an export_batch event was lost"); });
+        } catch (...) {
+        }
+    }
+}
+
+// The store's put_batch, its time added to store_time_ (a call that throws too).
+KEEPSAKE_INLINE std::vector<std::size_t> exporter::timed_put(const std::vector<record>& records) {
+    class stopwatch {
+    public:
+        explicit stopwatch(std::chrono::steady_clock::duration& total) : total_(total) {}
+        ~stopwatch() { total_ += std::chrono::steady_clock::now() - began_; }
+        stopwatch(const stopwatch&) = delete;
+        stopwatch& operator=(const stopwatch&) = delete;
+
+    private:
+        std::chrono::steady_clock::duration& total_;
+        std::chrono::steady_clock::time_point began_ = std::chrono::steady_clock::now();
+    } timing(store_time_);
+    return store_.put_batch(records);
 }
 
 // Puts batch_ and settles every record; returns how many the store now
@@ -387,7 +431,7 @@ KEEPSAKE_INLINE bool exporter::put_batch() {
 KEEPSAKE_INLINE std::size_t exporter::put_records() {
     std::vector<std::size_t> skipped;
     try {
-        skipped = store_.put_batch(batch_);
+        skipped = timed_put(batch_);
     } catch (const error& thrown) {
         if (thrown.code() != errc::invalid_argument) throw;
         return put_one_at_a_time();
@@ -414,7 +458,7 @@ KEEPSAKE_INLINE std::size_t exporter::put_one_at_a_time() {
         put_outcome outcome = put_outcome::exported;
         std::string why;
         try {
-            if (!store_.put_batch(one).empty()) outcome = judge_skipped(one[0], store_generation, why);
+            if (!timed_put(one).empty()) outcome = judge_skipped(one[0], store_generation, why);
         } catch (const error& thrown) {
             if (thrown.code() != errc::invalid_argument) throw;
             outcome = put_outcome::rejected;
@@ -514,7 +558,22 @@ KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
     return pending;
 }
 
-KEEPSAKE_INLINE void exporter::publish_on_bus(const export_event& happened) const {
+KEEPSAKE_INLINE bool exporter::listened() const noexcept {
+    return options_.events != nullptr && options_.events->any();
+}
+
+// Stamped with the steady clock: an exporter has no runtime.
+KEEPSAKE_INLINE void exporter::publish_on_bus(keepsake::event what) const {
+    what.at = steady_clock().now();
+    try {
+        options_.events->publish(what);
+    } catch (const std::exception& thrown) {
+        detail::log(spdlog::level::err,
+                    [&] { return std::string("exporter: an event bus subscriber threw: ") + thrown.what(); });
+    }
+}
+
+KEEPSAKE_INLINE void exporter::publish_failure(const export_event& happened) const {
     const std::string target = store_.describe();
     keepsake::event what;
     what.kind = happened.kind == export_event_kind::timed_out ? event_kind::export_timed_out
@@ -523,13 +582,7 @@ KEEPSAKE_INLINE void exporter::publish_on_bus(const export_event& happened) cons
     what.child = target;
     what.instance = happened.attempt;
     what.reason = happened.message;
-    what.at = std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch());
-    try {
-        options_.events->publish(what);
-    } catch (const std::exception& thrown) {
-        detail::log(spdlog::level::err,
-                    [&] { return std::string("exporter: an event bus subscriber threw: ") + thrown.what(); });
-    }
+    publish_on_bus(what);
 }
 
 KEEPSAKE_INLINE void exporter::report(const export_event& event) const {
@@ -542,7 +595,7 @@ KEEPSAKE_INLINE void exporter::report(const export_event& event) const {
         detail::report(report_kind::store_failure, [&](detail::report_line& line) {
             line << "exporter: " << to_string(event.kind) << ": " << event.message;
         });
-    if (options_.events != nullptr && event.kind != export_event_kind::exported) publish_on_bus(event);
+    if (listened() && event.kind != export_event_kind::exported) publish_failure(event);
     if (!options_.on_event) return;
     try {
         options_.on_event(event);

@@ -97,8 +97,12 @@ struct exporter_options {
     // warn/error).
     std::function<void(const export_event&)> on_event;
     // Also publish store failures and timeouts to this bus (a runtime's
-    // events()), as event_kind::export_failed / export_timed_out. Published
-    // from the exporter's thread; the bus must outlive the exporter.
+    // events()), as event_kind::export_failed / export_timed_out; and, while
+    // it has subscribers, each batch put (event_kind::export_batch: instance
+    // the records in it, took the store's put_batch time) and each forget()
+    // (event_kind::forgotten, from the thread calling it). Published from
+    // the exporter's thread, stamped with the steady clock; the bus must
+    // outlive the exporter.
     event_bus* events = nullptr;
 };
 
@@ -142,6 +146,8 @@ public:
     // Terminate-and-delete: removes `key` from the segment and from the
     // store, between two passes so no export can bring it back. Throws
     // errc::key_in_use while a keeper holds it. False if it was in neither.
+    // Publishes a forgotten event (took: the call's time, a pass it waited
+    // for included) when options.events has subscribers.
     bool forget(const std::string& key);
 
     std::string store_key(const std::string& key) const { return options_.prefix + key; }
@@ -186,6 +192,7 @@ private:
     std::vector<record> spare_;  // buffers of earlier batches, reused
     std::vector<exported_key*> batch_owners_;
     detail::group_image group_scratch_;  // buffers for keys with side tables, reused
+    std::chrono::steady_clock::duration store_time_{};  // in the store's put_batch, this batch
     std::uint64_t pass_number_ = 0;
     std::thread thread_;
 
@@ -202,6 +209,7 @@ private:
     record take_spare();
     void recycle_batch();
     bool put_batch();
+    std::vector<std::size_t> timed_put(const std::vector<record>& records);
     std::size_t put_records();
     std::size_t put_one_at_a_time();
     put_outcome judge_skipped(const record& r, std::uint64_t& store_generation, std::string& why);
@@ -211,7 +219,10 @@ private:
     void count_refused_keys();
     std::size_t pending_keys();
     void report(const export_event& event) const;
-    void publish_on_bus(const export_event& happened) const;
+    bool listened() const noexcept;
+    void publish_on_bus(event what) const;
+    void publish_batch(std::size_t records, std::size_t exported) const noexcept;
+    void publish_failure(const export_event& happened) const;
 };
 
 } // namespace keepsake

@@ -11,14 +11,17 @@
 // exporter would report it as a stale_generation.
 #pragma once
 
+#include <chrono>
 #include <exception>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "keepsake/clock.hpp"
 #include "keepsake/detail/group_record.hpp"
 #include "keepsake/error.hpp"
+#include "keepsake/events.hpp"
 #include "keepsake/keeper.hpp"
 #include "keepsake/log.hpp"
 #include "keepsake/segment.hpp"
@@ -163,8 +166,15 @@ void decode_record(const record& r, const keeper_options<T>& options, const stor
 // be read and shared memory holds no state (then which copy is newest
 // cannot be known). A store that cannot be read while shared memory holds a
 // state does not stop recovery: see recovered::store_unreadable.
+//
+// Given a bus with subscribers, publishes a recovered event (supervisor
+// "recovery", child the key, reason where the state came from, instance its
+// generation, took the real time recovery took, at the steady clock). A
+// unit with unit_spec::recover_from publishes it on its runtime's bus.
 template <class T>
-recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string& prefix = {}) {
+recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string& prefix = {},
+                     event_bus* events = nullptr) {
+    const auto began = std::chrono::steady_clock::now();
     recovered<T> result{std::move(initial), recovery_source::initial, 0, 0, {}};
     T in_memory = result.value;
     const std::optional<restore_info> memory = kept.restore_into(in_memory);
@@ -204,15 +214,24 @@ recovered<T> recover(keeper<T>& kept, store& from, T initial, const std::string&
         return "recovered key '" + kept.key() + "' from " + to_string(result.source) + " at generation " +
                std::to_string(result.generation);
     });
+    if (events != nullptr && events->any())
+        detail::publish_recovered(*events, kept.key(), to_string(result.source), result.generation,
+                                  detail::took_since(began), steady_clock().now());
     return result;
 }
 
 // Terminate-and-delete without an exporter running: removes `key` from the
 // segment (throws errc::key_in_use while a keeper holds it) and `prefix +
 // key` from the store. With an exporter running, use exporter::forget.
-inline bool forget(segment& where, store& from, const std::string& key, const std::string& prefix = {}) {
+// Given a bus with subscribers, publishes a forgotten event (supervisor
+// "forget", child the key, reason where it was, took, at the steady clock).
+inline bool forget(segment& where, store& from, const std::string& key, const std::string& prefix = {},
+                   event_bus* events = nullptr) {
+    const auto began = std::chrono::steady_clock::now();
     const bool in_memory = where.remove_key(key);
     const bool in_store = from.remove(prefix + key);
+    if (events != nullptr && events->any())
+        detail::publish_forgotten(*events, key, in_memory, in_store, detail::took_since(began), steady_clock().now());
     return in_memory || in_store;
 }
 

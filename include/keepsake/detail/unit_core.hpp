@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -402,7 +403,7 @@ private:
         info.instance = number;
         info.restarts = restarts_this_instance_;
         if (first && spec_.recover_from != nullptr) {
-            recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+            recovered<State> found = recover_and_publish();
             for (const std::string& problem : found.problems)
                 publish(event_kind::recovery_problem, exit_kind::normal, problem);
             state_ = std::move(found.value);
@@ -596,6 +597,17 @@ private:
     // Events about this unit's own worker.
     void publish(event_kind kind, exit_kind reason_kind, std::string_view reason) const {
         supervised_actor::publish(kind, name(), instance(), reason_kind, reason);
+    }
+
+    // The first start's recover(), published as a recovered event stamped
+    // with the runtime's clock (took: real time).
+    recovered<State> recover_and_publish() {
+        const auto began = std::chrono::steady_clock::now();
+        recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+        if (runtime_.events().any())
+            detail::publish_recovered(runtime_.events(), name(), to_string(found.source), found.generation,
+                                      detail::took_since(began), runtime_.clock().now());
+        return found;
     }
 
     // A crash inside the instance: answer the call that crashed, forget the
