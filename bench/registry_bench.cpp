@@ -56,7 +56,7 @@ keepsake::segment_options options(const std::string& directory) {
 
 keepsake::runtime_options runtime_for(const keepsake::segment& seg) {
     keepsake::runtime_options made;
-    made.threads = 1;
+    made.threads = 0;  // pumped by the calling thread: every step on one thread, no cross-thread wake-ups
     made.stack_size = 16 * 1024;
     made.default_segment = &seg;
     made.guard_pages = false;  // 100 000 guarded stacks are past vm.max_map_count

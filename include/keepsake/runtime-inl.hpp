@@ -92,8 +92,13 @@ KEEPSAKE_INLINE void runtime::note_segment(const void* segment) {
 
 KEEPSAKE_INLINE void runtime::add_meter(detail::meter added) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
-    meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
-                  meters_.end());
+    // Dropping the gone ones costs a pass over all: done when the list has
+    // doubled since the last pass, so adding N units costs O(N), not O(N^2).
+    if (meters_.size() >= 2 * meters_after_sweep_ + 16) {
+        meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
+                      meters_.end());
+        meters_after_sweep_ = meters_.size();
+    }
     meters_.push_back(std::move(added));
 }
 

@@ -240,6 +240,7 @@ private:
     std::size_t live_roots_ = 0;                  // under roots_changed_
     std::optional<exit_reason> first_abnormal_;   // under roots_changed_
     std::vector<detail::meter> meters_;  // under registry_mutex_
+    std::size_t meters_after_sweep_ = 0; // under registry_mutex_: meters_ kept by the last sweep
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
     std::uint64_t committer_id_ = 0;
 
