@@ -69,6 +69,9 @@ awk -F, '
     row("crash in a call -> restart -> call", "BM_crash_in_call/caller:0", "BM_bare_throw_catch")
     row("the same, queued", "BM_crash_in_call/caller:1", "BM_bare_throw_catch")
     row("the same, from another thread", "BM_crash_in_call/caller:2", "BM_bare_throw_catch")
+    row("crash in a try_call -> call", "BM_crash_in_try_call/caller:0", "BM_bare_throw_catch")
+    row("the same, queued", "BM_crash_in_try_call/caller:1", "BM_bare_throw_catch")
+    row("the same, from another thread", "BM_crash_in_try_call/caller:2", "BM_bare_throw_catch")
     row("crash in a cast -> restart -> call", "BM_unit_cast_crash_restart_call", "BM_bare_throw_catch")
   }
   function row(label, name, floor,   per) {

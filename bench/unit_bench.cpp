@@ -170,24 +170,43 @@ keepsake::unit_spec<counter> spec_for(long place, const std::string& name) {
     return made;
 }
 
-// A worker crashes in a call, is restarted from its keeper, and answers the
-// next call with its kept state: what a user waits from crash to answer.
-void BM_crash_in_call(benchmark::State& state) {
+// A worker crashes in a call (`crash` makes it, and its caller learns
+// worker_crashed), is restarted from its keeper, and answers the next call
+// with its kept state: what a user waits from crash to answer.
+template <class Crash>
+void crash_then_call(benchmark::State& state, const std::string& name, Crash&& crash) {
     keepsake::runtime rt(options_for(state.range(0)));
-    auto unit = keepsake::start_unit(rt, spec_for(state.range(0), "crash"));
+    auto unit = keepsake::start_unit(rt, spec_for(state.range(0), name));
     unit.call([](counter& c) { c.value = 42; });
     long kept = 0;
     for (auto _ : state) {
-        try {
-            unit.call([](counter&) -> int { throw std::runtime_error("crash"); });
-        } catch (const keepsake::worker_crashed&) {
-        }
+        crash(unit);
         kept = unit.call([](const counter& c) { return c.value; });
     }
     if (kept != 42) state.SkipWithError("the kept state was lost");
     state.SetItemsProcessed(state.iterations());
 }
+
+// call: the caller catches the worker_crashed thrown to it (two exceptions).
+void BM_crash_in_call(benchmark::State& state) {
+    crash_then_call(state, "crash", [](keepsake::unit<counter>& unit) {
+        try {
+            unit.call([](counter&) -> int { throw std::runtime_error("crash"); });
+        } catch (const keepsake::worker_crashed&) {
+        }
+    });
+}
 BENCHMARK(BM_crash_in_call)->ArgName("caller")->Arg(direct)->Arg(queued)->Arg(other_thread);
+
+// try_call: the crash comes back in the call_result (one exception: the
+// handler's).
+void BM_crash_in_try_call(benchmark::State& state) {
+    crash_then_call(state, "try-crash", [](keepsake::unit<counter>& unit) {
+        auto crashed = unit.try_call([](counter&) -> int { throw std::runtime_error("crash"); });
+        benchmark::DoNotOptimize(crashed.crashed());
+    });
+}
+BENCHMARK(BM_crash_in_try_call)->ArgName("caller")->Arg(direct)->Arg(queued)->Arg(other_thread);
 
 // The same, crashing in a cast: the user's throw is the only exception (a
 // crashing call adds a second: the caller's worker_crashed).
