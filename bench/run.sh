@@ -66,8 +66,13 @@ awk -F, '
     row("cast, 0 waiting", "BM_unit_cast_backlog/0", "BM_channel_push")
     row("cast, 1 000 waiting", "BM_unit_cast_backlog/1000", "BM_channel_push")
     row("cast, 100 000 waiting", "BM_unit_cast_backlog/100000", "BM_channel_push")
-    row("crash in a call -> restart -> call", "BM_unit_crash_restart_call", "BM_throw_catch")
-    row("crash in a cast -> restart -> call", "BM_unit_cast_crash_restart_call", "BM_throw_catch")
+    row("crash in a call -> restart -> call", "BM_crash_in_call/caller:0", "BM_bare_throw_catch")
+    row("the same, queued", "BM_crash_in_call/caller:1", "BM_bare_throw_catch")
+    row("the same, from another thread", "BM_crash_in_call/caller:2", "BM_bare_throw_catch")
+    row("crash in a try_call -> call", "BM_crash_in_try_call/caller:0", "BM_bare_throw_catch")
+    row("the same, queued", "BM_crash_in_try_call/caller:1", "BM_bare_throw_catch")
+    row("the same, from another thread", "BM_crash_in_try_call/caller:2", "BM_bare_throw_catch")
+    row("crash in a cast -> restart -> call", "BM_unit_cast_crash_restart_call", "BM_bare_throw_catch")
   }
   function row(label, name, floor,   per) {
     per = name ~ /backlog/ ? ns[name] / 1000 : ns[name]

@@ -152,24 +152,61 @@ void BM_unit_cast_backlog(benchmark::State& state) {
 }
 BENCHMARK(BM_unit_cast_backlog)->Arg(0)->Arg(1000)->Arg(100000)->Iterations(200);
 
-// A worker crashes in a call, is restarted from its keeper, and answers the
-// next call with its kept state: what a user waits from crash to answer.
-void BM_unit_crash_restart_call(benchmark::State& state) {
-    keepsake::runtime rt(pumped());
-    auto unit = keepsake::start_unit(rt, spec("crash"));
+// Where a crash-in-a-call benchmark's caller sits: on the runtime's thread
+// (a direct call, in the worker's lent turn), on that thread with direct
+// calls off (queued, served on the worker fiber), or on another thread (the
+// runtime runs its own).
+enum caller_place : long { direct = 0, queued = 1, other_thread = 2 };
+
+keepsake::runtime_options options_for(long place) {
+    keepsake::runtime_options options = pumped();
+    if (place == other_thread) options.threads = 1;
+    return options;
+}
+
+keepsake::unit_spec<counter> spec_for(long place, const std::string& name) {
+    auto made = spec(name + std::to_string(place));
+    made.direct_calls = place == direct;
+    return made;
+}
+
+// A worker crashes in a call (`crash` makes it, and its caller learns
+// worker_crashed), is restarted from its keeper, and answers the next call
+// with its kept state: what a user waits from crash to answer.
+template <class Crash>
+void crash_then_call(benchmark::State& state, const std::string& name, Crash&& crash) {
+    keepsake::runtime rt(options_for(state.range(0)));
+    auto unit = keepsake::start_unit(rt, spec_for(state.range(0), name));
     unit.call([](counter& c) { c.value = 42; });
     long kept = 0;
     for (auto _ : state) {
-        try {
-            unit.call([](counter&) -> int { throw std::runtime_error("crash"); });
-        } catch (const keepsake::worker_crashed&) {
-        }
+        crash(unit);
         kept = unit.call([](const counter& c) { return c.value; });
     }
     if (kept != 42) state.SkipWithError("the kept state was lost");
     state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_unit_crash_restart_call);
+
+// call: the caller catches the worker_crashed thrown to it (two exceptions).
+void BM_crash_in_call(benchmark::State& state) {
+    crash_then_call(state, "crash", [](keepsake::unit<counter>& unit) {
+        try {
+            unit.call([](counter&) -> int { throw std::runtime_error("crash"); });
+        } catch (const keepsake::worker_crashed&) {
+        }
+    });
+}
+BENCHMARK(BM_crash_in_call)->ArgName("caller")->Arg(direct)->Arg(queued)->Arg(other_thread);
+
+// try_call: the crash comes back in the call_result (one exception: the
+// handler's).
+void BM_crash_in_try_call(benchmark::State& state) {
+    crash_then_call(state, "try-crash", [](keepsake::unit<counter>& unit) {
+        auto crashed = unit.try_call([](counter&) -> int { throw std::runtime_error("crash"); });
+        benchmark::DoNotOptimize(crashed.crashed());
+    });
+}
+BENCHMARK(BM_crash_in_try_call)->ArgName("caller")->Arg(direct)->Arg(queued)->Arg(other_thread);
 
 // The same, crashing in a cast: the user's throw is the only exception (a
 // crashing call adds a second: the caller's worker_crashed).
@@ -187,17 +224,29 @@ void BM_unit_cast_crash_restart_call(benchmark::State& state) {
 }
 BENCHMARK(BM_unit_cast_crash_restart_call);
 
-// The floor of the crash: throwing and catching the same exception.
-void BM_throw_catch(benchmark::State& state) {
+// The floor of the crash: throwing and catching the same exception, thrown
+// from a frame below the catching one (as a handler's is, below the call).
+[[gnu::noinline]] void throw_crash(long& depth) {
+    benchmark::DoNotOptimize(depth);
+    throw std::runtime_error("crash");
+}
+
+[[gnu::noinline]] long run_handler(long& depth) {
+    throw_crash(depth);
+    return depth;
+}
+
+void BM_bare_throw_catch(benchmark::State& state) {
+    long depth = 0;
     for (auto _ : state) {
         try {
-            throw std::runtime_error("crash");
+            benchmark::DoNotOptimize(run_handler(depth));
         } catch (const std::exception& caught) {
             benchmark::DoNotOptimize(caught.what());
         }
     }
 }
-BENCHMARK(BM_throw_catch);
+BENCHMARK(BM_bare_throw_catch);
 
 // A game or control loop's frame: run_for(budget) with 1 000 busy units
 // (each commits and yields, always ready). Reports how far past its budget

@@ -100,6 +100,29 @@ TEST_CASE("casts, queued and served, allocate nothing", "[alloc]") {
     CHECK(harness.unit.call([](const pose& state) { return state.tick; }) == warm_up + measured);
 }
 
+TEST_CASE("a try_call allocates nothing, answered or crashed, direct or queued", "[alloc]") {
+    const bool direct = GENERATE(true, false);
+    pumped_unit harness(direct);
+    harness.unit.call([](pose& state) { state.tick = 7; });
+    int wrong = 0;
+    auto answered_then_crashed = [&](int) {
+        const auto answered = harness.unit.try_call([](const pose& state) { return state.tick; });
+        if (!answered.ok() || answered.value() != 7) ++wrong;
+        // The crash's only exception is the handler's (fault allocates
+        // nothing); the caller's call_result takes the reason, "fault".
+        const auto crashed = harness.unit.try_call([](pose& state) -> long {
+            state.tick = -1;  // never committed
+            throw fault();
+        });
+        if (!crashed.crashed() || !crashed.restarted() || crashed.reason() != "fault") ++wrong;
+        harness.clock->advance(std::chrono::milliseconds(200));  // within the intensity
+    };
+    allocations_in(warm_up / 10, answered_then_crashed);
+    CHECK(allocations_in(measured / 10, answered_then_crashed) == 0);
+    CHECK(wrong == 0);
+    CHECK(harness.unit.stats().restarts == (warm_up + measured) / 10);
+}
+
 namespace {
 
 std::int64_t every_call_a_new_second() noexcept {

@@ -78,6 +78,19 @@ struct pumped_runtime {
         : seg(name, dir.options()), rt(pumped(seg, std::move(time))) {}
 };
 
+// The same with one runtime thread of its own.
+struct threaded_runtime {
+    shm_dir dir;
+    keepsake::segment seg;
+    keepsake::runtime rt;
+    explicit threaded_runtime(const std::string& name)
+        : seg(name, dir.options()), rt([this] {
+              keepsake::runtime_options options = pumped(seg);
+              options.threads = 1;
+              return options;
+          }()) {}
+};
+
 keepsake::unit_spec<counter> counter_spec(const std::string& name, bool direct_calls = true) {
     keepsake::unit_spec<counter> spec;
     spec.name = name;
@@ -167,6 +180,123 @@ TEST_CASE("a crash answers the caller with worker_crashed and restarts from the 
     }
     CHECK(read(unit) == 10);
     CHECK(unit.stats().restarts == 1);
+}
+
+TEST_CASE("try_call reports a crash as a value: worker_crashed, the reason, the restart; then the last commit", "[unit]") {
+    const bool direct = GENERATE(true, false);
+    pumped_runtime harness("try-crash");
+    auto& rt = harness.rt;
+    std::vector<std::string> seen;
+    rt.events().subscribe([&](const keepsake::event& what) { seen.push_back(keepsake::to_string(what.kind)); });
+    auto unit = keepsake::start_unit(rt, counter_spec("c", direct));
+    unit.call([](counter& state) { state.value = 10; });
+    keepsake::call_result<int> crashed = unit.try_call([](counter& state) -> int {
+        state.value = 999;  // changed, then crashed: never committed
+        throw std::runtime_error("disk on fire");
+    });
+    REQUIRE_FALSE(crashed.ok());
+    CHECK(crashed.crashed());
+    CHECK(crashed.code() == errc::worker_crashed);
+    CHECK(crashed.reason() == "disk on fire");
+    CHECK(crashed.restarted());
+    CHECK(crashed.message() ==
+          "unit 'c' crashed while serving this call: disk on fire; the unit restarts from its last commit, so the "
+          "call may be retried");
+    try {
+        crashed.value();
+        FAIL("value() of a crashed call should throw");
+    } catch (const keepsake::worker_crashed& thrown) {  // what call would have thrown
+        CHECK(thrown.reason() == "disk on fire");
+        CHECK(thrown.restarted());
+        CHECK(thrown.what() == crashed.message());
+    }
+    CHECK(unit.stats().restarts == 1);
+    CHECK(unit.stats().crashes == 1);
+    keepsake::call_result<long> next = unit.try_call([](counter& state) { return ++state.value; });
+    REQUIRE(next.ok());
+    CHECK(next.value() == 11);  // from the last commit
+    keepsake::call_result<void> nothing = unit.try_call([](counter& state) { state.value += 1; });
+    CHECK(nothing.ok());
+    nothing.value();
+    CHECK(read(unit) == 12);
+    CHECK(seen == std::vector<std::string>{"started", "exited", "restarted"});
+    // A call that crashes still throws, with the same message.
+    try {
+        unit.call([](counter&) -> int { throw std::runtime_error("disk on fire"); });
+        FAIL("the call should have thrown");
+    } catch (const keepsake::worker_crashed& thrown) {
+        CHECK(thrown.what() == crashed.message());
+        CHECK(thrown.restarted());
+    }
+    CHECK(read(unit) == 12);
+}
+
+TEST_CASE("try_call: a typed message, a crash that ends the unit, then not_running, all without a throw", "[unit]") {
+    const bool direct = GENERATE(true, false);
+    auto clock = std::make_shared<keepsake::manual_clock>();
+    pumped_runtime harness("try-last", clock);
+    auto& rt = harness.rt;
+    keepsake::unit_spec<tally, tally_handler> spec;
+    spec.name = "t";
+    spec.direct_calls = direct;
+    spec.intensity = {1, 10s};
+    auto unit = keepsake::start_unit(rt, spec);
+    CHECK(unit.try_call(add{5}).value() == 5);
+    auto first = unit.try_call([](tally&) -> long { throw 42; });  // not a std::exception
+    REQUIRE(first.crashed());
+    CHECK(first.reason() == "an exception not derived from std::exception");
+    CHECK(first.restarted());
+    auto last = unit.try_call([](tally& state) -> long {
+        state.increments = -1;
+        throw std::logic_error("again");
+    });
+    REQUIRE(last.crashed());
+    CHECK(last.reason() == "again");
+    CHECK_FALSE(last.restarted());  // past its intensity: it gave up
+    CHECK_THAT(last.message(), Catch::Matchers::Contains("this was its last crash"));
+    rt.run_for(10ms);
+    CHECK(unit.state() == keepsake::child_state::not_running);
+    auto stopped = unit.try_call(get{});
+    REQUIRE_FALSE(stopped.ok());
+    CHECK_FALSE(stopped.crashed());
+    CHECK(stopped.code() == errc::not_running);
+    CHECK_THAT(stopped.reason(), Catch::Matchers::Contains("is not running"));
+    CHECK(test_support::error_from([&] { stopped.value(); }).code() == errc::not_running);
+}
+
+TEST_CASE("try_call from another thread: a crash comes back as a value; the next call sees the last commit", "[unit][threads]") {
+    threaded_runtime harness("try-thread");
+    auto& rt = harness.rt;
+    auto spec = counter_spec("c");
+    spec.intensity = {100000, 10s};
+    auto unit = keepsake::start_unit(rt, spec);
+    constexpr int rounds = 200;
+    std::vector<keepsake::call_result<long>> crashes, nexts;
+    std::thread caller([&] {
+        for (int i = 0; i < rounds; ++i) {
+            crashes.push_back(unit.try_call([](counter& state) -> long {
+                state.value = -1000;  // never committed
+                throw std::runtime_error("bad input " + std::to_string(state.value));
+            }));
+            nexts.push_back(unit.try_call([](counter& state) { return ++state.value; }));
+        }
+    });
+    caller.join();
+    REQUIRE(crashes.size() == rounds);
+    for (int i = 0; i < rounds; ++i) {
+        CHECK(crashes[i].crashed());
+        CHECK(crashes[i].reason() == "bad input -1000");
+        CHECK(crashes[i].restarted());
+        REQUIRE(nexts[i].ok());
+        CHECK(nexts[i].value() == i + 1);
+    }
+    CHECK(unit.stats().restarts == rounds);
+    // A timeout is a value too (the runtime's thread is kept busy).
+    unit.cast([](counter&) { std::this_thread::sleep_for(300ms); });
+    auto late = unit.try_call_for([](const counter& state) { return state.value; }, 50ms);
+    REQUIRE_FALSE(late.ok());
+    CHECK(late.code() == errc::timeout);
+    CHECK(read(unit) == rounds);
 }
 
 TEST_CASE("messages queued behind a crashing one are served by the restarted worker", "[unit]") {
@@ -796,12 +926,8 @@ TEST_CASE("roots publish started; whereis finds only units that accept calls", "
 }
 
 TEST_CASE("a call that is not answered in time fails with timeout", "[unit]") {
-    shm_dir dir;
-    keepsake::segment seg("timeout", dir.options());
-    keepsake::runtime_options options;
-    options.threads = 1;
-    options.default_segment = &seg;
-    keepsake::runtime rt(options);
+    threaded_runtime harness("timeout");
+    auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("slow"));
     unit.cast([](counter&) { std::this_thread::sleep_for(300ms); });  // blocks the runtime thread
     try {

@@ -2,6 +2,7 @@
 // are included one by one (keepsake/stores/*.hpp) as spdlog's sinks are.
 #pragma once
 
+#include "keepsake/call_result.hpp"
 #include "keepsake/clock.hpp"
 #include "keepsake/codec.hpp"
 #include "keepsake/crash_reports.hpp"

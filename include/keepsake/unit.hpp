@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "keepsake/call_result.hpp"
 #include "keepsake/clock.hpp"
 #include "keepsake/detail/unit_core.hpp"
 #include "keepsake/error.hpp"
@@ -48,6 +49,24 @@ public:
     template <class Message>
     auto call_for(Message&& message, duration timeout) {
         if constexpr (check_message<Message>()) return core().call(std::forward<Message>(message), timeout);
+    }
+
+    // As call, but returns a call_result<R> rather than throwing when the
+    // worker crashed serving the message (code() worker_crashed, reason(),
+    // restarted()), the unit is stopped (not_running) or no answer came in
+    // time (timeout): a crash then costs one exception, the handler's own,
+    // where call adds a second for its caller. The crash is otherwise the
+    // same: the unit restarts from its last commit, with the same events and
+    // crash report. A self-call or an empty handle still throws.
+    template <class Message>
+    auto try_call(Message&& message) {
+        if constexpr (check_message<Message>())
+            return core().try_call(std::forward<Message>(message), core().call_timeout());
+    }
+
+    template <class Message>
+    auto try_call_for(Message&& message, duration timeout) {
+        if constexpr (check_message<Message>()) return core().try_call(std::forward<Message>(message), timeout);
     }
 
     // Queues a message and returns at once.

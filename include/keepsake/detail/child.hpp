@@ -20,6 +20,7 @@
 
 #include <boost/fiber/context.hpp>
 
+#include "keepsake/call_result.hpp"
 #include "keepsake/clock.hpp"
 #include "keepsake/detail/config.hpp"
 #include "keepsake/detail/futex.hpp"
@@ -46,25 +47,6 @@ inline const char* to_string(child_state state) noexcept {
     }
     return "unknown";
 }
-
-// The error a caller gets when the worker crashed while serving its call.
-// `restarted`: the unit restarted its worker in place (false: it gave up,
-// or it is stopping).
-class worker_crashed : public error {
-public:
-    worker_crashed(const std::string& unit, const std::string& reason, bool restarted = true)
-        : error(errc::worker_crashed,
-                "unit '" + unit + "' crashed while serving this call: " + reason +
-                    (restarted ? "; the unit restarts from its last commit, so the call may be retried"
-                               : "; this was its last crash: the unit gave up (more restarts than its intensity "
-                                 "allows) or is stopping, so its supervisor decides what follows (a unit of "
-                                 "start_unit stays stopped)")),
-          reason_(reason) {}
-    const std::string& reason() const noexcept { return reason_; }
-
-private:
-    std::string reason_;
-};
 
 namespace detail {
 
@@ -101,10 +83,6 @@ public:
     virtual std::optional<std::string> refused_start() const { return std::nullopt; }
 };
 
-// A value or nothing, so call<void> and call<R> share one path.
-template <class R>
-using reply_value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
-
 // A fiber (or thread) with a mailbox of callables, served one at a time:
 // the base of units and supervisors.
 class actor {
@@ -137,19 +115,53 @@ protected:
     // `on_worker`: the job must run on the worker fiber, never in a lent turn.
     template <class R, class Job>
     R request(Job&& job, duration timeout, bool on_worker = false) {
-        // A plain thread is never the worker's: it is not even asked for a
-        // Boost.Fiber context (a thread-local lookup, and a scheduler made
-        // for the thread on first use).
-        boost::fibers::context* caller = current_inbox() != nullptr ? boost::fibers::context::active() : nullptr;
-        refuse_self_call(caller);
+        boost::fibers::context* caller = calling_fiber();
         check_accepting();
         std::optional<reply_value<R>> result;
-        reply_cell* cell = replies_.acquire(&result);
-        mailbox_.push(std::forward<Job>(job), cell, on_worker);
-        fail_if_stopped_meanwhile();
-        const bool same_thread =
-            caller != nullptr && caller->get_scheduler() == server_scheduler_.load(std::memory_order_relaxed);
-        return await<R>(cell, result, timeout, same_thread);
+        reply_cell* cell = push_call(std::forward<Job>(job), &result, on_worker);
+        if (!await(*cell, caller, timeout)) throw timeout_error(timeout);
+        const int outcome = cell->state.load(std::memory_order_acquire);
+        // Thrown from this frame, not a helper's: each frame between a throw
+        // and its catch is a step of the unwinder, in each of its two
+        // phases (about 0.15 us here). And no object with a destructor is
+        // alive at the throw (that frame would be a landing pad the
+        // unwinder stops at and resumes from), so the crash's reason waits
+        // in a string of this thread's, swapped out of the cell.
+        if (outcome == reply_cell::crashed) {
+            std::string& reason = crash_reason_buffer();
+            reason.swap(cell->crash_reason);  // both keep a buffer: no allocation
+            const bool restarted = cell->crash_restarted;
+            replies_.release(cell);
+            throw worker_crashed(name_, reason, restarted);  // no suspension before it copies the reason
+        }
+        if (outcome == reply_cell::failed) rethrow_failure(*cell);
+        replies_.release(cell);
+        if constexpr (!std::is_void_v<R>) return std::move(*result);
+    }
+
+    // The same, with a crash while serving it, a stopped actor or a timeout
+    // returned rather than thrown.
+    template <class R, class Job>
+    call_result<R> try_request(Job&& job, duration timeout, bool on_worker = false) {
+        boost::fibers::context* caller = calling_fiber();
+        if (state() == child_state::not_running) return call_results::failed<R>(not_running_error());
+        call_result<R> out;
+        reply_cell* cell = push_call(std::forward<Job>(job), call_results::slot(out), on_worker);
+        if (!await(*cell, caller, timeout)) return call_results::failed<R>(timeout_error(timeout));
+        const int outcome = cell->state.load(std::memory_order_acquire);
+        if (outcome == reply_cell::crashed)
+            out = call_results::crashed<R>(name_, std::move(cell->crash_reason), cell->crash_restarted);
+        if (outcome != reply_cell::failed) {
+            replies_.release(cell);
+            return out;
+        }
+        std::exception_ptr failure = std::move(cell->failure);
+        replies_.release(cell);
+        try {
+            std::rethrow_exception(failure);
+        } catch (const error& why) {  // not_running, from a stop that drained the mailbox
+            return call_results::failed<R>(why);
+        }
     }
 
     template <class Job>
@@ -177,6 +189,22 @@ protected:
     void fail_inflight(const std::exception_ptr& failure) {
         if (reply_cell* reply = inflight_.reply()) answer_failure(*reply, failure);
         finish_inflight();
+    }
+
+    // The worker crashed serving the in-flight message: its caller learns
+    // worker_crashed, with the reason (no exception is made here: the caller
+    // makes one only if it wants it thrown).
+    void crash_inflight(std::string_view reason, bool restarted) noexcept {
+        if (reply_cell* reply = inflight_.reply()) answer_crash(*reply, reason, restarted);
+        finish_inflight();
+    }
+
+    // Where a crash's reason waits for the throw that tells a caller of it
+    // (see request): this thread's, so use it only where nothing suspends
+    // between filling it and the throw.
+    static std::string& crash_reason_buffer() noexcept {
+        thread_local std::string reason;
+        return reason;
     }
 
     // Serves at most `limit` queued messages on this fiber.
@@ -219,6 +247,23 @@ private:
                                                     "forever (change the state directly instead)");
     }
 
+    // The calling fiber (none for a plain thread: it is not even asked for
+    // a Boost.Fiber context, a thread-local lookup and a scheduler made for
+    // the thread on first use). Refuses a call from the actor's own worker.
+    boost::fibers::context* calling_fiber() const {
+        boost::fibers::context* caller = current_inbox() != nullptr ? boost::fibers::context::active() : nullptr;
+        refuse_self_call(caller);
+        return caller;
+    }
+
+    template <class Job>
+    reply_cell* push_call(Job&& job, void* result, bool on_worker) {
+        reply_cell* cell = replies_.acquire(result);
+        mailbox_.push(std::forward<Job>(job), cell, on_worker);
+        fail_if_stopped_meanwhile();
+        return cell;
+    }
+
     // A stop that raced with the push drained the mailbox before the
     // message arrived: drain again so nothing waits for a stopped actor.
     void fail_if_stopped_meanwhile() noexcept {
@@ -227,23 +272,31 @@ private:
 
     void fail_if_still_stopped() noexcept;
 
-    template <class R>
-    R await(reply_cell* cell, std::optional<reply_value<R>>& result, duration timeout, bool same_thread) {
+    // Waits for the answer; false (the cell given up) after `timeout`.
+    bool await(reply_cell& cell, const boost::fibers::context* caller, duration timeout) {
+        const bool same_thread =
+            caller != nullptr && caller->get_scheduler() == server_scheduler_.load(std::memory_order_relaxed);
         // A timeout of a century or more waits forever (and cannot overflow).
         const auto deadline = timeout >= std::chrono::hours(24 * 365 * 100)
                                   ? no_deadline
                                   : wait_clock::now() + std::chrono::duration_cast<wait_clock::duration>(timeout);
-        if (!await_answer(*cell, deadline, same_thread)) {
-            replies_.release(cell);
-            throw error(errc::timeout, "a call to '" + name_ + "' got no answer within " +
-                                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
-                                           " ms; it may still be served later (raise the timeout, or use cast)");
-        }
-        const bool failed = cell->state.load(std::memory_order_acquire) == reply_cell::failed;
-        std::exception_ptr failure = std::move(cell->failure);
-        replies_.release(cell);
-        if (failed) std::rethrow_exception(failure);
-        if constexpr (!std::is_void_v<R>) return std::move(*result);
+        if (await_answer(cell, deadline, same_thread)) return true;
+        replies_.release(&cell);
+        return false;
+    }
+
+    error timeout_error(duration timeout) const {
+        return error(errc::timeout, "a call to '" + name_ + "' got no answer within " +
+                                        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count()) +
+                                        " ms; it may still be served later (raise the timeout, or use cast)");
+    }
+
+    // A call's failure other than a crash (not_running, from a stop that
+    // drained the mailbox), thrown; the cell is given back first.
+    [[noreturn]] void rethrow_failure(reply_cell& cell) {
+        std::exception_ptr failure = std::move(cell.failure);
+        replies_.release(&cell);
+        std::rethrow_exception(failure);
     }
 };
 

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -41,12 +42,14 @@ namespace detail {
 // (answered / failed), then unparks the caller; a caller that timed out
 // marks it abandoned first, and then the worker writes nothing.
 struct reply_cell {
-    enum status : int { waiting, claimed, answered, failed, abandoned };
+    enum status : int { waiting, claimed, answered, failed, crashed, abandoned };
 
     std::atomic<int> state{waiting};
     parker caller;                     // the caller sleeps here
     void* result = nullptr;            // the caller's std::optional<R>, while it waits
     std::exception_ptr failure;
+    std::string crash_reason;          // crashed: the reason, for worker_crashed (the caller takes it)
+    bool crash_restarted = false;
     std::atomic<int> holders{0};       // the caller and the message
     std::uint32_t index = 0;           // in its pool
     std::atomic<std::uint32_t> next_free{0};  // in the pool's free list: the next cell's index + 1
@@ -141,18 +144,39 @@ private:
     }
 };
 
-// Answers a waiting caller (or does nothing if it gave up waiting).
+// Answers a waiting caller (or does nothing if it gave up waiting). A fill
+// that returns a status changes the outcome.
 template <class Fill>
 void answer(reply_cell& cell, reply_cell::status outcome, Fill fill) {
     int expected = reply_cell::waiting;
     if (!cell.state.compare_exchange_strong(expected, reply_cell::claimed, std::memory_order_acquire)) return;
-    fill(cell);
+    if constexpr (std::is_same_v<decltype(fill(cell)), reply_cell::status>) {
+        outcome = fill(cell);
+    } else {
+        fill(cell);
+    }
     cell.state.store(outcome, std::memory_order_release);
     cell.caller.unpark();  // the message still holds the cell: it stays valid meanwhile
 }
 
 inline void answer_failure(reply_cell& cell, std::exception_ptr failure) {
     answer(cell, reply_cell::failed, [&](reply_cell& target) { target.failure = std::move(failure); });
+}
+
+// Answers a caller whose call crashed the worker. Without memory for the
+// reason, bad_alloc (from the exception runtime's emergency pool) still
+// wakes the caller.
+inline void answer_crash(reply_cell& cell, std::string_view reason, bool restarted) noexcept {
+    answer(cell, reply_cell::crashed, [&](reply_cell& target) {
+        target.crash_restarted = restarted;
+        try {
+            target.crash_reason.assign(reason);
+            return reply_cell::crashed;
+        } catch (...) {
+            target.failure = std::make_exception_ptr(std::bad_alloc());
+            return reply_cell::failed;
+        }
+    });
 }
 
 // Waits for the answer until `deadline` (real time). A caller on the

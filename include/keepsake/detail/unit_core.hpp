@@ -59,25 +59,14 @@ public:
     // --- callers' side ---------------------------------------------------
     template <class Message>
     auto call(Message&& message, duration timeout) {
-        using M = std::decay_t<Message>;
-        if constexpr (is_state_callable<M, State, context_type>()) {
-            using R = state_call_result<M, State, context_type>;
-            constexpr bool on_worker = std::is_invocable_v<M&, State&, context_type&>;
-            if constexpr (!on_worker)
-                if (borrow_turn() && serve_backlog_in_turn())
-                    return serve_borrowed<R>([&]() -> decltype(auto) { return invoke_on_state(message, state_, context_); },
-                                             reads_only<M, State, context_type>());
-            return this->template request<R>(callable_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
-        } else {
-            using R = handler_result<M>;
-            constexpr bool on_worker = handler_takes_context<M>();
-            if constexpr (!on_worker)
-                if (borrow_turn() && serve_backlog_in_turn())
-                    return serve_borrowed<R>(
-                        [&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
-                        handler_reads_only<M>());
-            return this->template request<R>(handler_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
-        }
+        return call_as<false>(std::forward<Message>(message), timeout);
+    }
+
+    // The same, returning a call_result: a crash, a stopped unit or a
+    // timeout is reported without an exception.
+    template <class Message>
+    auto try_call(Message&& message, duration timeout) {
+        return call_as<true>(std::forward<Message>(message), timeout);
     }
 
     template <class Message>
@@ -186,6 +175,37 @@ public:
 private:
     static constexpr std::size_t serve_batch = 64;
 
+    // A call, answered with R (errors thrown), or with call_result<R> (Try).
+    template <bool Try, class Message>
+    auto call_as(Message&& message, duration timeout) {
+        using M = std::decay_t<Message>;
+        if constexpr (is_state_callable<M, State, context_type>()) {
+            using R = state_call_result<M, State, context_type>;
+            constexpr bool on_worker = std::is_invocable_v<M&, State&, context_type&>;
+            if constexpr (!on_worker)
+                if (borrow_turn() && serve_backlog_in_turn())
+                    return serve_borrowed<Try, R>(
+                        [&]() -> decltype(auto) { return invoke_on_state(message, state_, context_); },
+                        reads_only<M, State, context_type>());
+            return request_as<Try, R>(callable_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
+        } else {
+            using R = handler_result<M>;
+            constexpr bool on_worker = handler_takes_context<M>();
+            if constexpr (!on_worker)
+                if (borrow_turn() && serve_backlog_in_turn())
+                    return serve_borrowed<Try, R>(
+                        [&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+                        handler_reads_only<M>());
+            return request_as<Try, R>(handler_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
+        }
+    }
+
+    template <bool Try, class R, class Job>
+    auto request_as(Job&& job, duration timeout, bool on_worker) {
+        if constexpr (Try) return this->template try_request<R>(std::forward<Job>(job), timeout, on_worker);
+        else return this->template request<R>(std::forward<Job>(job), timeout, on_worker);
+    }
+
     // Runs one message, commits per the policy, then answers: the reply is
     // never sent before the commit that makes it true.
     template <class R, class Invoke>
@@ -291,30 +311,59 @@ private:
 
     // Runs the caller's own message in the borrowed turn. A throw is the
     // worker's crash: restarted from the last commit, and the caller gets
-    // worker_crashed.
-    template <class R, class Invoke>
-    R serve_borrowed(Invoke&& invoke, bool read_only) {
+    // worker_crashed: thrown, or (Try) in the call_result returned, which
+    // costs no second exception.
+    template <bool Try, class R, class Invoke>
+    std::conditional_t<Try, call_result<R>, R> serve_borrowed(Invoke&& invoke, bool read_only) {
+        // The unit a fatal signal is blamed on, set and put back by hand: an
+        // object with a destructor alive at the throw would slow the crash.
+        unit_record_slots* const outer = running_unit();
+        running_unit() = registration_.entry();
         try {
             if constexpr (std::is_void_v<R>) {
                 invoke();
+                running_unit() = outer;
                 after_message(read_only);
                 return_turn();
-                return;
+                if constexpr (Try) return call_results::answered<R>(std::monostate{});
+                else return;
             } else {
                 R result = invoke();
+                running_unit() = outer;
                 after_message(read_only);
                 return_turn();
-                return result;
+                if constexpr (Try) return call_results::answered<R>(std::move(result));
+                else return result;
             }
         } catch (const std::exception& thrown) {
             crash_reason_ = thrown.what();
         } catch (...) {
             crash_reason_ = "an exception not derived from std::exception";
         }
-        const std::string reason = crash_reason_;  // a failing restart (the init hook) overwrites it
+        running_unit() = outer;
+        if constexpr (Try) {
+            std::string reason;
+            const bool restarted = restart_after_call(reason);
+            return call_results::crashed<R>(name(), std::move(reason), restarted);
+        } else {
+            // No string of this frame alive at the throw (see actor::request).
+            std::string& reason = this->crash_reason_buffer();
+            const bool restarted = restart_after_call(reason);
+            throw worker_crashed(name(), reason, restarted);
+        }
+    }
+
+    // After a crash in a borrowed call: restarts in place (or ends the
+    // instance) and gives the turn back, then swaps the crash's reason into
+    // `reason`. It is kept meanwhile: a failing restart (the init hook)
+    // overwrites crash_reason_, and an instance that ends yields to its
+    // worker.
+    bool restart_after_call(std::string& reason) {
+        std::string kept = crash_reason_;
         const bool restarted = restart_in_turn();
         if (restarted) return_turn();
-        throw worker_crashed(name(), reason, restarted);
+        reason.swap(kept);
+        return restarted;
     }
 
     template <class M>
@@ -620,10 +669,7 @@ private:
         const bool stopping = context_stop_requested();
         const bool poisoned = note_crash(kind, what);
         const bool gives_up = !stopping && (poisoned || !log_.allow(runtime_.clock().now()));
-        if (inflight_.reply() != nullptr)
-            fail_inflight(std::make_exception_ptr(worker_crashed(name(), std::string(what), !stopping && !gives_up)));
-        else
-            finish_inflight();
+        crash_inflight(what, !stopping && !gives_up);
         dirty_ = false;
         if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
         publish(event_kind::exited, exit_kind::crashed, what);
