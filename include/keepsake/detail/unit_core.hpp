@@ -279,27 +279,7 @@ private:
     // A crash in a borrowed turn (reason in crash_reason_): the restart is
     // done here, from the last commit, unless the unit gives up or is
     // stopping; then the worker ends the instance, and the turn goes back.
-    bool restart_in_turn() {
-        for (;;) {
-            if (std::optional<exit_reason> ended = on_crash(crash_reason_)) {
-                end_instance_in_turn(std::move(*ended));
-                return false;
-            }
-            // A restart that throws (the init hook) is another crash, as on
-            // the worker; one it declines ends the instance.
-            try {
-                hand_over_state(instance());
-                return true;
-            } catch (const ignore_start& declined) {
-                end_instance_in_turn(exit_reason{exit_kind::normal, declined.reason()});
-                return false;
-            } catch (const std::exception& thrown) {
-                crash_reason_ = thrown.what();
-            } catch (...) {
-                crash_reason_ = "an exception not derived from std::exception";
-            }
-        }
-    }
+    bool restart_in_turn();
 
     // Hands the end of the instance to the worker, with the turn.
     void end_instance_in_turn(exit_reason ended) {
@@ -444,61 +424,11 @@ private:
     // Newest commit (on the first start, of shared memory and the store),
     // else the initial state; then the init hook, whose changes count as
     // uncommitted changes.
-    void hand_over_state(std::uint64_t number) {
-        const bool first = !handed_over_once_;  // the first start of this core: recover from the store too
-        if (!keeper_) attach_keeper();
-        handed_over_once_ = true;
-        start_info info;
-        info.instance = number;
-        info.restarts = restarts_this_instance_;
-        if (first && spec_.recover_from != nullptr) {
-            recovered<State> found = recover_and_publish();
-            for (const std::string& problem : found.problems)
-                publish(event_kind::recovery_problem, exit_kind::normal, problem);
-            state_ = std::move(found.value);
-            info.source = found.source;
-            info.generation = found.generation;
-            info.restored = found.source != recovery_source::initial;
-        } else if (auto found = restore_for_start()) {
-            info.generation = found->generation;
-            info.restored = true;
-            info.source = recovery_source::shared_memory;
-        } else {
-            state_ = spec_.initial;
-        }
-        generation_.store(keeper_->generation(), std::memory_order_relaxed);
-        stopping_itself_.store(false, std::memory_order_relaxed);
-        dirty_ = false;
-        if (spec_.init) {
-            running_scope running(registration_.entry());
-            spec_.init(state_, info);
-            dirty_ = true;
-        }
-        uncommitted_messages_ = 0;
-        if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
-        last_committed_.reset();  // the init may have changed state_: the next commit reads the keeper's
-        registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
-    }
+    void hand_over_state(std::uint64_t number);
 
     // The newest commit, unless the rollback ladder says the state keeps
     // crashing the worker: then an older one, or none (the initial state).
-    std::optional<restore_info> restore_for_start() {
-        const std::uint64_t newest = keeper_->generation();
-        const std::uint32_t steps = registration_.rollback_steps(name(), newest);
-        if (steps == 0) return keeper_->restore_into(state_);
-        const bool first_step = registration_.rolled_back_from() != newest;
-        registration_.rolled_back(first_step ? keeper_->committed_record(newest) : std::optional<record>(), newest);
-        std::optional<restore_info> found;
-        for (std::uint64_t below = newest, step = 0; step < steps; ++step, below = found->generation)
-            if (!(found = keeper_->restore_older_than(below, state_))) break;
-        const std::string told = "crashed " + std::to_string(registration_.crashes_at(name(), newest)) +
-                                 " times in a row at generation " + std::to_string(newest) + " (kept as ks:s/" +
-                                 name() + "): started from " +
-                                 (found ? "generation " + std::to_string(found->generation) : "the initial state");
-        publish(event_kind::rolled_back, exit_kind::crashed, told);
-        detail::report(report_kind::crash, [&](report_line& line) { line << "unit '" << name() << "' " << told; });
-        return found;
-    }
+    std::optional<restore_info> restore_for_start();
 
     key_lifecycle lifecycle() const noexcept {
         if (spec_.lifecycle != key_lifecycle::automatic) return spec_.lifecycle;
@@ -516,15 +446,7 @@ private:
 
     // Before each instance: a unit past its crash threshold is declined
     // (its supervisor keeps it not running).
-    void check_registry_at_start() {
-        refused_ = registration_.check_at_start(segment_to_use(), name(), [&] {
-            if (!keeper_) attach_keeper();
-            return keeper_->generation();
-        });
-        if (!refused_) return;
-        publish(event_kind::permanently_crashed, exit_kind::crashed, *refused_);
-        throw ignore_start(*refused_);
-    }
+    void check_registry_at_start();
 
     void attach_keeper() {
         keeper_.emplace(segment_to_use(), name(), spec_.keeper);
@@ -533,42 +455,12 @@ private:
 
     // Records a crash in the registry; true if it makes the unit
     // permanently crashed (then it is not restarted in place).
-    bool note_crash(crash_kind kind, std::string_view what) {
-        const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed));
-        if (outcome.breaker_opened) {
-            publish_by(name(), event_kind::circuit_open, spec_.type, 0, exit_kind::crashed, what);
-            detail::report(report_kind::crash, [&](report_line& line) {
-                line << "unit type '" << spec_.type << "': circuit breaker open (new starts refused for a cooldown)";
-            });
-        }
-        if (!outcome.poisoned) return false;
-        publish(event_kind::permanently_crashed, exit_kind::crashed, what);
-        detail::report(report_kind::give_up, [&](report_line& line) {
-            line << "unit '" << name() << "' is permanently crashed; last crash: " << what;
-        });
-        return true;
-    }
+    bool note_crash(crash_kind kind, std::string_view what);
 
     // on_state_changed's "before" is the committed state, which the keeper
     // holds: it is read from there for the first commit a listener sees (no
     // copy is kept while nobody listens), then kept up to date.
-    std::uint64_t commit_now() {
-        const bool watched = state_changed_.any();
-        if (watched && !last_committed_) last_committed_ = committed_state();
-        const std::uint64_t generation = keeper_->commit(state_);
-        dirty_ = false;
-        uncommitted_messages_ = 0;
-        bump(commits_);
-        generation_.store(generation, std::memory_order_relaxed);
-        if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
-        if (watched) {
-            state_changed_.notify(*last_committed_, state_);
-            *last_committed_ = state_;
-        } else {
-            last_committed_.reset();  // stale by the time a listener comes
-        }
-        return generation;
-    }
+    std::uint64_t commit_now();
 
     State committed_state() {
         State committed = spec_.initial;
@@ -581,41 +473,13 @@ private:
         counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
 
-    void after_message(bool read_only) {
-        bump(messages_);
-        if (read_only) return;
-        dirty_ = true;
-        ++uncommitted_messages_;
-        switch (spec_.commit.when) {
-        case commit_policy::mode::every_message: commit_now(); break;
-        case commit_policy::mode::every_n:
-            if (uncommitted_messages_ >= spec_.commit.n) commit_now();
-            break;
-        case commit_policy::mode::interval:
-            if (runtime_.clock().now() - last_commit_at_ >= spec_.commit.period) commit_now();
-            break;
-        case commit_policy::mode::manual: break;
-        }
-    }
+    void after_message(bool read_only);
 
     enum class served { stopped, crashed, ended_in_turn };
 
     // Serves messages until a stop is requested, a message crashes (the
     // reason is in crash_reason_), or a borrowed turn ended the instance.
-    served serve_mailbox() {
-        auto stop_or_end = [&] { return ended_in_turn_ || (context_stop_requested() && !mailbox_.lent()); };
-        for (;;) {
-            if (ended_in_turn_) return served::ended_in_turn;
-            if (mailbox_.pop(inflight_)) {
-                if (!serve_inflight()) return served::crashed;
-                finish_inflight();
-                if (context_stop_requested()) return served::stopped;
-                continue;
-            }
-            if (context_stop_requested() && !mailbox_.lent()) return served::stopped;
-            mailbox_.wait_until(runtime_.clock(), forever, stop_or_end, spec_.direct_calls);
-        }
-    }
+    served serve_mailbox();
 
     // Caught here, next to the throw, rather than at the top of the
     // instance: a crash then unwinds a few frames, not the whole worker.
@@ -662,82 +526,11 @@ private:
     // A crash inside the instance: answer the call that crashed, forget the
     // uncommitted changes, and restart in place unless that is too often.
     // Returns the exit reason when the unit gives up (or is stopping).
-    std::optional<exit_reason> on_crash(std::string_view what, crash_kind kind = crash_kind::exception) {
-        bump(crashes_);
-        // Decided first, so the caller of the crashing call is told whether
-        // the unit restarts.
-        const bool stopping = context_stop_requested();
-        const bool poisoned = note_crash(kind, what);
-        const bool gives_up = !stopping && (poisoned || !log_.allow(runtime_.clock().now()));
-        crash_inflight(what, !stopping && !gives_up);
-        dirty_ = false;
-        if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
-        publish(event_kind::exited, exit_kind::crashed, what);
-        detail::report(report_kind::crash, [&](report_line& line) {
-            line << "unit '" << name() << "' crashed (restarts so far: " << restarts_.load(std::memory_order_relaxed)
-                 << "): " << what;
-        });
-        if (stopping) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
-        if (poisoned) {
-            registration_.set_status(unit_status::permanently_crashed);
-            return exit_reason{exit_kind::crashed, "permanently crashed; last crash: " + std::string(what)};
-        }
-        if (gives_up) {
-            publish(event_kind::gave_up, exit_kind::crashed, what);
-            detail::report(report_kind::give_up, [&](report_line& line) {
-                line << "unit '" << name() << "' gave up: more than " << std::uint64_t{spec_.intensity.max_restarts}
-                     << " restarts in " << spec_.intensity.period << "; last crash: " << what;
-            });
-            return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_.intensity.max_restarts) +
-                                                       " restarts within the period; last crash: " + std::string(what)};
-        }
-        ++restarts_this_instance_;
-        bump(restarts_);
-        publish(event_kind::restarted, exit_kind::crashed, what);
-        return std::nullopt;
-    }
+    std::optional<exit_reason> on_crash(std::string_view what, crash_kind kind = crash_kind::exception);
 
     // The worker's life in one instance: restarted in place after each
     // crash until it stops or gives up.
-    exit_reason run_instance(std::uint64_t number) override {
-        restarts_this_instance_ = 0;
-        log_.clear();
-        check_registry_at_start();
-        for (;;) {
-            std::optional<exit_reason> ended;
-            try {
-                hand_over_state(number);
-                if (!started()) report_started();
-                switch (run_body()) {
-                case served::crashed: ended = on_crash(crash_reason_); break;
-                case served::ended_in_turn:
-                    ended = std::move(ended_in_turn_);
-                    ended_in_turn_.reset();
-                    break;
-                case served::stopped: ended = stop_reason(); break;
-                }
-            } catch (const forced_stop&) {
-                fail_inflight(not_running_failure());
-                ended = exit_reason{exit_kind::killed, "forced to stop after its shutdown timeout"};
-            } catch (const ignore_start& declined) {
-                if (!started()) throw;  // the start itself is declined
-                ended = exit_reason{exit_kind::normal, declined.reason()};
-            } catch (const std::exception& thrown) {
-                if (!started()) {
-                    note_crash(crash_kind::start_failed, thrown.what());  // the rollback ladder and thresholds see it
-                    throw;
-                }
-                ended = on_crash(thrown.what());
-            } catch (...) {
-                if (!started()) throw;
-                ended = on_crash("an exception not derived from std::exception");
-            }
-            if (ended) {
-                finish_instance(*ended);
-                return std::move(*ended);
-            }
-        }
-    }
+    exit_reason run_instance(std::uint64_t number) override;
 
     // Why the body ended without a crash: asked to, by itself, or it returned.
     exit_reason stop_reason() const {
@@ -747,19 +540,10 @@ private:
                            stop_requested() ? "stopped on request" : "the worker returned"};
     }
 
-    void finish_instance(const exit_reason& reason) {
-        if (reason.is_normal() && dirty_) {
-            try {
-                commit_now();
-            } catch (const std::exception& failure) {
-                log(spdlog::level::err, [&] {
-                    return "unit '" + name() + "': the commit at stop failed: " + failure.what();
-                });
-            }
-        }
-        if (reason.kind != exit_kind::crashed && terminated_.any()) terminated_.notify(reason, state_);
-    }
+    void finish_instance(const exit_reason& reason);
 };
 
 } // namespace detail
 } // namespace keepsake
+
+#include "keepsake/detail/unit_worker.hpp"
