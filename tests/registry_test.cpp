@@ -342,19 +342,25 @@ struct poison_handler {
     void operator()(poison_state& state, const explode&) const { state.poisoned = true; }
 };
 
-void register_poison_types() {
-    keepsake::register_unit_type("poison", [](const std::string& key) {
+// `in_init`: the poisoned state aborts in the init hook, at every start,
+// rather than at its next message.
+void register_poison_types(bool in_init) {
+    keepsake::register_unit_type("poison", [in_init](const std::string& key) {
         keepsake::unit_spec<poison_state, poison_handler> spec;
         spec.name = key;
+        if (in_init)
+            spec.init = [](poison_state& state, const keepsake::start_info&) {
+                if (state.poisoned) std::abort();
+            };
         return spec;
     });
 }
 
 // One run: resume, report who came back, then call both units once.
-void run_poisoned(const shm_dir& dir, bool poison_it, std::atomic<int>* started_poison) {
+void run_poisoned(const shm_dir& dir, bool poison_it, bool in_init, std::atomic<int>* started_poison) {
     ::signal(SIGABRT, SIG_DFL);  // not Catch's handler: its report of the abort is not a failure here
     keepsake::set_crash_reports(false);
-    register_poison_types();
+    register_poison_types(in_init);
     keepsake::segment seg("poisoned", dir.options());
     keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
     auto sup = keepsake::start_supervisor(rt, players());
@@ -376,11 +382,13 @@ void run_poisoned(const shm_dir& dir, bool poison_it, std::atomic<int>* started_
 TEST_CASE("registry: a poison state that kills the process is blamed on its unit and stops after the threshold; "
           "the others keep running",
           "[registry][crash]") {
+    const bool in_init = GENERATE(false, true);  // the poison aborts at a message, or in the init hook
+    INFO((in_init ? "in the init hook" : "at a message"));
     shm_dir dir;
     auto* started = test_support::shared_anonymous<std::atomic<int>>();
     int aborted = 0;
     for (int run = 0; run < 8; ++run) {
-        const pid_t child = test_support::fork_child([&] { run_poisoned(dir, run == 0, started); });
+        const pid_t child = test_support::fork_child([&] { run_poisoned(dir, run == 0, in_init, started); });
         int status = 0;
         REQUIRE(::waitpid(child, &status, 0) == child);
         if (WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT) {
@@ -616,7 +624,9 @@ TEST_CASE("registry: the rollback ladder starts a unit that keeps crashing from 
     CHECK(unit.call(bump{}) == 1);  // generation 1: value 1
     CHECK(unit.call(bump{}) == 2);  // generation 2: value 2
     CHECK(unit.call(bump{}) == 3);  // generation 3: value 3, the poison
-    // Two crashes at generation 3: the ladder's first step, generation 2.
+    // A crash after messages is not one at start: it does not count.
+    REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);
+    // Two crashes at start from generation 3: the ladder's first step, generation 2.
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);
     // From value 2 the unit answers again (and commits 3 again: the bug is still there).
@@ -658,6 +668,7 @@ TEST_CASE("registry: the rollback ladder ends at the initial state when every ol
     auto unit = keepsake::start_unit(rt, spec);
     unit.call([](tally& state) { state.value = 3; });  // generation 1: the poison
     unit.call([](tally& state) { state.value = 3; });  // generation 2: the poison again
+    REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // not at start: not counted
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // step 1: generation 1, poisoned too
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // step 2: no older slot: the initial state
     CHECK(unit.call(bump{}) == 11);

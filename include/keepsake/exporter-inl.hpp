@@ -40,11 +40,17 @@ KEEPSAKE_INLINE exporter::exporter(const segment& source, store& target, exporte
     if (options_.batch_size == 0 || options_.retry_min.count() <= 0 || options_.retry_max < options_.retry_min)
         throw error(errc::invalid_argument,
                     "exporter_options: batch_size must be at least 1, and 0 < retry_min <= retry_max");
-    // A unit deleted while this exporter runs (key lifecycle, terminate_and_delete) is forgotten here,
-    // so its store record goes too.
-    book_ = detail::registry_book::of(segment_);
-    forgetter_id_ = book_->set_forgetter([this](const std::string& key) { return forget(key); });
     thread_ = std::thread([this] { run_guarded(); });
+    // A unit deleted while this exporter runs (key lifecycle,
+    // terminate_and_delete) is forgotten here, so its store records go
+    // too. Its registry record leaves the store first: a kill between the
+    // two removals then leaves the segment's (which says `deleted`), never
+    // the store's alone, which a resume after a reboot would bring back.
+    book_ = detail::registry_book::of(segment_);
+    forgetter_id_ = book_->set_forgetter([this](const std::string& key) {
+        if (detail::has_prefix(key, detail::unit_record_prefix)) store_.remove(store_key(key));
+        return forget(key);
+    });
 }
 
 // Unless stop() was called, the units committing into the segment stop

@@ -293,7 +293,11 @@ KEEPSAKE_INLINE void supervisor_core::stop_group(const std::vector<record*>& gro
         child.retry_pending = false;
         if (child.process->is_running()) stop_record(child, restart_follows);
         else if (!restart_follows) child.process->discard();
-        if (child.spec.restart == restart_type::temporary) remove_record(child);
+        if (child.spec.restart != restart_type::temporary) continue;
+        // A group restart ends a temporary child for good: its keys go as
+        // its lifecycle says. A shutdown leaves them (it resumes).
+        if (restart_follows) retire(child, exit_reason{exit_kind::shutdown, "stopped for a group restart"});
+        remove_record(child);
     }
 }
 
@@ -309,7 +313,9 @@ KEEPSAKE_INLINE exit_reason supervisor_core::run_instance(std::uint64_t) {
     gave_up_ = false;
     reset_to_static_children();
     start_static_children();
-    if (spec_.flags.dynamic && spec_.resume && instance() == 1) resume_children();
+    // Every instance: a dynamic supervisor restarted by its parent gets its
+    // children back too (the registry still says they run).
+    if (spec_.flags.dynamic && spec_.resume) resume_children();
     report_started();
     while (!leaving_ && !stop_requested()) {
         if (serve_queued(1) == 0) mailbox_.wait_until(runtime_.clock(), forever, [&] { return stop_requested(); });

@@ -87,7 +87,8 @@ struct supervisor_spec {
     bool significant = false;
     duration call_timeout = std::chrono::seconds(30);  // management calls
     // --- resume (a dynamic supervisor; README "Resume") ----------------
-    // At its first start in a process, restart the children the unit
+    // At each start (the first in a process, and a restart by its parent),
+    // restart the children the unit
     // registry says were running under this name, by their registered
     // type, in their original order, from their last commit. The registry
     // is the one of `registry` (null: the runtime's default segment).

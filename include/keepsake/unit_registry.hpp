@@ -89,7 +89,7 @@ inline unit_info describe_unit(const registry_book& book, const persisted_unit& 
             const std::uint32_t index =
                 (history->count < crash_history_size ? step : (history->next + step) % crash_history_size);
             const persisted_crash& each = history->entries[index];
-            info.history.push_back(crash_entry{each.wall_ns, static_cast<crash_kind>(each.kind), each.generation,
+            info.history.push_back(crash_entry{each.wall_ns, static_cast<crash_kind>(each.kind & crash_kind_mask), each.generation,
                                                std::string(each.reason, each.reason_length)});
         }
     }

@@ -11,33 +11,46 @@
 #pragma once
 
 #include <csignal>
+#include <cstddef>
 #include <cstdlib>
 #include <mutex>
 
 #include <signal.h>
 
+#include <sys/mman.h>
+
+#include "keepsake/detail/blame.hpp"
 #include "keepsake/detail/unit_record.hpp"
 
 namespace keepsake::detail {
 
-using unit_record_slots = record_slots<persisted_unit>;
-
-inline unit_record_slots*& running_unit() noexcept {
-    static thread_local unit_record_slots* current = nullptr;
-    return current;
-}
-
-// Notes `unit` as running on this thread for the scope's life.
+// Notes `unit` as running on this thread for the scope's life; after it,
+// nobody (not the unit that ran before: it may be another fiber's, which
+// a switch in between already unmarked).
 class running_scope {
 public:
-    explicit running_scope(unit_record_slots* unit) noexcept : previous_(running_unit()) { running_unit() = unit; }
-    ~running_scope() { running_unit() = previous_; }
+    explicit running_scope(unit_record_slots* unit) noexcept { running_unit() = unit; }
+    ~running_scope() { running_unit() = nullptr; }
     running_scope(const running_scope&) = delete;
     running_scope& operator=(const running_scope&) = delete;
-
-private:
-    unit_record_slots* previous_;
 };
+
+// An alternate signal stack for the calling thread, once: a fiber's stack
+// overflow runs the handler there, not on the stack that overflowed.
+inline void ensure_signal_stack() noexcept {
+    static thread_local bool done = false;
+    if (done) return;
+    done = true;
+    stack_t current{};
+    if (::sigaltstack(nullptr, &current) == 0 && (current.ss_flags & SS_DISABLE) == 0) return;  // the program's own
+    constexpr std::size_t size = 64 * 1024;
+    void* memory = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) return;
+    stack_t mine{};
+    mine.ss_sp = memory;
+    mine.ss_size = size;
+    if (::sigaltstack(&mine, nullptr) != 0) ::munmap(memory, size);
+}
 
 inline constexpr int fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
 
@@ -56,28 +69,27 @@ inline void mark_running_unit(int signal_number) noexcept {
     }
 }
 
-extern "C" inline void keepsake_fatal_signal_handler(int signal_number, siginfo_t* info, void* context) {
-    mark_running_unit(signal_number);
-    for (std::size_t index = 0; index < sizeof(fatal_signals) / sizeof(int); ++index) {
-        if (fatal_signals[index] != signal_number) continue;
-        const struct sigaction& before = previous_fatal_actions()[index];
-        if ((before.sa_flags & SA_SIGINFO) != 0 && before.sa_sigaction != nullptr) {
-            before.sa_sigaction(signal_number, info, context);
-            return;
-        }
-        if (before.sa_handler != SIG_DFL && before.sa_handler != SIG_IGN && before.sa_handler != nullptr) {
-            before.sa_handler(signal_number);
-            return;
-        }
+inline volatile std::sig_atomic_t& in_fatal_handler() noexcept {
+    static volatile std::sig_atomic_t depth = 0;
+    return depth;
+}
+
+// Marks the unit, puts back the handler that was there before ours (the
+// program's, or the default action) and raises the signal again, so the
+// process ends as it would have without keepsake. Entered again (a handler
+// of the program that calls ours back): straight to the default action.
+extern "C" inline void keepsake_fatal_signal_handler(int signal_number, siginfo_t*, void*) {
+    struct sigaction restore {};
+    restore.sa_handler = SIG_DFL;
+    sigemptyset(&restore.sa_mask);
+    if (in_fatal_handler() == 0) {
+        in_fatal_handler() = 1;
+        mark_running_unit(signal_number);
+        for (std::size_t index = 0; index < sizeof(fatal_signals) / sizeof(int); ++index)
+            if (fatal_signals[index] == signal_number) restore = previous_fatal_actions()[index];
     }
-    // The default action: a synchronous fault re-runs the faulting
-    // instruction, which now kills the process; abort() and raise() go on
-    // to the default action too.
-    struct sigaction plain {};
-    plain.sa_handler = SIG_DFL;
-    sigemptyset(&plain.sa_mask);
-    ::sigaction(signal_number, &plain, nullptr);
-    ::raise(signal_number);
+    ::sigaction(signal_number, &restore, nullptr);
+    ::raise(signal_number);  // SA_NODEFER: delivered now, to the handler put back
 }
 
 // Installs the handlers where they are not installed now (the unit
@@ -95,7 +107,7 @@ inline void install_fatal_signal_handlers() {
         if ((now.sa_flags & SA_SIGINFO) != 0 && now.sa_sigaction == &keepsake_fatal_signal_handler) continue;
         struct sigaction mine {};
         mine.sa_sigaction = &keepsake_fatal_signal_handler;
-        mine.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESETHAND;
+        mine.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
         sigemptyset(&mine.sa_mask);
         ::sigaction(fatal_signals[index], &mine, &previous_fatal_actions()[index]);
     }

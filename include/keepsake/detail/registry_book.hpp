@@ -52,6 +52,7 @@ public:
         run_ = run_id_of(now.owner);
         if (segment_->previous_owner) previous_run_ = run_id_of(*segment_->previous_owner);
         previous_crashed_ = segment_->outcome == open_outcome::reopened_after_crash;
+        record_slots<persisted_unit>::fingerprint_cached();  // not for the first time in a signal handler
     }
 
     // One book per segment mapping in this process.
@@ -127,7 +128,7 @@ public:
     // Appends one crash to the unit's history; returns the crashes that
     // count against `threshold` within its window (this one included).
     std::uint32_t add_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
-                            const crash_threshold& threshold) {
+                            const crash_threshold& threshold, bool at_start) {
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_record(which);
         if (!which.crashes.attached())
@@ -138,7 +139,7 @@ public:
         persisted_crash& added = history.entries[history.next];
         added.wall_ns = wall_clock_ns();
         added.generation = generation;
-        added.kind = static_cast<std::uint32_t>(kind);
+        added.kind = static_cast<std::uint32_t>(kind) | (at_start ? crash_at_start_bit : 0u);
         const std::size_t taken = std::min(reason.size(), max_crash_reason);
         std::memset(added.reason, 0, sizeof(added.reason));
         std::memcpy(added.reason, reason.data(), taken);
@@ -155,9 +156,11 @@ public:
         std::uint32_t within = 0;
         for (std::uint32_t index = 0; index < history.count; ++index) {
             const persisted_crash& each = history.entries[index];
-            if (static_cast<crash_kind>(each.kind) == crash_kind::process_killed && !threshold.count_process_kills)
+            if (static_cast<crash_kind>(each.kind & crash_kind_mask) == crash_kind::process_killed &&
+                !threshold.count_process_kills)
                 continue;
-            if (each.wall_ns + window >= now_ns) ++within;
+            // A time ahead of now (a clock set back, another host's record) is not "within".
+            if (each.wall_ns <= now_ns && now_ns - each.wall_ns <= window) ++within;
         }
         return within;
     }
@@ -174,17 +177,27 @@ public:
 
     // Removes the unit's record and history keys and its state key (which
     // nobody may hold now): through the segment's exporter when one runs.
-    // The entry stays (detached) for whoever holds it: a later start attaches again.
+    // The entry stays (detached) for whoever holds it: a later start
+    // attaches again. The record says `deleted` first and goes last, so a
+    // kill in between leaves a record the next resume finishes deleting;
+    // the store is done outside the book's lock (it may wait for a pass).
     void remove_unit(entry& which, const std::string& state_key) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (which.record.attached()) which.record.write(with_status(which, unit_status::deleted));
-        let_go(which);
-        which.record = {};
-        which.crashes = {};
+        std::function<bool(const std::string&)> forget;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            ensure_record(which);
+            which.record.write(with_status(which, unit_status::deleted));
+            let_go(which);
+            which.record = {};
+            which.crashes = {};
+            forget = forgetter_;
+        }
         for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key),
                                         registry_key(skipped_record_prefix, which.key),
-                                        registry_key(unit_record_prefix, which.key)})
-            forget_key(key);
+                                        registry_key(unit_record_prefix, which.key)}) {
+            if (forget) forget(key);
+            else segment_->remove_key(key);
+        }
     }
 
     // Every unit record of the segment that checks out, as found now.
@@ -214,7 +227,7 @@ public:
         for (const char* kind : {unit_record_prefix, crash_record_prefix}) {
             for (const std::string& stored : from.list(prefix + kind)) {
                 const std::string key = stored.substr(prefix.size());
-                if (segment_->entry_view_of(key)) continue;
+                if (holds_valid(key, kind)) continue;  // an empty key (an import a kill cut short) is imported over
                 auto got = from.get(stored);
                 if (!got) continue;
                 if (kind == unit_record_prefix) imported += import_one<persisted_unit>(key, *got);
@@ -266,10 +279,20 @@ public:
     }
 
 private:
+    bool holds_valid(const std::string& key, const char* kind) const {
+        auto view = segment_->entry_view_of(key);
+        if (!view) return false;
+        if (kind == unit_record_prefix) return record_slots<persisted_unit>(view->area).read().has_value();
+        return record_slots<persisted_crashes>(view->area).read().has_value();
+    }
+
     template <class Record>
     std::size_t import_one(const std::string& key, const record& got) {
         auto value = record_slots<Record>::from_bytes(got.fingerprint, got.codec, got.bytes.data(), got.bytes.size());
         if (!value) return 0;
+        if constexpr (std::is_same_v<Record, persisted_unit>) {  // it describes the key it is filed under
+            if (registry_key(unit_record_prefix, std::string(value->key, value->key_length)) != key) return 0;
+        }
         std::lock_guard<std::mutex> lock(mutex_);
         auto area = segment_->attach(key, entry_kind::state, 2, sizeof(Record)).area;
         record_slots<Record>(area).write(*value, got.generation + 1);
@@ -304,10 +327,6 @@ private:
         if (which.crashes.attached()) segment_->release_key(registry_key(crash_record_prefix, which.key));
     }
 
-    void forget_key(const std::string& key) {
-        if (forgetter_) forgetter_(key);
-        else segment_->remove_key(key);
-    }
 };
 
 } // namespace detail

@@ -21,6 +21,7 @@
 #include <boost/fiber/context.hpp>
 #include <boost/fiber/type.hpp>
 
+#include "keepsake/detail/blame.hpp"
 #include "keepsake/detail/parking.hpp"
 
 namespace keepsake {
@@ -62,6 +63,7 @@ protected:
     }
 
     boost::fibers::context* picked(boost::fibers::context* next) noexcept {
+        running_unit() = nullptr;  // a switch: whoever runs next marks itself (detail/blame.hpp)
         if (next != nullptr && next->is_context(boost::fibers::type::dispatcher_context)) dispatcher_next_ = true;
         return next;
     }

@@ -394,6 +394,7 @@ private:
     placement placement_;
     std::optional<std::string> refused_;     // why the registry declined its last start
     bool handed_over_once_ = false;
+    std::uint64_t served_since_start_ = 0;   // messages served since the last (re)start
 
     void check_spec() const {
         if (spec_.commit.when == commit_policy::mode::every_n && spec_.commit.n == 0)
@@ -402,6 +403,10 @@ private:
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every_interval needs a positive period");
         check_intensity(spec_.intensity, "unit '" + name() + "'");
         check_shutdown(spec_.shutdown, "unit '" + name() + "'");
+        if (spec_.threshold && spec_.threshold->crashes > crash_history_size)
+            throw error(errc::invalid_argument, "unit '" + name() + "': crash_threshold::crashes is at most " +
+                                                    std::to_string(crash_history_size) +
+                                                    " (the crash history the registry keeps)");
         if (spec_.call_timeout <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': call_timeout must be positive");
     }

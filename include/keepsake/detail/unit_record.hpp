@@ -96,6 +96,11 @@ inline constexpr std::size_t max_parent_name = 48;
 inline constexpr std::size_t crash_history_size = 8;
 inline constexpr std::size_t max_crash_reason = 96;
 
+// A crash entry's kind word: the crash_kind, and whether it came before
+// the first message after a (re)start (what the rollback ladder counts).
+inline constexpr std::uint32_t crash_kind_mask = 0xff;
+inline constexpr std::uint32_t crash_at_start_bit = 0x100;
+
 // Record flags.
 inline constexpr std::uint32_t unit_flag_dynamic = 1;      // a dynamic supervisor's child: resumed
 inline constexpr std::uint32_t unit_flag_died_here = 2;    // a fatal signal hit while it ran (`run`)
@@ -201,7 +206,7 @@ public:
         slot_snapshot words;
         words.generation = std::min(std::max(newest + 1, at_least), max_generation);
         words.size = sizeof(Record);
-        words.fingerprint = fingerprint();
+        words.fingerprint = fingerprint_cached();
         words.schema_version = state_traits<Record>::schema_version;
         words.codec = static_cast<std::uint32_t>(codec_kind::raw);
         words.commit_ns = commit_clock_ns();
@@ -229,6 +234,8 @@ private:
                snap.codec == static_cast<std::uint32_t>(codec_kind::raw) &&
                snap.schema_version == state_traits<Record>::schema_version;
     }
+public:
+    // Computed once, before any signal handler may need it.
     static std::uint64_t fingerprint_cached() noexcept {
         static const std::uint64_t value = fingerprint();
         return value;
@@ -260,10 +267,13 @@ struct state_traits<detail::persisted_crashes> {
         detail::persisted_crashes r;
         std::memcpy(&r, data, sizeof(r));
         if (r.count > detail::crash_history_size || r.next >= detail::crash_history_size) return false;
-        for (std::uint32_t index = 0; index < r.count; ++index)
-            if (r.entries[index].reason_length > detail::max_crash_reason || r.entries[index].kind < 1 ||
-                r.entries[index].kind > 5)
+        if (r.count < detail::crash_history_size && r.next != r.count) return false;  // a ring not yet full
+        for (std::uint32_t index = 0; index < r.count; ++index) {
+            const std::uint32_t kind = r.entries[index].kind & detail::crash_kind_mask;
+            if (r.entries[index].reason_length > detail::max_crash_reason || kind < 1 || kind > 5 ||
+                (r.entries[index].kind & ~(detail::crash_kind_mask | detail::crash_at_start_bit)) != 0)
                 return false;
+        }
         return true;
     }
 };

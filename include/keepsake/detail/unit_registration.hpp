@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 
+#include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/fatal_signals.hpp"
 #include "keepsake/detail/registry_book.hpp"
 #include "keepsake/detail/type_breaker.hpp"
@@ -81,10 +82,11 @@ public:
     // count_process_kills). True if it is (now) permanently crashed.
     bool account_previous_run(const crash_threshold& threshold, std::uint64_t generation) {
         auto found = record();
+        // A fatal signal marked it: whichever run that was, it died of it.
+        const bool died_here = found && (found->flags & unit_flag_died_here) != 0 && found->run != book_->run();
         if (!found || static_cast<unit_status>(found->status) != unit_status::running ||
-            !book_->died_with_previous_run(*found))
+            (!died_here && !book_->died_with_previous_run(*found)))
             return status_is(found, unit_status::permanently_crashed);
-        const bool died_here = (found->flags & unit_flag_died_here) != 0;
         std::string reason = died_here ? "the process died of signal " + std::to_string(found->died_signal) + " (" +
                                              signal_name(static_cast<int>(found->died_signal)) + ") while this unit ran"
                                        : "the process died (killed from outside, or power lost) while this unit "
@@ -111,8 +113,9 @@ public:
     }
 
     // Records a crash; true if it makes the unit permanently crashed.
-    bool crashed(crash_kind kind, std::string_view reason, std::uint64_t generation, const crash_threshold& threshold) {
-        const std::uint32_t within = book_->add_crash(*entry_, kind, reason, generation, threshold);
+    bool crashed(crash_kind kind, std::string_view reason, std::uint64_t generation, const crash_threshold& threshold,
+                 bool at_start = true) {
+        const std::uint32_t within = book_->add_crash(*entry_, kind, reason, generation, threshold, at_start);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
         book_->update(*entry_, [&](persisted_unit& record) {
             ++record.crashes;
@@ -133,10 +136,10 @@ public:
             const std::uint32_t index =
                 static_cast<std::uint32_t>((history->next + crash_history_size - 1 - step) % crash_history_size);
             const persisted_crash& each = history->entries[index];
-            const auto kind = static_cast<crash_kind>(each.kind);
+            const auto kind = static_cast<crash_kind>(each.kind & crash_kind_mask);
             if (kind == crash_kind::process_killed || kind == crash_kind::killed) continue;
             if (each.generation != generation) break;
-            ++in_a_row;
+            if ((each.kind & crash_at_start_bit) != 0) ++in_a_row;
         }
         return in_a_row;
     }
@@ -192,6 +195,7 @@ public:
             if (policy_.breaker) policy_.breaker->check();
             attach(where, key);
         }
+        ensure_signal_stack();  // this thread's, once
         const bool poisoned = first ? account_previous_run(policy_.threshold, generation_now())
                                     : status() == unit_status::permanently_crashed;
         if (!poisoned) return std::nullopt;
@@ -202,10 +206,19 @@ public:
 
     // A crash of the unit (its generation then): its type's breaker and,
     // once attached, its record and threshold.
-    crash_outcome note_crash(crash_kind kind, std::string_view what, std::uint64_t generation) {
+    // Never throws: a registry that cannot record the crash (a full
+    // segment) is reported, and the unit goes on as without a registry.
+    crash_outcome note_crash(crash_kind kind, std::string_view what, std::uint64_t generation, bool at_start) noexcept {
         crash_outcome outcome;
-        outcome.breaker_opened = policy_.breaker && policy_.breaker->note_crash();
-        if (attached()) outcome.poisoned = crashed(kind, what, generation, policy_.threshold);
+        try {
+            outcome.breaker_opened = policy_.breaker && policy_.breaker->note_crash();
+            if (attached()) outcome.poisoned = crashed(kind, what, generation, policy_.threshold, at_start);
+        } catch (const std::exception& failure) {
+            report(report_kind::store_failure, [&](report_line& line) {
+                line << "the unit registry could not record a crash: " << failure.what();
+            });
+        } catch (...) {
+        }
         return outcome;
     }
 

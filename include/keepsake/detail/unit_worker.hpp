@@ -37,6 +37,10 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     const bool first = !handed_over_once_;  // the first start of this core: recover from the store too
     if (!keeper_) attach_keeper();
     handed_over_once_ = true;
+    // Recorded before the restore and the init hook run: a fatal signal in
+    // either is then blamed on this start (the record names this run).
+    registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
+    served_since_start_ = 0;
     start_info info;
     info.instance = number;
     info.restarts = restarts_this_instance_;
@@ -66,7 +70,6 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     uncommitted_messages_ = 0;
     if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
     last_committed_.reset();  // the init may have changed state_: the next commit reads the keeper's
-    registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
 }
 
 template <class State, class Handler>
@@ -80,7 +83,7 @@ std::optional<restore_info> unit_core<State, Handler>::restore_for_start() {
     for (std::uint64_t below = newest, step = 0; step < steps; ++step, below = found->generation)
         if (!(found = keeper_->restore_older_than(below, state_))) break;
     const std::string told = "crashed " + std::to_string(registration_.crashes_at(name(), newest)) +
-                             " times in a row at generation " + std::to_string(newest) + " (kept as ks:s/" +
+                             " times in a row at start from generation " + std::to_string(newest) + " (kept as ks:s/" +
                              name() + "): started from " +
                              (found ? "generation " + std::to_string(found->generation) : "the initial state");
     publish(event_kind::rolled_back, exit_kind::crashed, told);
@@ -101,7 +104,10 @@ void unit_core<State, Handler>::check_registry_at_start() {
 
 template <class State, class Handler>
 bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view what) {
-    const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed));
+    // At start: before the first message after a (re)start, where a state
+    // that crashes its worker shows (what the rollback ladder counts).
+    const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed),
+                                                           served_since_start_ == 0);
     if (outcome.breaker_opened) {
         publish_by(name(), event_kind::circuit_open, spec_.type, 0, exit_kind::crashed, what);
         detail::report(report_kind::crash, [&](report_line& line) {
@@ -138,6 +144,7 @@ std::uint64_t unit_core<State, Handler>::commit_now() {
 template <class State, class Handler>
 void unit_core<State, Handler>::after_message(bool read_only) {
     bump(messages_);
+    ++served_since_start_;
     if (read_only) return;
     dirty_ = true;
     ++uncommitted_messages_;
