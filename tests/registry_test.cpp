@@ -600,27 +600,40 @@ struct steps_handler {
     }
 };
 
+// A runtime and the reasons of its rolled_back events, for the ladder's tests.
+struct ladder_world {
+    shm_dir dir;
+    keepsake::segment seg{"ladder", dir.options()};
+    keepsake::runtime rt{keepsake::runtime_options{1, nullptr, 64 * 1024, &seg}};
+    std::vector<std::string> steps;
+    std::mutex steps_mutex;
+
+    ladder_world() {
+        keepsake::set_crash_reports(false);
+        rt.events().subscribe([this](const keepsake::event& e) {
+            std::lock_guard<std::mutex> lock(steps_mutex);
+            if (e.kind == event_kind::rolled_back) steps.push_back(std::string(e.reason));
+        });
+    }
+    std::vector<std::string> seen() {
+        std::lock_guard<std::mutex> lock(steps_mutex);
+        return steps;
+    }
+};
+
 } // namespace
 
 TEST_CASE("registry: the rollback ladder starts a unit that keeps crashing from older generations, then from the "
           "initial state, and keeps the skipped one",
           "[registry]") {
-    keepsake::set_crash_reports(false);
-    shm_dir dir;
-    keepsake::segment seg("ladder", dir.options());
-    keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
-    std::vector<std::string> steps;
-    std::mutex steps_mutex;
-    rt.events().subscribe([&](const keepsake::event& e) {
-        std::lock_guard<std::mutex> lock(steps_mutex);
-        if (e.kind == event_kind::rolled_back) steps.push_back(std::string(e.reason));
-    });
+    ladder_world world;
+    auto& seg = world.seg;
     keepsake::unit_spec<tally, steps_handler> spec;
     spec.name = "u";
     spec.keeper.slots = 3;  // two older generations to fall back on
     spec.rollback_after = 2;
     spec.threshold = keepsake::crash_threshold::off();
-    auto unit = keepsake::start_unit(rt, spec);
+    auto unit = keepsake::start_unit(world.rt, spec);
     CHECK(unit.call(bump{}) == 1);  // generation 1: value 1
     CHECK(unit.call(bump{}) == 2);  // generation 2: value 2
     CHECK(unit.call(bump{}) == 3);  // generation 3: value 3, the poison
@@ -631,11 +644,9 @@ TEST_CASE("registry: the rollback ladder starts a unit that keeps crashing from 
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);
     // From value 2 the unit answers again (and commits 3 again: the bug is still there).
     CHECK(unit.call(bump{}) == 3);
-    {
-        std::lock_guard<std::mutex> lock(steps_mutex);
-        REQUIRE(steps.size() == 1);
-        CHECK(steps[0].find("started from generation 2") != std::string::npos);
-    }
+    const auto steps = world.seen();
+    REQUIRE(steps.size() == 1);
+    CHECK(steps[0].find("started from generation 2") != std::string::npos);
     CHECK(keepsake::info(seg, "u")->rolled_back_from == 3);
     // The skipped generation is kept, whole, for inspection.
     auto kept = seg.shared_impl()->entry_view_of("ks:s/u");
@@ -650,29 +661,20 @@ TEST_CASE("registry: the rollback ladder starts a unit that keeps crashing from 
 
 TEST_CASE("registry: the rollback ladder ends at the initial state when every older generation crashes too",
           "[registry]") {
-    keepsake::set_crash_reports(false);
-    shm_dir dir;
-    keepsake::segment seg("ladder-end", dir.options());
-    keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
-    std::vector<std::string> steps;
-    std::mutex steps_mutex;
-    rt.events().subscribe([&](const keepsake::event& e) {
-        std::lock_guard<std::mutex> lock(steps_mutex);
-        if (e.kind == event_kind::rolled_back) steps.push_back(std::string(e.reason));
-    });
+    ladder_world world;
     keepsake::unit_spec<tally, steps_handler> spec;
     spec.name = "u";
     spec.rollback_after = 1;  // two slots: generation 2, then 1, then the initial state
     spec.threshold = keepsake::crash_threshold::off();
     spec.initial.value = 10;
-    auto unit = keepsake::start_unit(rt, spec);
+    auto unit = keepsake::start_unit(world.rt, spec);
     unit.call([](tally& state) { state.value = 3; });  // generation 1: the poison
     unit.call([](tally& state) { state.value = 3; });  // generation 2: the poison again
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // not at start: not counted
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // step 1: generation 1, poisoned too
     REQUIRE_THROWS_AS(unit.call(bump{}), keepsake::worker_crashed);  // step 2: no older slot: the initial state
     CHECK(unit.call(bump{}) == 11);
-    std::lock_guard<std::mutex> lock(steps_mutex);
+    const auto steps = world.seen();
     REQUIRE(steps.size() == 2);
     CHECK(steps[0].find("started from generation 1") != std::string::npos);
     CHECK(steps[1].find("started from the initial state") != std::string::npos);
