@@ -153,3 +153,11 @@ for part in BM_xthread_vs_caf BM_caf_never_sleeps BM_readme_call; do
         printf "%-48s %9.3fx %9.3fx\n", "keepsake call / CAF call", value["vs_caf_call_quiet_us"], value["vs_caf_call_busy_us"]
     }' "$csv"
 done
+
+# The unit registry: 100 000 units resumed after SIGKILL, beside creating
+# them the first time (KEEPSAKE_RESUME_UNITS to change the count).
+cmake --build build-release -j "$(nproc)" --target keepsake_registry_bench >/dev/null
+build-release/bench/keepsake_registry_bench 2>/dev/null | awk '/BM_resume_after_kill/ {
+  for (i = 1; i <= NF; ++i) if (split($i, kv, "=") == 2) v[kv[1]] = kv[2]
+  printf "\nresume of %s units: create %.2f s, resume %.2f s (%.2fx; scan %.2f s, starts %.2f s)\n",
+         v["units"], v["create_s"], v["resume_s"], v["resume/create"], v["scan_s"], v["start_all_s"] }'
