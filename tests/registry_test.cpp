@@ -128,8 +128,14 @@ void note_error(shared_book& book, const std::string& what) {
     // running or in flight (2, 3); each with its last acknowledged value or
     // the one a call committed without being acknowledged.
     std::set<std::string> children;
-    for (const auto& child : sup.which_children()) {
-        if (!children.insert(child.id).second) note_error(book, "child twice: " + child.id);
+    for (const auto& child : sup.which_children()) children.insert(child.id);
+    // The registry agrees: every resumed unit's record says running, and no
+    // record says running for a unit that was not resumed.
+    for (const auto& unit : keepsake::list_units(seg)) {
+        const bool back = children.count(unit.key) != 0;
+        if (back != (unit.status == unit_status::running))
+            note_error(book, unit.key + ": resumed " + (back ? "yes" : "no") + " but its record says " +
+                                 keepsake::to_string(unit.status));
     }
     for (int index = 0; index < kill_units; ++index) {
         const int was = book.state[index].load();
