@@ -300,7 +300,7 @@ TEST_CASE("store failures are retried with backoff until nothing is lost", "[exp
     CHECK(bus_seen.front().find("injected failure") != std::string::npos);
 }
 
-TEST_CASE("a stalled store never holds up a commit; stop reports its timeout", "[export]") {
+TEST_CASE("a stalled store never holds up a commit, and stop reports its timeout", "[export]") {
     shm_dir dir;
     segment s("stall", dir.options());
     gated_store stalled;
@@ -875,7 +875,7 @@ TEST_CASE("a key re-created below the store's generation is reported, not counte
     }
 }
 
-TEST_CASE("a damaged store record in a key's way is reported; the other keys are exported", "[export]") {
+TEST_CASE("a damaged store record in a key's way is reported, and the other keys are exported", "[export]") {
     shm_dir dir;
     temp_dir disk;
     const std::string db = disk.path() + "/s.db";

@@ -108,7 +108,7 @@ TEST_CASE("a non-trivially-copyable state goes through cereal", "[keeper]") {
     CHECK(kept->info.generation == 2);
 }
 
-TEST_CASE("a state that outgrows its slots moves the key to larger ones; the space is reused", "[keeper][grow]") {
+TEST_CASE("a state that outgrows its slots moves the key to larger ones, and the space is reused", "[keeper][grow]") {
     shm_dir dir;
     {
     segment s("large", dir.options());
@@ -360,7 +360,7 @@ TEST_CASE("one key has one keeper per process", "[keeper]") {
     CHECK(code_of([&] { keeper<int> bad(s, std::string(81, 'k')); }) == errc::invalid_name);
 }
 
-TEST_CASE("a keeper moved elsewhere keeps its key; the key is free once it is gone", "[keeper]") {
+TEST_CASE("a keeper moved elsewhere keeps its key, and the key is free once it is gone", "[keeper]") {
     shm_dir dir;
     segment s("moves", dir.options());
     {

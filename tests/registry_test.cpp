@@ -385,8 +385,8 @@ void run_poisoned(const shm_dir& dir, bool poison_it, bool in_init, std::atomic<
 
 } // namespace
 
-TEST_CASE("registry: a poison state that kills the process is blamed on its unit and stops after the threshold; "
-          "the others keep running",
+TEST_CASE("registry: a poison state that kills the process is blamed on its unit and stops after the threshold, "
+          "and the others keep running",
           "[registry][crash]") {
     const bool in_init = GENERATE(false, true);  // the poison aborts at a message, or in the init hook
     INFO((in_init ? "in the init hook" : "at a message"));
@@ -422,7 +422,7 @@ TEST_CASE("registry: a poison state that kills the process is blamed on its unit
     test_support::release_shared(started);
 }
 
-TEST_CASE("registry: key lifecycles: keep, remove on normal exit, remove; terminate_and_delete and terminate_all",
+TEST_CASE("registry: key lifecycles (keep, remove on normal exit, remove), terminate_and_delete and terminate_all",
           "[registry]") {
     keepsake::set_crash_reports(false);
     shm_dir dir;
@@ -484,6 +484,7 @@ TEST_CASE("registry: a type's circuit breaker refuses new starts after M crashes
     keepsake::unit_type_options options;
     options.threshold = keepsake::crash_threshold::off();
     options.breaker = keepsake::circuit_breaker{3, std::chrono::minutes(1), std::chrono::minutes(10)};
+    register_test_types({keepsake::crash_threshold::off(), {}, 0});  // "tally": another type, not refused
     keepsake::register_unit_type("fragile", [](const std::string& key) { return counter_spec<tally>(key); }, options);
     shm_dir dir;
     keepsake::segment seg("breaker", dir.options());
@@ -504,7 +505,7 @@ TEST_CASE("registry: a type's circuit breaker refuses new starts after M crashes
     sup.start_child("tally", "other-type");  // other types are not refused
 }
 
-TEST_CASE("registry: on_resume may skip, remove or adapt a child; unknown types are refused with an event",
+TEST_CASE("registry: on_resume may skip, remove or adapt a child, and unknown types are refused with an event",
           "[registry]") {
     keepsake::set_crash_reports(false);
     register_test_types({keepsake::crash_threshold::off(), {}, 0});

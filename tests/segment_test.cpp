@@ -168,7 +168,7 @@ TEST_CASE("a segment grows as keys need room, up to max_size, then says what to 
     CHECK(last.commit(kept->value) == 1);
 }
 
-TEST_CASE("the directory grows past its first block; every key is found again", "[segment][grow]") {
+TEST_CASE("the directory grows past its first block, and every key is found again", "[segment][grow]") {
     shm_dir dir;
     const int keys = 300;
     {

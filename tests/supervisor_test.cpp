@@ -357,7 +357,7 @@ TEST_CASE("supervisor: invalid flags and specs are rejected at construction", "[
 
 // --- start and stop ------------------------------------------------------------
 
-TEST_CASE("supervisor: static children start in list order; start returns when all run", "[supervisor]") {
+TEST_CASE("supervisor: static children start in list order, and start returns when all run", "[supervisor]") {
     world w;
     auto s = keepsake::start_supervisor(
         w.rt, tree("root", strategy::one_for_one,
@@ -1421,7 +1421,7 @@ TEST_CASE("runtime::wait: the first root to end abnormally is the answer, even a
     CHECK(ended.what == alone.what);
 }
 
-TEST_CASE("runtime::wait: at once without roots; a runtime's shutdown counts as normal", "[wait]") {
+TEST_CASE("runtime::wait: at once without roots, and a runtime's shutdown counts as normal", "[wait]") {
     threaded_world w;
     CHECK(w.rt.wait().kind == exit_kind::normal);
     auto s = keepsake::start_supervisor(w.rt, tree("root", strategy::one_for_one, {keepsake::child(worker("a"))}));

@@ -112,7 +112,7 @@ TEST_CASE("a restore undoes the table changes made since the last commit", "[tab
     CHECK(entities.size() == 2);
 }
 
-TEST_CASE("a table grows in items and in item size; erased items' records are reused", "[table][grow]") {
+TEST_CASE("a table grows in items and in item size, and erased items' records are reused", "[table][grow]") {
     shm_dir dir;
     std::uint64_t capacity = 0;
     {
@@ -548,7 +548,7 @@ TEST_CASE("the exporter copies a state and its tables as of one commit while com
     CHECK(checked == 200);
 }
 
-TEST_CASE("removing a key removes its side tables; a key made again starts with empty tables", "[table]") {
+TEST_CASE("removing a key removes its side tables, and a key made again starts with empty tables", "[table]") {
     shm_dir dir;
     {
         segment s("removed", dir.options());

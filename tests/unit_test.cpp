@@ -122,7 +122,7 @@ TEST_CASE("call returns the handler's result and cast is served in order", "[uni
     CHECK(read(unit) == 7);
 }
 
-TEST_CASE("every message that may change the state is committed before its reply; reads are not", "[unit]") {
+TEST_CASE("every message that may change the state is committed before its reply, and reads are not", "[unit]") {
     pumped_runtime harness("commits");
     auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));
@@ -134,7 +134,7 @@ TEST_CASE("every message that may change the state is committed before its reply
     CHECK(unit.stats().commits == 1);
 }
 
-TEST_CASE("typed messages go to the unit's handler; a const handler is read-only", "[unit]") {
+TEST_CASE("typed messages go to the unit's handler, and a const handler is read-only", "[unit]") {
     pumped_runtime harness("typed");
     auto& rt = harness.rt;
     keepsake::unit_spec<tally, tally_handler> spec;
@@ -182,7 +182,7 @@ TEST_CASE("a crash answers the caller with worker_crashed and restarts from the 
     CHECK(unit.stats().restarts == 1);
 }
 
-TEST_CASE("try_call reports a crash as a value: worker_crashed, the reason, the restart; then the last commit", "[unit]") {
+TEST_CASE("try_call reports a crash as a value: worker_crashed, the reason, the restart, and then the last commit", "[unit]") {
     const bool direct = GENERATE(true, false);
     pumped_runtime harness("try-crash");
     auto& rt = harness.rt;
@@ -264,7 +264,7 @@ TEST_CASE("try_call: a typed message, a crash that ends the unit, then not_runni
     CHECK(test_support::error_from([&] { stopped.value(); }).code() == errc::not_running);
 }
 
-TEST_CASE("try_call from another thread: a crash comes back as a value; the next call sees the last commit", "[unit][threads]") {
+TEST_CASE("try_call from another thread: a crash comes back as a value, and the next call sees the last commit", "[unit][threads]") {
     threaded_runtime harness("try-thread");
     auto& rt = harness.rt;
     auto spec = counter_spec("c");
@@ -559,7 +559,7 @@ TEST_CASE("a unit's first start publishes its recovery: where from, which genera
     CHECK(recovered.size() == 2);  // a restart takes shared memory without recover()
 }
 
-TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so; nothing is overwritten",
+TEST_CASE("a unit whose committed bytes do not decode fails to start, saying so, and nothing is overwritten",
           "[unit][decode]") {
     struct wider {
         long value = 0;
@@ -611,7 +611,7 @@ struct named_count {
 };
 } // namespace
 
-TEST_CASE("a unit whose committed state is its own type but does not decode fails to start; the slots stay",
+TEST_CASE("a unit whose committed state is its own type but does not decode fails to start, and the slots stay",
           "[unit][decode]") {
     shm_dir dir;
     {
@@ -663,7 +663,7 @@ TEST_CASE("a unit whose committed state is its own type but does not decode fail
     CHECK(out.name == "untouched");
 }
 
-TEST_CASE("a unit's side table is committed with its state; a crash undoes both together", "[unit][table]") {
+TEST_CASE("a unit's side table is committed with its state, and a crash undoes both together", "[unit][table]") {
     pumped_runtime env("with-table");
     using roster = keepsake::side_table<int, std::string>;
     auto join = [](int id) {
@@ -700,7 +700,7 @@ TEST_CASE("a unit's side table is committed with its state; a crash undoes both 
     }) == "player4");
 }
 
-TEST_CASE("a unit gives up past its restart intensity; then calls fail at once", "[unit]") {
+TEST_CASE("a unit gives up past its restart intensity, and then calls fail at once", "[unit]") {
     auto clock = std::make_shared<keepsake::manual_clock>();
     pumped_runtime harness("intensity", clock);
     auto& rt = harness.rt;
@@ -821,7 +821,7 @@ TEST_CASE("a loop worker ticks, commits when it says, serves messages at yields,
     CHECK(unit.state() == keepsake::child_state::not_running);
 }
 
-TEST_CASE("a loop worker that crashes restarts from its last commit; an explicit crash counts", "[unit]") {
+TEST_CASE("a loop worker that crashes restarts from its last commit, and an explicit crash counts", "[unit]") {
     pumped_runtime harness("loop-crash");
     auto& rt = harness.rt;
     std::atomic<int> runs{0};
@@ -897,7 +897,7 @@ TEST_CASE("on_state_changed reports the first commit after it subscribes, with t
     CHECK(changes == std::vector<std::pair<long, long>>{{5, 6}, {8, 9}, {9, 110}});
 }
 
-TEST_CASE("roots publish started; whereis finds only units that accept calls", "[unit]") {
+TEST_CASE("roots publish started, and whereis finds only units that accept calls", "[unit]") {
     pumped_runtime harness("roots");
     auto& rt = harness.rt;
     std::vector<std::string> seen;
@@ -968,7 +968,7 @@ TEST_CASE("calls and casts from two OS threads at once", "[unit][threads]") {
     }
 }
 
-TEST_CASE("threads sharing work: fibers move to a free thread; crashes, calls and stops still hold", "[unit][threads]") {
+TEST_CASE("threads sharing work: fibers move to a free thread, and crashes, calls and stops still hold", "[unit][threads]") {
     if (!fibers_may_move_threads) {
         WARN("skipped under ThreadSanitizer, which cannot follow fibers between threads");
         return;
@@ -1021,7 +1021,7 @@ TEST_CASE("threads sharing work: fibers move to a free thread; crashes, calls an
     for (auto& each : spinning) CHECK(each.state() == keepsake::child_state::not_running);
 }
 
-TEST_CASE("a pumped runtime runs only when polled; run_for returns once nothing is ready", "[unit][runtime]") {
+TEST_CASE("a pumped runtime runs only when polled, and run_for returns once nothing is ready", "[unit][runtime]") {
     pumped_runtime harness("pump");
     auto& rt = harness.rt;
     auto unit = keepsake::start_unit(rt, counter_spec("c"));

@@ -192,7 +192,7 @@ TEST_CASE("the same with the runtime's threads sharing work, for a third of the 
     stress(true, std::max(1, test_support::env_count("KEEPSAKE_STRESS_SECONDS", 30) / 3));
 }
 
-TEST_CASE("units call units on the other runtime thread; timeouts race the answers", "[xthread]") {
+TEST_CASE("units call units on the other runtime thread, and timeouts race the answers", "[xthread]") {
     test_runtime harness("relay", 2);
     auto& rt = harness.rt;
     // Started in turn on thread 0, 1, 0, 1: each relay calls the counter on
@@ -272,7 +272,7 @@ TEST_CASE("producers on four threads fill a blocked unit's mailbox: its ring gro
     CHECK(seen.out_of_order == 0);
 }
 
-TEST_CASE("a hundred fibers wait on one unit's answers at once; their reply cells are reused after", "[xthread]") {
+TEST_CASE("a hundred fibers wait on one unit's answers at once, and their reply cells are reused after", "[xthread]") {
     test_runtime harness("crowd", 0);
     auto& rt = harness.rt;
     auto spec = counter_spec("crowd");

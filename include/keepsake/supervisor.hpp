@@ -60,6 +60,10 @@ struct child_spec {
     key_lifecycle lifecycle = key_lifecycle::automatic;
 };
 
+// The child spec of the unit `key` of the registered type `type`: defined
+// in keepsake/unit_types.hpp (errc::unknown_type if no such type).
+inline child_spec child_of_type(const std::string& type, const std::string& key);
+
 // What a dynamic supervisor's on_resume hook decides for one persisted child.
 enum class resume_action {
     resume,  // start it (with `spec`, which the hook may change)

@@ -218,6 +218,19 @@ public:
         return record_slots<persisted_crashes>(view->area).read();
     }
 
+    // One unit's record and history from `from` (after a reboot), where the
+    // segment holds no valid one. Errors of the store are the caller's.
+    void import_unit_from(store& from, const std::string& prefix, const std::string& key) {
+        for (const char* kind : {unit_record_prefix, crash_record_prefix}) {
+            const std::string registry = registry_key(kind, key);
+            if (holds_valid(registry, kind)) continue;
+            auto got = from.get(prefix + registry);
+            if (!got) continue;
+            if (kind == unit_record_prefix) import_one<persisted_unit>(registry, *got);
+            else import_one<persisted_crashes>(registry, *got);
+        }
+    }
+
     // After a reboot: the registry records (and histories) an exporter put
     // in `from` under `prefix` that the segment lacks, written one
     // generation above the store's so the next export goes on from there.

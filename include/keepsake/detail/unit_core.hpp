@@ -446,6 +446,8 @@ private:
         policy.threshold = spec.threshold.value_or(spec.type.empty() ? crash_threshold::off() : crash_threshold{});
         policy.rollback_after = spec.rollback_after;
         if (!spec.type.empty()) policy.breaker = type_breakers::instance().find(spec.type);
+        policy.recover_from = spec.recover_from;
+        policy.store_prefix = spec.store_prefix;
         return policy;
     }
 

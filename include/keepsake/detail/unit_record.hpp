@@ -21,6 +21,7 @@
 
 #include "keepsake/codec.hpp"
 #include "keepsake/detail/checksum.hpp"
+#include "keepsake/detail/process.hpp"
 #include "keepsake/detail/slots.hpp"
 #include "keepsake/segment.hpp"
 
@@ -204,7 +205,10 @@ public:
         unpublish_slot(area_, target);
         std::memcpy(area_.data(target), &value, sizeof(Record));
         slot_snapshot words;
-        words.generation = std::min(std::max(newest + 1, at_least), max_generation);
+        // At least the wall clock in ns (far below max_generation): a record
+        // made afresh after a reboot is still newer than the copy an
+        // exporter put in its store before it, so the next export is taken.
+        words.generation = std::min(std::max({newest + 1, at_least, wall_clock_ns()}), max_generation - 1);
         words.size = sizeof(Record);
         words.fingerprint = fingerprint_cached();
         words.schema_version = state_traits<Record>::schema_version;

@@ -32,6 +32,8 @@ struct unit_policy {
     crash_threshold threshold = crash_threshold::off();
     std::uint32_t rollback_after = 0;
     std::shared_ptr<type_breaker> breaker;  // its type's, if registered
+    store* recover_from = nullptr;          // its store, for its record after a reboot
+    std::string store_prefix;
 };
 
 // What a crash led to.
@@ -193,6 +195,7 @@ public:
         const bool first = !attached();
         if (first) {
             if (policy_.breaker) policy_.breaker->check();
+            import_after_reboot(where, key);
             attach(where, key);
         }
         ensure_signal_stack();  // this thread's, once
@@ -230,6 +233,17 @@ public:
 
 private:
     unit_policy policy_;
+
+    // A unit recovering from a store finds its record and crash history
+    // there after a reboot (its thresholds count across it). A store it
+    // cannot read leaves the registry to start afresh: recovery says why.
+    void import_after_reboot(const segment& where, const std::string& key) noexcept {
+        if (policy_.recover_from == nullptr) return;
+        try {
+            registry_book::of(where.shared_impl())->import_unit_from(*policy_.recover_from, policy_.store_prefix, key);
+        } catch (...) {
+        }
+    }
     std::shared_ptr<registry_book> book_;
     registry_book::entry* entry_ = nullptr;
 
