@@ -68,7 +68,7 @@ KEEPSAKE_INLINE void supervisor_core::do_terminate_child(const std::string& id) 
     const bool dropped = found.spec.restart == restart_type::temporary || spec_.flags.dynamic;
     const exit_reason asked{exit_kind::shutdown, "terminated on request"};
     if (dropped) {
-        retire(found, asked);
+        retire_child(found, asked);
         remove_record(found);
     } else {
         found.process->retire(unit_status::stopped_graceful, false);
@@ -80,7 +80,7 @@ KEEPSAKE_INLINE void supervisor_core::do_terminate_and_delete(const std::string&
     found.retry_pending = false;
     if (found.process->is_running()) stop_record(found, false);
     else found.process->discard();
-    retire(found, exit_reason{exit_kind::shutdown, "terminated and deleted on request"}, true);
+    retire_child(found, exit_reason{exit_kind::shutdown, "terminated and deleted on request"}, true);
     remove_record(found);
 }
 
@@ -96,7 +96,7 @@ KEEPSAKE_INLINE void supervisor_core::do_terminate_all(bool delete_keys) {
     }
 }
 
-KEEPSAKE_INLINE void supervisor_core::retire(record& which, const exit_reason& why, bool delete_keys) {
+KEEPSAKE_INLINE void supervisor_core::retire_child(record& which, const exit_reason& why, bool delete_keys) {
     key_lifecycle lifecycle = which.spec.lifecycle;
     if (lifecycle == key_lifecycle::automatic)
         lifecycle = which.spec.restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit
@@ -296,7 +296,7 @@ KEEPSAKE_INLINE void supervisor_core::stop_group(const std::vector<record*>& gro
         if (child.spec.restart != restart_type::temporary) continue;
         // A group restart ends a temporary child for good: its keys go as
         // its lifecycle says. A shutdown leaves them (it resumes).
-        if (restart_follows) retire(child, exit_reason{exit_kind::shutdown, "stopped for a group restart"});
+        if (restart_follows) retire_child(child, exit_reason{exit_kind::shutdown, "stopped for a group restart"});
         remove_record(child);
     }
 }
@@ -378,7 +378,7 @@ KEEPSAKE_INLINE void supervisor_core::child_exited(const child_process* process,
         return;
     }
     const bool significant = child->spec.significant;
-    retire(*child, why);
+    retire_child(*child, why);
     if (child->spec.restart == restart_type::temporary) remove_record(*child);
     else child->process->discard();
     if (significant) check_auto_shutdown();

@@ -269,7 +269,7 @@ private:
 
     // A child ended for good: its registry status, or its keys deleted, as
     // its lifecycle says (or `delete_keys`).
-    void retire(record& which, const exit_reason& why, bool delete_keys = false);
+    void retire_child(record& which, const exit_reason& why, bool delete_keys = false);
 
     // --- resume (detail/resume-inl.hpp) ----------------------------------
     void resume_children();
