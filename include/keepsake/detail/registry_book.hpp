@@ -86,6 +86,11 @@ public:
         record_slots<persisted_unit> record;
         record_slots<persisted_crashes> crashes;
         std::uint32_t users = 0;
+        // What this process last wrote or read and checked (nobody else
+        // writes an attached record): a crash's bookkeeping then writes
+        // without reading its slots back.
+        std::optional<persisted_unit> record_now;
+        std::optional<persisted_crashes> crashes_now;
     };
 
     entry& attach(const std::string& key) {
@@ -110,7 +115,7 @@ public:
     std::optional<persisted_unit> read(entry& which) {
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_record(which);
-        return which.record.read();
+        return current_record(which);
     }
 
     // Applies `change` to the unit's record (a fresh one if it has none) and publishes it.
@@ -118,10 +123,11 @@ public:
     persisted_unit update(entry& which, Change&& change) {
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_record(which);
-        persisted_unit record = which.record.read().value_or(fresh(which.key));
+        persisted_unit record = current_record(which).value_or(fresh(which.key));
         change(record);
-        record.status_ns = wall_clock_ns();
+        record.status_ns = coarse_wall_clock_ns();
         which.record.write(record);
+        which.record_now = record;
         return record;
     }
 
@@ -135,9 +141,10 @@ public:
             which.crashes = record_slots<persisted_crashes>(
                 segment_->attach(registry_key(crash_record_prefix, which.key), entry_kind::state, 2,
                                  sizeof(persisted_crashes)).area);
-        persisted_crashes history = which.crashes.read().value_or(persisted_crashes{});
+        if (!which.crashes_now) which.crashes_now = which.crashes.read().value_or(persisted_crashes{});
+        persisted_crashes& history = *which.crashes_now;
         persisted_crash& added = history.entries[history.next];
-        added.wall_ns = wall_clock_ns();
+        added.wall_ns = coarse_wall_clock_ns();
         added.generation = generation;
         added.kind = static_cast<std::uint32_t>(kind) | (at_start ? crash_at_start_bit : 0u);
         const std::size_t taken = std::min(reason.size(), max_crash_reason);
@@ -173,6 +180,7 @@ public:
             which.crashes = record_slots<persisted_crashes>(
                 segment_->attach(key, entry_kind::state, 2, sizeof(persisted_crashes)).area);
         if (which.crashes.attached()) which.crashes.write(persisted_crashes{});
+        which.crashes_now.reset();
     }
 
     // Removes the unit's record and history keys and its state key (which
@@ -190,6 +198,8 @@ public:
             let_go(which);
             which.record = {};
             which.crashes = {};
+            which.record_now.reset();
+            which.crashes_now.reset();
             forget = forgetter_;
         }
         for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key),
@@ -325,12 +335,19 @@ private:
     persisted_unit with_status(entry& which, unit_status status) const {
         persisted_unit record = which.record.read().value_or(fresh(which.key));
         record.status = static_cast<std::uint32_t>(status);
-        record.status_ns = wall_clock_ns();
+        record.status_ns = coarse_wall_clock_ns();
         return record;
+    }
+
+    // The record as this process knows it: read (and checked) once.
+    std::optional<persisted_unit> current_record(entry& which) const {
+        if (!which.record_now) which.record_now = which.record.read();
+        return which.record_now;
     }
 
     void ensure_record(entry& which) {
         if (which.record.attached()) return;
+        which.record_now.reset();
         which.record = record_slots<persisted_unit>(
             segment_->attach(registry_key(unit_record_prefix, which.key), entry_kind::state, 2, sizeof(persisted_unit)).area);
     }

@@ -208,7 +208,7 @@ public:
         // At least the wall clock in ns (far below max_generation): a record
         // made afresh after a reboot is still newer than the copy an
         // exporter put in its store before it, so the next export is taken.
-        words.generation = std::min(std::max({newest + 1, at_least, wall_clock_ns()}), max_generation - 1);
+        words.generation = std::min(std::max({newest + 1, at_least, coarse_wall_clock_ns()}), max_generation - 1);
         words.size = sizeof(Record);
         words.fingerprint = fingerprint_cached();
         words.schema_version = state_traits<Record>::schema_version;
