@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <keepsake/keepsake.hpp>
+#include <keepsake/testing.hpp>
 
 namespace test_support {
 
@@ -154,16 +155,9 @@ struct blob {
 // Memory a forked child and its parent both see.
 template <class T>
 T* shared_anonymous() {
-    void* memory = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED) std::abort();
-    return new (memory) T{};
+    return keepsake::testing::shared_between_processes<T>();
 }
-
-template <class T>
-void release_shared(T* object) {
-    object->~T();
-    ::munmap(object, sizeof(T));
-}
+using keepsake::testing::release_shared;
 
 // Forks a child that runs `body` and never returns into the test runner.
 template <class Body>

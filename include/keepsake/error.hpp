@@ -41,6 +41,8 @@ enum class errc {
     permanently_crashed,  // a unit past its crash threshold: clear it before starting it again
     circuit_open,         // a unit type's circuit breaker refuses new starts for a cooldown
     unknown_type,         // no unit type registered under that name
+    // object directories (after the others, so their values stay as they were)
+    overloaded,  // too many callers already wait for one object to start
 };
 
 class error : public std::runtime_error {

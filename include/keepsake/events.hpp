@@ -76,6 +76,13 @@ enum class event_kind {
     export_batch,    // an exporter put one batch (instance: records in it; reason: "skipped N" if the
                      // store refused N of them, see export_failed)
     forgotten,       // a key was forgotten (reason: where it was: "segment, store", "segment", "store", "nowhere")
+    // Object directories (keepsake/objects/directory.hpp): supervisor the
+    // directory, child the object's key; took for activations.
+    activated,     // an object started on demand (reason: where its state came from)
+    hibernated,    // an idle object gave back its fiber (reason: "idle", "evicted" or "terminated")
+    shut_down,     // an idle hibernated object's state went to the store and left the segment
+    alarm_retry,   // an alarm's handler crashed; it is retried (instance: the attempt; reason: the alarm)
+    alarm_failed,  // an alarm's handler crashed on every retry; the alarm is dropped (reason: the alarm)
 };
 
 inline const char* to_string(event_kind kind) noexcept {
@@ -97,6 +104,11 @@ inline const char* to_string(event_kind kind) noexcept {
     case event_kind::recovered: return "recovered";
     case event_kind::export_batch: return "export_batch";
     case event_kind::forgotten: return "forgotten";
+    case event_kind::activated: return "activated";
+    case event_kind::hibernated: return "hibernated";
+    case event_kind::shut_down: return "shut_down";
+    case event_kind::alarm_retry: return "alarm_retry";
+    case event_kind::alarm_failed: return "alarm_failed";
     }
     return "unknown";
 }

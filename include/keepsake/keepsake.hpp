@@ -10,6 +10,7 @@
 #include "keepsake/events.hpp"
 #include "keepsake/exporter.hpp"
 #include "keepsake/keeper.hpp"
+#include "keepsake/objects/directory.hpp"
 #include "keepsake/log.hpp"
 #include "keepsake/recovery.hpp"
 #include "keepsake/restart_policy.hpp"

@@ -1,0 +1,305 @@
+// Objects on demand (issue 13): a directory of objects by key, activated
+// when called (once, however many callers race), hibernated when idle,
+// shut down to the store, evicted past max_active, and durable alarms.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keepsake/keepsake.hpp>
+#include <keepsake/objects/directory.hpp>
+#include <keepsake/stores/sqlite_store.hpp>
+#include <keepsake/testing.hpp>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using keepsake::errc;
+using keepsake::event_kind;
+using keepsake::object_status;
+using test_support::shm_dir;
+
+namespace {
+
+struct player {
+    std::uint64_t score = 0;
+    std::uint64_t buffs_expired = 0;
+    std::uint32_t starts = 0;
+};
+
+struct add {
+    std::uint64_t points = 0;
+};
+struct buff {
+    std::string name;
+    keepsake::duration lasts{};
+};
+struct boom {};
+struct wait_here {
+    std::shared_ptr<std::atomic<bool>> release;
+};
+
+// Crashes of the alarm handler it should make, shared with the test.
+std::atomic<int> alarm_crashes_wanted{0};
+
+struct player_handler {
+    std::uint64_t operator()(player& p, const add& a) const { return p.score += a.points; }
+    bool operator()(player& p, const buff& b, keepsake::object_context<player>& context) const {
+        (void)p;
+        context.schedule_alarm(b.name, b.lasts);
+        return true;
+    }
+    bool operator()(player&, const boom&) const { throw std::runtime_error("boom on purpose"); }
+    bool operator()(player&, const wait_here& w) const {
+        while (!w.release->load()) boost::this_fiber::yield();
+        return true;
+    }
+    void operator()(player& p, const keepsake::alarm_fired&) const {
+        if (alarm_crashes_wanted.load() > 0) {
+            alarm_crashes_wanted.fetch_sub(1);
+            throw std::runtime_error("alarm handler crashed on purpose");
+        }
+        ++p.buffs_expired;
+    }
+};
+
+using players_directory = keepsake::object_directory<player, player_handler>;
+
+keepsake::directory_spec<player, player_handler> players_spec() {
+    keepsake::directory_spec<player, player_handler> spec;
+    spec.name = "players";
+    spec.hibernate_after = 10s;
+    spec.call_timeout = 20s;
+    return spec;
+}
+
+struct rig {
+    explicit rig(std::uint32_t threads = 0)
+        : seg("objects", dir.options(8u << 20, 1024)),
+          rt(keepsake::runtime_options{threads, clock, 64 * 1024, &seg}) {
+        keepsake::set_crash_reports(false);
+    }
+    shm_dir dir;
+    std::shared_ptr<keepsake::manual_clock> clock = std::make_shared<keepsake::manual_clock>(1000s);
+    keepsake::segment seg;
+    keepsake::runtime rt;
+};
+
+} // namespace
+
+TEST_CASE("objects: a call starts the object from its committed state, once", "[objects]") {
+    rig r;
+    players_directory players(r.rt, players_spec());
+    CHECK(players.lookup("ada") == object_status::absent);
+    CHECK(players.call("ada", add{5}) == 5);
+    CHECK(players.lookup("ada") == object_status::active);
+    CHECK(players.call("ada", add{2}) == 7);
+    CHECK(players.stats().activations == 1);
+    CHECK(players.active_count() == 1);
+    // A read that does not wake it.
+    CHECK(players.get_state("ada")->score == 7);
+    CHECK_FALSE(players.get_state("bob"));
+    // Callables run on the object's own state.
+    CHECK(players.call("ada", [](player& p) { return p.score * 2; }) == 14);
+    CHECK(players.list() == std::vector<std::string>{"ada"});
+    CHECK(players.count() == 1);
+}
+
+TEST_CASE("objects: an idle object hibernates and wakes with its state", "[objects]") {
+    rig r;
+    players_directory players(r.rt, players_spec());
+    players.call("ada", add{3});
+    players.cast("bob", add{4});
+    r.rt.run_for(10ms);
+    r.clock->advance(5s);
+    players.call("bob", add{1});  // bob was active 5 s later than ada
+    r.clock->advance(6s);
+    r.rt.run_for(50ms);  // the housekeeping wakes on the clock
+    CHECK(players.lookup("ada") == object_status::hibernated);
+    CHECK(players.lookup("bob") == object_status::active);
+    CHECK(players.active_count() == 1);
+    CHECK(players.get_state("ada")->score == 3);
+    CHECK(players.call("ada", add{1}) == 4);
+    CHECK(players.stats().activations == 3);
+    CHECK(players.stats().hibernations == 1);
+}
+
+TEST_CASE("objects: terminate hibernates, terminate_and_delete leaves nothing", "[objects]") {
+    rig r;
+    players_directory players(r.rt, players_spec());
+    players.call("ada", add{3});
+    CHECK(players.terminate("ada"));
+    CHECK_FALSE(players.terminate("ada"));
+    CHECK(players.lookup("ada") == object_status::hibernated);
+    players.terminate_and_delete("ada");
+    CHECK(players.lookup("ada") == object_status::absent);
+    CHECK(players.list().empty());
+    for (const auto& key : r.seg.list()) CHECK(key.find("players/ada") == std::string::npos);
+    CHECK(players.call("ada", add{1}) == 1);  // starts afresh
+}
+
+TEST_CASE("objects: max_active evicts the least recently used idle object, never a busy one", "[objects]") {
+    rig r(1);
+    auto spec = players_spec();
+    spec.max_active = 2;
+    players_directory players(r.rt, spec);
+    players.call("a", add{1});
+    players.call("b", add{1});
+    // a is busy in a call that waits; b is idle but newer.
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    std::thread busy([&] { players.call("a", wait_here{release}); });
+    while (players.stats().activations < 2) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(50ms);
+    players.call("c", add{1});  // evicts b (a is busy)
+    CHECK(players.lookup("b") == object_status::hibernated);
+    CHECK(players.lookup("a") == object_status::active);
+    CHECK(players.stats().evictions == 1);
+    // Both active ones busy now: a new key is refused.
+    auto release_c = std::make_shared<std::atomic<bool>>(false);
+    std::thread busy_c([&] { players.call("c", wait_here{release_c}); });
+    std::this_thread::sleep_for(50ms);
+    CHECK(test_support::error_from([&] { players.call("d", add{1}); }).code() == errc::limit_reached);
+    release->store(true);
+    release_c->store(true);
+    busy.join();
+    busy_c.join();
+    CHECK(players.call("d", add{1}) == 1);
+    CHECK(players.get_state("b")->score == 1);
+}
+
+TEST_CASE("objects: 64 callers on 4 threads race to a cold key: one activation, all answered", "[objects]") {
+    rig r(2);
+    players_directory players(r.rt, players_spec());
+    std::atomic<int> answered{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&] {
+            while (!go.load()) std::this_thread::yield();
+            std::vector<std::unique_ptr<boost::fibers::fiber>> callers;
+            for (int f = 0; f < 16; ++f)
+                callers.push_back(std::make_unique<boost::fibers::fiber>([&] {
+                    if (players.call("cold", add{1}) > 0) answered.fetch_add(1);
+                }));
+            for (auto& each : callers) each->join();
+        });
+    go.store(true);
+    for (auto& each : threads) each.join();
+    CHECK(answered.load() == 64);
+    CHECK(players.stats().activations == 1);
+    CHECK(players.get_state("cold")->score == 64);
+}
+
+TEST_CASE("objects: too many waiters for one start fail fast with overloaded", "[objects]") {
+    rig r(1);
+    auto spec = players_spec();
+    spec.max_waiters = 1;
+    // A slow start: the initial state takes its time.
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    spec.initial = [release](const std::string&) {
+        while (!release->load()) boost::this_fiber::yield();
+        return player{};
+    };
+    players_directory players(r.rt, spec);
+    std::thread starter([&] { players.call("slow", add{1}); });
+    while (players.active_count() == 0) std::this_thread::sleep_for(1ms);  // the entry exists: starting
+    std::thread waiter([&] { players.call("slow", add{1}); });
+    std::this_thread::sleep_for(50ms);
+    CHECK(test_support::error_from([&] { players.call("slow", add{1}); }).code() == errc::overloaded);
+    release->store(true);
+    starter.join();
+    waiter.join();
+    CHECK(players.get_state("slow")->score == 2);
+}
+
+TEST_CASE("objects: alarms fire on the runtime's clock, wake a hibernated object, and are removed once done",
+          "[objects]") {
+    rig r;
+    players_directory players(r.rt, players_spec());
+    players.call("ada", buff{"haste", 30s});
+    players.call("ada", buff{"shield", 90s});
+    REQUIRE(players.alarms("ada").size() == 2);
+    r.clock->advance(20s);
+    r.rt.run_for(20ms);
+    CHECK(players.lookup("ada") == object_status::hibernated);
+    r.clock->advance(11s);
+    r.rt.run_for(20ms);
+    CHECK(players.fire_due_alarms() == 0);  // the housekeeping fired it already
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    REQUIRE(players.alarms("ada").size() == 1);
+    CHECK(players.alarms("ada")[0].name == "shield");
+    players.cancel_alarm("ada", "shield");
+    r.clock->advance(100s);
+    r.rt.run_for(20ms);
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    CHECK(players.alarms("ada").empty());
+    CHECK(players.stats().alarms_fired == 1);
+}
+
+TEST_CASE("objects: an alarm whose handler crashes is retried with backoff, then dropped", "[objects]") {
+    rig r;
+    auto spec = players_spec();
+    spec.retry = {2s, 2};
+    players_directory players(r.rt, spec);
+    std::vector<std::uint64_t> retries;
+    bool failed = false;
+    r.rt.events().subscribe([&](const keepsake::event& e) {
+        if (e.kind == event_kind::alarm_retry) retries.push_back(e.instance);
+        if (e.kind == event_kind::alarm_failed) failed = true;
+    });
+    players.call("ada", buff{"haste", 1s});
+    alarm_crashes_wanted = 1;
+    r.clock->advance(1s);
+    r.rt.run_for(20ms);
+    CHECK(retries == std::vector<std::uint64_t>{1});
+    CHECK(players.get_state("ada")->buffs_expired == 0);
+    r.clock->advance(1s);  // not yet: the first retry waits 2 s
+    r.rt.run_for(20ms);
+    CHECK(players.get_state("ada")->buffs_expired == 0);
+    r.clock->advance(1s);
+    r.rt.run_for(20ms);
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    CHECK(players.alarms("ada").empty());
+
+    alarm_crashes_wanted = 3;  // the first delivery and both retries crash
+    players.call("ada", buff{"slow", 1s});
+    for (int step = 0; step < 10; ++step) {
+        r.clock->advance(1s);
+        r.rt.run_for(10ms);
+    }
+    CHECK(failed);
+    CHECK(players.alarms("ada").empty());
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    CHECK(players.stats().alarms_failed == 1);
+}
+
+TEST_CASE("objects: a long idle object is shut down to the store and comes back from it", "[objects]") {
+    rig r;
+    test_support::temp_dir files;
+    keepsake::sqlite_store store(files.path() + "/objects.db");
+    auto spec = players_spec();
+    spec.durable = &store;
+    spec.shutdown_after = 60s;
+    players_directory players(r.rt, spec);
+    players.call("ada", add{9});
+    players.call("ada", buff{"haste", 120s});
+    r.clock->advance(11s);
+    r.rt.run_for(20ms);
+    CHECK(players.lookup("ada") == object_status::hibernated);
+    r.clock->advance(50s);
+    r.rt.run_for(20ms);
+    CHECK(players.lookup("ada") == object_status::shut_down);
+    CHECK(players.stats().shutdowns == 1);
+    CHECK(players.get_state("ada")->score == 9);
+    CHECK(players.list() == std::vector<std::string>{"ada"});
+    // The alarm travels with it and wakes it from the store.
+    r.clock->advance(60s);
+    r.rt.run_for(50ms);
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    CHECK(players.call("ada", add{1}) == 10);
+}
