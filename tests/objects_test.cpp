@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -302,4 +303,220 @@ TEST_CASE("objects: a long idle object is shut down to the store and comes back 
     r.rt.run_for(50ms);
     CHECK(players.get_state("ada")->buffs_expired == 1);
     CHECK(players.call("ada", add{1}) == 10);
+}
+
+namespace {
+
+// What a killed run and the test share: per object its last acknowledged
+// score; per alarm whether its scheduling was acknowledged, and how many
+// times its handler ran (a run killed between the handler and its commit
+// runs it again: a duplicate, counted, not an error).
+constexpr int kill_objects = 40;
+constexpr int kill_alarms = 20000;
+struct kill_book {
+    std::atomic<int> ready{0};
+    std::atomic<int> errors{0};
+    char first_error[256]{};
+    std::atomic<std::uint64_t> acked[kill_objects];
+    std::atomic<std::uint64_t> cycles{0};           // hibernations + activations of the runs before
+    std::atomic<std::uint64_t> cycles_this_run{0};  // of the run now
+    std::atomic<int> next_alarm{0};
+    std::atomic<std::uint8_t> scheduled[kill_alarms];
+    std::atomic<std::uint32_t> fired[kill_alarms];
+};
+kill_book* the_book = nullptr;
+
+void note_error(kill_book& book, const std::string& what) {
+    if (book.errors.fetch_add(1) == 0) std::snprintf(book.first_error, sizeof(book.first_error), "%s", what.c_str());
+}
+
+struct tick {};
+struct arm {
+    std::string name;
+    keepsake::duration after{};
+};
+struct counter {
+    std::uint64_t value = 0;
+    std::uint64_t alarms = 0;
+};
+struct counter_handler {
+    std::uint64_t operator()(counter& c, const tick&) const { return ++c.value; }
+    bool operator()(counter&, const arm& a, keepsake::object_context<counter>& context) const {
+        context.schedule_alarm(a.name, a.after);
+        return true;
+    }
+    void operator()(counter& c, const keepsake::alarm_fired& fired) const {
+        const int id = std::stoi(fired.name.substr(1));
+        if (the_book != nullptr && id >= 0 && id < kill_alarms) the_book->fired[id].fetch_add(1);
+        ++c.alarms;
+    }
+};
+using counters_directory = keepsake::object_directory<counter, counter_handler>;
+
+std::string object_key(int index) { return "o" + std::to_string(index); }
+
+keepsake::directory_spec<counter, counter_handler> counters_spec() {
+    keepsake::directory_spec<counter, counter_handler> spec;
+    spec.name = "counters";
+    spec.hibernate_after = 2ms;
+    spec.call_timeout = 20s;
+    spec.threshold = keepsake::crash_threshold::off();
+    return spec;
+}
+
+[[noreturn]] void drive_counters(counters_directory& counters, kill_book& book, std::mt19937& random);
+
+// One run: check what came back, then call, hibernate and arm alarms at
+// random until killed.
+[[noreturn]] void run_counters(const shm_dir& dir, kill_book& book, unsigned seed) {
+    keepsake::set_crash_reports(false);
+    the_book = &book;
+    keepsake::segment seg("counters", dir.options(16u << 20, 1024));
+    keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
+    counters_directory counters(rt, counters_spec());
+    for (int index = 0; index < kill_objects; ++index) {
+        const auto found = counters.get_state(object_key(index));
+        const std::uint64_t acked = book.acked[index].load();
+        const std::uint64_t value = found ? found->value : 0;
+        // The last acknowledged update is there; at most one more (a call
+        // committed but not acknowledged when the kill came).
+        if (value < acked || value > acked + 1)
+            note_error(book, object_key(index) + ": committed " + std::to_string(value) + ", acknowledged " +
+                                 std::to_string(acked));
+        book.acked[index].store(value);
+    }
+    book.cycles.fetch_add(book.cycles_this_run.exchange(0));
+    book.ready.store(1, std::memory_order_release);
+    std::mt19937 random(seed);
+    try {
+        drive_counters(counters, book, random);
+    } catch (const std::exception& failure) {
+        note_error(book, std::string("a call failed: ") + failure.what());
+    }
+    std::_Exit(5);
+}
+
+[[noreturn]] void drive_counters(counters_directory& counters, kill_book& book, std::mt19937& random) {
+    for (;;) {
+        const int index = static_cast<int>(random() % kill_objects);
+        const std::string key = object_key(index);
+        switch (random() % 8) {
+        case 0: counters.terminate(key); break;
+        case 1: {
+            if (counters.alarms(key).size() >= keepsake::max_object_alarms) break;
+            const int id = book.next_alarm.fetch_add(1);
+            if (id >= kill_alarms) break;
+            counters.call(key, arm{"a" + std::to_string(id), std::chrono::milliseconds(random() % 20)});
+            book.scheduled[id].store(1);
+            break;
+        }
+        default: book.acked[index].store(counters.call(key, tick{}));
+        }
+        const auto stats = counters.stats();
+        book.cycles_this_run.store(stats.activations + stats.hibernations);
+    }
+}
+
+} // namespace
+
+TEST_CASE("objects: hibernate and reactivate under random SIGKILL: no committed update or alarm lost",
+          "[objects][kill]") {
+    shm_dir dir;
+    auto* book = test_support::shared_anonymous<kill_book>();
+    const int kills = test_support::env_count("KEEPSAKE_OBJECT_KILLS", 150);
+    std::mt19937 random(20261126);
+    int landed = 0;
+    for (int round = 0; round < kills && book->errors.load() == 0; ++round) {
+        book->ready.store(0);
+        const unsigned seed = static_cast<unsigned>(random());
+        const auto run_for = std::chrono::microseconds(random() % 100000);
+        if (keepsake::testing::run_and_kill([&] { run_counters(dir, *book, seed); }, book->ready, run_for)) ++landed;
+    }
+    // A last run checks the last kill and fires every overdue alarm.
+    book->ready.store(0);
+    const pid_t last = test_support::fork_child([&] {
+        keepsake::set_crash_reports(false);
+        the_book = book;
+        keepsake::segment seg("counters", dir.options(16u << 20, 1024));
+        keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
+        counters_directory counters(rt, counters_spec());
+        for (int index = 0; index < kill_objects; ++index) {
+            const auto found = counters.get_state(object_key(index));
+            const std::uint64_t value = found ? found->value : 0;
+            const std::uint64_t acked = book->acked[index].load();
+            if (value < acked || value > acked + 1) note_error(*book, object_key(index) + ": lost an update");
+        }
+        // Overdue alarms fire at once; give them a generous limit.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        for (;;) {
+            bool pending = false;
+            for (int index = 0; index < kill_objects; ++index)
+                pending = pending || !counters.alarms(object_key(index)).empty();
+            if (!pending || std::chrono::steady_clock::now() > deadline) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        book->ready.store(1);
+    });
+    int status = 0;
+    ::waitpid(last, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    INFO(book->first_error);
+    CHECK(book->errors.load() == 0);
+    CHECK(landed > kills / 2);
+    int scheduled = 0;
+    int lost = 0;
+    int duplicates = 0;
+    for (int id = 0; id < kill_alarms; ++id) {
+        if (book->scheduled[id].load() == 0) continue;
+        ++scheduled;
+        if (book->fired[id].load() == 0) ++lost;
+        if (book->fired[id].load() > 1) duplicates += static_cast<int>(book->fired[id].load()) - 1;
+    }
+    WARN("kills landed " << landed << " of " << kills << ", hibernate/activate cycles "
+                         << book->cycles.load() + book->cycles_this_run.load()
+                         << ", alarms acknowledged " << scheduled << ", duplicate firings " << duplicates);
+    CHECK(scheduled > 0);
+    CHECK(lost == 0);
+    test_support::release_shared(book);
+}
+
+TEST_CASE("objects: alarms survive a reboot: the segment is gone, state and alarms come from the store",
+          "[objects]") {
+    shm_dir dir;
+    test_support::temp_dir files;
+    const std::string db = files.path() + "/objects.db";
+    auto clock = std::make_shared<keepsake::manual_clock>(5000s);
+    {
+        keepsake::sqlite_store store(db);
+        keepsake::segment seg("reboot", dir.options(8u << 20, 1024));
+        keepsake::exporter out(seg, store);
+        keepsake::runtime rt(keepsake::runtime_options{0, clock, 64 * 1024, &seg});
+        auto spec = players_spec();
+        spec.durable = &store;
+        players_directory players(rt, spec);
+        players.call("ada", add{7});
+        players.call("ada", buff{"haste", 30s});
+        players.call("bob", buff{"shield", 60s});
+        REQUIRE(out.flush());
+    }
+    REQUIRE(keepsake::segment::remove("reboot", dir.path()));
+    keepsake::sqlite_store store(db);
+    keepsake::segment seg("reboot", dir.options(8u << 20, 1024));
+    keepsake::runtime rt(keepsake::runtime_options{0, clock, 64 * 1024, &seg});
+    auto spec = players_spec();
+    spec.durable = &store;
+    players_directory players(rt, spec);
+    CHECK(players.lookup("ada") == object_status::shut_down);
+    REQUIRE(players.alarms("ada").size() == 1);
+    CHECK(players.get_state("ada")->score == 7);
+    clock->advance(31s);
+    keepsake::testing::run_until_idle(rt);
+    rt.run_for(20ms);
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    CHECK(players.get_state("bob")->buffs_expired == 0);
+    clock->advance(30s);
+    rt.run_for(20ms);
+    CHECK(players.get_state("bob")->buffs_expired == 1);
+    CHECK(players.call("ada", add{1}) == 8);
 }

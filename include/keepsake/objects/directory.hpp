@@ -289,6 +289,7 @@ private:
     entry& start_object(const std::string& key, typename std::unordered_map<std::string, entry>::iterator at);
     unit_type make_unit(const std::string& key);
     bool evict_one();
+    void let_go(unit_type& handle);
 
     void link_newest(entry& which) noexcept {
         which.older = newest_;

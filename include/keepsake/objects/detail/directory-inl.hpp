@@ -150,6 +150,19 @@ typename object_directory<State, Handler>::unit_type object_directory<State, Han
                                         "' did not start (its unit stopped at once); see the log for its crash");
 }
 
+// Drops the directory's handle of a stopped unit and waits until the unit
+// is gone (its fiber may still hold it for a moment after stop returns):
+// until then its name and key are taken, and the next activation would be
+// refused. The entry is still `stopping` meanwhile, so nobody starts it.
+template <class State, class Handler>
+void object_directory<State, Handler>::let_go(unit_type& handle) {
+    std::weak_ptr<void> alive = handle.shared_core();
+    handle = unit_type{};
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!alive.expired() && std::chrono::steady_clock::now() < deadline)
+        boost::this_fiber::sleep_for(std::chrono::microseconds(20));
+}
+
 template <class State, class Handler>
 bool object_directory<State, Handler>::evict_one() {
     entry* victim = nullptr;
@@ -191,10 +204,10 @@ bool object_directory<State, Handler>::stop_object(const std::string& key, stop_
 template <class State, class Handler>
 void object_directory<State, Handler>::stop_entry(entry& which, stop_kind why) {
     const std::string key = *which.key;
-    unit_type handle = which.handle;
-    if (handle) {
-        stop_unit(runtime_, handle);
-        handle.shared_core()->retire(unit_status::stopped_graceful, false);
+    if (which.handle) {
+        stop_unit(runtime_, which.handle);
+        which.handle.shared_core()->retire(unit_status::stopped_graceful, false);
+        let_go(which.handle);
     }
     {
         auto held = shared_->changed.lock();
@@ -206,7 +219,6 @@ void object_directory<State, Handler>::stop_entry(entry& which, stop_kind why) {
             hibernated_.emplace_back(key, which.last_active);
         }
     }
-    handle = unit_type{};
     shared_->changed.notify_all();
     publish(event_kind::hibernated, key, why == stop_kind::idle ? "idle" : why == stop_kind::evicted ? "evicted" : "terminated");
 }
@@ -337,9 +349,9 @@ void object_directory<State, Handler>::terminate_and_delete(const std::string& k
     }
     const std::string unit_name = prefix_ + key;
     if (which != nullptr) {
-        unit_type handle = which->handle;
-        stop_unit(runtime_, handle);
-        handle.shared_core()->retire(unit_status::deleted, true);
+        stop_unit(runtime_, which->handle);
+        which->handle.shared_core()->retire(unit_status::deleted, true);
+        let_go(which->handle);
     }
     // As the registry deletes: the state first, the unit's record last, so
     // a kill in between leaves a record that says what is left.
