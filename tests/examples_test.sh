@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one example briefly, as a user would, and checks what it prints:
-#   examples_test.sh quick_start|game_loop|robot_loop|bench_harness BINARY
+#   examples_test.sh quick_start|game_loop|robot_loop|bench_harness|game_server BINARY
 # No timing asserts: waits poll with generous limits. Each run gets its own
 # KEEPSAKE_SHM_DIR. Standard error goes to its own file: a sanitizer's notes
 # must not come between the lines the checks read.
@@ -231,7 +231,55 @@ bench_harness() {
   echo "bench_harness: finished in 3 runs around two segfaults, results kept through a reboot (file store); after a SIGKILL in hash_map_1k, resumed there, no case repeated"
 }
 
+game_server() {
+  local first=$dir/first.log second=$dir/second.log store=$dir/players.db rc=0 p
+  start "$first" run --store "$store"
+  # dee idles from her login: hibernated after 2 s, shut down to the store
+  # after 3 s. From round 4 on ada always holds a haste (3 s, moved on by
+  # her spree every second), so one is pending whenever the kill comes.
+  wait_for "$first" '^shut down dee to the store$'
+  wait_for "$first" '^ready '
+  kill9
+  grep -Fxq "fresh world" "$first" || fail "first run should start a fresh world"
+  for p in ada bob cyd dee; do
+    grep -Eq "^login $p score=0 gold=0 logins=1$" "$first" || fail "$p should log in new"
+    grep -Eq "^buff expired $p shield late " "$first" || fail "$p's shield should expire while the server runs"
+  done
+  grep -Fxq "hibernated dee (idle)" "$first" || fail "dee should hibernate when idle"
+  # ada's haste ends at most 3 s after the kill: let it come due while no
+  # server runs.
+  sleep 4
+  timeout 120 "$bin" run --rounds 8 --store "$store" >"$second" 2>"$dir/second.stderr.log" || rc=$?
+  [ "$rc" = 0 ] || fail "second run: exit status $rc"
+  grep -Eq '^resumed 4 players: [0-9]+ buffs pending, [1-9][0-9]* overdue$' "$second" || fail "should resume 4 players, some buffs overdue"
+  # Each score is the last one printed, or a little more: at most 4 rounds
+  # of frags (20 points each) were committed unprinted before the kill.
+  for p in ada bob cyd dee; do
+    local last back
+    last=$(grep '^round ' "$first" | tail -1 | sed -E "s/.* $p=([0-9]+).*/\1/")
+    back=$(sed -nE "s/^back $p score=([0-9]+) .*/\1/p" "$second")
+    [ -n "$back" ] || fail "no 'back $p' line"
+    [ "$back" -ge "$last" ] && [ "$back" -le $((last + 80)) ] || fail "$p came back with score $back, last printed $last"
+    # The 60 s welcome bonus is still pending, even for dee, who is in the store.
+    grep -Eq "^back $p .* xp-boost in [0-9.]+s" "$second" || fail "$p's xp-boost should still be pending"
+    grep -Eq "^login $p score=$back gold=[0-9]+ logins=2$" "$second" || fail "$p should log in again with score $back"
+  done
+  grep -Eq '^back dee score=0 gold=0 logins=1 shut_down ' "$second" || fail "dee should be back from the store"
+  grep -Eq '^back ada .* haste overdue [0-9.]+s' "$second" || fail "ada's haste should be overdue at the restart"
+  # Overdue buffs expire at once: before the first round of the new run.
+  local first_round player buff at
+  first_round=$(grep -n '^round ' "$second" | head -1 | cut -d: -f1)
+  [ -n "$first_round" ] || fail "second run: no round line"
+  while read -r player buff; do
+    at=$(grep -n "^buff expired $player $buff late " "$second" | head -1 | cut -d: -f1)
+    [ -n "$at" ] && [ "$at" -lt "$first_round" ] || fail "$player's overdue $buff should expire before the first round"
+  done < <(awk '$1 == "back" { for (i = 6; i < NF; i++) if ($(i + 1) == "overdue") print $2, $i }' "$second")
+  grep -Eq '^summary: rounds=8 players=4 ' "$second" || fail "no summary line"
+  [ "$(tail -1 "$second" | cut -d: -f1)" = summary ] || fail "the summary should be the last line"
+  echo "game_server: killed after $(grep '^round ' "$first" | tail -1); $(grep '^resumed ' "$second")"
+}
+
 case $example in
-  quick_start | game_loop | robot_loop | bench_harness) "$example" ;;
+  quick_start | game_loop | robot_loop | bench_harness | game_server) "$example" ;;
   *) echo "unknown example $example" >&2; exit 2 ;;
 esac
