@@ -78,7 +78,7 @@ enum class event_kind {
     forgotten,       // a key was forgotten (reason: where it was: "segment, store", "segment", "store", "nowhere")
     // Object directories (keepsake/objects/directory.hpp): supervisor the
     // directory, child the object's key; took for activations.
-    activated,     // an object started on demand (reason: where its state came from)
+    activated,     // an object started on demand (took: its start, from the first call)
     hibernated,    // an idle object gave back its fiber (reason: "idle", "evicted" or "terminated")
     shut_down,     // an idle hibernated object's state went to the store and left the segment
     alarm_retry,   // an alarm's handler crashed; it is retried (instance: the attempt; reason: the alarm)
