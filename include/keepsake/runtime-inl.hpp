@@ -12,6 +12,8 @@ KEEPSAKE_INLINE runtime::runtime(runtime_options options)
     : options_(std::move(options)), time_(options_.time ? options_.time : std::make_shared<steady_clock>()) {
     if (options_.stack_size < 16 * 1024)
         throw error(errc::invalid_argument, "runtime_options::stack_size must be at least 16 KiB");
+    if (options_.pooled_stacks > 0)
+        stacks_ = std::make_shared<detail::stack_pool>(options_.stack_size, options_.guard_pages, options_.pooled_stacks);
     if (options_.threads == 0) {
         install_scheduler();
         owner_threads_.push_back(std::this_thread::get_id());
@@ -224,7 +226,9 @@ KEEPSAKE_INLINE void runtime::launch(std::function<void()> body, std::size_t sta
         }
         fiber_ended();
     };
-    if (options_.guard_pages)
+    if (stacks_ && stack_size == options_.stack_size)
+        boost::fibers::fiber(std::allocator_arg, detail::pooled_stack_allocator(stacks_), std::move(guarded)).detach();
+    else if (options_.guard_pages)
         boost::fibers::fiber(std::allocator_arg, boost::fibers::protected_fixedsize_stack(stack_size), std::move(guarded))
             .detach();
     else
