@@ -17,9 +17,13 @@
 // too): up to `max_pooled` stacks' dirty pages stay resident while no fiber
 // uses them, at most max_pooled x stack size and typically a few pages each.
 // That is the trade for a start without page faults. Stacks handed back
-// past the bound are unmapped at once, and every stack when the pool goes
-// (after the last fiber that uses one has ended: each allocator copy holds
-// the pool).
+// past the bound give their memory back at once: a guarded one is unmapped
+// (it is two mappings of its own); an unguarded one lies inside a bigger
+// mapping, which unmapping it would split (one more mapping a hole, and a
+// failure past vm.max_map_count), so its pages are dropped (MADV_DONTNEED)
+// and its address range is kept for a later fiber. Every mapping goes with
+// the pool (after the last fiber that uses one has ended: each allocator
+// copy holds the pool).
 //
 // Used from any thread of a runtime: a plain std::mutex, held for a few
 // loads and stores (never across a system call), so a descheduled holder
@@ -46,7 +50,8 @@ struct stack_pool_stats {
     std::size_t fresh = 0;     // stacks carved for the first time (new pages)
     std::size_t reused = 0;    // stacks handed out again from the pool
     std::size_t pooled = 0;    // ended fibers' stacks kept now, for reuse
-    std::size_t released = 0;  // stacks unmapped because the pool was full
+    std::size_t released = 0;  // stacks handed back past the bound: unmapped, or their pages dropped
+    std::size_t recycled = 0;  // unguarded stacks whose pages were dropped, handed out again
     std::size_t mappings = 0;  // mmap calls made (each carved into stacks)
 };
 
@@ -68,8 +73,13 @@ public:
     stack_pool& operator=(const stack_pool&) = delete;
 
     ~stack_pool() {
-        for (char* base : free_) ::munmap(base, stride_);
-        if (next_ != end_) ::munmap(next_, static_cast<std::size_t>(end_ - next_));
+        if (guard_page_) {
+            for (char* base : free_) ::munmap(base, stride_);
+            if (next_ != end_) ::munmap(next_, static_cast<std::size_t>(end_ - next_));
+        } else {
+            // Nothing was unmapped from these: each is whole.
+            for (const auto& mapping : mappings_) ::munmap(mapping.first, mapping.second);
+        }
     }
 
     // Boost.Context's StackAllocator: sp is the top, size counts the guard
@@ -98,7 +108,17 @@ public:
             }
             ++stats_.released;
         }
-        ::munmap(base, stride_);
+        if (guard_page_) {
+            ::munmap(base, stride_);
+            return;
+        }
+        // Dropped before another thread can take it from dropped_.
+        ::madvise(base, stride_, MADV_DONTNEED);
+        std::lock_guard<std::mutex> lock(mutex_);
+        try {
+            dropped_.push_back(base);
+        } catch (...) {  // no room for the pointer: the range stays unused until the pool goes
+        }
     }
 
     stack_pool_stats stats() const {
@@ -119,14 +139,21 @@ private:
     }
 
     // A pooled stack (the one handed back last: its pages are the warmest),
-    // or a fresh one from the newest mapping's rest (`fresh`: its guard page
-    // is still to be made); null when neither.
+    // an unguarded one whose pages were dropped, or a fresh one from the
+    // newest mapping's rest (`fresh`: its guard page is still to be made);
+    // null when none.
     char* take(bool& fresh) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!free_.empty()) {
             char* base = free_.back();
             free_.pop_back();
             ++stats_.reused;
+            return base;
+        }
+        if (!dropped_.empty()) {
+            char* base = dropped_.back();
+            dropped_.pop_back();
+            ++stats_.recycled;
             return base;
         }
         if (next_ == end_) return nullptr;
@@ -150,13 +177,24 @@ private:
         std::pair<char*, char*> unused{nullptr, nullptr};  // what another thread's carving left
         {
             std::lock_guard<std::mutex> lock(mutex_);
+            if (!guard_page_) {
+                try {
+                    mappings_.emplace_back(base, bytes);
+                } catch (...) {
+                    ::munmap(mapped, bytes);
+                    throw;
+                }
+            }
             unused = {next_, end_};
             next_ = base + stride_;
             end_ = base + bytes;
             ++stats_.fresh;
             ++stats_.mappings;
         }
-        if (unused.first != unused.second)
+        // Unguarded, the rest stays mapped (unmapping it would split the
+        // mapping) and unused until the pool goes: at most one carving's rest
+        // each time two threads carve at once.
+        if (guard_page_ && unused.first != unused.second)
             ::munmap(unused.first, static_cast<std::size_t>(unused.second - unused.first));
         return guard(base);
     }
@@ -179,6 +217,8 @@ private:
     const std::size_t max_pooled_;
     mutable std::mutex mutex_;
     std::vector<char*> free_;      // under mutex_: bases of pooled stacks, newest last
+    std::vector<char*> dropped_;   // under mutex_: unguarded stacks released past the bound (no pages)
+    std::vector<std::pair<char*, std::size_t>> mappings_;  // under mutex_: every mapping, unguarded only
     char* next_ = nullptr;         // under mutex_: the newest mapping's uncarved rest
     char* end_ = nullptr;
     stack_pool_stats stats_;       // under mutex_ (pooled is free_.size())
