@@ -79,6 +79,11 @@ KEEPSAKE_INLINE void runtime::register_name(const std::string& name, std::type_i
     registry_.insert_or_assign(name, registered{type, describe, std::move(who)});
 }
 
+KEEPSAKE_INLINE void runtime::reserve_names(std::size_t more) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    registry_.reserve(registry_.size() + more);
+}
+
 KEEPSAKE_INLINE void runtime::unregister_name(const std::string& name, const detail::named_process* who) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
     auto found = registry_.find(name);

@@ -159,6 +159,9 @@ public:
 
     void unregister_name(const std::string& name, const detail::named_process* who);
 
+    // Room for `more` names (a supervisor resuming that many children).
+    void reserve_names(std::size_t more);
+
     // The registered object of that name, or null. Throws type_mismatch,
     // naming the registered type, if the name holds another type than Core.
     template <class Core>

@@ -97,6 +97,12 @@ public:
         std::optional<persisted_crashes> crashes_now;
     };
 
+    // Room for `more` attached units (a resume knows how many come).
+    void reserve(std::size_t more) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entries_.reserve(entries_.size() + more);
+    }
+
     entry& attach(const std::string& key) {
         std::lock_guard<std::mutex> lock(mutex_);
         auto& held = entries_[key];
