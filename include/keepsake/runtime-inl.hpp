@@ -73,10 +73,12 @@ KEEPSAKE_INLINE void runtime::spawn(std::function<void()> body, std::size_t stac
 KEEPSAKE_INLINE void runtime::register_name(const std::string& name, std::type_index type, std::string (*describe)(),
                                             std::weak_ptr<detail::named_process> who) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
-    auto found = registry_.find(name);
-    if (found != registry_.end())
-        if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
-    registry_.insert_or_assign(name, registered{type, describe, std::move(who)});
+    // One lookup: a new name is inserted by it; a name held before is taken
+    // over only if its holder is gone.
+    auto [found, added] = registry_.try_emplace(name, registered{type, describe, who});
+    if (added) return;
+    if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
+    found->second = registered{type, describe, std::move(who)};
 }
 
 KEEPSAKE_INLINE void runtime::reserve_names(std::size_t more) {
