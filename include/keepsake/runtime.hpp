@@ -64,8 +64,11 @@ struct runtime_options {
     // Each stack has a guard page (an overflow is a segfault, not silent
     // corruption), mapped on its own: two memory mappings a fiber, so
     // Linux's vm.max_map_count (65 530 by default) caps a process near 32 000
-    // units. false: stacks come from the heap, without guard pages, for
-    // programs of more units than that (the resume bench's 100 000).
+    // units (carving stacks from bigger mappings, as the pool does, does not
+    // change that: a guarded stack is still two mappings). false: stacks
+    // without guard pages, for programs of more units than that (the resume
+    // bench's 100 000): from the pool's mappings (many stacks each), or
+    // from the heap when pooled_stacks is 0.
     bool guard_pages = true;
     // Stacks of ended fibers the runtime keeps, to give to the next fibers
     // it starts (of the runtime's stack_size): a start then maps nothing and
