@@ -302,6 +302,31 @@ void BM_idle_unit_memory(benchmark::State& state) {
 }
 BENCHMARK(BM_idle_unit_memory)->Iterations(1)->Unit(benchmark::kMillisecond);
 
+// An activation: start a unit whose state is already in shared memory (a
+// restore), its first answer, and its stop, with the runtime's stack pool
+// (pooled = 256, the default) and without it (0: a stack mapped or
+// allocated per start, as before the pool), with and without guard pages.
+void BM_unit_start_call_stop(benchmark::State& state) {
+    keepsake::runtime_options options = pumped();
+    options.pooled_stacks = static_cast<std::size_t>(state.range(0));
+    options.guard_pages = state.range(1) != 0;
+    keepsake::runtime rt(options);
+    const std::string name = "activate-" + std::to_string(state.range(0)) + "-" + std::to_string(state.range(1));
+    {
+        auto first = keepsake::start_unit(rt, spec(name));  // its state is in the segment from now on
+        keepsake::stop_unit(rt, first);
+    }
+    for (auto _ : state) {
+        auto unit = keepsake::start_unit(rt, spec(name));
+        benchmark::DoNotOptimize(unit.call([](counter& c) { return ++c.value; }));
+        keepsake::stop_unit(rt, unit);
+    }
+    state.SetItemsProcessed(state.iterations());
+    const auto stacks = rt.stack_stats();
+    state.counters["fresh_stacks"] = static_cast<double>(stacks.fresh);
+}
+BENCHMARK(BM_unit_start_call_stop)->ArgNames({"pooled", "guard"})->ArgsProduct({{0, 256}, {0, 1}});
+
 } // namespace
 
 BENCHMARK_MAIN();

@@ -12,6 +12,8 @@ KEEPSAKE_INLINE runtime::runtime(runtime_options options)
     : options_(std::move(options)), time_(options_.time ? options_.time : std::make_shared<steady_clock>()) {
     if (options_.stack_size < 16 * 1024)
         throw error(errc::invalid_argument, "runtime_options::stack_size must be at least 16 KiB");
+    if (options_.pooled_stacks > 0)
+        stacks_ = std::make_shared<detail::stack_pool>(options_.stack_size, options_.guard_pages, options_.pooled_stacks);
     if (options_.threads == 0) {
         install_scheduler();
         owner_threads_.push_back(std::this_thread::get_id());
@@ -71,10 +73,17 @@ KEEPSAKE_INLINE void runtime::spawn(std::function<void()> body, std::size_t stac
 KEEPSAKE_INLINE void runtime::register_name(const std::string& name, std::type_index type, std::string (*describe)(),
                                             std::weak_ptr<detail::named_process> who) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
-    auto found = registry_.find(name);
-    if (found != registry_.end())
-        if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
-    registry_.insert_or_assign(name, registered{type, describe, std::move(who)});
+    // One lookup: a new name is inserted by it; a name held before is taken
+    // over only if its holder is gone.
+    auto [found, added] = registry_.try_emplace(name, registered{type, describe, who});
+    if (added) return;
+    if (auto holder = found->second.who.lock()) refuse_name(name, *holder);
+    found->second = registered{type, describe, std::move(who)};
+}
+
+KEEPSAKE_INLINE void runtime::reserve_names(std::size_t more) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    registry_.reserve(registry_.size() + more);
 }
 
 KEEPSAKE_INLINE void runtime::unregister_name(const std::string& name, const detail::named_process* who) {
@@ -224,7 +233,9 @@ KEEPSAKE_INLINE void runtime::launch(std::function<void()> body, std::size_t sta
         }
         fiber_ended();
     };
-    if (options_.guard_pages)
+    if (stacks_ && stack_size == options_.stack_size)
+        boost::fibers::fiber(std::allocator_arg, detail::pooled_stack_allocator(stacks_), std::move(guarded)).detach();
+    else if (options_.guard_pages)
         boost::fibers::fiber(std::allocator_arg, boost::fibers::protected_fixedsize_stack(stack_size), std::move(guarded))
             .detach();
     else

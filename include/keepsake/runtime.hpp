@@ -34,6 +34,7 @@
 #include "keepsake/detail/metered.hpp"
 #include "keepsake/detail/scheduling.hpp"
 #include "keepsake/detail/signal.hpp"
+#include "keepsake/detail/stack_pool.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/log.hpp"
@@ -63,9 +64,22 @@ struct runtime_options {
     // Each stack has a guard page (an overflow is a segfault, not silent
     // corruption), mapped on its own: two memory mappings a fiber, so
     // Linux's vm.max_map_count (65 530 by default) caps a process near 32 000
-    // units. false: stacks come from the heap, without guard pages, for
-    // programs of more units than that (the resume bench's 100 000).
+    // units (carving stacks from bigger mappings, as the pool does, does not
+    // change that: a guarded stack is still two mappings). false: stacks
+    // without guard pages, for programs of more units than that (the resume
+    // bench's 100 000): from the pool's mappings (many stacks each), or
+    // from the heap when pooled_stacks is 0.
     bool guard_pages = true;
+    // Stacks of ended fibers the runtime keeps, to give to the next fibers
+    // it starts (of the runtime's stack_size): a start then maps nothing and
+    // takes no page fault on the pages the last fiber touched. Stacks are
+    // carved from mappings of up to 4 MiB, with a guard page each when
+    // guard_pages is true (still two memory mappings a guarded stack). A
+    // kept stack keeps its dirty pages resident: at most this many times
+    // stack_size, typically a few pages each. Stacks handed back past it
+    // are unmapped. 0: no pool; each fiber maps (guard_pages) or allocates
+    // its own stack, freed when it ends.
+    std::size_t pooled_stacks = 256;
 };
 
 namespace detail {
@@ -148,6 +162,9 @@ public:
 
     void unregister_name(const std::string& name, const detail::named_process* who);
 
+    // Room for `more` names (a supervisor resuming that many children).
+    void reserve_names(std::size_t more);
+
     // The registered object of that name, or null. Throws type_mismatch,
     // naming the registered type, if the name holds another type than Core.
     template <class Core>
@@ -206,6 +223,9 @@ public:
     // threaded runtime's own.
     void check_waiting_thread(const char* what) const;
 
+    // What the stack pool did (all zero without one: pooled_stacks == 0).
+    detail::stack_pool_stats stack_stats() const { return stacks_ ? stacks_->stats() : detail::stack_pool_stats{}; }
+
 private:
     struct registered {
         std::type_index type;
@@ -216,6 +236,7 @@ private:
     runtime_options options_;
     std::shared_ptr<keepsake::clock> time_;
     event_bus events_;
+    std::shared_ptr<detail::stack_pool> stacks_;  // null when pooled_stacks == 0
     std::shared_ptr<std::atomic<std::size_t>> ready_workers_ = std::make_shared<std::atomic<std::size_t>>(0);
     std::shared_ptr<detail::pump_budget> budget_ = std::make_shared<detail::pump_budget>();
     std::shared_ptr<detail::shared_ready_pool> shared_pool_ = std::make_shared<detail::shared_ready_pool>();

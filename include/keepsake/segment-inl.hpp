@@ -268,10 +268,13 @@ KEEPSAKE_INLINE segment_impl::~segment_impl() {
     if (fd_ >= 0) ::close(fd_);  // drops the flock claim
 }
 
+KEEPSAKE_INLINE owner_info segment_impl::owner() const noexcept {
+    return owner_info{static_cast<long>(load_relaxed(header_->owner_pid)), load_relaxed(header_->owner_start_time)};
+}
+
 KEEPSAKE_INLINE segment_status segment_impl::status() const {
     segment_status status;
-    status.owner.pid = static_cast<long>(load_relaxed(header_->owner_pid));
-    status.owner.start_time = load_relaxed(header_->owner_start_time);
+    status.owner = owner();
     status.owner_since_ns = load_relaxed(header_->owner_since_ns);
     status.created_ns = header_->created_ns;  // covered by the header checksum
     status.closed_cleanly = load_acquire(header_->clean_state) == state_clean;

@@ -170,6 +170,9 @@ public:
     std::string path;
     open_outcome outcome = open_outcome::created;
     std::optional<owner_info> previous_owner;
+    // Under registry_book::of's lock: the unit registry of this mapping has
+    // installed the fatal signal handlers (once per open, not per book).
+    bool fatal_handlers_installed = false;
 
     segment_impl(std::string segment_name, const segment_options& options,
                  segment_access mode = segment_access::owner);
@@ -190,6 +193,10 @@ public:
     segment_access access() const noexcept { return access_; }
 
     segment_status status() const;
+
+    // The owner recorded in the header, without asking /proc whether it
+    // still runs (status() does): this process, for an owner handle.
+    owner_info owner() const noexcept;
 
     std::size_t damaged_count() const {
         std::lock_guard<std::mutex> lock(mutex_);

@@ -375,6 +375,7 @@ KEEPSAKE_INLINE std::vector<entry_info> segment_impl::list_entries() const {
 KEEPSAKE_INLINE std::vector<segment_impl::entry_view> segment_impl::entry_views() const {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<entry_view> views;
+    views.reserve(entry_count_);
     for (std::uint32_t i = 0; i < entry_count_; ++i) {
         dir_entry entry{};
         if (read_valid_entry(i, entry) && !set_aside(i))

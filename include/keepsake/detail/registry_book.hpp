@@ -48,8 +48,7 @@ inline std::uint64_t run_id_of(const owner_info& owner) noexcept {
 class registry_book {
 public:
     explicit registry_book(std::shared_ptr<segment_impl> where) : segment_(std::move(where)) {
-        const segment_status now = segment_->status();
-        run_ = run_id_of(now.owner);
+        run_ = run_id_of(segment_->owner());  // not status(): it reads /proc, once per book
         if (segment_->previous_owner) previous_run_ = run_id_of(*segment_->previous_owner);
         previous_crashed_ = segment_->outcome == open_outcome::reopened_after_crash;
         record_slots<persisted_unit>::fingerprint_cached();  // not for the first time in a signal handler
@@ -66,7 +65,12 @@ public:
             each = each->second.expired() && each->first != where.get() ? books->erase(each) : std::next(each);
         auto made = std::make_shared<registry_book>(where);
         slot = made;
-        install_fatal_signal_handlers();
+        // When this process opens the segment, not with every book: a book
+        // goes with the last unit that uses it, and comes back with the next.
+        if (!where->fatal_handlers_installed) {
+            install_fatal_signal_handlers();
+            where->fatal_handlers_installed = true;
+        }
         return made;
     }
 
@@ -92,6 +96,12 @@ public:
         std::optional<persisted_unit> record_now;
         std::optional<persisted_crashes> crashes_now;
     };
+
+    // Room for `more` attached units (a resume knows how many come).
+    void reserve(std::size_t more) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entries_.reserve(entries_.size() + more);
+    }
 
     entry& attach(const std::string& key) {
         std::lock_guard<std::mutex> lock(mutex_);

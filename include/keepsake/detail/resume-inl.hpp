@@ -42,6 +42,11 @@ KEEPSAKE_INLINE void supervisor_core::resume_children() {
             mine.push_back(record);
     std::sort(mine.begin(), mine.end(),
               [](const persisted_unit& a, const persisted_unit& b) { return a.order < b.order; });
+    // Room for them all at once: no rehash of the name tables as they come.
+    children_.reserve(children_.size() + mine.size());
+    by_id_.reserve(by_id_.size() + mine.size());
+    runtime_.reserve_names(mine.size());
+    book->reserve(mine.size());
     std::uint64_t resumed = 0;
     for (const persisted_unit& record : mine) {
         if (resume_one(*book, record)) ++resumed;
