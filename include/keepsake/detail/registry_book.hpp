@@ -94,7 +94,7 @@ public:
         // writes an attached record): a crash's bookkeeping then writes
         // without reading its slots back.
         std::optional<persisted_unit> record_now;
-        std::optional<persisted_crashes> crashes_now;
+        std::unique_ptr<persisted_crashes> crashes_now;  // on the heap once it crashed: most never do
     };
 
     // Room for `more` attached units (a resume knows how many come).
@@ -151,7 +151,8 @@ public:
             which.crashes = record_slots<persisted_crashes>(
                 segment_->attach(registry_key(crash_record_prefix, which.key), entry_kind::state, 2,
                                  sizeof(persisted_crashes)).area);
-        if (!which.crashes_now) which.crashes_now = which.crashes.read().value_or(persisted_crashes{});
+        if (!which.crashes_now)
+            which.crashes_now = std::make_unique<persisted_crashes>(which.crashes.read().value_or(persisted_crashes{}));
         persisted_crashes& history = *which.crashes_now;
         persisted_crash& added = history.entries[history.next];
         added.wall_ns = coarse_wall_clock_ns();

@@ -369,7 +369,9 @@ private:
     spec_type spec_;
     State state_;
     std::optional<keeper<State>> keeper_;
-    std::optional<State> last_committed_;  // for on_state_changed(old, new)
+    // For on_state_changed(old, new); on the heap, and only while watched:
+    // an idle unit nobody watches carries one copy of its state fewer.
+    std::unique_ptr<State> last_committed_;
     restart_log log_;
     context_type context_;
     std::atomic<std::uint64_t> restarts_{0};

@@ -191,10 +191,14 @@ public:
     }
 
     // Publishes `value` one generation above the newest slot (at least `at_least`).
+    // After its first write it remembers where it wrote (the registry's
+    // writer is the only one of an attached record), so a crash's
+    // bookkeeping checksums only what it writes.
     void write(const Record& value, std::uint64_t at_least = 0) noexcept {
-        std::uint64_t newest = 0;
-        std::uint32_t newest_index = 0;
-        for (std::uint32_t index = 0; index < area_.count; ++index) {
+        std::uint64_t newest = written_generation_;
+        std::uint32_t newest_index = written_index_;
+        const bool scan = written_generation_ == 0;
+        for (std::uint32_t index = 0; scan && index < area_.count; ++index) {
             const slot_snapshot snap = read_slot_header(area_, index);
             if (snap.generation > newest && slot_is_valid(area_, snap)) {
                 newest = snap.generation;
@@ -215,6 +219,8 @@ public:
         words.codec = static_cast<std::uint32_t>(codec_kind::raw);
         words.commit_ns = commit_clock_ns();
         publish_slot(area_, target, words);
+        written_index_ = target;
+        written_generation_ = words.generation;
     }
 
     static std::uint64_t fingerprint() { return type_fingerprint<Record>(); }
@@ -232,6 +238,8 @@ public:
 
 private:
     slot_area area_{};
+    std::uint32_t written_index_ = 0;      // where this writer last published
+    std::uint64_t written_generation_ = 0;  // and at which generation (0: not yet)
 
     bool acceptable(const slot_snapshot& snap) const noexcept {
         return slot_is_valid(area_, snap) && snap.size == sizeof(Record) && snap.fingerprint == fingerprint_cached() &&

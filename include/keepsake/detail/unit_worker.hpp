@@ -125,7 +125,7 @@ bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view wha
 template <class State, class Handler>
 std::uint64_t unit_core<State, Handler>::commit_now() {
     const bool watched = state_changed_.any();
-    if (watched && !last_committed_) last_committed_ = committed_state();
+    if (watched && !last_committed_) last_committed_ = std::make_unique<State>(committed_state());
     const std::uint64_t generation = keeper_->commit(state_);
     dirty_ = false;
     uncommitted_messages_ = 0;
