@@ -520,3 +520,22 @@ TEST_CASE("objects: alarms survive a reboot: the segment is gone, state and alar
     CHECK(players.get_state("bob")->buffs_expired == 1);
     CHECK(players.call("ada", add{1}) == 8);
 }
+
+TEST_CASE("objects: a paused directory fires nothing until its housekeeping starts", "[objects]") {
+    rig r;
+    auto spec = players_spec();
+    spec.start_paused = true;
+    players_directory players(r.rt, spec);
+    players.call("ada", buff{"haste", 1s});
+    r.clock->advance(30s);  // overdue, and idle past hibernate_after
+    r.rt.run_for(20ms);
+    CHECK(players.get_state("ada")->buffs_expired == 0);
+    CHECK(players.lookup("ada") == object_status::active);
+    players.start_housekeeping();
+    r.rt.run_for(20ms);
+    CHECK(players.get_state("ada")->buffs_expired == 1);
+    CHECK(players.lookup("ada") == object_status::active);  // the alarm was activity
+    r.clock->advance(11s);
+    r.rt.run_for(20ms);
+    CHECK(players.lookup("ada") == object_status::hibernated);
+}

@@ -47,7 +47,7 @@ class object_directory final {
     using spec_type = directory_spec<State, Handler>;
 
 public:
-    // Starts the directory's housekeeping on `where`. Objects start when
+    // Starts the directory's housekeeping on `where` (unless start_paused). Objects start when
     // first called; alarms already held by its objects (in the segment, and
     // in the store for objects that are not in the segment) are loaded at
     // once, and the overdue ones fire promptly.
@@ -55,6 +55,17 @@ public:
         : runtime_(where), spec_(std::move(spec)), segment_(pick_segment(where, spec_.where)),
           prefix_(spec_.name + "/"), shared_(std::make_shared<shared>(*this)) {
         check_spec();
+        if (!spec_.start_paused) start_housekeeping();
+    }
+
+    // Starts the housekeeping fiber (once; the constructor does it unless
+    // directory_spec::start_paused).
+    void start_housekeeping() {
+        {
+            auto held = shared_->changed.lock();
+            if (housekeeping_started_ || closed_) return;
+            housekeeping_started_ = true;
+        }
         runtime_.spawn([keep = shared_] { keep->owner->housekeep(); });
     }
 
@@ -243,6 +254,7 @@ private:
     std::set<std::pair<std::string, std::string>> backing_off_;    // alarms waiting for a retry
     directory_stats stats_{};
     bool closed_ = false;
+    bool housekeeping_started_ = false;
 
     static const segment& pick_segment(const runtime& where, const segment* named) {
         const segment* picked = named != nullptr ? named : where.options().default_segment;

@@ -60,6 +60,10 @@ struct directory_spec {
     // How long a caller waits for an object another caller is starting.
     duration start_timeout = std::chrono::seconds(5);
     alarm_retry retry{};
+    // The housekeeping (alarms, hibernation, shutdown) waits for
+    // object_directory::start_housekeeping(): a program that reads what came
+    // back after a kill (get_state, alarms) before overdue alarms fire.
+    bool start_paused = false;
     // As a unit's.
     commit_policy commit{};
     duration call_timeout = std::chrono::seconds(5);

@@ -196,7 +196,7 @@ void object_directory<State, Handler>::close() {
     }
     shared_->changed.notify_all();
     runtime_.wait_until(shared_->changed, detail::forever, [&] {
-        if (!shared_->done) return false;
+        if (housekeeping_started_ && !shared_->done) return false;
         for (const auto& each : entries_)
             if (each.second.now != phase::active) return false;
         return true;
