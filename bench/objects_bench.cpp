@@ -100,7 +100,10 @@ struct rig {
     std::unique_ptr<keepsake::segment> seg;
     std::unique_ptr<keepsake::runtime> rt;
 
-    explicit rig(std::size_t objects, std::size_t live_fibers, std::shared_ptr<keepsake::clock> time = nullptr) {
+    // guard_pages unless `live_fibers` passes what vm.max_map_count allows
+    // (two mappings a guarded fiber), or `heap_stacks`.
+    explicit rig(std::size_t objects, std::size_t live_fibers, std::shared_ptr<keepsake::clock> time = nullptr,
+                 bool heap_stacks = false) {
         static int made = 0;
         directory = "/dev/shm/keepsake-objects-bench-" + std::to_string(::getpid()) + "-" + std::to_string(made++);
         std::filesystem::remove_all(directory);
@@ -116,7 +119,7 @@ struct rig {
         made_rt.time = std::move(time);
         made_rt.stack_size = 16 * 1024;
         made_rt.default_segment = seg.get();
-        made_rt.guard_pages = live_fibers < 30000;  // two mappings a guarded fiber: vm.max_map_count
+        made_rt.guard_pages = live_fibers < 30000 && !heap_stacks;
         rt = std::make_unique<keepsake::runtime>(made_rt);
     }
     ~rig() {
@@ -172,10 +175,12 @@ struct memory {
 
 // Activation from shared memory: the object's committed state is in the
 // segment, nothing else. Each iteration hibernates one (untimed), times the
-// call that wakes it, then the next call (active: the floor).
+// call that wakes it, then the next call (active: the floor). Arg 1: the
+// fibers' stacks from the heap (guard_pages = false), 0: guarded stacks (the
+// runtime's default, mapped and unmapped at each activation).
 void BM_activate_from_shm(benchmark::State& state) {
     constexpr std::size_t objects = 1000;
-    rig r(objects, objects);
+    rig r(objects, objects, nullptr, state.range(0) != 0);
     players dir(*r.rt, spec_for());
     for (std::size_t i = 0; i < objects; ++i) dir.call(key_of(i), add{1});
     std::vector<std::int64_t> woken;
@@ -199,7 +204,7 @@ void BM_activate_from_shm(benchmark::State& state) {
     state.counters["activate/active_call"] = p50 / state.counters["active_call_p50_ns"];
     if (dir.stats().activations != objects + state.iterations()) state.SkipWithError("an activation was missed");
 }
-BENCHMARK(BM_activate_from_shm)->Iterations(20000)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_activate_from_shm)->ArgName("heap_stacks")->Arg(0)->Arg(1)->Iterations(20000)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // A raw read of one row of the store's table: a prepared SELECT of the blob
 // by key on a connection of its own, the bytes copied out.
@@ -237,9 +242,11 @@ private:
 
 // Activation from SQLite: the object was shut down (its state moved to the
 // store and left the segment, as shutdown_after does). Each iteration times
-// the raw read of its row and its activation, in alternating order.
+// the raw read of its row and its activation, in alternating order. Arg:
+// the objects in the directory (the activation lists every segment entry:
+// keeper::commit_imported).
 void BM_activate_from_sqlite(benchmark::State& state) {
-    constexpr std::size_t objects = 1000;
+    const auto objects = static_cast<std::size_t>(state.range(0));
     constexpr std::size_t batch = 250;
     auto time = std::make_shared<keepsake::manual_clock>(1000s);
     rig r(objects, objects, time);
@@ -305,7 +312,7 @@ void BM_activate_from_sqlite(benchmark::State& state) {
     std::sort(pair_ratio.begin(), pair_ratio.end());
     state.counters["pair_ratio_median"] = pair_ratio.empty() ? 0 : pair_ratio[pair_ratio.size() / 2];
 }
-BENCHMARK(BM_activate_from_sqlite)->Iterations(5000)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_activate_from_sqlite)->ArgName("objects")->Arg(1000)->Arg(10000)->Iterations(5000)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // --- 2. memory per idle object ----------------------------------------------
 

@@ -173,13 +173,18 @@ trap 'rm -f "$csv" "$latency" "$objects_json" "$objects_rows"' EXIT
 # The rows printed: label|benchmark.counter|unit|divisor.
 objects_rows=$(mktemp)
 cat >"$objects_rows" <<'ROWS'
-wake from shared memory, p50 (goal < 5 us)|BM_activate_from_shm.activate_p50_ns|us|1000
-  p99|BM_activate_from_shm.activate_p99_ns|us|1000
-  its next call (active), p50|BM_activate_from_shm.active_call_p50_ns|us|1000
-wake from SQLite, p50|BM_activate_from_sqlite.activate_p50_ns|us|1000
-  raw SELECT of the same row, p50|BM_activate_from_sqlite.raw_select_p50_ns|us|1000
-  wake / raw SELECT (goal < 2x)|BM_activate_from_sqlite.activate/raw_select|x
-  the same, median of per-pair ratios|BM_activate_from_sqlite.pair_ratio_median|x
+wake from shared memory, p50 (goal < 5 us)|BM_activate_from_shm/heap_stacks:0.activate_p50_ns|us|1000
+  p99|BM_activate_from_shm/heap_stacks:0.activate_p99_ns|us|1000
+  its next call (active), p50|BM_activate_from_shm/heap_stacks:0.active_call_p50_ns|us|1000
+  the same wake, stacks from the heap, p50|BM_activate_from_shm/heap_stacks:1.activate_p50_ns|us|1000
+  p99|BM_activate_from_shm/heap_stacks:1.activate_p99_ns|us|1000
+wake from SQLite, 1 000 objects, p50|BM_activate_from_sqlite/objects:1000.activate_p50_ns|us|1000
+  raw SELECT of the same row, p50|BM_activate_from_sqlite/objects:1000.raw_select_p50_ns|us|1000
+  wake / raw SELECT (goal < 2x)|BM_activate_from_sqlite/objects:1000.activate/raw_select|x
+  the same, median of per-pair ratios|BM_activate_from_sqlite/objects:1000.pair_ratio_median|x
+wake from SQLite, 10 000 objects, p50|BM_activate_from_sqlite/objects:10000.activate_p50_ns|us|1000
+  raw SELECT of the same row, p50|BM_activate_from_sqlite/objects:10000.raw_select_p50_ns|us|1000
+  wake / raw SELECT (goal < 2x)|BM_activate_from_sqlite/objects:10000.activate/raw_select|x
 heap per idle active object|BM_memory_per_object.active_heap_B|B
 RSS (private) per idle active object|BM_memory_per_object.active_rss_anon_B|B
 shared memory per object (RSS)|BM_memory_per_object.active_rss_shmem_B|B
@@ -202,18 +207,17 @@ objects in one directory|BM_million_objects.objects|
   call to an active one, p99|BM_million_objects.active_call_p99_ns|us|1000
   call to a hibernated one, p50|BM_million_objects.hibernated_call_p50_ns|us|1000
   call to a hibernated one, p99|BM_million_objects.hibernated_call_p99_ns|us|1000
-alarms due at one instant, objects active|BM_alarm_lateness.alarms|
-  lateness p50|BM_alarm_lateness.late_p50_ms|ms
-  lateness p99|BM_alarm_lateness.late_p99_ms|ms
-alarms due at one instant, objects hibernated|BM_alarm_lateness_hibernated.alarms|
-  lateness p50|BM_alarm_lateness_hibernated.late_p50_ms|ms
-  lateness p99|BM_alarm_lateness_hibernated.late_p99_ms|ms
+alarms due at one instant, objects active|BM_alarm_lateness/0.alarms|
+  lateness p50|BM_alarm_lateness/0.late_p50_ms|ms
+  lateness p99|BM_alarm_lateness/0.late_p99_ms|ms
+alarms due at one instant, objects hibernated|BM_alarm_lateness/1.alarms|
+  lateness p50|BM_alarm_lateness/1.late_p50_ms|ms
+  lateness p99|BM_alarm_lateness/1.late_p99_ms|ms
 ROWS
 objects_report() {
   awk -v rows="$objects_rows" '
     /"name":/ { name = $0; sub(/.*"name": "/, "", name); sub(/".*/, "", name)
-                keep = name ~ /_median$/ || name ~ /repeats:1/; bench = name; sub(/\/.*/, "", bench); sub(/_median$/, "", bench)
-                if (name ~ /BM_alarm_lateness\/1/) bench = bench "_hibernated" }
+                keep = name ~ /_median$/ || name ~ /repeats:1/; bench = name; sub(/\/iterations.*/, "", bench) }
     keep && /": [-0-9.e+]+,?$/ { key = $1; gsub(/[":]/, "", key); value = $2; sub(/,$/, "", value); v[bench "." key] = value + 0 }
     END {
       while ((getline row < rows) > 0) {
