@@ -161,3 +161,77 @@ build-release/bench/keepsake_registry_bench 2>/dev/null | awk '/BM_resume_after_
   for (i = 1; i <= NF; ++i) if (split($i, kv, "=") == 2) v[kv[1]] = kv[2]
   printf "\nresume of %s units: create %.2f s, resume %.2f s (%.2fx; scan %.2f s, starts %.2f s)\n",
          v["units"], v["create_s"], v["resume_s"], v["resume/create"], v["scan_s"], v["start_all_s"] }'
+
+# Objects on demand: activation from shared memory and from SQLite (beside a
+# raw SELECT of the same row, paired), memory per idle object beside CAF
+# actors, alarm scheduling beside a plain call (interleaved, medians of
+# REPS); then one run each of the million objects (KEEPSAKE_OBJECTS) and of
+# 100 000 alarms due at one instant (KEEPSAKE_ALARMS).
+cmake --build build-release -j "$(nproc)" --target keepsake_objects_bench >/dev/null
+objects_json=$(mktemp)
+trap 'rm -f "$csv" "$latency" "$objects_json" "$objects_rows"' EXIT
+# The rows printed: label|benchmark.counter|unit|divisor.
+objects_rows=$(mktemp)
+cat >"$objects_rows" <<'ROWS'
+wake from shared memory, p50 (goal < 5 us)|BM_activate_from_shm/heap_stacks:0.activate_p50_ns|us|1000
+  p99|BM_activate_from_shm/heap_stacks:0.activate_p99_ns|us|1000
+  its next call (active), p50|BM_activate_from_shm/heap_stacks:0.active_call_p50_ns|us|1000
+  the same wake, stacks from the heap, p50|BM_activate_from_shm/heap_stacks:1.activate_p50_ns|us|1000
+  p99|BM_activate_from_shm/heap_stacks:1.activate_p99_ns|us|1000
+wake from SQLite, 1 000 objects, p50|BM_activate_from_sqlite/objects:1000.activate_p50_ns|us|1000
+  raw SELECT of the same row, p50|BM_activate_from_sqlite/objects:1000.raw_select_p50_ns|us|1000
+  wake / raw SELECT (goal < 2x)|BM_activate_from_sqlite/objects:1000.activate/raw_select|x
+  the same, median of per-pair ratios|BM_activate_from_sqlite/objects:1000.pair_ratio_median|x
+wake from SQLite, 10 000 objects, p50|BM_activate_from_sqlite/objects:10000.activate_p50_ns|us|1000
+  raw SELECT of the same row, p50|BM_activate_from_sqlite/objects:10000.raw_select_p50_ns|us|1000
+  wake / raw SELECT (goal < 2x)|BM_activate_from_sqlite/objects:10000.activate/raw_select|x
+heap per idle active object|BM_memory_per_object.active_heap_B|B
+RSS (private) per idle active object|BM_memory_per_object.active_rss_anon_B|B
+shared memory per object (RSS)|BM_memory_per_object.active_rss_shmem_B|B
+heap per hibernated object|BM_memory_per_object.hibernated_heap_B|B
+heap per idle CAF actor|BM_memory_per_object.caf_heap_B|B
+RSS per idle CAF actor|BM_memory_per_object.caf_rss_anon_B|B
+  active object / CAF actor, heap|BM_memory_per_object.active/caf_heap|x
+  active object / CAF actor, RSS|BM_memory_per_object.active/caf_rss|x
+schedule_alarm from outside|BM_alarm_schedule.outside_per_s|/s
+alarm scheduled by a handler|BM_alarm_schedule.handler_per_s|/s
+plain call that commits (floor)|BM_alarm_schedule.plain_call_per_s|/s
+  outside / plain call (time)|BM_alarm_schedule.outside/plain_call|x
+  handler / plain call (time)|BM_alarm_schedule.handler/plain_call|x
+objects in one directory|BM_million_objects.objects|
+  of them active|BM_million_objects.active|
+  created (each called once) in|BM_million_objects.create_s|s
+  heap per active object|BM_million_objects.heap_per_active_B|B
+  segment file per object|BM_million_objects.segment_per_object_B|B
+  call to an active one, p50|BM_million_objects.active_call_p50_ns|us|1000
+  call to an active one, p99|BM_million_objects.active_call_p99_ns|us|1000
+  call to a hibernated one, p50|BM_million_objects.hibernated_call_p50_ns|us|1000
+  call to a hibernated one, p99|BM_million_objects.hibernated_call_p99_ns|us|1000
+alarms due at one instant, objects active|BM_alarm_lateness/0.alarms|
+  lateness p50|BM_alarm_lateness/0.late_p50_ms|ms
+  lateness p99|BM_alarm_lateness/0.late_p99_ms|ms
+alarms due at one instant, objects hibernated|BM_alarm_lateness/1.alarms|
+  lateness p50|BM_alarm_lateness/1.late_p50_ms|ms
+  lateness p99|BM_alarm_lateness/1.late_p99_ms|ms
+ROWS
+objects_report() {
+  awk -v rows="$objects_rows" '
+    /"name":/ { name = $0; sub(/.*"name": "/, "", name); sub(/".*/, "", name)
+                keep = name ~ /_median$/ || name ~ /repeats:1/; bench = name; sub(/\/iterations.*/, "", bench) }
+    keep && /": [-0-9.e+]+,?$/ { key = $1; gsub(/[":]/, "", key); value = $2; sub(/,$/, "", value); v[bench "." key] = value + 0 }
+    END {
+      while ((getline row < rows) > 0) {
+        split(row, f, "|")
+        if (f[2] in v) printf "  %-46s %12.2f %s\n", f[1], v[f[2]] / (f[4] == "" ? 1 : f[4]), f[3]
+      }
+    }' "$1"
+}
+echo
+echo "objects (medians of the repetitions; the million objects and the alarms due at once: one run)"
+build-release/bench/keepsake_objects_bench --benchmark_filter='BM_(activate|memory|alarm_schedule)' \
+  --benchmark_enable_random_interleaving=true --benchmark_repetitions="${REPS:-5}" \
+  --benchmark_report_aggregates_only=true --benchmark_format=json 2>/dev/null >"$objects_json"
+objects_report "$objects_json"
+build-release/bench/keepsake_objects_bench --benchmark_filter='BM_(million|alarm_lateness)' --benchmark_format=json \
+  2>/dev/null >"$objects_json"
+objects_report "$objects_json"
