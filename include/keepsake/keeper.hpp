@@ -172,13 +172,7 @@ public:
 
     // This key's side tables in the segment, attached here or not.
     std::vector<std::string> stored_table_names() const {
-        std::vector<std::string> names;
-        const std::string prefix = key_ + "::";
-        for (const auto& view : segment_->entry_views())
-            if (view.kind == detail::entry_kind::table && detail::has_prefix(view.key, prefix) &&
-                view.key.find(':', prefix.size()) == std::string::npos)
-                names.push_back(view.key.substr(prefix.size()));
-        return names;
+        return segment_->table_names_of(key_);
     }
 
 private:

@@ -100,6 +100,7 @@ KEEPSAKE_INLINE void runtime::note_segment(const void* segment) {
 }
 
 KEEPSAKE_INLINE void runtime::add_meter(detail::meter added) {
+    added.who = added.alive.lock().get();
     std::lock_guard<std::mutex> lock(registry_mutex_);
     // Dropping the gone ones costs a pass over all: done when the list has
     // doubled since the last pass, so adding N units costs O(N), not O(N^2).
@@ -107,32 +108,61 @@ KEEPSAKE_INLINE void runtime::add_meter(detail::meter added) {
         meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
                       meters_.end());
         meters_after_sweep_ = meters_.size();
+        meter_index_.clear();
+        for (std::size_t index = 0; index < meters_.size(); ++index) meter_index_[meters_[index].who] = index;
     }
+    meter_index_[added.who] = meters_.size();
     meters_.push_back(std::move(added));
 }
 
-KEEPSAKE_INLINE std::vector<detail::metered_counters> runtime::sample_meters() const {
+// A unit's core is made with make_shared: a weak_ptr to it keeps its whole
+// block allocated. Its meter lets go when it is destroyed, so a unit that
+// stopped (an object that hibernated) leaves no memory behind.
+KEEPSAKE_INLINE void runtime::remove_meter(const void* who) noexcept {
     std::lock_guard<std::mutex> lock(registry_mutex_);
+    auto found = meter_index_.find(who);
+    if (found == meter_index_.end()) return;
+    meters_[found->second] = detail::meter{};
+    meter_index_.erase(found);
+}
+
+KEEPSAKE_INLINE std::vector<detail::metered_counters> runtime::sample_meters() const {
     std::vector<detail::metered_counters> sampled;
+    // Released after the lock: the last owner's destructor takes it.
+    std::vector<std::shared_ptr<void>> held_while_sampled;
+    std::lock_guard<std::mutex> lock(registry_mutex_);
     sampled.reserve(meters_.size());
+    held_while_sampled.reserve(meters_.size());
     for (const detail::meter& each : meters_) {
-        const std::shared_ptr<void> held = each.alive.lock();
+        std::shared_ptr<void> held = each.alive.lock();
         if (!held) continue;
         sampled.emplace_back();
         each.fill(held.get(), sampled.back());
+        held_while_sampled.push_back(std::move(held));
     }
     return sampled;
 }
 
 KEEPSAKE_INLINE void runtime::add_root(std::shared_ptr<detail::root_process> root) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
+    root_index_[root.get()] = roots_.size();
     roots_.push_back(std::move(root));
 }
 
+// Leaves a hole (roots stop newest first, so their order stays), found by
+// the index: a program that starts and stops many roots (objects that
+// hibernate) pays O(1) a stop, and the holes are squeezed out once they are
+// half of the list.
 KEEPSAKE_INLINE void runtime::remove_root(const detail::root_process* root) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
-    roots_.erase(std::remove_if(roots_.begin(), roots_.end(), [&](const auto& held) { return held.get() == root; }),
-                 roots_.end());
+    auto found = root_index_.find(root);
+    if (found == root_index_.end()) return;
+    roots_[found->second].reset();
+    root_index_.erase(found);
+    if (++root_holes_ <= roots_.size() / 2 + 16) return;
+    roots_.erase(std::remove(roots_.begin(), roots_.end(), nullptr), roots_.end());
+    root_holes_ = 0;
+    for (std::size_t index = 0; index < roots_.size(); ++index) root_index_[roots_[index].get()] = index;
 }
 
 KEEPSAKE_INLINE void runtime::shutdown() {
@@ -313,8 +343,13 @@ KEEPSAKE_INLINE void runtime::stop_roots() {
         {
             std::lock_guard<std::mutex> lock(registry_mutex_);
             if (roots_.empty()) break;
-            newest = roots_.back();
+            newest = std::move(roots_.back());
             roots_.pop_back();
+            if (!newest) {
+                --root_holes_;
+                continue;
+            }
+            root_index_.erase(newest.get());
         }
         newest->stop_root();
     }

@@ -189,6 +189,7 @@ public:
     // Units and supervisors report their counters through a meter, added
     // when they are made; one whose object is gone is dropped.
     void add_meter(detail::meter added);
+    void remove_meter(const void* who) noexcept;
 
     // The counters of every unit and supervisor that exists, oldest first.
     std::vector<detail::metered_counters> sample_meters() const;
@@ -256,12 +257,15 @@ private:
     std::vector<std::thread::id> owner_threads_;
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
-    std::vector<std::shared_ptr<detail::root_process>> roots_;
+    std::vector<std::shared_ptr<detail::root_process>> roots_;  // oldest first; null: a hole
+    std::unordered_map<const detail::root_process*, std::size_t> root_index_;  // where each is in roots_
+    std::size_t root_holes_ = 0;
     detail::signal roots_changed_;                // wait(): a root ended
     std::size_t live_roots_ = 0;                  // under roots_changed_
     std::optional<exit_reason> first_abnormal_;   // under roots_changed_
     std::vector<detail::meter> meters_;  // under registry_mutex_
     std::size_t meters_after_sweep_ = 0; // under registry_mutex_: meters_ kept by the last sweep
+    std::unordered_map<const void*, std::size_t> meter_index_;  // under registry_mutex_: where each is
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
     std::uint64_t committer_id_ = 0;
 

@@ -247,6 +247,9 @@ public:
         entry_kind kind = entry_kind::state;
     };
     std::vector<entry_view> entry_views() const;
+    // The side tables of `key` ('<key>::<name>' entries) by name, without a
+    // pass over the directory (owner and maintenance handles).
+    std::vector<std::string> table_names_of(const std::string& key) const;
     // Where entry `index` is now, if it is still the entry `nonce` names: a
     // reader that copied from a view checks that it did not move meanwhile.
     std::optional<slot_area> current_area(std::uint32_t index, std::uint64_t nonce) const;
@@ -279,6 +282,7 @@ private:
     // scan the whole directory. Kept only while this handle holds the lock
     // (owner, maintenance): then nobody else changes the directory.
     std::unordered_map<std::string, std::uint32_t> directory_index_;
+    std::set<std::string> table_index_;  // the side-table keys among them, sorted (few)
     std::uint32_t free_from_ = 0;       // no free entry below this one (indexed handles)
     free_space space_;                  // the owner's free-space map (layout.hpp)
     std::uint64_t nonce_counter_ = 0;

@@ -129,7 +129,10 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
                     space_.take(region.offset, region_bytes(region, static_cast<entry_kind>(entry.kind)));
         }
         if (valid) {
-            if (indexed()) directory_index_.emplace(std::move(key), i);
+            if (indexed()) {
+                if (static_cast<entry_kind>(entry.kind) == entry_kind::table) table_index_.insert(key);
+                directory_index_.emplace(std::move(key), i);
+            }
         } else {
             damaged_.push_back(i);
             log(spdlog::level::err, [&] {
@@ -230,6 +233,7 @@ KEEPSAKE_INLINE segment_impl::attached_entry segment_impl::add_entry(const std::
         std::memset(static_cast<void*>(area.header(slot)), 0, sizeof(slot_header));
     // Indexed before anything is published: if this throws, nothing changed.
     directory_index_.insert_or_assign(key, index);
+    if (kind == entry_kind::table) table_index_.insert(key);
 
     dir_entry& target = *entry_at(index);
     store_release(target.state, entry_writing);
@@ -329,13 +333,18 @@ KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
 KEEPSAKE_INLINE std::vector<std::string> segment_impl::table_keys_of(const std::string& key) const {
     std::vector<std::string> tables;
     const std::string prefix = key + "::";
-    for (const auto& known : directory_index_) {
-        const std::string& name = known.first;
-        if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
-            name.find(':', prefix.size()) == std::string::npos)
-            tables.push_back(name);
-    }
+    for (auto known = table_index_.lower_bound(prefix);
+         known != table_index_.end() && known->compare(0, prefix.size(), prefix) == 0; ++known)
+        if (known->size() > prefix.size() && known->find(':', prefix.size()) == std::string::npos)
+            tables.push_back(*known);
     return tables;
+}
+
+KEEPSAKE_INLINE std::vector<std::string> segment_impl::table_names_of(const std::string& key) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::string> names = table_keys_of(key);
+    for (std::string& each : names) each.erase(0, key.size() + 2);
+    return names;
 }
 
 KEEPSAKE_INLINE bool segment_impl::remove_entry(const std::string& key) {
@@ -343,6 +352,7 @@ KEEPSAKE_INLINE bool segment_impl::remove_entry(const std::string& key) {
     if (!found) return false;
     store_release(entry_at(found->index)->state, entry_free);  // one store: crash-safe
     directory_index_.erase(key);
+    table_index_.erase(key);
     free_from_ = std::min(free_from_, found->index);
     const region_desc& region = found->entry.regions[found->entry.active];
     space_.release(region.offset, region_bytes(region, static_cast<entry_kind>(found->entry.kind)));

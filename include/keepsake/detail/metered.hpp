@@ -29,6 +29,7 @@ struct metered_counters {
 struct meter {
     std::weak_ptr<void> alive;
     std::function<void(const void*, metered_counters&)> fill;
+    const void* who = nullptr;  // set by the runtime: what alive pointed to
 };
 
 } // namespace keepsake::detail

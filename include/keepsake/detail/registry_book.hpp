@@ -141,11 +141,34 @@ public:
         return record;
     }
 
-    // Appends one crash to the unit's history; returns the crashes that
-    // count against `threshold` within its window (this one included).
-    std::uint32_t add_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
-                            const crash_threshold& threshold, bool at_start) {
+    // Appends one crash to the unit's history, then counts it in its record
+    // (and marks the record permanently_crashed when it is past
+    // `threshold`): under one lock, at one time. Returns whether it is past.
+    bool record_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
+                      const crash_threshold& threshold, bool at_start, std::int32_t added_starts = 0) {
         std::lock_guard<std::mutex> lock(mutex_);
+        const std::uint32_t within = append_crash(which, kind, reason, generation, threshold, at_start);
+        const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
+        persisted_unit record = current_record(which).value_or(fresh(which.key));
+        ++record.crashes;
+        const std::int64_t starts = static_cast<std::int64_t>(record.starts) + added_starts;
+        record.starts = static_cast<std::uint32_t>(starts < 0 ? 0 : starts);
+        record.flags &= ~unit_flag_died_here;
+        if (poisoned) record.status = static_cast<std::uint32_t>(unit_status::permanently_crashed);
+        record.status_ns = which.crashes_now->entries[(which.crashes_now->next + crash_history_size - 1) %
+                                                      crash_history_size]
+                               .wall_ns;
+        which.record.write(record);
+        which.record_now = record;
+        return poisoned;
+    }
+
+private:
+    // Appends one crash to the unit's history (the book's lock held);
+    // returns the crashes that count against `threshold` within its window
+    // (this one included).
+    std::uint32_t append_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
+                               const crash_threshold& threshold, bool at_start) {
         ensure_record(which);
         if (!which.crashes.attached())
             which.crashes = record_slots<persisted_crashes>(
@@ -167,6 +190,8 @@ public:
         which.crashes.write(history);
         return counted(history, threshold, added.wall_ns);
     }
+
+public:
 
     static std::uint32_t counted(const persisted_crashes& history, const crash_threshold& threshold,
                                  std::uint64_t now_ns) noexcept {

@@ -54,7 +54,10 @@ public:
         check_spec();
     }
 
-    ~unit_core() override { runtime_.unregister_name(name(), this); }
+    ~unit_core() override {
+        runtime_.unregister_name(name(), this);
+        runtime_.remove_meter(this);
+    }
 
     // --- callers' side ---------------------------------------------------
     template <class Message>
@@ -464,7 +467,7 @@ private:
 
     // Records a crash in the registry; true if it makes the unit
     // permanently crashed (then it is not restarted in place).
-    bool note_crash(crash_kind kind, std::string_view what);
+    bool note_crash(crash_kind kind, std::string_view what, bool restart_likely = false);
 
     // on_state_changed's "before" is the committed state, which the keeper
     // holds: it is read from there for the first commit a listener sees (no

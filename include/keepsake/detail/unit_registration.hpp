@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "keepsake/crash_reports.hpp"
 #include "keepsake/detail/fatal_signals.hpp"
@@ -97,9 +98,25 @@ public:
                        threshold);
     }
 
-    // A start of the worker (restarts in place too).
+    // A restart of the worker in place (same instance, same run): counted
+    // in the record's starts at its next write (every crash writes it), so
+    // a crash and its restart cost one record write, not two.
+    void restarted_in_place() noexcept {
+        if (prepaid_start_) prepaid_start_ = false;  // the crash's write counted it
+        else ++unwritten_starts_;
+    }
+    // The restart the crash's write counted did not come (the unit gave up,
+    // or is permanently crashed): taken back at the next write.
+    void restart_not_taken() noexcept {
+        if (!prepaid_start_) return;
+        prepaid_start_ = false;
+        --unwritten_starts_;
+    }
+
+    // A start of the worker.
     void started(const placement& where, std::string_view type, restart_type restart, key_lifecycle lifecycle) {
         book_->update(*entry_, [&](persisted_unit& record) {
+            record.starts = with_unwritten(record.starts);
             record.status = static_cast<std::uint32_t>(unit_status::running);
             record.flags = (record.flags & ~(unit_flag_died_here | unit_flag_dynamic)) |
                            (where.dynamic ? unit_flag_dynamic : 0u);
@@ -115,15 +132,14 @@ public:
     }
 
     // Records a crash; true if it makes the unit permanently crashed.
+    // With `restart_likely`, the restart in place that should follow is
+    // counted in the same write (restarted_in_place, restart_not_taken).
     bool crashed(crash_kind kind, std::string_view reason, std::uint64_t generation, const crash_threshold& threshold,
-                 bool at_start = true) {
-        const std::uint32_t within = book_->add_crash(*entry_, kind, reason, generation, threshold, at_start);
-        const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
-        book_->update(*entry_, [&](persisted_unit& record) {
-            ++record.crashes;
-            record.flags &= ~unit_flag_died_here;
-            if (poisoned) record.status = static_cast<std::uint32_t>(unit_status::permanently_crashed);
-        });
+                 bool at_start = true, bool restart_likely = false) {
+        const std::int32_t starts = unwritten_starts_ + (restart_likely ? 1 : 0);
+        const bool poisoned = book_->record_crash(*entry_, kind, reason, generation, threshold, at_start, starts);
+        unwritten_starts_ = 0;
+        prepaid_start_ = restart_likely;
         return poisoned;
     }
 
@@ -149,7 +165,10 @@ public:
     // The ladder started the unit below `generation`, whose copy it kept.
     void rolled_back(const std::optional<keepsake::record>& skipped, std::uint64_t generation) {
         if (skipped) book_->keep_skipped(*skipped);
-        book_->update(*entry_, [&](persisted_unit& record) { record.rolled_back_from = generation; });
+        book_->update(*entry_, [&](persisted_unit& record) {
+            record.starts = with_unwritten(record.starts);
+            record.rolled_back_from = generation;
+        });
     }
 
     std::uint64_t rolled_back_from() const {
@@ -160,6 +179,7 @@ public:
     void set_status(unit_status status) {
         if (entry_ == nullptr) return;
         book_->update(*entry_, [&](persisted_unit& record) {
+            record.starts = with_unwritten(record.starts);
             // Only clear_crashed takes a unit out of permanently_crashed.
             if (static_cast<unit_status>(record.status) != unit_status::permanently_crashed)
                 record.status = static_cast<std::uint32_t>(status);
@@ -211,11 +231,13 @@ public:
     // once attached, its record and threshold.
     // Never throws: a registry that cannot record the crash (a full
     // segment) is reported, and the unit goes on as without a registry.
-    crash_outcome note_crash(crash_kind kind, std::string_view what, std::uint64_t generation, bool at_start) noexcept {
+    crash_outcome note_crash(crash_kind kind, std::string_view what, std::uint64_t generation, bool at_start,
+                             bool restart_likely = false) noexcept {
         crash_outcome outcome;
         try {
             outcome.breaker_opened = policy_.breaker && policy_.breaker->note_crash();
-            if (attached()) outcome.poisoned = crashed(kind, what, generation, policy_.threshold, at_start);
+            if (attached())
+                outcome.poisoned = crashed(kind, what, generation, policy_.threshold, at_start, restart_likely);
         } catch (const std::exception& failure) {
             report(report_kind::store_failure, [&](report_line& line) {
                 line << "the unit registry could not record a crash: " << failure.what();
@@ -233,6 +255,13 @@ public:
 
 private:
     unit_policy policy_;
+    std::int32_t unwritten_starts_ = 0;  // restarts in place not yet in the record (or taken back)
+    bool prepaid_start_ = false;         // the last crash's write counted the restart after it
+
+    std::uint32_t with_unwritten(std::uint32_t starts) noexcept {
+        const std::int64_t sum = static_cast<std::int64_t>(starts) + std::exchange(unwritten_starts_, 0);
+        return static_cast<std::uint32_t>(sum < 0 ? 0 : sum);
+    }
 
     // A unit recovering from a store finds its record and crash history
     // there after a reboot (its thresholds count across it). A store it

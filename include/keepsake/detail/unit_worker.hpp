@@ -39,7 +39,8 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     handed_over_once_ = true;
     // Recorded before the restore and the init hook run: a fatal signal in
     // either is then blamed on this start (the record names this run).
-    registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
+    if (restarts_this_instance_ != 0) registration_.restarted_in_place();
+    else registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
     served_since_start_ = 0;
     start_info info;
     info.instance = number;
@@ -103,11 +104,11 @@ void unit_core<State, Handler>::check_registry_at_start() {
 }
 
 template <class State, class Handler>
-bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view what) {
+bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view what, bool restart_likely) {
     // At start: before the first message after a (re)start, where a state
     // that crashes its worker shows (what the rollback ladder counts).
     const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed),
-                                                           served_since_start_ == 0);
+                                                           served_since_start_ == 0, restart_likely);
     if (outcome.breaker_opened) {
         publish_by(name(), event_kind::circuit_open, spec_.type, 0, exit_kind::crashed, what);
         detail::report(report_kind::crash, [&](report_line& line) {
@@ -182,7 +183,7 @@ std::optional<exit_reason> unit_core<State, Handler>::on_crash(std::string_view 
     // Decided first, so the caller of the crashing call is told whether
     // the unit restarts.
     const bool stopping = context_stop_requested();
-    const bool poisoned = note_crash(kind, what);
+    const bool poisoned = note_crash(kind, what, !stopping);
     const bool gives_up = !stopping && (poisoned || !log_.allow(runtime_.clock().now()));
     crash_inflight(what, !stopping && !gives_up);
     dirty_ = false;
@@ -193,6 +194,7 @@ std::optional<exit_reason> unit_core<State, Handler>::on_crash(std::string_view 
              << "): " << what;
     });
     if (stopping) return exit_reason{exit_kind::shutdown, "stopped while restarting"};
+    if (poisoned || gives_up) registration_.restart_not_taken();
     if (poisoned) {
         registration_.set_status(unit_status::permanently_crashed);
         return exit_reason{exit_kind::crashed, "permanently crashed; last crash: " + std::string(what)};

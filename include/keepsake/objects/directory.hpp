@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "keepsake/detail/registry_book.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/objects/detail/alarm_timers.hpp"
@@ -124,7 +125,7 @@ public:
     // wake it), durable with the commit that follows.
     void schedule_alarm_at(const std::string& key, std::string_view name, duration at) {
         detail::check_alarm_name(name);
-        call(key, detail::set_alarm{std::string(name), at.count()});
+        call(key, detail::set_alarm{std::string(name), at.count(), key});
     }
     void schedule_alarm(const std::string& key, std::string_view name, duration delay) {
         schedule_alarm_at(key, name, alarm_clock_now(runtime_.clock()) + delay);
@@ -245,6 +246,10 @@ private:
     std::shared_ptr<shared> shared_;
     detail::object_reads<State> reads_{segment_, prefix_, spec_.durable, spec_.store_prefix};
     detail::alarm_timers timers_;
+    // The segment's unit registry, held for the directory's life: without a
+    // holder it would go with the last active object and be made again at
+    // the next activation.
+    std::shared_ptr<detail::registry_book> registry_ = detail::registry_book::of(segment_.shared_impl());
     // Under shared_->changed's lock:
     std::unordered_map<std::string, entry> entries_;
     entry* oldest_ = nullptr;  // least recently used active object

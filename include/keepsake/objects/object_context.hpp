@@ -44,6 +44,7 @@ enum class alarm_outcome : std::uint8_t { fired, not_due, no_handler };
 struct set_alarm {
     std::string name;
     std::int64_t due_ns = 0;
+    std::string object;  // its key: the handler needs no context (a direct call, no switch)
 };
 struct cancel_alarm {
     std::string name;  // empty: all
@@ -52,7 +53,6 @@ struct drop_alarm {  // given up on after its retries: removed if still due at t
     std::string name;
     std::int64_t due_ns = 0;
 };
-struct touch {};  // ensure_started: activates, changes nothing
 
 } // namespace detail
 
@@ -103,7 +103,7 @@ namespace detail {
 template <class M>
 inline constexpr bool is_directory_message =
     std::is_same_v<M, alarm_due> || std::is_same_v<M, set_alarm> || std::is_same_v<M, cancel_alarm> ||
-    std::is_same_v<M, drop_alarm> || std::is_same_v<M, touch>;
+    std::is_same_v<M, drop_alarm>;
 
 // The unit handler of an object: the user's handler on the user's state,
 // and the directory's alarm messages.
@@ -153,9 +153,9 @@ struct object_handler {
         return alarm_outcome::fired;
     }
 
-    bool operator()(held_type& held, const set_alarm& wanted, context_type& unit) {
+    bool operator()(held_type& held, const set_alarm& wanted) {
         held.set_alarm(wanted.name, wanted.due_ns);
-        sink->alarm_set(std::string_view(unit.name()).substr(sink->key_offset()), wanted.due_ns);
+        sink->alarm_set(wanted.object, wanted.due_ns);
         return true;
     }
     bool operator()(held_type& held, const cancel_alarm& unwanted) {
@@ -168,7 +168,6 @@ struct object_handler {
         if (slot == nullptr || slot->due_ns != given_up.due_ns) return false;
         return held.cancel_alarm(given_up.name);
     }
-    bool operator()(held_type&, const touch&) { return true; }
 };
 
 } // namespace detail
