@@ -266,7 +266,12 @@ public:
 
     // One unit's record and history from `from` (after a reboot), where the
     // segment holds no valid one. Errors of the store are the caller's.
+    // A segment that holds the unit's record holds its history too (they
+    // are made in the segment and removed together): only a segment without
+    // the record (a reboot) asks the store, so an object woken from the
+    // store after its shutdown reads one record there, not three.
     void import_unit_from(store& from, const std::string& prefix, const std::string& key) {
+        if (holds_valid(registry_key(unit_record_prefix, key), unit_record_prefix)) return;
         for (const char* kind : {unit_record_prefix, crash_record_prefix}) {
             const std::string registry = registry_key(kind, key);
             if (holds_valid(registry, kind)) continue;
