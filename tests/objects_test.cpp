@@ -539,3 +539,25 @@ TEST_CASE("objects: a paused directory fires nothing until its housekeeping star
     r.rt.run_for(20ms);
     CHECK(players.lookup("ada") == object_status::hibernated);
 }
+
+TEST_CASE("objects: terminate waits for the calls in flight, which are answered", "[objects]") {
+    rig r(1);
+    players_directory players(r.rt, players_spec());
+    players.call("a", add{1});
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    std::atomic<int> answered{0};
+    std::thread busy([&] {
+        if (players.call("a", wait_here{release})) answered.fetch_add(1);
+    });
+    std::this_thread::sleep_for(50ms);  // the call is in the handler
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(50ms);
+        release->store(true);
+    });
+    CHECK(players.terminate("a"));
+    busy.join();
+    releaser.join();
+    CHECK(answered.load() == 1);
+    CHECK(players.lookup("a") == object_status::hibernated);
+    CHECK(players.call("a", add{1}) == 2);
+}

@@ -307,6 +307,7 @@ private:
     unit_type make_unit(const std::string& key);
     bool evict_one();
     void let_go(unit_type& handle);
+    void wait_for_callers(entry& which);
 
     void link_newest(entry& which) noexcept {
         which.older = newest_;

@@ -83,13 +83,18 @@ typename object_directory<State, Handler>::lease object_directory<State, Handler
 
 template <class State, class Handler>
 void object_directory<State, Handler>::release(entry& held) {
-    auto lock = shared_->changed.lock();
-    --held.in_flight;
-    held.last_active = runtime_.clock().now();
-    if (held.now == phase::active) {
-        unlink(held);
-        link_newest(held);
+    bool stopper_waits = false;
+    {
+        auto lock = shared_->changed.lock();
+        --held.in_flight;
+        held.last_active = runtime_.clock().now();
+        if (held.now == phase::active) {
+            unlink(held);
+            link_newest(held);
+        }
+        stopper_waits = held.now == phase::stopping && held.in_flight == 0;
     }
+    if (stopper_waits) shared_->changed.notify_all();  // stop_entry waits for the last call to leave
 }
 
 template <class State, class Handler>
@@ -150,6 +155,15 @@ typename object_directory<State, Handler>::unit_type object_directory<State, Han
                                         "' did not start (its unit stopped at once); see the log for its crash");
 }
 
+// Calls in flight when a unit is stopped (terminate, close) end with it,
+// answered or refused; their leases point at the entry and use its handle,
+// so both stay until the last one left. (An object that terminates itself
+// from its own handler would wait for itself: use stop_self.)
+template <class State, class Handler>
+void object_directory<State, Handler>::wait_for_callers(entry& which) {
+    runtime_.wait_until(shared_->changed, detail::forever, [&] { return which.in_flight == 0; });
+}
+
 // Drops the directory's handle of a stopped unit and waits until the unit
 // is gone (its fiber may still hold it for a moment after stop returns):
 // until then its name and key are taken, and the next activation would be
@@ -206,6 +220,7 @@ void object_directory<State, Handler>::stop_entry(entry& which, stop_kind why) {
     const std::string key = *which.key;
     if (which.handle) {
         stop_unit(runtime_, which.handle);
+        wait_for_callers(which);
         which.handle.shared_core()->retire(unit_status::stopped_graceful, false);
         let_go(which.handle);
     }
@@ -350,6 +365,7 @@ void object_directory<State, Handler>::terminate_and_delete(const std::string& k
     const std::string unit_name = prefix_ + key;
     if (which != nullptr) {
         stop_unit(runtime_, which->handle);
+        wait_for_callers(*which);
         which->handle.shared_core()->retire(unit_status::deleted, true);
         let_go(which->handle);
     }
