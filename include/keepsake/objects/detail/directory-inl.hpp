@@ -226,12 +226,13 @@ void object_directory<State, Handler>::stop_entry(entry& which, stop_kind why) {
     }
     {
         auto held = shared_->changed.lock();
-        entries_.erase(key);
+        // Idle since its last activity, not since it hibernated.
+        const duration idle_since = which.last_active;
+        entries_.erase(key);  // `which` is gone from here on
         ++stats_.hibernations;
         if (spec_.shutdown_after != duration::zero() && spec_.durable != nullptr) {
-            // Idle since its last activity, not since it hibernated.
-            hibernated_since_[key] = which.last_active;
-            hibernated_.emplace_back(key, which.last_active);
+            hibernated_since_[key] = idle_since;
+            hibernated_.emplace_back(key, idle_since);
         }
     }
     shared_->changed.notify_all();
