@@ -94,14 +94,17 @@ public:
     }
 
 private:
-    // Block b holds first_block << b cells: 22 blocks hold the 2^24 - 1
-    // cells the head word can name, each a caller waiting at once.
-    static constexpr std::uint32_t first_block = 8;
+    // Block b holds first_block << b cells: 24 blocks hold the 2^24 - 1
+    // cells the head word can name, each a caller waiting at once. The
+    // first block is small: an idle unit keeps it (152 B a cell).
+    static constexpr std::uint32_t first_block = 2;
     static constexpr std::uint64_t index_mask = (std::uint64_t{1} << 24) - 1;  // the rest counts changes
     static constexpr std::uint32_t max_cells = static_cast<std::uint32_t>(index_mask);
 
     std::atomic<std::uint64_t> free_{0};  // (changes << 24) | (first free index + 1); 0: none
-    std::atomic<reply_cell*> blocks_[22] = {};
+    std::atomic<reply_cell*> blocks_[24] = {};
+    static_assert(std::uint64_t{first_block} * ((std::uint64_t{1} << 24) - 1) >= max_cells,
+                  "the blocks must hold every cell the head word can name");
     futex_mutex growing_;                 // make_cell
     std::uint32_t made_ = 0;              // under growing_
 
