@@ -561,3 +561,28 @@ TEST_CASE("objects: terminate waits for the calls in flight, which are answered"
     CHECK(players.lookup("a") == object_status::hibernated);
     CHECK(players.call("a", add{1}) == 2);
 }
+
+TEST_CASE("objects: a caller waiting for a start gives up after start_timeout", "[objects]") {
+    rig r(1);
+    auto spec = players_spec();
+    spec.start_timeout = 1s;
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    spec.initial = [release](const std::string&) {
+        while (!release->load()) boost::this_fiber::yield();
+        return player{};
+    };
+    players_directory players(r.rt, spec);
+    std::thread starter([&] { players.call("slow", add{1}); });
+    while (players.active_count() == 0) std::this_thread::sleep_for(1ms);
+    std::atomic<int> code{-1};
+    std::thread waiter([&] {
+        code = static_cast<int>(test_support::error_from([&] { players.call("slow", add{1}); }).code());
+    });
+    std::this_thread::sleep_for(50ms);
+    r.clock->advance(2s);  // past the waiter's deadline on the runtime's clock
+    waiter.join();
+    CHECK(code.load() == static_cast<int>(errc::timeout));
+    release->store(true);
+    starter.join();
+    CHECK(players.get_state("slow")->score == 1);
+}
