@@ -79,6 +79,16 @@ keepsake::directory_spec<player, player_handler> players_spec() {
     return spec;
 }
 
+// A slow start: the initial state takes its time, until the flag is set.
+std::shared_ptr<std::atomic<bool>> slow_start(keepsake::directory_spec<player, player_handler>& spec) {
+    auto release = std::make_shared<std::atomic<bool>>(false);
+    spec.initial = [release](const std::string&) {
+        while (!release->load()) boost::this_fiber::yield();
+        return player{};
+    };
+    return release;
+}
+
 struct rig {
     explicit rig(std::uint32_t threads = 0)
         : seg("objects", dir.options(8u << 20, 1024)),
@@ -200,12 +210,7 @@ TEST_CASE("objects: too many waiters for one start fail fast with overloaded", "
     rig r(1);
     auto spec = players_spec();
     spec.max_waiters = 1;
-    // A slow start: the initial state takes its time.
-    auto release = std::make_shared<std::atomic<bool>>(false);
-    spec.initial = [release](const std::string&) {
-        while (!release->load()) boost::this_fiber::yield();
-        return player{};
-    };
+    auto release = slow_start(spec);
     players_directory players(r.rt, spec);
     std::thread starter([&] { players.call("slow", add{1}); });
     while (players.active_count() == 0) std::this_thread::sleep_for(1ms);  // the entry exists: starting
@@ -566,11 +571,7 @@ TEST_CASE("objects: a caller waiting for a start gives up after start_timeout", 
     rig r(1);
     auto spec = players_spec();
     spec.start_timeout = 1s;
-    auto release = std::make_shared<std::atomic<bool>>(false);
-    spec.initial = [release](const std::string&) {
-        while (!release->load()) boost::this_fiber::yield();
-        return player{};
-    };
+    auto release = slow_start(spec);
     players_directory players(r.rt, spec);
     std::thread starter([&] { players.call("slow", add{1}); });
     while (players.active_count() == 0) std::this_thread::sleep_for(1ms);

@@ -160,24 +160,7 @@ T* shared_anonymous() {
 using keepsake::testing::release_shared;
 
 // Forks a child that runs `body` and never returns into the test runner.
-template <class Body>
-pid_t fork_child(Body&& body) {
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        // A child outlives a test that failed (or a sanitizer that aborted
-        // it) and would hold ctest's output pipe open until the timeout.
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() != parent) ::_exit(4);
-        try {
-            body();
-        } catch (...) {
-            ::_exit(3);
-        }
-        ::_exit(0);
-    }
-    return pid;
-}
+using keepsake::testing::fork_child;
 
 inline void kill_and_reap(pid_t pid) {
     ::kill(pid, SIGKILL);

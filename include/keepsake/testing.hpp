@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -75,14 +76,11 @@ void release_shared(T* object) {
     ::munmap(object, sizeof(T));
 }
 
-// Runs `body` in a forked child (which dies with the test), waits until the
-// child sets `ready` (or `limit` passes, or it exits), lets it run `then`
-// longer, and kills it with SIGKILL. Returns true if it was killed while
-// running (false: it exited first, or never got ready).
+// Forks a child that runs `body`, then exits (0; 3 if body threw). The
+// child dies with the test process (PR_SET_PDEATHSIG): one that outlived a
+// failed test would hold ctest's output pipe open until the timeout.
 template <class Body>
-bool run_and_kill(Body&& body, const std::atomic<int>& ready,
-                  std::chrono::microseconds then = std::chrono::microseconds(0),
-                  std::chrono::seconds limit = std::chrono::seconds(30)) {
+pid_t fork_child(Body&& body) {
     const pid_t parent = ::getpid();
     const pid_t child = ::fork();
     if (child < 0) throw error(errc::system_error, "fork failed");
@@ -96,6 +94,18 @@ bool run_and_kill(Body&& body, const std::atomic<int>& ready,
         }
         ::_exit(0);
     }
+    return child;
+}
+
+// Runs `body` in a forked child (which dies with the test), waits until the
+// child sets `ready` (or `limit` passes, or it exits), lets it run `then`
+// longer, and kills it with SIGKILL. Returns true if it was killed while
+// running (false: it exited first, or never got ready).
+template <class Body>
+bool run_and_kill(Body&& body, const std::atomic<int>& ready,
+                  std::chrono::microseconds then = std::chrono::microseconds(0),
+                  std::chrono::seconds limit = std::chrono::seconds(30)) {
+    const pid_t child = fork_child(std::forward<Body>(body));
     const auto deadline = std::chrono::steady_clock::now() + limit;
     bool running = true;
     while (ready.load(std::memory_order_acquire) == 0 && running) {
