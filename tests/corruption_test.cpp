@@ -279,3 +279,48 @@ TEST_CASE("a directory entry copied onto another, or with a key the rules refuse
     s.drop_damaged_entries();
     CHECK(keeper<int>(s, "a").restore()->value == 1);
 }
+
+// Commits never repeat a generation; damage or a forged file can. Restore,
+// the listing and the exporter's copy then try both slots of that
+// generation (the higher index first) and all take the same valid one.
+TEST_CASE("two slots forged to one generation: restore, entries() and the exporter's copy agree", "[corruption]") {
+    using namespace keepsake::detail;
+    const bool damage_slot0 = GENERATE(true, false);
+    CAPTURE(damage_slot0);
+    shm_dir dir;
+    build_reference(dir);  // "raw": generation 3 in slot 0, 2 in slot 1
+    damage_reference(dir, [&](std::string& bytes) {
+        const test_support::slot_place place = test_support::find_slots(bytes, "raw");
+        slot_header header{};
+        std::memcpy(&header, &bytes[place.header(1)], sizeof(header));
+        header.generation = 3;
+        if (damage_slot0) {  // slot 1 made a valid generation 3 (with generation 2's bytes); slot 0 damaged
+            header.checksum = slot_checksum(header.generation, header.size, header.fingerprint, header.schema_version,
+                                            header.codec, &bytes[place.data(1)], header.commit_ns, header.tag);
+            bytes[place.data(0) + 17] ^= 0x40;
+        }  // else slot 1 claims generation 3 without a checksum that holds
+        std::memcpy(&bytes[place.header(1)], &header, sizeof(header));
+    });
+    segment s = open_reference(dir);
+    const std::uint64_t bytes_of = damage_slot0 ? 2 : 3;  // whose bytes the valid slot holds
+
+    const auto copied = keepsake::testing::committed<blob<256>>(s, "raw");
+    REQUIRE(copied);
+    CHECK(copied->consistent());
+    CHECK(copied->generation == bytes_of);
+    bool listed = false;
+    for (const keepsake::entry_info& entry : s.entries())
+        if (entry.key == "raw") {
+            listed = true;
+            CHECK(entry.generation == 3);
+            CHECK(entry.invalid_slots == 1);
+        }
+    CHECK(listed);
+    keeper<blob<256>> raw(s, "raw");
+    auto kept = raw.restore();
+    REQUIRE(kept);
+    CHECK(kept->info.generation == 3);
+    CHECK(kept->info.skipped_slots == (damage_slot0 ? 0u : 1u));
+    CHECK(kept->value.generation == bytes_of);
+    CHECK(raw.commit(kept->value) == 4);
+}

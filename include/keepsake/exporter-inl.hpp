@@ -555,7 +555,7 @@ KEEPSAKE_INLINE std::size_t exporter::pending_keys() {
     for (const auto& view : segment_->entry_views()) {
         if (view.kind != detail::entry_kind::state) continue;
         detail::slot_snapshot newest;
-        if (!detail::newest_published_below(view.area, detail::max_generation + 1, newest)) continue;
+        if (!detail::newest_published(view.area, newest)) continue;
         const exported_key* known = view.index < exported_.size() ? &exported_[view.index] : nullptr;
         const bool exported = known != nullptr && known->nonce == view.nonce &&
                               known->generation >= newest.generation;

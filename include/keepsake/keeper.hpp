@@ -223,9 +223,11 @@ public:
     std::optional<restore_info> restore_older_than(std::uint64_t generation, T& out) {
         busy_guard guard(busy_, key_);
         restore_info info;
-        std::uint64_t below = generation;
-        while (auto snap = newest_below(below)) {
-            below = snap->generation;
+        detail::slot_cursor cursor{generation, 0};
+        detail::slot_snapshot found;
+        while (detail::next_newest_slot(area_, cursor, found)) {
+            const detail::slot_snapshot* snap = &found;  // restore's order: slot_cursor's
+            cursor = detail::slot_cursor::at(found);
             if (!detail::slot_is_valid(area_, *snap)) {
                 report_invalid(*snap, "checksum or size check failed");
                 ++info.skipped_slots;
@@ -416,18 +418,6 @@ private:
                                   previous.codec, to.data(index), previous.commit_ns, previous.tag) != previous.checksum)
             return;
         detail::publish_slot(to, index, previous);
-    }
-
-    // Newest slot with a generation below `below` (0 generations are empty;
-    // those above max_generation can only be damage and are not ours).
-    std::optional<detail::slot_snapshot> newest_below(std::uint64_t below) const noexcept {
-        std::optional<detail::slot_snapshot> best;
-        for (std::uint32_t index = 0; index < area_.count; ++index) {
-            const detail::slot_snapshot snap = detail::read_slot_header(area_, index);
-            if (snap.generation == 0 || snap.generation >= below) continue;
-            if (!best || snap.generation > best->generation) best = snap;
-        }
-        return best;
     }
 
     bool matches_this_type(const detail::slot_snapshot& snap) const {

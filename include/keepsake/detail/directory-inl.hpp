@@ -435,8 +435,8 @@ KEEPSAKE_INLINE entry_info segment_impl::describe(const dir_entry& entry, const 
         if (table) {  // a table: its newest item's words, and the bytes of every item version
             info.size += snap.size;
             if (snap.generation < info.generation) continue;
-        } else if (snap.generation <= info.generation) {
-            continue;
+        } else if (snap.generation < info.generation) {
+            continue;  // equal ones (damage): the higher index, as restore takes it (slot_cursor)
         }
         info.generation = snap.generation;
         if (!table) info.size = snap.size;

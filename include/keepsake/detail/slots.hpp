@@ -104,6 +104,32 @@ inline bool slot_is_valid(const slot_area& area, const slot_snapshot& snap) noex
                          snap.codec, area.data(snap.index), snap.commit_ns, snap.tag) == snap.checksum;
 }
 
+// Readers try an entry's slots newest generation first. Two slots with one
+// generation are damage or forgery (commits never repeat one); then the
+// higher index goes first, so each slot is tried once and a valid one of the
+// two is not skipped with the invalid. A cursor is the last slot tried.
+struct slot_cursor {
+    std::uint64_t generation = max_generation + 1;
+    std::uint32_t index = 0;
+
+    static slot_cursor at(const slot_snapshot& snap) noexcept { return {snap.generation, snap.index}; }
+    bool after(const slot_snapshot& snap) const noexcept {
+        return snap.generation < generation || (snap.generation == generation && snap.index < index);
+    }
+};
+
+// The next published slot to try after `cursor`, if any.
+inline bool next_newest_slot(const slot_area& area, const slot_cursor& cursor, slot_snapshot& next) noexcept {
+    bool found = false;
+    for (std::uint32_t index = 0; index < area.count; ++index) {
+        const slot_snapshot snap = read_slot_header(area, index);
+        if (snap.generation == 0 || !cursor.after(snap)) continue;
+        if (!found || snap.generation >= next.generation) next = snap;  // ties: the higher index
+        found = true;
+    }
+    return found;
+}
+
 // Writes a slot's words and checksum, then publishes it: the generation goes
 // last, with release, so a reader that sees it sees everything before it.
 // The caller unpublished the slot (generation 0, release fence) before it

@@ -34,16 +34,11 @@ inline bool copy_slot(const slot_area& area, const slot_snapshot& snap, record& 
     return load_relaxed(area.header(snap.index)->generation) == snap.generation;
 }
 
-// Newest published slot below generation `below`, if any.
-inline bool newest_published_below(const slot_area& area, std::uint64_t below, slot_snapshot& best) noexcept {
-    bool found = false;
-    for (std::uint32_t index = 0; index < area.count; ++index) {
-        const slot_snapshot snap = read_slot_header(area, index);
-        if (snap.generation == 0 || snap.generation >= below || snap.tag != area.tag) continue;
-        if (!found || snap.generation > best.generation) best = snap;
-        found = true;
-    }
-    return found;
+// Newest published slot of this entry's tag, if any.
+inline bool newest_published(const slot_area& area, slot_snapshot& newest) noexcept {
+    for (slot_cursor cursor; next_newest_slot(area, cursor, newest); cursor = slot_cursor::at(newest))
+        if (newest.tag == area.tag) return true;
+    return false;
 }
 
 // Puts the newest valid committed state of `area` into `out` (key untouched)
@@ -51,25 +46,25 @@ inline bool newest_published_below(const slot_area& area, std::uint64_t below, s
 // checksum is damaged and the next older one is tried, as restore does.
 inline snapshot_status snapshot_newest(const slot_area& area, std::uint64_t newer_than, record& out,
                                        int attempts = 64) {
-    std::uint64_t below = max_generation + 1;
+    slot_cursor cursor;
     slot_snapshot snap;
-    while (newest_published_below(area, below, snap)) {
+    while (next_newest_slot(area, cursor, snap)) {
         if (snap.generation <= newer_than) return snapshot_status::up_to_date;
-        const bool fits = snap.size <= area.capacity;
-        if (fits && !copy_slot(area, snap, out)) {
+        const bool plausible = slot_words_plausible(area, snap);
+        if (plausible && !copy_slot(area, snap, out)) {
             if (--attempts <= 0) return snapshot_status::busy;
-            below = max_generation + 1;  // a newer commit landed: start over
+            cursor = slot_cursor{};  // a newer commit landed: start over
             continue;
         }
-        if (fits && slot_checksum(snap.generation, snap.size, snap.fingerprint, snap.schema_version, snap.codec,
-                                  out.bytes.data(), snap.commit_ns, area.tag) == snap.checksum) {
+        if (plausible && slot_checksum(snap.generation, snap.size, snap.fingerprint, snap.schema_version, snap.codec,
+                                       out.bytes.data(), snap.commit_ns, area.tag) == snap.checksum) {
             out.generation = snap.generation;
             out.schema_version = snap.schema_version;
             out.codec = snap.codec;
             out.fingerprint = snap.fingerprint;
             return snapshot_status::copied;
         }
-        below = snap.generation;  // damaged: fall back to the older slot
+        cursor = slot_cursor::at(snap);  // damaged or foreign: fall back to the next older slot
     }
     return snapshot_status::none;
 }
