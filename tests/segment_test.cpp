@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
+#include <vector>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -506,4 +508,59 @@ TEST_CASE("hostile files: a file made private by its owner opens again", "[segme
     REQUIRE(::chmod(dir.file("loose").c_str(), 0600) == 0);
     segment s("loose", dir.options());
     CHECK(s.outcome() == open_outcome::reopened_clean);
+}
+
+// The owner's key index (detail/key_index.hpp) holds only hashes and entry
+// numbers; the keys are the entries'. Random adds and removes, against a map,
+// with entry numbers reused as the directory reuses them.
+TEST_CASE("the key index finds what a map finds through random adds and removes", "[segment][index]") {
+    keepsake::detail::key_index index;
+    std::vector<std::string> entries;      // what each directory entry holds ("" free)
+    std::map<std::string, std::uint32_t> model;
+    std::vector<std::uint32_t> free_entries;
+    std::size_t peak = 0;
+    std::mt19937_64 random(7);
+    auto holds = [&](const std::string& key) {
+        return [&entries, key](std::uint32_t entry) { return entry < entries.size() && entries[entry] == key; };
+    };
+    for (int step = 0; step < 200000; ++step) {
+        const std::string key = "k" + std::to_string(random() % 20000);
+        const auto known = model.find(key);
+        if (known == model.end()) {
+            std::uint32_t entry = static_cast<std::uint32_t>(entries.size());
+            if (!free_entries.empty()) {
+                entry = free_entries.back();
+                free_entries.pop_back();
+            } else {
+                entries.emplace_back();
+            }
+            entries[entry] = key;
+            index.assign(key, entry, holds(key));
+            model.emplace(key, entry);
+            peak = std::max(peak, model.size());
+        } else if (random() % 2 == 0) {
+            REQUIRE(index.erase(key, known->second));
+            entries[known->second].clear();
+            free_entries.push_back(known->second);
+            model.erase(known);
+        }
+        if (step % 1000 == 0) {
+            REQUIRE(index.size() == model.size());
+            for (const auto& [each, entry] : model) REQUIRE(index.find(each, holds(each)) == entry);
+            for (int absent = 0; absent < 50; ++absent) {
+                const std::string other = "k" + std::to_string(20000 + random() % 20000);
+                REQUIRE_FALSE(index.find(other, holds(other)));
+            }
+        }
+    }
+    // 8 B a slot; it doubles past 3/4 full: under 22 B a key at its peak.
+    CHECK(index.bytes() <= peak * 64 / 3);
+    // Nearly all removed, it gives the peak's memory back.
+    while (model.size() > 10) {
+        const auto last = std::prev(model.end());
+        REQUIRE(index.erase(last->first, last->second));
+        model.erase(last);
+    }
+    for (const auto& [each, entry] : model) CHECK(index.find(each, holds(each)) == entry);
+    CHECK(index.bytes() <= 8 * 128);
 }

@@ -28,6 +28,7 @@
 #include "keepsake/detail/atomic.hpp"
 #include "keepsake/detail/config.hpp"
 #include "keepsake/detail/checksum.hpp"
+#include "keepsake/detail/key_index.hpp"
 #include "keepsake/detail/layout.hpp"
 #include "keepsake/detail/process.hpp"
 #include "keepsake/detail/slots.hpp"
@@ -216,7 +217,7 @@ public:
 
     void release_key(const std::string& key) {
         std::lock_guard<std::mutex> lock(mutex_);
-        attached_.erase(key);
+        if (const auto index = indexed_entry(key); index && *index < attached_.size()) attached_[*index] = false;
     }
 
     // Moves an attached entry to a new region of `count` x `capacity`:
@@ -268,7 +269,9 @@ private:
     std::uint64_t max_size_ = 0;
     std::uint64_t data_offset_ = 0;
     mutable std::mutex mutex_;          // directory and space changes within this process
-    std::set<std::string> attached_;    // keys with a live keeper here
+    // Which entries have a live keeper here: a bit an entry (a node a key
+    // was 64 B, twice for each active object).
+    std::vector<bool> attached_;
     std::vector<std::uint32_t> damaged_;
     // The directory blocks, validated at open (and as they are added).
     struct block_place {
@@ -281,13 +284,26 @@ private:
     // Where each valid key's entry is, so finding and adding keys does not
     // scan the whole directory. Kept only while this handle holds the lock
     // (owner, maintenance): then nobody else changes the directory.
-    std::unordered_map<std::string, std::uint32_t> directory_index_;
+    key_index directory_index_;
     std::set<std::string> table_index_;  // the side-table keys among them, sorted (few)
     std::uint32_t free_from_ = 0;       // no free entry below this one (indexed handles)
     free_space space_;                  // the owner's free-space map (layout.hpp)
     std::uint64_t nonce_counter_ = 0;
 
     bool indexed() const noexcept { return access_ != segment_access::read_only; }
+    // The indexed entry that names `key` (its words not checked: for this
+    // process's own bookkeeping, not for reading its slots).
+    std::optional<std::uint32_t> indexed_entry(const std::string& key) const noexcept {
+        return directory_index_.find(key, [&](std::uint32_t index) { return entry_names(index, key); });
+    }
+    bool entry_names(std::uint32_t index, const std::string& key) const noexcept {
+        const dir_entry& entry = *entry_at(index);
+        return entry.key_length == key.size() && std::memcmp(entry.key, key.data(), key.size()) == 0;
+    }
+    bool is_attached(const std::string& key) const noexcept {
+        const auto index = indexed_entry(key);
+        return index && *index < attached_.size() && attached_[*index];
+    }
 
     static void check_options(const segment_options& options);
 

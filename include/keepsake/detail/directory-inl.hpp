@@ -131,7 +131,7 @@ KEEPSAKE_INLINE void segment_impl::recover_directory() {
         if (valid) {
             if (indexed()) {
                 if (static_cast<entry_kind>(entry.kind) == entry_kind::table) table_index_.insert(key);
-                directory_index_.emplace(std::move(key), i);
+                directory_index_.assign(key, i, [](std::uint32_t) { return false; });  // each key once: seen
             }
         } else {
             damaged_.push_back(i);
@@ -155,7 +155,7 @@ KEEPSAKE_INLINE segment_impl::attached_entry segment_impl::attach(const std::str
         throw error(errc::invalid_argument, "slot capacity for key '" + key + "' must be 1 to " +
                                                 std::to_string(max_size_) + " bytes (segment_options::max_size)");
     std::lock_guard<std::mutex> lock(mutex_);
-    if (attached_.count(key))
+    if (is_attached(key))
         throw error(errc::key_in_use, "key '" + key + "' in segment '" + name +
                                           "' already has a keeper in this process; use that one");
     attached_entry result;
@@ -170,7 +170,8 @@ KEEPSAKE_INLINE segment_impl::attached_entry segment_impl::attach(const std::str
     } else {
         result = add_entry(key, kind, count, capacity);
     }
-    attached_.insert(key);
+    if (attached_.size() <= result.index) attached_.resize(entry_count_);
+    attached_[result.index] = true;
     return result;
 }
 
@@ -232,7 +233,8 @@ KEEPSAKE_INLINE segment_impl::attached_entry segment_impl::add_entry(const std::
     for (std::uint32_t slot = 0; slot < area.count; ++slot)
         std::memset(static_cast<void*>(area.header(slot)), 0, sizeof(slot_header));
     // Indexed before anything is published: if this throws, nothing changed.
-    directory_index_.insert_or_assign(key, index);
+    directory_index_.assign(key, index, [&](std::uint32_t other) { return entry_names(other, key); });  // gone bad
+    if (index < attached_.size()) attached_[index] = false;  // a key that went bad while attached left its bit
     if (kind == entry_kind::table) table_index_.insert(key);
 
     dir_entry& target = *entry_at(index);
@@ -302,8 +304,7 @@ KEEPSAKE_INLINE std::optional<found_entry> segment_impl::find_valid_entry(const 
     };
     found_entry found{0, {}};
     if (indexed()) {
-        const auto known = directory_index_.find(key);
-        if (known != directory_index_.end() && matches(known->second, found)) return found;
+        if (directory_index_.find(key, [&](std::uint32_t index) { return matches(index, found); })) return found;
         return std::nullopt;  // damaged since it was indexed: as a scan would, skip it
     }
     for (std::uint32_t i = 0; i < entry_count_; ++i)
@@ -322,8 +323,8 @@ KEEPSAKE_INLINE bool segment_impl::remove_key(const std::string& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     const std::vector<std::string> tables = table_keys_of(key);
     for (const std::string& each : tables)
-        if (attached_.count(each)) throw error(errc::key_in_use, "side table '" + each + "' is still attached; destroy its keeper first");
-    if (attached_.count(key))
+        if (is_attached(each)) throw error(errc::key_in_use, "side table '" + each + "' is still attached; destroy its keeper first");
+    if (is_attached(key))
         throw error(errc::key_in_use, "key '" + key + "' still has a keeper; destroy it first");
     bool removed = remove_entry(key);
     for (const std::string& each : tables) removed = remove_entry(each) || removed;
@@ -351,7 +352,7 @@ KEEPSAKE_INLINE bool segment_impl::remove_entry(const std::string& key) {
     auto found = find_entry(key);
     if (!found) return false;
     store_release(entry_at(found->index)->state, entry_free);  // one store: crash-safe
-    directory_index_.erase(key);
+    directory_index_.erase(key, found->index);
     table_index_.erase(key);
     free_from_ = std::min(free_from_, found->index);
     const region_desc& region = found->entry.regions[found->entry.active];
