@@ -91,7 +91,10 @@ KEEPSAKE_INLINE void runtime::unregister_name(const std::string& name, const det
     auto found = registry_.find(name);
     if (found == registry_.end()) return;
     auto held = found->second.who.lock();
-    if (!held || held.get() == who) registry_.erase(found);
+    if (!held || held.get() == who) {
+        registry_.erase(found);
+        detail::rehash_if_sparse(registry_);
+    }
 }
 
 KEEPSAKE_INLINE void runtime::note_segment(const void* segment) {
@@ -104,13 +107,7 @@ KEEPSAKE_INLINE void runtime::add_meter(detail::meter added) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
     // Dropping the gone ones costs a pass over all: done when the list has
     // doubled since the last pass, so adding N units costs O(N), not O(N^2).
-    if (meters_.size() >= 2 * meters_after_sweep_ + 16) {
-        meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
-                      meters_.end());
-        meters_after_sweep_ = meters_.size();
-        meter_index_.clear();
-        for (std::size_t index = 0; index < meters_.size(); ++index) meter_index_[meters_[index].who] = index;
-    }
+    if (meters_.size() >= 2 * meters_after_sweep_ + 16) sweep_meters();
     meter_index_[added.who] = meters_.size();
     meters_.push_back(std::move(added));
 }
@@ -124,6 +121,23 @@ KEEPSAKE_INLINE void runtime::remove_meter(const void* who) noexcept {
     if (found == meter_index_.end()) return;
     meters_[found->second] = detail::meter{};
     meter_index_.erase(found);
+    if (++meter_holes_ <= meters_.size() / 2 + 16) return;
+    try {
+        sweep_meters();
+    } catch (...) {  // out of memory: the gone meters stay until the next sweep, which rebuilds the index
+    }
+}
+
+// Drops the gone meters and reindexes the rest.
+KEEPSAKE_INLINE void runtime::sweep_meters() {
+    meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
+                  meters_.end());
+    detail::shrink_if_sparse(meters_);
+    meters_after_sweep_ = meters_.size();
+    meter_holes_ = 0;
+    meter_index_.clear();
+    detail::rehash_if_sparse(meter_index_);
+    for (std::size_t index = 0; index < meters_.size(); ++index) meter_index_[meters_[index].who] = index;
 }
 
 KEEPSAKE_INLINE std::vector<detail::metered_counters> runtime::sample_meters() const {
@@ -161,6 +175,8 @@ KEEPSAKE_INLINE void runtime::remove_root(const detail::root_process* root) {
     root_index_.erase(found);
     if (++root_holes_ <= roots_.size() / 2 + 16) return;
     roots_.erase(std::remove(roots_.begin(), roots_.end(), nullptr), roots_.end());
+    detail::shrink_if_sparse(roots_);
+    detail::rehash_if_sparse(root_index_);
     root_holes_ = 0;
     for (std::size_t index = 0; index < roots_.size(); ++index) root_index_[roots_[index].get()] = index;
 }

@@ -32,6 +32,7 @@
 #include "keepsake/detail/committers.hpp"
 #include "keepsake/detail/config.hpp"
 #include "keepsake/detail/metered.hpp"
+#include "keepsake/detail/sparse.hpp"
 #include "keepsake/detail/scheduling.hpp"
 #include "keepsake/detail/signal.hpp"
 #include "keepsake/detail/stack_pool.hpp"
@@ -265,6 +266,8 @@ private:
     std::optional<exit_reason> first_abnormal_;   // under roots_changed_
     std::vector<detail::meter> meters_;  // under registry_mutex_
     std::size_t meters_after_sweep_ = 0; // under registry_mutex_: meters_ kept by the last sweep
+    std::size_t meter_holes_ = 0;        // under registry_mutex_: removed since the last sweep
+    void sweep_meters();                 // under registry_mutex_
     std::unordered_map<const void*, std::size_t> meter_index_;  // under registry_mutex_: where each is
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
     std::uint64_t committer_id_ = 0;

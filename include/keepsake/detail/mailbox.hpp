@@ -443,7 +443,7 @@ public:
     bool lent() const noexcept { return (flags_.load(std::memory_order_acquire) & lent_bit) != 0; }
 
 private:
-    static constexpr std::size_t initial_capacity = 4;
+    static constexpr std::size_t initial_capacity = 2;  // 192 B of slots in each idle unit; a burst doubles it
     // flags_: the consumer is parked (or about to be) and wants a wake-up;
     // it may lend its turn; a borrower holds the turn.
     static constexpr unsigned waiting = 1, idle = 2, lent_bit = 4;

@@ -28,7 +28,7 @@ struct metered_counters {
 // whether it still exists, `fill` reads its counters (given alive.lock()).
 struct meter {
     std::weak_ptr<void> alive;
-    std::function<void(const void*, metered_counters&)> fill;
+    void (*fill)(const void*, metered_counters&) = nullptr;  // a plain function: 32 B a meter, not 56
     const void* who = nullptr;  // set by the runtime: what alive pointed to
 };
 

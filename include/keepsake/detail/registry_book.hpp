@@ -20,6 +20,7 @@
 #include "keepsake/detail/process.hpp"
 #include "keepsake/detail/fatal_signals.hpp"
 #include "keepsake/detail/unit_record.hpp"
+#include "keepsake/detail/sparse.hpp"
 #include "keepsake/segment.hpp"
 #include "keepsake/store.hpp"
 
@@ -120,6 +121,7 @@ public:
         if (--which.users != 0) return;
         let_go(which);
         entries_.erase(which.key);
+        rehash_if_sparse(entries_);
     }
 
     std::optional<persisted_unit> read(entry& which) {

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "keepsake/detail/registry_book.hpp"
+#include "keepsake/detail/sparse.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/events.hpp"
 #include "keepsake/objects/detail/alarm_timers.hpp"
@@ -309,6 +310,10 @@ private:
     void let_go(unit_type& handle);
     void wait_for_callers(entry& which);
 
+    void erase_entry(const std::string& key) {  // under shared_->changed's lock
+        entries_.erase(key);
+        detail::rehash_if_sparse(entries_);  // after a burst of activity
+    }
     void link_newest(entry& which) noexcept {
         which.older = newest_;
         which.newer = nullptr;

@@ -117,7 +117,7 @@ typename object_directory<State, Handler>::entry& object_directory<State, Handle
     } catch (...) {
         {
             auto held = shared_->changed.lock();
-            entries_.erase(key);
+            erase_entry(key);
         }
         shared_->changed.notify_all();
         throw;
@@ -228,7 +228,7 @@ void object_directory<State, Handler>::stop_entry(entry& which, stop_kind why) {
         auto held = shared_->changed.lock();
         // Idle since its last activity, not since it hibernated.
         const duration idle_since = which.last_active;
-        entries_.erase(key);  // `which` is gone from here on
+        erase_entry(key);  // `which` is gone from here on
         ++stats_.hibernations;
         if (spec_.shutdown_after != duration::zero() && spec_.durable != nullptr) {
             hibernated_since_[key] = idle_since;
@@ -308,7 +308,7 @@ std::size_t object_directory<State, Handler>::shut_down_idle() {
         }
         {
             auto held = shared_->changed.lock();
-            entries_.erase(key);
+            erase_entry(key);
             if (moved) ++stats_.shutdowns;
         }
         shared_->changed.notify_all();
@@ -382,7 +382,7 @@ void object_directory<State, Handler>::terminate_and_delete(const std::string& k
     }
     {
         auto held = shared_->changed.lock();
-        entries_.erase(key);
+        erase_entry(key);
         hibernated_since_.erase(key);
     }
     shared_->changed.notify_all();
