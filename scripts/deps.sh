@@ -3,7 +3,8 @@
 # silent when everything is there. Extra package names may be given.
 set -euo pipefail
 packages=(cmake g++ make libboost-fiber-dev libboost-context-dev libboost-dev libcereal-dev
-          libspdlog-dev catch2 libbenchmark-dev libxxhash-dev libsqlite3-dev pkgconf "$@")
+          libspdlog-dev catch2 libbenchmark-dev libxxhash-dev libsqlite3-dev pkgconf
+          libpq-dev postgresql "$@")
 missing=()
 for package in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)

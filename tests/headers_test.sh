@@ -10,7 +10,9 @@ source_dir=$(cd "$1" && pwd) compiler=$2 standard=${3:-17}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-common=(-std=c++"$standard" -Wall -Wextra -Wpedantic -Werror -I "$source_dir/include"
+# libpq's headers (stores/postgres_store.hpp) are not on the default path.
+libpq_include=$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
+common=(-std=c++"$standard" -Wall -Wextra -Wpedantic -Werror -I "$source_dir/include" -isystem "$libpq_include"
         -DSPDLOG_COMPILED_LIB -DSPDLOG_SHARED_LIB -DSPDLOG_FMT_EXTERNAL)
 flags=("${common[@]}" -fsyntax-only)
 count=0
@@ -24,7 +26,7 @@ while read -r header; do
   count=$((count + 1))
 done < <(find "$source_dir/include/keepsake" -name '*.hpp' ! -name '*-inl.hpp' | sort)
 
-for header in keeper.hpp recovery.hpp exporter.hpp stores/file_store.hpp stores/sqlite_store.hpp; do
+for header in keeper.hpp recovery.hpp exporter.hpp stores/file_store.hpp stores/sqlite_store.hpp stores/postgres_store.hpp; do
   printf '#include <keepsake/%s>\n' "$header" >"$work/keeper.cpp"
   "$compiler" "${common[@]}" -M "$work/keeper.cpp" >"$work/deps"
   heavy=$(tr ' \\' '\n\n' <"$work/deps" |

@@ -25,6 +25,7 @@
 
 #include "keepsake/detail/checksum.hpp"
 #include "keepsake/detail/slots.hpp"
+#include "keepsake/error.hpp"
 
 namespace keepsake {
 
@@ -91,6 +92,22 @@ inline std::uint64_t record_checksum(const record& r) noexcept {
 // a record at max_generation or above can only be damage (or forged).
 inline bool record_generation_in_range(std::uint64_t generation) noexcept {
     return generation != 0 && generation < max_generation;
+}
+
+// Throws errc::record_corrupt unless a record read back from a store (its
+// row `well_formed` as the store checks it) matches its stored checksum and
+// has a generation in range. `store_name`: describe()'s words.
+inline void check_read_record(const record& r, std::uint64_t stored_checksum, bool well_formed,
+                              const std::string& store_name) {
+    if (record_checksum(r) != stored_checksum || !well_formed)
+        throw error(errc::record_corrupt, store_name + ": key '" + r.key + "' (generation " +
+                                              std::to_string(r.generation) +
+                                              ") fails its checksum; recover from shared memory or the initial "
+                                              "state, or remove the key");
+    if (!record_generation_in_range(r.generation))
+        throw error(errc::record_corrupt, store_name + ": key '" + r.key + "' has generation " +
+                                              std::to_string(r.generation) +
+                                              ", out of range (only damage makes it); remove the key");
 }
 
 inline bool has_prefix(const std::string& key, const std::string& prefix) noexcept {

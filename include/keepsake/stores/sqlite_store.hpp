@@ -338,15 +338,7 @@ private:
         const auto* data = static_cast<const std::byte*>(sqlite3_column_blob(select_, 5));
         const int size = sqlite3_column_bytes(select_, 5);
         if (size > 0) r.bytes.assign(data, data + size);
-        if (detail::record_checksum(r) != checksum || sqlite3_column_type(select_, 5) != SQLITE_BLOB)
-            throw error(errc::record_corrupt, describe() + ": key '" + key + "' (generation " +
-                                                  std::to_string(r.generation) +
-                                                  ") fails its checksum; recover from shared memory or the initial "
-                                                  "state, or remove the key");
-        if (!detail::record_generation_in_range(r.generation))
-            throw error(errc::record_corrupt, describe() + ": key '" + key + "' has generation " +
-                                                  std::to_string(r.generation) +
-                                                  ", out of range (only damage makes it); remove the key");
+        detail::check_read_record(r, checksum, sqlite3_column_type(select_, 5) == SQLITE_BLOB, describe());
         return r;
     }
 };

@@ -1,0 +1,340 @@
+// keepsake/stores/postgres_store.hpp: records in one PostgreSQL table, for
+// programs that outgrow one machine. Link keepsake::postgres (it brings
+// libpq, PostgreSQL::PostgreSQL); only code that includes this header needs
+// libpq.
+//
+// - The generation rule is one SQL statement: an upsert whose update only
+//   happens WHERE the stored generation is lower, so it also holds between
+//   nodes writing the same table.
+// - A batch goes as prepared statements with binary parameters in libpq's
+//   pipeline mode: one round trip and one implicit transaction for up to
+//   `pipeline_depth` records (a batch that fails may have been applied in
+//   part, as the store contract allows; putting it again is safe, since a
+//   record already there is skipped as not newer: a reply lost after COMMIT
+//   is recognised on the retry).
+// - Durable when put_batch returns, as far as the server's synchronous_commit
+//   says (on, by default).
+// - Each row carries the record checksum, checked on every read.
+// - A broken connection is made again at the next call (the exporter retries
+//   a failed batch).
+//
+// The table (README, "The PostgreSQL store"):
+//   key BYTEA PRIMARY KEY, generation BIGINT, schema_version BIGINT,
+//   codec BIGINT, fingerprint BIGINT, checksum BIGINT, data BYTEA
+// Keys are BYTEA, so any bytes are a key and keys sort as bytes (list's
+// prefix scan); in psql: `select convert_from(key, 'UTF8'), generation from
+// keepsake_records`. fingerprint and checksum are 64-bit words stored as
+// signed integers (the same bits).
+//
+// This header is always compiled inline, also in keepsake's compiled mode.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <libpq-fe.h>
+
+#include "keepsake/error.hpp"
+#include "keepsake/store.hpp"
+
+namespace keepsake {
+
+struct postgres_store_options {
+    std::string table = "keepsake_records";  // letters, digits and '_'
+    std::size_t pipeline_depth = 512;         // records a round trip (and a transaction)
+};
+
+class postgres_store : public store {
+public:
+    // `conninfo`: a libpq connection string or URI ("host=127.0.0.1 port=5432
+    // dbname=app user=app", "postgresql://app@db/app"). The table is created
+    // if it is missing.
+    explicit postgres_store(std::string conninfo, postgres_store_options options = {})
+        : conninfo_(std::move(conninfo)), options_(std::move(options)) {
+        check_options();
+        std::lock_guard<std::mutex> lock(mutex_);
+        connect();
+    }
+
+    postgres_store(const postgres_store&) = delete;
+    postgres_store& operator=(const postgres_store&) = delete;
+
+    ~postgres_store() override {
+        if (connection_ != nullptr) PQfinish(connection_);
+    }
+
+    std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
+        std::vector<std::size_t> skipped;
+        for (const record& each : records)
+            if (each.generation > static_cast<std::uint64_t>(INT64_MAX))
+                throw error(errc::invalid_argument, "generation of key '" + each.key + "' is beyond what PostgreSQL orders");
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_connected();
+        for (std::size_t first = 0; first < records.size(); first += options_.pipeline_depth)
+            put_pipelined(records, first, std::min(records.size(), first + options_.pipeline_depth), skipped);
+        return skipped;
+    }
+
+    std::optional<record> get(const std::string& key) override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_connected();
+        result found = execute_with("keepsake_select", key);
+        expect(found, PGRES_TUPLES_OK, "cannot read key '" + key + "'");
+        if (PQntuples(found.get()) == 0) return std::nullopt;
+        return row_to_record(found.get(), key);
+    }
+
+    bool remove(const std::string& key) override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_connected();
+        result removed = execute_with("keepsake_delete", key);
+        expect(removed, PGRES_COMMAND_OK, "cannot remove key '" + key + "'");
+        return std::strcmp(PQcmdTuples(removed.get()), "0") != 0;
+    }
+
+    std::vector<std::string> list(const std::string& prefix) override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ensure_connected();
+        result rows = execute_with("keepsake_list", prefix);
+        expect(rows, PGRES_TUPLES_OK, "cannot list keys");
+        std::vector<std::string> keys;
+        for (int row = 0; row < PQntuples(rows.get()); ++row) {
+            std::string key(PQgetvalue(rows.get(), row, 0), static_cast<std::size_t>(PQgetlength(rows.get(), row, 0)));
+            if (!detail::has_prefix(key, prefix)) break;  // keys from the prefix on, in byte order
+            keys.push_back(std::move(key));
+        }
+        return keys;
+    }
+
+    std::string describe() const override { return "PostgreSQL store " + where_ + " table " + options_.table; }
+
+private:
+    // Owns a PGresult.
+    class result {
+    public:
+        explicit result(PGresult* held) noexcept : held_(held) {}
+        result(const result&) = delete;
+        result& operator=(const result&) = delete;
+        ~result() { PQclear(held_); }
+        PGresult* get() const noexcept { return held_; }
+        ExecStatusType status() const noexcept { return PQresultStatus(held_); }
+
+    private:
+        PGresult* held_;
+    };
+
+    // A record's parameters in PostgreSQL's binary format: bytea as it is,
+    // bigint as 8 bytes in network order.
+    struct upsert_parameters {
+        unsigned char words[5][8];
+        const char* values[7];
+        int lengths[7];
+        int formats[7] = {1, 1, 1, 1, 1, 1, 1};
+
+        explicit upsert_parameters(const record& r) {
+            static const char empty = 0;  // a zero-length bytea must still not be NULL
+            put_word(words[0], r.generation);
+            put_word(words[1], r.schema_version);
+            put_word(words[2], r.codec);
+            put_word(words[3], r.fingerprint);
+            put_word(words[4], detail::record_checksum(r));
+            values[0] = r.key.data();
+            lengths[0] = static_cast<int>(r.key.size());
+            for (int word = 0; word < 5; ++word) {
+                values[1 + word] = reinterpret_cast<const char*>(words[word]);
+                lengths[1 + word] = 8;
+            }
+            values[6] = r.bytes.empty() ? &empty : reinterpret_cast<const char*>(r.bytes.data());
+            lengths[6] = static_cast<int>(r.bytes.size());
+        }
+    };
+
+    std::string conninfo_;
+    postgres_store_options options_;
+    PGconn* connection_ = nullptr;
+    std::string where_;  // host:port/database, for messages (never the password)
+    std::mutex mutex_;   // one connection
+
+    void check_options() const {
+        bool ok = !options_.table.empty() && options_.table.size() <= 63;
+        for (char c : options_.table)
+            ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
+        if (!ok)
+            throw error(errc::invalid_argument, "postgres_store_options::table '" + options_.table +
+                                                    "' must be 1 to 63 lower-case letters, digits or '_'");
+        if (options_.pipeline_depth == 0)
+            throw error(errc::invalid_argument, "postgres_store_options::pipeline_depth must be at least 1");
+    }
+
+    static void put_word(unsigned char* out, std::uint64_t word) noexcept {
+        for (int byte = 7; byte >= 0; --byte, word >>= 8) out[byte] = static_cast<unsigned char>(word & 0xff);
+    }
+
+    static std::uint64_t get_word(const char* in) noexcept {
+        std::uint64_t word = 0;
+        for (int byte = 0; byte < 8; ++byte) word = (word << 8) | static_cast<unsigned char>(in[byte]);
+        return word;
+    }
+
+    void connect() {
+        if (connection_ != nullptr) PQfinish(connection_);
+        connection_ = PQconnectdb(conninfo_.c_str());
+        if (connection_ == nullptr) throw error(errc::store_failed, "PostgreSQL store: out of memory connecting");
+        if (PQstatus(connection_) != CONNECTION_OK)
+            throw error(errc::store_failed, "PostgreSQL store: cannot connect (" + last_error() +
+                                                "); is the server up, and does the connection string name it?");
+        // The server's notices ("relation ... already exists, skipping") are
+        // not for the program's stderr.
+        PQsetNoticeProcessor(connection_, [](void*, const char*) {}, nullptr);
+        where_ = std::string(PQhost(connection_)) + ":" + PQport(connection_) + "/" + PQdb(connection_);
+        create_table();
+        prepare_statements();
+    }
+
+    // After a broken connection (a server restart, a network cut), the next
+    // call connects again; the exporter retries what failed.
+    void ensure_connected() {
+        if (connection_ != nullptr && PQstatus(connection_) == CONNECTION_OK) return;
+        connect();
+    }
+
+    std::string last_error() const {
+        return connection_ != nullptr ? trimmed(PQerrorMessage(connection_)) : "no connection";
+    }
+
+    [[noreturn]] void fail(const std::string& what, const PGresult* why = nullptr) const {
+        std::string message = why != nullptr ? trimmed(PQresultErrorMessage(why)) : "";
+        if (message.empty()) message = last_error();
+        throw error(errc::store_failed, describe() + ": " + what + ": " + message +
+                                            (PQstatus(connection_) != CONNECTION_OK
+                                                 ? " (the connection is lost: the next call connects again)"
+                                                 : ""));
+    }
+
+    void expect(const result& got, ExecStatusType wanted, const std::string& what) const {
+        if (got.get() == nullptr || got.status() != wanted) fail(what, got.get());
+    }
+
+    // A prepared statement of one bytea parameter, results in binary.
+    result execute_with(const char* statement, const std::string& key) {
+        const char* values[] = {key.data()};
+        const int lengths[] = {static_cast<int>(key.size())};
+        const int formats[] = {1};
+        return result(PQexecPrepared(connection_, statement, 1, values, lengths, formats, 1));
+    }
+
+    void execute(const std::string& sql) {
+        result done(PQexec(connection_, sql.c_str()));
+        if (done.status() != PGRES_COMMAND_OK && done.status() != PGRES_TUPLES_OK) fail("'" + sql + "' failed", done.get());
+    }
+
+    // Nodes that open the same table at once: an advisory lock makes the
+    // CREATE one at a time (IF NOT EXISTS alone races on the catalog).
+    void create_table() {
+        const std::string& t = options_.table;
+        execute("BEGIN");
+        try {
+            execute("SELECT pg_advisory_xact_lock(7089066737745379179)");
+            execute("CREATE TABLE IF NOT EXISTS " + t +
+                    " (key BYTEA PRIMARY KEY, generation BIGINT NOT NULL, schema_version BIGINT NOT NULL,"
+                    " codec BIGINT NOT NULL, fingerprint BIGINT NOT NULL, checksum BIGINT NOT NULL,"
+                    " data BYTEA NOT NULL)");
+            execute("COMMIT");
+        } catch (...) {
+            result ignored(PQexec(connection_, "ROLLBACK"));
+            throw;
+        }
+    }
+
+    void prepare(const char* name, const std::string& sql, int parameters, const Oid* types) {
+        result prepared(PQprepare(connection_, name, sql.c_str(), parameters, types));
+        expect(prepared, PGRES_COMMAND_OK, std::string("cannot prepare ") + name);
+    }
+
+    void prepare_statements() {
+        const std::string& t = options_.table;
+        constexpr Oid bytea = 17, int8 = 20;
+        const Oid upsert_types[] = {bytea, int8, int8, int8, int8, int8, bytea};
+        // The generation rule, in the statement: the update happens only
+        // over a lower generation, so "INSERT 0 0" means skipped.
+        prepare("keepsake_upsert",
+                "INSERT INTO " + t + " AS stored (key, generation, schema_version, codec, fingerprint, checksum, data)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET"
+                " generation = excluded.generation, schema_version = excluded.schema_version,"
+                " codec = excluded.codec, fingerprint = excluded.fingerprint, checksum = excluded.checksum,"
+                " data = excluded.data WHERE stored.generation < excluded.generation",
+                7, upsert_types);
+        const Oid key_type[] = {bytea};
+        prepare("keepsake_select",
+                "SELECT generation, schema_version, codec, fingerprint, checksum, data FROM " + t + " WHERE key = $1",
+                1, key_type);
+        prepare("keepsake_delete", "DELETE FROM " + t + " WHERE key = $1", 1, key_type);
+        prepare("keepsake_list", "SELECT key FROM " + t + " WHERE key >= $1 ORDER BY key", 1, key_type);
+    }
+
+    // Records [first, end) in one pipeline: every upsert sent, one sync (the
+    // implicit transaction commits there), then every reply read: one result
+    // and a null for each upsert, then the sync's.
+    void put_pipelined(const std::vector<record>& records, std::size_t first, std::size_t end,
+                       std::vector<std::size_t>& skipped) {
+        if (PQenterPipelineMode(connection_) != 1) fail("cannot enter pipeline mode");
+        for (std::size_t index = first; index < end; ++index) {
+            const upsert_parameters p(records[index]);
+            if (PQsendQueryPrepared(connection_, "keepsake_upsert", 7, p.values, p.lengths, p.formats, 0) != 1)
+                abandon_pipeline("cannot send key '" + records[index].key + "'");
+        }
+        if (PQpipelineSync(connection_) != 1) abandon_pipeline("cannot send the batch");
+        std::string failure;  // the first upsert the server refused
+        for (std::size_t index = first; index < end; ++index) {
+            result reply(PQgetResult(connection_));
+            if (reply.get() == nullptr) abandon_pipeline("the server did not answer the batch");
+            if (reply.status() == PGRES_COMMAND_OK) {
+                if (std::strcmp(PQcmdTuples(reply.get()), "0") == 0) skipped.push_back(index);
+            } else if (failure.empty()) {
+                failure = "cannot write key '" + records[index].key + "': " + trimmed(PQresultErrorMessage(reply.get()));
+            }
+            result end_of_reply(PQgetResult(connection_));
+        }
+        result sync(PQgetResult(connection_));
+        if (sync.get() == nullptr || sync.status() != PGRES_PIPELINE_SYNC)
+            abandon_pipeline(failure.empty() ? "the batch did not complete" : failure);
+        PQexitPipelineMode(connection_);
+        if (!failure.empty()) throw error(errc::store_failed, describe() + ": " + failure + " (the batch was rolled back)");
+    }
+
+    // A pipeline that went wrong midway: the connection is dropped (and made
+    // again at the next call), which is simpler than draining what is left.
+    [[noreturn]] void abandon_pipeline(const std::string& what) {
+        const std::string why = last_error();
+        PQfinish(connection_);
+        connection_ = nullptr;
+        throw error(errc::store_failed, describe() + ": " + what + ": " + why + " (the next call connects again)");
+    }
+
+    static std::string trimmed(std::string text) {
+        while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+        return text;
+    }
+
+    record row_to_record(const PGresult* row, const std::string& key) const {
+        for (int column = 0; column < 5; ++column)
+            if (PQgetlength(row, 0, column) != 8 || PQgetisnull(row, 0, column))
+                throw error(errc::record_corrupt, describe() + ": key '" + key + "' has a damaged row; remove the key");
+        record r;
+        r.key = key;
+        r.generation = get_word(PQgetvalue(row, 0, 0));
+        r.schema_version = static_cast<std::uint32_t>(get_word(PQgetvalue(row, 0, 1)));
+        r.codec = static_cast<std::uint32_t>(get_word(PQgetvalue(row, 0, 2)));
+        r.fingerprint = get_word(PQgetvalue(row, 0, 3));
+        const std::uint64_t checksum = get_word(PQgetvalue(row, 0, 4));
+        const auto* data = reinterpret_cast<const std::byte*>(PQgetvalue(row, 0, 5));
+        r.bytes.assign(data, data + PQgetlength(row, 0, 5));
+        detail::check_read_record(r, checksum, true, describe());
+        return r;
+    }
+};
+
+} // namespace keepsake
