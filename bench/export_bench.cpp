@@ -27,14 +27,16 @@
 #include <keepsake/stores/memory_store.hpp>
 #include <keepsake/stores/sqlite_store.hpp>
 
+#include "export_workload.hpp"
+
 namespace {
 
-constexpr std::size_t key_count = 10000;
-constexpr std::size_t batch_size = 1024;
-
-struct state64 {
-    std::uint64_t words[8];
-};
+using export_workload::batch_size;
+using export_workload::bench_options;
+using export_workload::shared_workload;
+using export_workload::key_count;
+using export_workload::state64;
+using export_workload::workload;
 
 // The run's store files, in /tmp (a real disk), removed at exit.
 struct scratch_dir {
@@ -51,49 +53,6 @@ std::string scratch(const std::string& name) {
     return dir.path + "/" + name;
 }
 
-// One segment with key_count keepers for the whole run.
-struct workload {
-    keepsake::segment segment;
-    std::vector<keepsake::keeper<state64>> keepers;
-    std::uint64_t round = 0;
-
-    workload() : segment(open_segment()) {
-        keepers.reserve(key_count);
-        for (std::size_t i = 0; i < key_count; ++i) keepers.emplace_back(segment, "bench/k" + std::to_string(i));
-    }
-
-    static keepsake::segment open_segment() {
-        const std::string name = "export-bench-" + std::to_string(::getpid());
-        keepsake::segment_options options;
-        options.size = 16u << 20;
-        options.max_entries = key_count + 16;
-        keepsake::segment::remove(name);
-        keepsake::segment opened(name, options);
-        ::unlink(opened.path().c_str());  // gone from /dev/shm; the mapping lives on
-        return opened;
-    }
-
-    void change_all() {
-        ++round;
-        state64 value{};
-        for (std::size_t i = 0; i < key_count; ++i) {
-            std::fill(std::begin(value.words), std::end(value.words), round * key_count + i);
-            keepers[i].commit(value);
-        }
-    }
-};
-
-workload& shared_workload() {
-    static workload w;
-    return w;
-}
-
-keepsake::exporter_options bench_options() {
-    keepsake::exporter_options options;
-    options.interval = std::chrono::hours(1);  // passes on flush only
-    options.batch_size = batch_size;
-    return options;
-}
 
 // Each iteration changes every key (untimed) and times one flush.
 void export_rounds(benchmark::State& run, keepsake::store& target) {
@@ -200,22 +159,7 @@ void BM_export_vs_raw_sqlite(benchmark::State& run) {
     const std::string path = scratch("paired-export.db");
     std::filesystem::remove(path);
     keepsake::sqlite_store store(path);
-    workload& w = shared_workload();
-    keepsake::exporter out(w.segment, store, bench_options());
-    using seconds = std::chrono::duration<double>;
-    seconds raw_time{0}, export_time{0};
-    for (auto _ : run) {
-        auto began = std::chrono::steady_clock::now();
-        raw.round();
-        raw_time += std::chrono::steady_clock::now() - began;
-        run.PauseTiming();
-        w.change_all();
-        run.ResumeTiming();
-        began = std::chrono::steady_clock::now();
-        if (!out.flush(std::chrono::minutes(5))) run.SkipWithError("flush timed out");
-        export_time += std::chrono::steady_clock::now() - began;
-    }
-    run.counters["export_vs_raw"] = raw_time.count() / export_time.count();
+    export_workload::paired_export_vs_raw(run, raw, store);
 }
 
 // A worker commits the keys round-robin, timing each commit; beside it,

@@ -235,3 +235,13 @@ objects_report "$objects_json"
 build-release/bench/keepsake_objects_bench --benchmark_filter='BM_(million|alarm_lateness)' --benchmark_format=json \
   2>/dev/null >"$objects_json"
 objects_report "$objects_json"
+
+# The PostgreSQL store (issue 14): export vs a raw batched upsert of the
+# same rows, paired rounds against a private server the bench starts.
+if cmake --build build-release -j "$(nproc)" --target keepsake_postgres_bench >/dev/null 2>&1; then
+  echo
+  build-release/bench/keepsake_postgres_bench --benchmark_repetitions="${REPS:-5}" \
+    --benchmark_report_aggregates_only=true 2>/dev/null |
+    awk '/_median/ { for (i = 1; i <= NF; i++) if ($i ~ /^(export_vs_raw|export_ms_per_round|raw_ms_per_round)=/) line = line " " $i
+         print "PostgreSQL export vs raw batched upsert, 10 000 records a round, paired (median):" line }'
+fi

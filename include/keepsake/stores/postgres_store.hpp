@@ -6,12 +6,14 @@
 // - The generation rule is one SQL statement: an upsert whose update only
 //   happens WHERE the stored generation is lower, so it also holds between
 //   nodes writing the same table.
-// - A batch goes as prepared statements with binary parameters in libpq's
-//   pipeline mode: one round trip and one implicit transaction for up to
-//   `pipeline_depth` records (a batch that fails may have been applied in
-//   part, as the store contract allows; putting it again is safe, since a
-//   record already there is skipped as not newer: a reply lost after COMMIT
-//   is recognised on the retry).
+// - A batch goes as one prepared statement a chunk of up to `rows_per_statement`
+//   records: INSERT ... SELECT FROM unnest() of seven arrays in PostgreSQL's
+//   binary format, RETURNING the keys it wrote (the others were skipped as
+//   not newer). The chunks go in libpq's pipeline mode: one round trip and
+//   one implicit transaction for the batch. A batch that fails is rolled
+//   back; putting it again is safe, since a record already there is skipped
+//   (a reply lost after COMMIT is recognised on the retry). A key twice in a
+//   batch goes in two statements (one statement may not update a row twice).
 // - Durable when put_batch returns, as far as the server's synchronous_commit
 //   says (on, by default).
 // - Each row carries the record checksum, checked on every read.
@@ -33,6 +35,9 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include <libpq-fe.h>
@@ -44,7 +49,7 @@ namespace keepsake {
 
 struct postgres_store_options {
     std::string table = "keepsake_records";  // letters, digits and '_'
-    std::size_t pipeline_depth = 512;         // records a round trip (and a transaction)
+    std::size_t rows_per_statement = 1024;    // records one statement upserts
 };
 
 class postgres_store : public store {
@@ -73,8 +78,7 @@ public:
                 throw error(errc::invalid_argument, "generation of key '" + each.key + "' is beyond what PostgreSQL orders");
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_connected();
-        for (std::size_t first = 0; first < records.size(); first += options_.pipeline_depth)
-            put_pipelined(records, first, std::min(records.size(), first + options_.pipeline_depth), skipped);
+        if (!records.empty()) put_pipelined(records, skipped);
         return skipped;
     }
 
@@ -126,29 +130,61 @@ private:
         PGresult* held_;
     };
 
-    // A record's parameters in PostgreSQL's binary format: bytea as it is,
-    // bigint as 8 bytes in network order.
-    struct upsert_parameters {
-        unsigned char words[5][8];
-        const char* values[7];
-        int lengths[7];
-        int formats[7] = {1, 1, 1, 1, 1, 1, 1};
-
-        explicit upsert_parameters(const record& r) {
-            static const char empty = 0;  // a zero-length bytea must still not be NULL
-            put_word(words[0], r.generation);
-            put_word(words[1], r.schema_version);
-            put_word(words[2], r.codec);
-            put_word(words[3], r.fingerprint);
-            put_word(words[4], detail::record_checksum(r));
-            values[0] = r.key.data();
-            lengths[0] = static_cast<int>(r.key.size());
+    // One statement's seven parameters: arrays in PostgreSQL's binary format
+    // (a header, then each element's length and bytes; bigints as 8 bytes in
+    // network order).
+    class upsert_arrays {
+    public:
+        void add(const record& r) {
+            element(0, r.key.data(), r.key.size());
+            const std::uint64_t words[5] = {r.generation, r.schema_version, r.codec, r.fingerprint,
+                                            detail::record_checksum(r)};
             for (int word = 0; word < 5; ++word) {
-                values[1 + word] = reinterpret_cast<const char*>(words[word]);
-                lengths[1 + word] = 8;
+                unsigned char big_endian[8];
+                put_word(big_endian, words[word]);
+                element(1 + word, big_endian, 8);
             }
-            values[6] = r.bytes.empty() ? &empty : reinterpret_cast<const char*>(r.bytes.data());
-            lengths[6] = static_cast<int>(r.bytes.size());
+            element(6, r.bytes.data(), r.bytes.size());
+            ++count_;
+        }
+        std::size_t size() const noexcept { return count_; }
+        // Sends the statement; false if libpq could not queue it.
+        bool send(PGconn* connection) {
+            const char* values[7];
+            int lengths[7];
+            const int formats[7] = {1, 1, 1, 1, 1, 1, 1};
+            for (int column = 0; column < 7; ++column) {
+                arrays_[column].replace(0, header_size, header(column));
+                values[column] = arrays_[column].data();
+                lengths[column] = static_cast<int>(arrays_[column].size());
+            }
+            return PQsendQueryPrepared(connection, "keepsake_upsert", 7, values, lengths, formats, 1) == 1;
+        }
+
+    private:
+        static constexpr std::size_t header_size = 20;
+        std::string arrays_[7] = {std::string(header_size, '\0'), std::string(header_size, '\0'),
+                                  std::string(header_size, '\0'), std::string(header_size, '\0'),
+                                  std::string(header_size, '\0'), std::string(header_size, '\0'),
+                                  std::string(header_size, '\0')};
+        std::uint32_t count_ = 0;
+
+        static void put_int32(std::string& out, std::uint32_t value) {
+            for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((value >> shift) & 0xff));
+        }
+        void element(int column, const void* data, std::size_t size) {
+            put_int32(arrays_[column], static_cast<std::uint32_t>(size));
+            arrays_[column].append(static_cast<const char*>(data), size);
+        }
+        // One dimension of count_ elements from index 1, no NULLs.
+        std::string header(int column) const {
+            std::string out;
+            put_int32(out, 1);
+            put_int32(out, 0);
+            put_int32(out, column == 0 || column == 6 ? 17 : 20);  // bytea, int8
+            put_int32(out, count_);
+            put_int32(out, 1);
+            return out;
         }
     };
 
@@ -165,8 +201,8 @@ private:
         if (!ok)
             throw error(errc::invalid_argument, "postgres_store_options::table '" + options_.table +
                                                     "' must be 1 to 63 lower-case letters, digits or '_'");
-        if (options_.pipeline_depth == 0)
-            throw error(errc::invalid_argument, "postgres_store_options::pipeline_depth must be at least 1");
+        if (options_.rows_per_statement == 0 || options_.rows_per_statement > 100000)
+            throw error(errc::invalid_argument, "postgres_store_options::rows_per_statement must be 1 to 100000");
     }
 
     static void put_word(unsigned char* out, std::uint64_t word) noexcept {
@@ -256,16 +292,18 @@ private:
 
     void prepare_statements() {
         const std::string& t = options_.table;
-        constexpr Oid bytea = 17, int8 = 20;
-        const Oid upsert_types[] = {bytea, int8, int8, int8, int8, int8, bytea};
-        // The generation rule, in the statement: the update happens only
-        // over a lower generation, so "INSERT 0 0" means skipped.
+        constexpr Oid bytea = 17, bytea_array = 1001, int8_array = 1016;
+        const Oid upsert_types[] = {bytea_array, int8_array, int8_array, int8_array, int8_array, int8_array,
+                                    bytea_array};
+        // The generation rule, in the statement: a row is updated only over
+        // a lower generation; RETURNING names the keys written.
         prepare("keepsake_upsert",
                 "INSERT INTO " + t + " AS stored (key, generation, schema_version, codec, fingerprint, checksum, data)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET"
-                " generation = excluded.generation, schema_version = excluded.schema_version,"
-                " codec = excluded.codec, fingerprint = excluded.fingerprint, checksum = excluded.checksum,"
-                " data = excluded.data WHERE stored.generation < excluded.generation",
+                " SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],"
+                " $7::bytea[]) ON CONFLICT (key) DO UPDATE SET generation = excluded.generation,"
+                " schema_version = excluded.schema_version, codec = excluded.codec,"
+                " fingerprint = excluded.fingerprint, checksum = excluded.checksum, data = excluded.data"
+                " WHERE stored.generation < excluded.generation RETURNING key",
                 7, upsert_types);
         const Oid key_type[] = {bytea};
         prepare("keepsake_select",
@@ -275,26 +313,45 @@ private:
         prepare("keepsake_list", "SELECT key FROM " + t + " WHERE key >= $1 ORDER BY key", 1, key_type);
     }
 
-    // Records [first, end) in one pipeline: every upsert sent, one sync (the
-    // implicit transaction commits there), then every reply read: one result
-    // and a null for each upsert, then the sync's.
-    void put_pipelined(const std::vector<record>& records, std::size_t first, std::size_t end,
-                       std::vector<std::size_t>& skipped) {
+    // The records in statements of distinct keys, each at most
+    // rows_per_statement long: [first, end) of `records` each.
+    std::vector<std::pair<std::size_t, std::size_t>> split(const std::vector<record>& records) const {
+        std::vector<std::pair<std::size_t, std::size_t>> statements;
+        std::unordered_set<std::string_view> keys;
+        std::size_t first = 0;
+        for (std::size_t index = 0; index < records.size(); ++index) {
+            if (index - first == options_.rows_per_statement || !keys.insert(records[index].key).second) {
+                statements.emplace_back(first, index);
+                first = index;
+                keys.clear();
+                keys.insert(records[index].key);
+            }
+        }
+        statements.emplace_back(first, records.size());
+        return statements;
+    }
+
+    // Every statement sent, one sync (the implicit transaction commits
+    // there), then every reply read: the keys written and a null for each
+    // statement, then the sync's result.
+    void put_pipelined(const std::vector<record>& records, std::vector<std::size_t>& skipped) {
+        const auto statements = split(records);
         if (PQenterPipelineMode(connection_) != 1) fail("cannot enter pipeline mode");
-        for (std::size_t index = first; index < end; ++index) {
-            const upsert_parameters p(records[index]);
-            if (PQsendQueryPrepared(connection_, "keepsake_upsert", 7, p.values, p.lengths, p.formats, 0) != 1)
-                abandon_pipeline("cannot send key '" + records[index].key + "'");
+        for (const auto& [first, end] : statements) {
+            upsert_arrays arrays;
+            for (std::size_t index = first; index < end; ++index) arrays.add(records[index]);
+            if (!arrays.send(connection_)) abandon_pipeline("cannot send key '" + records[first].key + "'");
         }
         if (PQpipelineSync(connection_) != 1) abandon_pipeline("cannot send the batch");
-        std::string failure;  // the first upsert the server refused
-        for (std::size_t index = first; index < end; ++index) {
+        std::string failure;  // the first statement the server refused
+        for (const auto& [first, end] : statements) {
             result reply(PQgetResult(connection_));
             if (reply.get() == nullptr) abandon_pipeline("the server did not answer the batch");
-            if (reply.status() == PGRES_COMMAND_OK) {
-                if (std::strcmp(PQcmdTuples(reply.get()), "0") == 0) skipped.push_back(index);
+            if (reply.status() == PGRES_TUPLES_OK) {
+                note_skipped(records, first, end, reply.get(), skipped);
             } else if (failure.empty()) {
-                failure = "cannot write key '" + records[index].key + "': " + trimmed(PQresultErrorMessage(reply.get()));
+                failure = "cannot write key '" + records[first].key + "' and the " + std::to_string(end - first - 1) +
+                          " records after it: " + trimmed(PQresultErrorMessage(reply.get()));
             }
             result end_of_reply(PQgetResult(connection_));
         }
@@ -303,6 +360,16 @@ private:
             abandon_pipeline(failure.empty() ? "the batch did not complete" : failure);
         PQexitPipelineMode(connection_);
         if (!failure.empty()) throw error(errc::store_failed, describe() + ": " + failure + " (the batch was rolled back)");
+    }
+
+    // The records of [first, end) whose keys the statement did not return.
+    static void note_skipped(const std::vector<record>& records, std::size_t first, std::size_t end,
+                             const PGresult* written, std::vector<std::size_t>& skipped) {
+        std::unordered_set<std::string_view> keys;
+        for (int row = 0; row < PQntuples(written); ++row)
+            keys.emplace(PQgetvalue(written, row, 0), static_cast<std::size_t>(PQgetlength(written, row, 0)));
+        for (std::size_t index = first; index < end; ++index)
+            if (keys.count(records[index].key) == 0) skipped.push_back(index);
     }
 
     // A pipeline that went wrong midway: the connection is dropped (and made
