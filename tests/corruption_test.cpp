@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -323,4 +324,38 @@ TEST_CASE("two slots forged to one generation: restore, entries() and the export
     CHECK(kept->info.skipped_slots == (damage_slot0 ? 0u : 1u));
     CHECK(kept->value.generation == bytes_of);
     CHECK(raw.commit(kept->value) == 4);
+}
+
+// A keeper gives its key back by the directory entry it holds, not by name:
+// an entry whose key bytes were damaged while attached (so a second keeper
+// of that name took a new entry) must not free the second keeper's hold
+// when the first goes.
+TEST_CASE("a keeper whose entry's key was damaged while attached releases its own entry only", "[corruption]") {
+    using namespace keepsake::detail;
+    shm_dir dir;
+    segment s("held", dir.options());
+    std::optional<keeper<int>> first(std::in_place, s, "victimkey");
+    {
+        std::fstream file(dir.file("held"), std::ios::in | std::ios::out | std::ios::binary);
+        segment_header header{};
+        file.read(reinterpret_cast<char*>(&header), sizeof(header));
+        bool damaged = false;
+        for (std::uint32_t i = 0; i < header.blocks[0].count && !damaged; ++i) {
+            const std::uint64_t at = header.blocks[0].offset + i * sizeof(dir_entry);
+            dir_entry entry{};
+            file.seekg(static_cast<std::streamoff>(at));
+            file.read(reinterpret_cast<char*>(&entry), sizeof(entry));
+            if (std::string(entry.key, entry.key_length) != "victimkey") continue;
+            entry.key[0] = 'V';
+            file.seekp(static_cast<std::streamoff>(at + offsetof(dir_entry, key)));
+            file.write(entry.key, 1);
+            damaged = true;
+        }
+        REQUIRE(damaged);
+    }
+    keeper<int> second(s, "victimkey");  // the damaged entry no longer names it: a new entry
+    second.commit(7);
+    first.reset();
+    const keepsake::error refused = test_support::error_from([&] { keeper<int> third(s, "victimkey"); });
+    CHECK(refused.code() == errc::key_in_use);
 }

@@ -87,7 +87,7 @@ public:
         try {
             scan_slots();
         } catch (...) {
-            segment_->release_key(key_);
+            segment_->release_entry(index_);
             throw;
         }
     }
@@ -104,7 +104,7 @@ public:
 
     ~keeper() {
         tables_.clear();
-        if (segment_) segment_->release_key(key_);
+        if (segment_) segment_->release_entry(index_);
     }
 
     // The side table `name` of this keeper (keepsake/table.hpp), attached on
@@ -345,10 +345,10 @@ private:
         try {
             detail::import_table(*segment_, attached.index, attached.area, *image, before, generation);
         } catch (...) {
-            segment_->release_key(entry_key);
+            segment_->release_entry(attached.index);
             throw;
         }
-        segment_->release_key(entry_key);
+        segment_->release_entry(attached.index);
     }
 
     // The tables as of the state restore hands over: only the changes since

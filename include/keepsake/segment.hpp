@@ -212,12 +212,14 @@ public:
 
     // Finds the key's entry, or adds one with a region of `count` slots (or
     // items) of `capacity` bytes. A found entry of another kind is refused.
-    // Marks the key as kept in this process until release_key().
+    // Marks the key as kept in this process until release_entry().
     attached_entry attach(const std::string& key, entry_kind kind, std::uint32_t count, std::uint64_t capacity);
 
-    void release_key(const std::string& key) {
+    // Gives back entry `index` (attach()'s): by the entry the keeper holds,
+    // not by its key, which damage could make name another entry.
+    void release_entry(std::uint32_t index) noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (const auto index = indexed_entry(key); index && *index < attached_.size()) attached_[*index] = false;
+        if (index < attached_.size()) attached_[index] = false;
     }
 
     // Moves an attached entry to a new region of `count` x `capacity`:

@@ -135,7 +135,7 @@ public:
         index_ = attached.index;
         area_ = attached.area;
     }
-    ~side_table() override { segment_->release_key(entry_key_); }
+    ~side_table() override { segment_->release_entry(index_); }
     side_table(const side_table&) = delete;
     side_table& operator=(const side_table&) = delete;
 

@@ -90,6 +90,8 @@ public:
         std::string key;
         record_slots<persisted_unit> record;
         record_slots<persisted_crashes> crashes;
+        std::uint32_t record_entry = 0;   // their directory entries (attached while the slots are)
+        std::uint32_t crashes_entry = 0;
         std::uint32_t users = 0;
         // What this process last wrote or read and checked (nobody else
         // writes an attached record): a crash's bookkeeping then writes
@@ -172,10 +174,7 @@ private:
     std::uint32_t append_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
                                const crash_threshold& threshold, bool at_start) {
         ensure_record(which);
-        if (!which.crashes.attached())
-            which.crashes = record_slots<persisted_crashes>(
-                segment_->attach(registry_key(crash_record_prefix, which.key), entry_kind::state, 2,
-                                 sizeof(persisted_crashes)).area);
+        if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key));
         if (!which.crashes_now)
             which.crashes_now = std::make_unique<persisted_crashes>(which.crashes.read().value_or(persisted_crashes{}));
         persisted_crashes& history = *which.crashes_now;
@@ -214,9 +213,7 @@ public:
     void clear_history(entry& which) {
         std::lock_guard<std::mutex> lock(mutex_);
         const std::string key = registry_key(crash_record_prefix, which.key);
-        if (!which.crashes.attached() && segment_->entry_view_of(key))
-            which.crashes = record_slots<persisted_crashes>(
-                segment_->attach(key, entry_kind::state, 2, sizeof(persisted_crashes)).area);
+        if (!which.crashes.attached() && segment_->entry_view_of(key)) attach_crashes(which, key);
         if (which.crashes.attached()) which.crashes.write(persisted_crashes{});
         which.crashes_now.reset();
     }
@@ -309,8 +306,8 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         const std::string key = registry_key(skipped_record_prefix, skipped.key);
         segment_->remove_key(key);  // the copy of an earlier rollback
-        const slot_area area =
-            segment_->attach(key, entry_kind::state, 2, std::max<std::uint64_t>(skipped.bytes.size(), 1)).area;
+        const auto attached = segment_->attach(key, entry_kind::state, 2, std::max<std::uint64_t>(skipped.bytes.size(), 1));
+        const slot_area area = attached.area;
         unpublish_slot(area, 0);
         if (!skipped.bytes.empty()) std::memcpy(area.data(0), skipped.bytes.data(), skipped.bytes.size());
         slot_snapshot words;
@@ -321,7 +318,7 @@ public:
         words.codec = skipped.codec;
         words.commit_ns = commit_clock_ns();
         publish_slot(area, 0, words);
-        segment_->release_key(key);
+        segment_->release_entry(attached.index);
     }
 
     // An exporter of this segment deletes keys from its store too (until
@@ -360,9 +357,9 @@ private:
             if (registry_key(unit_record_prefix, std::string(value->key, value->key_length)) != key) return 0;
         }
         std::lock_guard<std::mutex> lock(mutex_);
-        auto area = segment_->attach(key, entry_kind::state, 2, sizeof(Record)).area;
-        record_slots<Record>(area).write(*value, got.generation + 1);
-        segment_->release_key(key);
+        const auto attached = segment_->attach(key, entry_kind::state, 2, sizeof(Record));
+        record_slots<Record>(attached.area).write(*value, got.generation + 1);
+        segment_->release_entry(attached.index);
         return 1;
     }
 
@@ -391,13 +388,21 @@ private:
     void ensure_record(entry& which) {
         if (which.record.attached()) return;
         which.record_now.reset();
-        which.record = record_slots<persisted_unit>(
-            segment_->attach(registry_key(unit_record_prefix, which.key), entry_kind::state, 2, sizeof(persisted_unit)).area);
+        const auto attached =
+            segment_->attach(registry_key(unit_record_prefix, which.key), entry_kind::state, 2, sizeof(persisted_unit));
+        which.record = record_slots<persisted_unit>(attached.area);
+        which.record_entry = attached.index;
+    }
+
+    void attach_crashes(entry& which, const std::string& key) {
+        const auto attached = segment_->attach(key, entry_kind::state, 2, sizeof(persisted_crashes));
+        which.crashes = record_slots<persisted_crashes>(attached.area);
+        which.crashes_entry = attached.index;
     }
 
     void let_go(entry& which) {
-        if (which.record.attached()) segment_->release_key(registry_key(unit_record_prefix, which.key));
-        if (which.crashes.attached()) segment_->release_key(registry_key(crash_record_prefix, which.key));
+        if (which.record.attached()) segment_->release_entry(which.record_entry);
+        if (which.crashes.attached()) segment_->release_entry(which.crashes_entry);
     }
 
 };
