@@ -116,6 +116,26 @@ TEST_CASE("store: a reply lost after COMMIT is recognised on the retry", "[postg
     for (const record& each : batch) CHECK(same(*s.get(each.key), each));
 }
 
+TEST_CASE("store: statements cut by size and by repeated keys: every record lands, skips are exact",
+          "[postgres][store]") {
+    keepsake::postgres_store_options options = in_table(fresh_table());
+    options.bytes_per_statement = 2000;  // about three 600-byte records a statement
+    options.rows_per_statement = 5;
+    keepsake::postgres_store s(postgres_server::shared().conninfo(), options);
+    std::vector<record> batch;
+    for (int i = 0; i < 20; ++i) batch.push_back(make_record("big" + std::to_string(i % 12), 2 + i / 12, 600));
+    batch.push_back(make_record("big3", 1, 600));  // older than the one before it in the batch
+    batch.push_back(make_record("huge", 1, 5000));  // larger than a statement: alone
+    CHECK(s.put_batch(batch) == std::vector<std::size_t>{20});
+    for (int i = 0; i < 12; ++i) {
+        const std::string key = "big" + std::to_string(i);
+        CHECK(same(*s.get(key), make_record(key, i < 8 ? 3 : 2, 600)));
+    }
+    CHECK(same(*s.get("huge"), make_record("huge", 1, 5000)));
+    CHECK(s.list("big").size() == 12);
+    CHECK(s.list("hug").size() == 1);
+}
+
 TEST_CASE("store: a damaged row is record_corrupt, never handed on", "[postgres][store]") {
     const std::string table = fresh_table();
     keepsake::postgres_store s(postgres_server::shared().conninfo(), in_table(table));

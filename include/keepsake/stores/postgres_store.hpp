@@ -42,6 +42,7 @@
 
 #include <libpq-fe.h>
 
+#include "keepsake/detail/pg_connection.hpp"
 #include "keepsake/error.hpp"
 #include "keepsake/store.hpp"
 
@@ -49,8 +50,13 @@ namespace keepsake {
 
 struct postgres_store_options {
     std::string table = "keepsake_records";  // letters, digits and '_'
-    std::size_t rows_per_statement = 1024;    // records one statement upserts
+    std::size_t rows_per_statement = 1024;    // records one statement upserts, at most
+    std::size_t bytes_per_statement = 64u << 20;  // and bytes, at most (a larger record goes alone)
 };
+
+// The largest record the store takes: a statement's message must stay below
+// PostgreSQL's 1 GiB.
+inline constexpr std::size_t postgres_max_record_bytes = 512u << 20;
 
 class postgres_store : public store {
 public:
@@ -58,52 +64,49 @@ public:
     // dbname=app user=app", "postgresql://app@db/app"). The table is created
     // if it is missing.
     explicit postgres_store(std::string conninfo, postgres_store_options options = {})
-        : conninfo_(std::move(conninfo)), options_(std::move(options)) {
+        : options_(std::move(options)),
+          connection_(std::move(conninfo), "PostgreSQL store", [this](detail::pg_connection& made) { prepare(made); }) {
         check_options();
         std::lock_guard<std::mutex> lock(mutex_);
-        connect();
+        connection_.get();
     }
 
     postgres_store(const postgres_store&) = delete;
     postgres_store& operator=(const postgres_store&) = delete;
 
-    ~postgres_store() override {
-        if (connection_ != nullptr) PQfinish(connection_);
-    }
-
     std::vector<std::size_t> put_batch(const std::vector<record>& records) override {
         std::vector<std::size_t> skipped;
-        for (const record& each : records)
+        for (const record& each : records) {
             if (each.generation > static_cast<std::uint64_t>(INT64_MAX))
                 throw error(errc::invalid_argument, "generation of key '" + each.key + "' is beyond what PostgreSQL orders");
+            if (each.bytes.size() + each.key.size() > postgres_max_record_bytes)
+                throw error(errc::invalid_argument, "key '" + each.key + "' holds " + std::to_string(each.bytes.size()) +
+                                                        " bytes, more than the PostgreSQL store takes (512 MiB)");
+        }
         std::lock_guard<std::mutex> lock(mutex_);
-        ensure_connected();
         if (!records.empty()) put_pipelined(records, skipped);
         return skipped;
     }
 
     std::optional<record> get(const std::string& key) override {
         std::lock_guard<std::mutex> lock(mutex_);
-        ensure_connected();
-        result found = execute_with("keepsake_select", key);
-        expect(found, PGRES_TUPLES_OK, "cannot read key '" + key + "'");
+        pg_result found = execute_with("keepsake_select", key);
+        connection_.expect(found, PGRES_TUPLES_OK, "cannot read key '" + key + "'");
         if (PQntuples(found.get()) == 0) return std::nullopt;
         return row_to_record(found.get(), key);
     }
 
     bool remove(const std::string& key) override {
         std::lock_guard<std::mutex> lock(mutex_);
-        ensure_connected();
-        result removed = execute_with("keepsake_delete", key);
-        expect(removed, PGRES_COMMAND_OK, "cannot remove key '" + key + "'");
+        pg_result removed = execute_with("keepsake_delete", key);
+        connection_.expect(removed, PGRES_COMMAND_OK, "cannot remove key '" + key + "'");
         return std::strcmp(PQcmdTuples(removed.get()), "0") != 0;
     }
 
     std::vector<std::string> list(const std::string& prefix) override {
         std::lock_guard<std::mutex> lock(mutex_);
-        ensure_connected();
-        result rows = execute_with("keepsake_list", prefix);
-        expect(rows, PGRES_TUPLES_OK, "cannot list keys");
+        pg_result rows = list_from(prefix);
+        connection_.expect(rows, PGRES_TUPLES_OK, "cannot list keys");
         std::vector<std::string> keys;
         for (int row = 0; row < PQntuples(rows.get()); ++row) {
             std::string key(PQgetvalue(rows.get(), row, 0), static_cast<std::size_t>(PQgetlength(rows.get(), row, 0)));
@@ -113,22 +116,12 @@ public:
         return keys;
     }
 
-    std::string describe() const override { return "PostgreSQL store " + where_ + " table " + options_.table; }
+    std::string describe() const override {
+        return "PostgreSQL store " + connection_.where() + " table " + options_.table;
+    }
 
 private:
-    // Owns a PGresult.
-    class result {
-    public:
-        explicit result(PGresult* held) noexcept : held_(held) {}
-        result(const result&) = delete;
-        result& operator=(const result&) = delete;
-        ~result() { PQclear(held_); }
-        PGresult* get() const noexcept { return held_; }
-        ExecStatusType status() const noexcept { return PQresultStatus(held_); }
-
-    private:
-        PGresult* held_;
-    };
+    using pg_result = detail::pg_result;
 
     // One statement's seven parameters: arrays in PostgreSQL's binary format
     // (a header, then each element's length and bytes; bigints as 8 bytes in
@@ -141,7 +134,7 @@ private:
                                             detail::record_checksum(r)};
             for (int word = 0; word < 5; ++word) {
                 unsigned char big_endian[8];
-                put_word(big_endian, words[word]);
+                detail::pg_put_word(big_endian, words[word]);
                 element(1 + word, big_endian, 8);
             }
             element(6, r.bytes.data(), r.bytes.size());
@@ -188,116 +181,51 @@ private:
         }
     };
 
-    std::string conninfo_;
     postgres_store_options options_;
-    PGconn* connection_ = nullptr;
-    std::string where_;  // host:port/database, for messages (never the password)
-    std::mutex mutex_;   // one connection
+    detail::pg_connection connection_;
+    std::mutex mutex_;  // one connection
 
     void check_options() const {
-        bool ok = !options_.table.empty() && options_.table.size() <= 63;
-        for (char c : options_.table)
-            ok = ok && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
-        if (!ok)
-            throw error(errc::invalid_argument, "postgres_store_options::table '" + options_.table +
-                                                    "' must be 1 to 63 lower-case letters, digits or '_'");
+        detail::pg_check_identifier(options_.table, "postgres_store_options::table");
         if (options_.rows_per_statement == 0 || options_.rows_per_statement > 100000)
             throw error(errc::invalid_argument, "postgres_store_options::rows_per_statement must be 1 to 100000");
-    }
-
-    static void put_word(unsigned char* out, std::uint64_t word) noexcept {
-        for (int byte = 7; byte >= 0; --byte, word >>= 8) out[byte] = static_cast<unsigned char>(word & 0xff);
-    }
-
-    static std::uint64_t get_word(const char* in) noexcept {
-        std::uint64_t word = 0;
-        for (int byte = 0; byte < 8; ++byte) word = (word << 8) | static_cast<unsigned char>(in[byte]);
-        return word;
-    }
-
-    void connect() {
-        if (connection_ != nullptr) PQfinish(connection_);
-        connection_ = PQconnectdb(conninfo_.c_str());
-        if (connection_ == nullptr) throw error(errc::store_failed, "PostgreSQL store: out of memory connecting");
-        if (PQstatus(connection_) != CONNECTION_OK)
-            throw error(errc::store_failed, "PostgreSQL store: cannot connect (" + last_error() +
-                                                "); is the server up, and does the connection string name it?");
-        // The server's notices ("relation ... already exists, skipping") are
-        // not for the program's stderr.
-        PQsetNoticeProcessor(connection_, [](void*, const char*) {}, nullptr);
-        where_ = std::string(PQhost(connection_)) + ":" + PQport(connection_) + "/" + PQdb(connection_);
-        create_table();
-        prepare_statements();
-    }
-
-    // After a broken connection (a server restart, a network cut), the next
-    // call connects again; the exporter retries what failed.
-    void ensure_connected() {
-        if (connection_ != nullptr && PQstatus(connection_) == CONNECTION_OK) return;
-        connect();
-    }
-
-    std::string last_error() const {
-        return connection_ != nullptr ? trimmed(PQerrorMessage(connection_)) : "no connection";
-    }
-
-    [[noreturn]] void fail(const std::string& what, const PGresult* why = nullptr) const {
-        std::string message = why != nullptr ? trimmed(PQresultErrorMessage(why)) : "";
-        if (message.empty()) message = last_error();
-        throw error(errc::store_failed, describe() + ": " + what + ": " + message +
-                                            (PQstatus(connection_) != CONNECTION_OK
-                                                 ? " (the connection is lost: the next call connects again)"
-                                                 : ""));
-    }
-
-    void expect(const result& got, ExecStatusType wanted, const std::string& what) const {
-        if (got.get() == nullptr || got.status() != wanted) fail(what, got.get());
+        if (options_.bytes_per_statement == 0 || options_.bytes_per_statement > postgres_max_record_bytes)
+            throw error(errc::invalid_argument, "postgres_store_options::bytes_per_statement must be 1 to 512 MiB");
     }
 
     // A prepared statement of one bytea parameter, results in binary.
-    result execute_with(const char* statement, const std::string& key) {
+    pg_result execute_with(const char* statement, const std::string& key) {
         const char* values[] = {key.data()};
         const int lengths[] = {static_cast<int>(key.size())};
         const int formats[] = {1};
-        return result(PQexecPrepared(connection_, statement, 1, values, lengths, formats, 1));
+        return pg_result(PQexecPrepared(connection_.get(), statement, 1, values, lengths, formats, 1));
     }
 
-    void execute(const std::string& sql) {
-        result done(PQexec(connection_, sql.c_str()));
-        if (done.status() != PGRES_COMMAND_OK && done.status() != PGRES_TUPLES_OK) fail("'" + sql + "' failed", done.get());
+    // Keys from `prefix` up to the first that does not begin with it (the
+    // prefix with its last byte below 0xff raised: none if there is none).
+    pg_result list_from(const std::string& prefix) {
+        std::string above = prefix;
+        while (!above.empty() && static_cast<unsigned char>(above.back()) == 0xff) above.pop_back();
+        if (!above.empty()) above.back() = static_cast<char>(static_cast<unsigned char>(above.back()) + 1);
+        const char* values[] = {prefix.data(), above.empty() ? nullptr : above.data()};
+        const int lengths[] = {static_cast<int>(prefix.size()), static_cast<int>(above.size())};
+        const int formats[] = {1, 1};
+        return pg_result(PQexecPrepared(connection_.get(), "keepsake_list", 2, values, lengths, formats, 1));
     }
 
-    // Nodes that open the same table at once: an advisory lock makes the
-    // CREATE one at a time (IF NOT EXISTS alone races on the catalog).
-    void create_table() {
+    // After every (re)connection: the table if it is missing, the statements.
+    void prepare(detail::pg_connection& made) {
         const std::string& t = options_.table;
-        execute("BEGIN");
-        try {
-            execute("SELECT pg_advisory_xact_lock(7089066737745379179)");
-            execute("CREATE TABLE IF NOT EXISTS " + t +
-                    " (key BYTEA PRIMARY KEY, generation BIGINT NOT NULL, schema_version BIGINT NOT NULL,"
-                    " codec BIGINT NOT NULL, fingerprint BIGINT NOT NULL, checksum BIGINT NOT NULL,"
-                    " data BYTEA NOT NULL)");
-            execute("COMMIT");
-        } catch (...) {
-            result ignored(PQexec(connection_, "ROLLBACK"));
-            throw;
-        }
-    }
-
-    void prepare(const char* name, const std::string& sql, int parameters, const Oid* types) {
-        result prepared(PQprepare(connection_, name, sql.c_str(), parameters, types));
-        expect(prepared, PGRES_COMMAND_OK, std::string("cannot prepare ") + name);
-    }
-
-    void prepare_statements() {
-        const std::string& t = options_.table;
+        made.create_once("CREATE TABLE IF NOT EXISTS " + t +
+                         " (key BYTEA PRIMARY KEY, generation BIGINT NOT NULL, schema_version BIGINT NOT NULL,"
+                         " codec BIGINT NOT NULL, fingerprint BIGINT NOT NULL, checksum BIGINT NOT NULL,"
+                         " data BYTEA NOT NULL)");
         constexpr Oid bytea = 17, bytea_array = 1001, int8_array = 1016;
         const Oid upsert_types[] = {bytea_array, int8_array, int8_array, int8_array, int8_array, int8_array,
                                     bytea_array};
         // The generation rule, in the statement: a row is updated only over
         // a lower generation; RETURNING names the keys written.
-        prepare("keepsake_upsert",
+        made.prepare("keepsake_upsert",
                 "INSERT INTO " + t + " AS stored (key, generation, schema_version, codec, fingerprint, checksum, data)"
                 " SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],"
                 " $7::bytea[]) ON CONFLICT (key) DO UPDATE SET generation = excluded.generation,"
@@ -306,26 +234,35 @@ private:
                 " WHERE stored.generation < excluded.generation RETURNING key",
                 7, upsert_types);
         const Oid key_type[] = {bytea};
-        prepare("keepsake_select",
+        made.prepare("keepsake_select",
                 "SELECT generation, schema_version, codec, fingerprint, checksum, data FROM " + t + " WHERE key = $1",
                 1, key_type);
-        prepare("keepsake_delete", "DELETE FROM " + t + " WHERE key = $1", 1, key_type);
-        prepare("keepsake_list", "SELECT key FROM " + t + " WHERE key >= $1 ORDER BY key", 1, key_type);
+        made.prepare("keepsake_delete", "DELETE FROM " + t + " WHERE key = $1", 1, key_type);
+        const Oid range_types[] = {bytea, bytea};
+        made.prepare("keepsake_list", "SELECT key FROM " + t + " WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2)"
+                                      " ORDER BY key", 2, range_types);
     }
 
     // The records in statements of distinct keys, each at most
-    // rows_per_statement long: [first, end) of `records` each.
+    // rows_per_statement long and bytes_per_statement large (a larger
+    // record alone): [first, end) of `records` each.
     std::vector<std::pair<std::size_t, std::size_t>> split(const std::vector<record>& records) const {
         std::vector<std::pair<std::size_t, std::size_t>> statements;
         std::unordered_set<std::string_view> keys;
         std::size_t first = 0;
+        std::size_t bytes = 0;
         for (std::size_t index = 0; index < records.size(); ++index) {
-            if (index - first == options_.rows_per_statement || !keys.insert(records[index].key).second) {
+            const std::size_t size = records[index].bytes.size() + records[index].key.size() + 64;
+            const bool full = index - first == options_.rows_per_statement ||
+                              (index != first && bytes + size > options_.bytes_per_statement);
+            if (full || !keys.insert(records[index].key).second) {
                 statements.emplace_back(first, index);
                 first = index;
+                bytes = 0;
                 keys.clear();
                 keys.insert(records[index].key);
             }
+            bytes += size;
         }
         statements.emplace_back(first, records.size());
         return statements;
@@ -334,32 +271,50 @@ private:
     // Every statement sent, one sync (the implicit transaction commits
     // there), then every reply read: the keys written and a null for each
     // statement, then the sync's result.
+    // Whatever goes wrong in a pipeline (an error, out of memory), the
+    // connection is dropped, never left in pipeline mode with replies unread.
     void put_pipelined(const std::vector<record>& records, std::vector<std::size_t>& skipped) {
         const auto statements = split(records);
-        if (PQenterPipelineMode(connection_) != 1) fail("cannot enter pipeline mode");
+        PGconn* connection = connection_.get();
+        if (PQenterPipelineMode(connection) != 1) abandon_pipeline("cannot enter pipeline mode");
+        std::string failure;
+        try {
+            failure = pipeline(connection, records, statements, skipped);
+        } catch (...) {
+            connection_.drop();
+            throw;
+        }
+        if (!failure.empty()) throw error(errc::store_failed, describe() + ": " + failure + " (the batch was rolled back)");
+    }
+
+    // Sends and reads one batch; returns why the server refused it ("": it
+    // did not), the connection back out of pipeline mode either way.
+    std::string pipeline(PGconn* connection, const std::vector<record>& records,
+                         const std::vector<std::pair<std::size_t, std::size_t>>& statements,
+                         std::vector<std::size_t>& skipped) {
         for (const auto& [first, end] : statements) {
             upsert_arrays arrays;
             for (std::size_t index = first; index < end; ++index) arrays.add(records[index]);
-            if (!arrays.send(connection_)) abandon_pipeline("cannot send key '" + records[first].key + "'");
+            if (!arrays.send(connection)) abandon_pipeline("cannot send key '" + records[first].key + "'");
         }
-        if (PQpipelineSync(connection_) != 1) abandon_pipeline("cannot send the batch");
+        if (PQpipelineSync(connection) != 1) abandon_pipeline("cannot send the batch");
         std::string failure;  // the first statement the server refused
         for (const auto& [first, end] : statements) {
-            result reply(PQgetResult(connection_));
+            pg_result reply(PQgetResult(connection));
             if (reply.get() == nullptr) abandon_pipeline("the server did not answer the batch");
             if (reply.status() == PGRES_TUPLES_OK) {
                 note_skipped(records, first, end, reply.get(), skipped);
             } else if (failure.empty()) {
                 failure = "cannot write key '" + records[first].key + "' and the " + std::to_string(end - first - 1) +
-                          " records after it: " + trimmed(PQresultErrorMessage(reply.get()));
+                          " records after it: " + detail::pg_trimmed(PQresultErrorMessage(reply.get()));
             }
-            result end_of_reply(PQgetResult(connection_));
+            pg_result end_of_reply(PQgetResult(connection));
         }
-        result sync(PQgetResult(connection_));
+        pg_result sync(PQgetResult(connection));
         if (sync.get() == nullptr || sync.status() != PGRES_PIPELINE_SYNC)
             abandon_pipeline(failure.empty() ? "the batch did not complete" : failure);
-        PQexitPipelineMode(connection_);
-        if (!failure.empty()) throw error(errc::store_failed, describe() + ": " + failure + " (the batch was rolled back)");
+        PQexitPipelineMode(connection);
+        return failure;
     }
 
     // The records of [first, end) whose keys the statement did not return.
@@ -375,15 +330,9 @@ private:
     // A pipeline that went wrong midway: the connection is dropped (and made
     // again at the next call), which is simpler than draining what is left.
     [[noreturn]] void abandon_pipeline(const std::string& what) {
-        const std::string why = last_error();
-        PQfinish(connection_);
-        connection_ = nullptr;
+        const std::string why = connection_.last_error();
+        connection_.drop();
         throw error(errc::store_failed, describe() + ": " + what + ": " + why + " (the next call connects again)");
-    }
-
-    static std::string trimmed(std::string text) {
-        while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-        return text;
     }
 
     record row_to_record(const PGresult* row, const std::string& key) const {
@@ -392,11 +341,11 @@ private:
                 throw error(errc::record_corrupt, describe() + ": key '" + key + "' has a damaged row; remove the key");
         record r;
         r.key = key;
-        r.generation = get_word(PQgetvalue(row, 0, 0));
-        r.schema_version = static_cast<std::uint32_t>(get_word(PQgetvalue(row, 0, 1)));
-        r.codec = static_cast<std::uint32_t>(get_word(PQgetvalue(row, 0, 2)));
-        r.fingerprint = get_word(PQgetvalue(row, 0, 3));
-        const std::uint64_t checksum = get_word(PQgetvalue(row, 0, 4));
+        r.generation = detail::pg_get_word(PQgetvalue(row, 0, 0));
+        r.schema_version = static_cast<std::uint32_t>(detail::pg_get_word(PQgetvalue(row, 0, 1)));
+        r.codec = static_cast<std::uint32_t>(detail::pg_get_word(PQgetvalue(row, 0, 2)));
+        r.fingerprint = detail::pg_get_word(PQgetvalue(row, 0, 3));
+        const std::uint64_t checksum = detail::pg_get_word(PQgetvalue(row, 0, 4));
         const auto* data = reinterpret_cast<const std::byte*>(PQgetvalue(row, 0, 5));
         r.bytes.assign(data, data + PQgetlength(row, 0, 5));
         detail::check_read_record(r, checksum, true, describe());
