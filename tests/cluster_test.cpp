@@ -1,0 +1,196 @@
+// Cluster membership (issue 14, step 2) against a real PostgreSQL server the
+// tests start: incarnations, heartbeats, death declared on the observer's
+// own clock (a manual clock here, so no test sleeps for a ttl), racing
+// sweepers, and a SIGSTOPped node process that finds itself fenced after
+// SIGCONT.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <thread>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <keepsake/cluster/membership.hpp>
+
+#include "postgres_server.hpp"
+#include "support.hpp"
+
+using keepsake::cluster::membership;
+using keepsake::cluster::node_options;
+using test_support::postgres_server;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Each test its own tables (each section runs the case again).
+std::string fresh_prefix() {
+    static std::atomic<int> counter{0};
+    return "c" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_";
+}
+
+node_options node(const std::string& id, const std::string& prefix, std::shared_ptr<keepsake::clock> time,
+                  keepsake::duration ttl = 5s) {
+    node_options options;
+    options.node_id = id;
+    options.address = id + ".example:7000";
+    options.ttl = ttl;
+    options.table_prefix = prefix;
+    options.time = std::move(time);
+    return options;
+}
+
+bool declared(const std::vector<keepsake::cluster::node_view>& nodes, const std::string& id) {
+    for (const auto& each : nodes)
+        if (each.node_id == id) return true;
+    return false;
+}
+
+} // namespace
+
+TEST_CASE("cluster: each start is a new incarnation, and the old one is fenced at its next heartbeat",
+          "[postgres][cluster]") {
+    const std::string prefix = fresh_prefix();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership first(postgres_server::shared().conninfo(), node("a", prefix, time));
+    CHECK(first.incarnation() == 1);
+    CHECK(first.heartbeat());
+    membership again(postgres_server::shared().conninfo(), node("a", prefix, time));
+    CHECK(again.incarnation() == 2);
+    CHECK_FALSE(first.heartbeat());
+    CHECK(first.fenced());
+    CHECK(again.heartbeat());
+    CHECK_FALSE(again.fenced());
+    for (const auto& each : again.observe())
+        if (each.node_id == "a") {
+            CHECK(each.incarnation == 2);
+            CHECK(each.address == "a.example:7000");
+        }
+}
+
+TEST_CASE("cluster: a node silent for its ttl on the observer's clock is declared dead, once, and fenced",
+          "[postgres][cluster]") {
+    const std::string prefix = fresh_prefix();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership a(postgres_server::shared().conninfo(), node("a", prefix, time));
+    membership b(postgres_server::shared().conninfo(), node("b", prefix, time));
+    a.observe();  // a first sees b now
+    SECTION("a heartbeat within the ttl keeps it alive") {
+        for (int beat = 0; beat < 10; ++beat) {
+            time->advance(4s);
+            CHECK(b.heartbeat());
+            CHECK(a.sweep().empty());
+        }
+        CHECK_FALSE(b.fenced());
+    }
+    SECTION("silent for the ttl: declared, and its next heartbeat fails") {
+        time->advance(4s);
+        CHECK(a.sweep().empty());
+        time->advance(1s);
+        const auto gone = a.sweep();
+        REQUIRE(gone.size() == 1);
+        CHECK(gone[0].node_id == "b");
+        CHECK(a.sweep().empty());  // once
+        CHECK(b.fenced());         // on its own clock too
+        CHECK_FALSE(b.heartbeat());
+        CHECK(b.fenced());
+        CHECK(a.heartbeat());  // the observer's own row is untouched
+    }
+    SECTION("a restart under the same id is a new, live incarnation") {
+        time->advance(6s);
+        REQUIRE(a.sweep().size() == 1);
+        membership b_again(postgres_server::shared().conninfo(), node("b", prefix, time));
+        CHECK(b_again.incarnation() == 2);
+        CHECK(b_again.heartbeat());
+        time->advance(1s);
+        CHECK(a.sweep().empty());
+    }
+}
+
+TEST_CASE("cluster: no decision rests on wall clocks: a node's own clock decides it is out", "[postgres][cluster]") {
+    const std::string prefix = fresh_prefix();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership a(postgres_server::shared().conninfo(), node("a", prefix, time, 2s));
+    CHECK_FALSE(a.fenced());
+    time->advance(1999ms);
+    CHECK_FALSE(a.fenced());
+    time->advance(1ms);
+    CHECK(a.fenced());  // could not heartbeat for its ttl: out, whatever the others think
+    CHECK(a.heartbeat());  // nobody declared it: it may go on
+    CHECK_FALSE(a.fenced());
+}
+
+TEST_CASE("cluster: several sweepers racing declare a silent node exactly once", "[postgres][cluster]") {
+    const std::string prefix = fresh_prefix();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership silent(postgres_server::shared().conninfo(), node("silent", prefix, time));
+    std::vector<std::unique_ptr<membership>> sweepers;
+    for (int i = 0; i < 4; ++i) {
+        sweepers.push_back(
+            std::make_unique<membership>(postgres_server::shared().conninfo(), node("s" + std::to_string(i), prefix, time)));
+        sweepers.back()->observe();
+    }
+    time->advance(6s);
+    for (auto& each : sweepers) REQUIRE(each->heartbeat());
+    std::atomic<int> declarations{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (auto& each : sweepers)
+        threads.emplace_back([&, sweeper = each.get()] {
+            while (!go.load()) std::this_thread::yield();
+            declarations += declared(sweeper->sweep(), "silent") ? 1 : 0;
+        });
+    go = true;
+    for (auto& thread : threads) thread.join();
+    CHECK(declarations.load() == 1);
+    CHECK_FALSE(silent.heartbeat());
+}
+
+TEST_CASE("cluster: a SIGSTOPped node is declared dead by the others and finds itself fenced after SIGCONT",
+          "[postgres][cluster][stop]") {
+    const std::string prefix = fresh_prefix();
+    const std::string conninfo = postgres_server::shared().conninfo();
+    const auto ttl = 1s;
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = ::fork();
+    if (child == 0) {
+        // The node: heartbeats every 50 ms on the real clock; exits 42 when
+        // it finds itself out (fenced), 1 on anything else.
+        try {
+            membership self(conninfo, node("paused", prefix, nullptr, ttl));
+            const char one = 1;
+            if (::write(ready[1], &one, 1) != 1) std::_Exit(1);
+            for (;;) {
+                if (!self.heartbeat() || self.fenced()) std::_Exit(42);
+                std::this_thread::sleep_for(50ms);
+            }
+        } catch (...) {
+            std::_Exit(1);
+        }
+    }
+    char one = 0;
+    REQUIRE(::read(ready[0], &one, 1) == 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    membership observer(conninfo, node("observer", prefix, nullptr, ttl));
+    observer.observe();
+    std::this_thread::sleep_for(300ms);
+    CHECK(observer.sweep().empty());  // it is heartbeating
+    REQUIRE(::kill(child, SIGSTOP) == 0);
+    const auto stopped = std::chrono::steady_clock::now();
+    bool gone = false;
+    while (!gone && std::chrono::steady_clock::now() - stopped < 10s) {
+        gone = declared(observer.sweep(), "paused");
+        if (!gone) std::this_thread::sleep_for(50ms);
+    }
+    const auto took = std::chrono::steady_clock::now() - stopped;
+    CHECK(gone);
+    CHECK(took >= ttl);  // never before its ttl of silence
+    REQUIRE(::kill(child, SIGCONT) == 0);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 42);
+}
