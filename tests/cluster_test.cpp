@@ -1,11 +1,15 @@
-// Cluster membership (issue 14, step 2) against a real PostgreSQL server the
-// tests start: incarnations, heartbeats, death declared on the observer's
-// own clock (a manual clock here, so no test sleeps for a ttl), racing
-// sweepers, and a SIGSTOPped node process that finds itself fenced after
-// SIGCONT.
+// The cluster tier's first steps (issue 14) against a real PostgreSQL server
+// the tests start. Membership: incarnations, heartbeats, death declared on
+// the observer's own clock (a manual clock here, so no test sleeps for a
+// ttl), racing sweepers, a SIGSTOPped node process that finds itself fenced
+// after SIGCONT. Ownership: one owner, claims with growing tokens, fenced
+// writes, racing orphan sweeps, permanently crashed objects, restarts under
+// the same id.
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <signal.h>
@@ -13,12 +17,15 @@
 #include <unistd.h>
 
 #include <keepsake/cluster/membership.hpp>
+#include <keepsake/cluster/ownership.hpp>
+#include <keepsake/stores/postgres_store.hpp>
 
 #include "postgres_server.hpp"
 #include "support.hpp"
 
 using keepsake::cluster::membership;
 using keepsake::cluster::node_options;
+using keepsake::cluster::ownership;
 using test_support::postgres_server;
 using namespace std::chrono_literals;
 
@@ -193,4 +200,132 @@ TEST_CASE("cluster: a SIGSTOPped node is declared dead by the others and finds i
     REQUIRE(::waitpid(child, &status, 0) == child);
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 42);
+}
+
+// --- ownership (issue 14, step 3) ---------------------------------------------
+
+namespace {
+
+keepsake::record state_of(const std::string& key, std::uint64_t generation, const std::string& text) {
+    keepsake::record r;
+    r.key = key;
+    r.generation = generation;
+    r.schema_version = 1;
+    r.codec = 1;
+    r.fingerprint = 0xABCDEF0123456789ull;
+    for (char c : text) r.bytes.push_back(static_cast<std::byte>(c));
+    return r;
+}
+
+} // namespace
+
+TEST_CASE("cluster: an object has one owner; a dead owner's objects are claimed with a higher token, and its "
+          "writes no longer land",
+          "[postgres][cluster][ownership]") {
+    const std::string prefix = fresh_prefix();
+    const std::string records = prefix + "records";
+    const std::string conninfo = postgres_server::shared().conninfo();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership a(conninfo, node("a", prefix, time));
+    membership b(conninfo, node("b", prefix, time));
+    ownership at_a(conninfo, a, prefix, records);
+    ownership at_b(conninfo, b, prefix, records);
+
+    const auto first = at_a.claim("player/1");
+    REQUIRE(first);
+    CHECK(*first == 1);
+    CHECK_FALSE(at_b.claim("player/1"));  // a is alive
+    auto owner = at_b.owner_of("player/1");
+    REQUIRE(owner);
+    CHECK(owner->node_id == "a");
+    CHECK(owner->address == "a.example:7000");
+    CHECK(owner->owner_alive);
+    CHECK(at_a.put_fenced(state_of("player/1", 1, "a-1"), *first));
+    CHECK_FALSE(at_b.put_fenced(state_of("player/1", 2, "b-2"), *first));  // b holds no token
+
+    b.observe();
+    time->advance(6s);
+    REQUIRE(b.heartbeat());
+    REQUIRE(declared(b.sweep(), "a"));
+    const auto second = at_b.claim("player/1");
+    REQUIRE(second);
+    CHECK(*second == 2);
+    CHECK_FALSE(at_a.put_fenced(state_of("player/1", 5, "a-5"), *first));  // fenced out
+    CHECK(at_b.put_fenced(state_of("player/1", 2, "b-2"), *second));
+    keepsake::postgres_store_options read_records;
+    read_records.table = records;
+    keepsake::postgres_store store(conninfo, read_records);
+    const auto kept = store.get("player/1");
+    REQUIRE(kept);
+    CHECK(kept->generation == 2);
+    CHECK(kept->bytes == state_of("player/1", 2, "b-2").bytes);
+    owner = at_a.owner_of("player/1");
+    CHECK(owner->node_id == "b");
+    CHECK(owner->fence == 2);
+}
+
+TEST_CASE("cluster: sweepers racing for a dead node's orphans claim each exactly once; a permanently crashed "
+          "object is never claimed",
+          "[postgres][cluster][ownership]") {
+    const std::string prefix = fresh_prefix();
+    const std::string conninfo = postgres_server::shared().conninfo();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership dead(conninfo, node("dead", prefix, time));
+    ownership at_dead(conninfo, dead, prefix);
+    constexpr int objects = 300;
+    for (int i = 0; i < objects; ++i) REQUIRE(at_dead.claim("o" + std::to_string(i)));
+    REQUIRE(at_dead.mark_permanently_crashed("o7", 1));
+
+    std::vector<std::unique_ptr<membership>> nodes;
+    std::vector<std::unique_ptr<ownership>> owners;
+    for (int i = 0; i < 3; ++i) {
+        nodes.push_back(std::make_unique<membership>(conninfo, node("n" + std::to_string(i), prefix, time)));
+        owners.push_back(std::make_unique<ownership>(conninfo, *nodes.back(), prefix));
+        nodes.back()->observe();
+    }
+    time->advance(6s);
+    for (auto& each : nodes) REQUIRE(each->heartbeat());
+    REQUIRE(declared(nodes[0]->sweep(), "dead"));
+
+    std::mutex taken_lock;
+    std::map<std::string, int> taken;
+    std::vector<std::thread> sweepers;
+    for (auto& each : owners)
+        sweepers.emplace_back([&, mine = each.get()] {
+            for (;;) {
+                const auto got = mine->claim_orphans(17);
+                if (got.empty()) return;
+                std::lock_guard<std::mutex> lock(taken_lock);
+                for (const auto& one : got) ++taken[one.key];
+            }
+        });
+    for (auto& thread : sweepers) thread.join();
+    CHECK(taken.size() == objects - 1);
+    CHECK(taken.count("o7") == 0);
+    for (const auto& [key, times] : taken) {
+        CAPTURE(key);
+        CHECK(times == 1);
+    }
+    CHECK(owners[0]->owner_of("o7")->node_id == "dead");
+}
+
+TEST_CASE("cluster: a node restarted under the same id orphans its old objects at once", "[postgres][cluster][ownership]") {
+    const std::string prefix = fresh_prefix();
+    const std::string conninfo = postgres_server::shared().conninfo();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    membership before(conninfo, node("a", prefix, time));
+    ownership at_before(conninfo, before, prefix);
+    REQUIRE(at_before.claim("k1"));
+    REQUIRE(at_before.claim("k2"));
+    membership after(conninfo, node("a", prefix, time));  // no ttl waited
+    ownership at_after(conninfo, after, prefix);
+    const auto orphans = at_after.claim_orphans(10);
+    CHECK(orphans.size() == 2);
+    for (const auto& one : orphans) CHECK(one.fence == 2);
+    CHECK_FALSE(at_before.put_fenced(state_of("k1", 1, "old"), 1));
+    CHECK(at_after.release("k1", 2));
+    CHECK_FALSE(at_after.release("k1", 2));  // released already
+    const auto again = at_after.claim("k1");
+    REQUIRE(again);
+    CHECK(*again == 3);
 }
