@@ -1,4 +1,5 @@
-// Export into the PostgreSQL store beside its floor, in pairs in the same
+// Claims per second by three sweepers racing over a dead node's orphans;
+// and export into the PostgreSQL store beside its floor, in pairs in the same
 // run (issue 14): a raw batched upsert of the same rows through libpq, one
 // multi-row INSERT ... ON CONFLICT statement of binary parameters a batch
 // (the fastest plain way to upsert a batch), with the same generation rule.
@@ -12,6 +13,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -22,6 +26,8 @@
 #include <libpq-fe.h>
 
 #include <keepsake/keepsake.hpp>
+#include <keepsake/cluster/membership.hpp>
+#include <keepsake/cluster/ownership.hpp>
 #include <keepsake/stores/postgres_store.hpp>
 
 #include "export_workload.hpp"
@@ -129,8 +135,58 @@ void BM_export_vs_raw_postgres(benchmark::State& run) {
     run.SetItemsProcessed(static_cast<std::int64_t>(run.iterations() * key_count * 2));
 }
 
+// Claims per second with 3 sweepers: a dead node owned `objects` objects;
+// three nodes, each on its own thread and connection, claim its orphans in
+// batches of 100 until none is left (each orphan exactly once, checked).
+void BM_claims_three_sweepers(benchmark::State& run) {
+    const std::size_t objects = 10000;
+    const std::string conninfo = test_support::postgres_server::shared().conninfo();
+    static int round = 0;
+    for (auto _ : run) {
+        run.PauseTiming();
+        const std::string prefix = "claims" + std::to_string(round++) + "_";
+        auto time = std::make_shared<keepsake::manual_clock>();
+        auto node = [&](const std::string& id) {
+            keepsake::cluster::node_options options;
+            options.node_id = id;
+            options.table_prefix = prefix;
+            options.time = time;
+            return options;
+        };
+        keepsake::cluster::membership dead(conninfo, node("dead"));
+        {
+            keepsake::cluster::ownership owned(conninfo, dead, prefix);
+            for (std::size_t i = 0; i < objects; ++i) owned.claim("o" + std::to_string(i));
+        }
+        std::vector<std::unique_ptr<keepsake::cluster::membership>> nodes;
+        std::vector<std::unique_ptr<keepsake::cluster::ownership>> owners;
+        for (int i = 0; i < 3; ++i) {
+            nodes.push_back(std::make_unique<keepsake::cluster::membership>(conninfo, node("n" + std::to_string(i))));
+            owners.push_back(std::make_unique<keepsake::cluster::ownership>(conninfo, *nodes.back(), prefix));
+            nodes.back()->observe();
+        }
+        time->advance(std::chrono::seconds(6));
+        for (auto& each : nodes) each->heartbeat();
+        if (nodes[0]->sweep().size() != 1) run.SkipWithError("the dead node was not declared");
+        std::atomic<std::size_t> claimed{0};
+        run.ResumeTiming();
+        std::vector<std::thread> sweepers;
+        for (auto& each : owners)
+            sweepers.emplace_back([&, mine = each.get()] {
+                for (auto got = mine->claim_orphans(100); !got.empty(); got = mine->claim_orphans(100))
+                    claimed += got.size();
+            });
+        for (auto& thread : sweepers) thread.join();
+        run.PauseTiming();
+        if (claimed.load() != objects) run.SkipWithError("orphans claimed more or less than once");
+        run.ResumeTiming();
+    }
+    run.SetItemsProcessed(static_cast<std::int64_t>(run.iterations() * objects));
+}
+
 } // namespace
 
+BENCHMARK(BM_claims_three_sweepers)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_export_vs_raw_postgres)->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();
