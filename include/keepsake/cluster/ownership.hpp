@@ -169,10 +169,7 @@ private:
         made.create_once("CREATE TABLE IF NOT EXISTS " + t +
                          " (key BYTEA PRIMARY KEY, owner_node TEXT, owner_incarnation BIGINT, fence BIGINT NOT NULL,"
                          " permanently_crashed BOOLEAN NOT NULL DEFAULT false)");
-        made.create_once("CREATE TABLE IF NOT EXISTS " + records_ +
-                         " (key BYTEA PRIMARY KEY, generation BIGINT NOT NULL, schema_version BIGINT NOT NULL,"
-                         " codec BIGINT NOT NULL, fingerprint BIGINT NOT NULL, checksum BIGINT NOT NULL,"
-                         " data BYTEA NOT NULL)");
+        made.create_once(detail::pg_create_records_table(records_));
         const Oid bytea = 17;
         const Oid key_first[] = {bytea, 0, 0, 0, 0, 0, 0, 0, bytea};
         // A new key, or one whose owner is out (and not permanently crashed).
@@ -207,10 +204,7 @@ private:
                      "WITH held AS (SELECT 1 FROM " + t + " WHERE key = $1 AND owner_node = $2 AND fence = $3::bigint"
                      " FOR SHARE) INSERT INTO " + records_ + " AS stored (key, generation, schema_version, codec,"
                      " fingerprint, checksum, data) SELECT $1, $4::bigint, $5::bigint, $6::bigint, $7::bigint,"
-                     " $8::bigint, $9 FROM held ON CONFLICT (key) DO UPDATE SET generation = excluded.generation,"
-                     " schema_version = excluded.schema_version, codec = excluded.codec,"
-                     " fingerprint = excluded.fingerprint, checksum = excluded.checksum, data = excluded.data"
-                     " WHERE stored.generation < excluded.generation",
+                     " $8::bigint, $9 FROM held" + detail::pg_records_upsert_rule,
                      9, key_first);
     }
 };

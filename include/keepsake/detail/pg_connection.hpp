@@ -40,6 +40,19 @@ inline void pg_check_identifier(const std::string& name, const std::string& opti
                     option + " '" + name + "' must be 1 to 48 lower-case letters, digits or '_'");
 }
 
+// The records table (the PostgreSQL store's; ownership's fenced writes go
+// into it too), made if missing, and its upsert's tail: the generation rule,
+// a row replaced only by a higher generation. `stored` names the row.
+inline std::string pg_create_records_table(const std::string& table) {
+    return "CREATE TABLE IF NOT EXISTS " + table +
+           " (key BYTEA PRIMARY KEY, generation BIGINT NOT NULL, schema_version BIGINT NOT NULL,"
+           " codec BIGINT NOT NULL, fingerprint BIGINT NOT NULL, checksum BIGINT NOT NULL, data BYTEA NOT NULL)";
+}
+inline constexpr const char* pg_records_upsert_rule =
+    " ON CONFLICT (key) DO UPDATE SET generation = excluded.generation, schema_version = excluded.schema_version,"
+    " codec = excluded.codec, fingerprint = excluded.fingerprint, checksum = excluded.checksum, data = excluded.data"
+    " WHERE stored.generation < excluded.generation";
+
 // Owns a PGresult.
 class pg_result {
 public:

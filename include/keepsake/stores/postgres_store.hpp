@@ -216,10 +216,7 @@ private:
     // After every (re)connection: the table if it is missing, the statements.
     void prepare(detail::pg_connection& made) {
         const std::string& t = options_.table;
-        made.create_once("CREATE TABLE IF NOT EXISTS " + t +
-                         " (key BYTEA PRIMARY KEY, generation BIGINT NOT NULL, schema_version BIGINT NOT NULL,"
-                         " codec BIGINT NOT NULL, fingerprint BIGINT NOT NULL, checksum BIGINT NOT NULL,"
-                         " data BYTEA NOT NULL)");
+        made.create_once(detail::pg_create_records_table(t));
         constexpr Oid bytea = 17, bytea_array = 1001, int8_array = 1016;
         const Oid upsert_types[] = {bytea_array, int8_array, int8_array, int8_array, int8_array, int8_array,
                                     bytea_array};
@@ -228,10 +225,7 @@ private:
         made.prepare("keepsake_upsert",
                 "INSERT INTO " + t + " AS stored (key, generation, schema_version, codec, fingerprint, checksum, data)"
                 " SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],"
-                " $7::bytea[]) ON CONFLICT (key) DO UPDATE SET generation = excluded.generation,"
-                " schema_version = excluded.schema_version, codec = excluded.codec,"
-                " fingerprint = excluded.fingerprint, checksum = excluded.checksum, data = excluded.data"
-                " WHERE stored.generation < excluded.generation RETURNING key",
+                " $7::bytea[])" + detail::pg_records_upsert_rule + " RETURNING key",
                 7, upsert_types);
         const Oid key_type[] = {bytea};
         made.prepare("keepsake_select",
