@@ -233,15 +233,15 @@ TEST_CASE("cluster: an object has one owner; a dead owner's objects are claimed 
 
     const auto first = at_a.claim("player/1");
     REQUIRE(first);
-    CHECK(*first == 1);
+    CHECK(first->fence == 1);
     CHECK_FALSE(at_b.claim("player/1"));  // a is alive
     auto owner = at_b.owner_of("player/1");
     REQUIRE(owner);
     CHECK(owner->node_id == "a");
     CHECK(owner->address == "a.example:7000");
     CHECK(owner->owner_alive);
-    CHECK(at_a.put_fenced(state_of("player/1", 1, "a-1"), *first));
-    CHECK_FALSE(at_b.put_fenced(state_of("player/1", 2, "b-2"), *first));  // b holds no token
+    CHECK(at_a.put_fenced(state_of("player/1", 1, "a-1"), first->fence));
+    CHECK_FALSE(at_b.put_fenced(state_of("player/1", 2, "b-2"), first->fence));  // b holds no token
 
     b.observe();
     time->advance(6s);
@@ -249,9 +249,9 @@ TEST_CASE("cluster: an object has one owner; a dead owner's objects are claimed 
     REQUIRE(declared(b.sweep(), "a"));
     const auto second = at_b.claim("player/1");
     REQUIRE(second);
-    CHECK(*second == 2);
-    CHECK_FALSE(at_a.put_fenced(state_of("player/1", 5, "a-5"), *first));  // fenced out
-    CHECK(at_b.put_fenced(state_of("player/1", 2, "b-2"), *second));
+    CHECK(second->fence == 2);
+    CHECK_FALSE(at_a.put_fenced(state_of("player/1", 5, "a-5"), first->fence));  // fenced out
+    CHECK(at_b.put_fenced(state_of("player/1", 2, "b-2"), second->fence));
     keepsake::postgres_store_options read_records;
     read_records.table = records;
     keepsake::postgres_store store(conninfo, read_records);
@@ -327,5 +327,5 @@ TEST_CASE("cluster: a node restarted under the same id orphans its old objects a
     CHECK_FALSE(at_after.release("k1", 2));  // released already
     const auto again = at_after.claim("k1");
     REQUIRE(again);
-    CHECK(*again == 3);
+    CHECK(again->fence == 3);
 }

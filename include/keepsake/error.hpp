@@ -43,6 +43,8 @@ enum class errc {
     unknown_type,         // no unit type registered under that name
     // object directories (after the others, so their values stay as they were)
     overloaded,  // too many callers already wait for one object to start
+    // the cluster tier (after the others, so their values stay as they were)
+    not_owner,  // another node owns the object, or it is placed there: cluster::not_owner_error names it
 };
 
 class error : public std::runtime_error {

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -48,6 +49,7 @@ struct node_options {
     std::string address;                      // how to reach it, for routing (free text)
     duration ttl = std::chrono::seconds(5);   // silence after which a node is out
     std::string table_prefix = "keepsake_";   // tables <prefix>nodes, ...
+    std::size_t capacity = 0;                 // objects it takes at most (placement, orphans); 0: no limit
     std::shared_ptr<keepsake::clock> time;    // null: the steady clock (tests: a manual one)
 };
 
@@ -72,13 +74,16 @@ public:
         check_options();
         std::lock_guard<std::mutex> lock(mutex_);
         const std::string address = options_.address;
-        detail::pg_result joined = connection_.run("keepsake_join", {options_.node_id.c_str(), address.c_str()});
+        const std::string capacity = std::to_string(options_.capacity);
+        detail::pg_result joined =
+            connection_.run("keepsake_join", {options_.node_id.c_str(), address.c_str(), capacity.c_str()});
         connection_.expect(joined, PGRES_TUPLES_OK, "cannot join as node '" + options_.node_id + "'");
         incarnation_ = std::stoull(joined.text(0, 0));
         last_heartbeat_ = time_->now();
     }
 
     const std::string& node_id() const noexcept { return options_.node_id; }
+    const node_options& options() const noexcept { return options_; }
     std::uint64_t incarnation() const noexcept { return incarnation_; }
 
     // One heartbeat. False when this incarnation is out (superseded by a
@@ -89,9 +94,14 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         if (fenced_by_database_) return false;
         const std::string incarnation = std::to_string(incarnation_);
-        detail::pg_result beat =
-            connection_.run("keepsake_heartbeat", {options_.node_id.c_str(), incarnation.c_str()});
-        connection_.expect(beat, PGRES_TUPLES_OK, "cannot heartbeat");
+        detail::pg_result beat(nullptr);
+        try {
+            beat = connection_.run("keepsake_heartbeat", {options_.node_id.c_str(), incarnation.c_str()});
+            connection_.expect(beat, PGRES_TUPLES_OK, "cannot heartbeat");
+        } catch (...) {
+            blind_ = true;  // until the next look at every node
+            throw;
+        }
         if (beat.rows() == 0) {
             fenced_by_database_ = true;
             return false;
@@ -150,6 +160,7 @@ private:
     duration last_heartbeat_{};
     bool fenced_by_database_ = false;
     std::map<std::string, seen> seen_;
+    bool blind_ = false;  // a statement failed since the last look
 
     void check_options() const {
         if (options_.node_id.empty() || options_.node_id.size() > 64)
@@ -163,12 +174,12 @@ private:
         const std::string t = nodes_table();
         made.create_once("CREATE TABLE IF NOT EXISTS " + t +
                          " (node_id TEXT PRIMARY KEY, incarnation BIGINT NOT NULL, heartbeat BIGINT NOT NULL,"
-                         " dead_incarnation BIGINT NOT NULL, address TEXT NOT NULL)");
+                         " dead_incarnation BIGINT NOT NULL, address TEXT NOT NULL, capacity BIGINT NOT NULL DEFAULT 0)");
         made.prepare("keepsake_join",
-                     "INSERT INTO " + t + " AS known VALUES ($1, 1, 0, 0, $2) ON CONFLICT (node_id) DO UPDATE SET"
-                     " incarnation = known.incarnation + 1, heartbeat = 0, address = excluded.address"
-                     " RETURNING incarnation",
-                     2, nullptr);
+                     "INSERT INTO " + t + " AS known VALUES ($1, 1, 0, 0, $2, $3) ON CONFLICT (node_id) DO UPDATE SET"
+                     " incarnation = known.incarnation + 1, heartbeat = 0, address = excluded.address,"
+                     " capacity = excluded.capacity RETURNING incarnation",
+                     3, nullptr);
         made.prepare("keepsake_heartbeat",
                      "UPDATE " + t + " SET heartbeat = heartbeat + 1 WHERE node_id = $1 AND incarnation = $2"
                      " AND dead_incarnation < incarnation RETURNING heartbeat",
@@ -183,9 +194,21 @@ private:
     }
 
     std::vector<node_view> observe_locked() {
-        detail::pg_result rows = connection_.run("keepsake_nodes", {});
-        connection_.expect(rows, PGRES_TUPLES_OK, "cannot read the nodes");
+        detail::pg_result rows(nullptr);
+        try {
+            rows = connection_.run("keepsake_nodes", {});
+            connection_.expect(rows, PGRES_TUPLES_OK, "cannot read the nodes");
+        } catch (...) {
+            blind_ = true;
+            throw;
+        }
         const duration now = time_->now();
+        // An observer that could not reach the database saw nobody's
+        // silence (nobody could heartbeat either): it counts again from now,
+        // so no node is declared dead for an outage of the database.
+        if (blind_)
+            for (auto& [id, known] : seen_) known.since = now;
+        blind_ = false;
         std::vector<node_view> nodes;
         for (int row = 0; row < rows.rows(); ++row) {
             node_view node;

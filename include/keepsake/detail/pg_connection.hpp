@@ -59,6 +59,14 @@ public:
     explicit pg_result(PGresult* held) noexcept : held_(held) {}
     pg_result(const pg_result&) = delete;
     pg_result& operator=(const pg_result&) = delete;
+    pg_result(pg_result&& other) noexcept : held_(std::exchange(other.held_, nullptr)) {}
+    pg_result& operator=(pg_result&& other) noexcept {
+        if (this != &other) {
+            PQclear(held_);
+            held_ = std::exchange(other.held_, nullptr);
+        }
+        return *this;
+    }
     ~pg_result() { PQclear(held_); }
     PGresult* get() const noexcept { return held_; }
     ExecStatusType status() const noexcept { return PQresultStatus(held_); }

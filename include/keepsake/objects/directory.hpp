@@ -153,6 +153,15 @@ public:
         auto held = shared_->changed.lock();
         return entries_.size();
     }
+    // The keys of the objects active now, in no order.
+    std::vector<std::string> active_keys() const {
+        auto held = shared_->changed.lock();
+        std::vector<std::string> keys;
+        keys.reserve(entries_.size());
+        for (const auto& [key, which] : entries_)
+            if (which.now == phase::active) keys.push_back(key);
+        return keys;
+    }
     directory_stats stats() const {
         auto held = shared_->changed.lock();
         directory_stats now = stats_;
@@ -181,6 +190,9 @@ public:
 
     const std::string& name() const noexcept { return spec_.name; }
     runtime& where() const noexcept { return runtime_; }
+    const segment& in_segment() const noexcept { return segment_; }
+    activation_guard* guard() const noexcept { return spec_.guard; }
+    store* durable() const noexcept { return spec_.durable; }
 
 private:
     enum class phase : std::uint8_t { starting, active, stopping };

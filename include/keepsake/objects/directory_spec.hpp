@@ -25,6 +25,15 @@ struct alarm_retry {
     std::uint32_t retries = 6;
 };
 
+// Asked before an object starts, on the thread or fiber that starts it:
+// it may refuse by throwing (the cluster tier's ownership check,
+// cluster/node.hpp). Concurrent first callers wait for it, as for the start.
+class activation_guard {
+public:
+    virtual ~activation_guard() = default;
+    virtual void before_start(const std::string& directory, const std::string& key) = 0;
+};
+
 template <class State, class Handler>
 struct directory_spec {
     // The directory's name: its objects' keys in the segment (and the
@@ -72,6 +81,9 @@ struct directory_spec {
     // DurableServer's 5 crashes in an hour.
     std::optional<crash_threshold> threshold;
     std::size_t stack_size = 0;  // 0: the runtime's
+    // Null: every object may start here. A cluster node: only the objects
+    // this node owns (cluster::node::guard()).
+    activation_guard* guard = nullptr;
 };
 
 // Where an object is now.

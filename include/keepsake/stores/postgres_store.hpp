@@ -52,6 +52,9 @@ struct postgres_store_options {
     std::string table = "keepsake_records";  // letters, digits and '_'
     std::size_t rows_per_statement = 1024;    // records one statement upserts, at most
     std::size_t bytes_per_statement = 64u << 20;  // and bytes, at most (a larger record goes alone)
+    // The cluster tier's (cluster/cluster_store.hpp): an ownership table the
+    // store's fenced writes check. Empty: none.
+    std::string fence_table;
 };
 
 // The largest record the store takes: a statement's message must stay below
@@ -120,14 +123,31 @@ public:
         return "PostgreSQL store " + connection_.where() + " table " + options_.table;
     }
 
-private:
+protected:
     using pg_result = detail::pg_result;
+
+    // A fenced batch: each record's object and the token held for it, and
+    // the writer (node id, incarnation) in text.
+    struct fence_plan {
+        std::vector<const std::string*> objects;
+        std::vector<std::uint64_t> fences;
+        std::string writer[2];
+    };
 
     // One statement's seven parameters: arrays in PostgreSQL's binary format
     // (a header, then each element's length and bytes; bigints as 8 bytes in
     // network order).
     class upsert_arrays {
     public:
+        explicit upsert_arrays(bool fenced = false) : columns_(fenced ? 9 : 7) {}
+        // Fenced: the object that owns the record, and the token held for it.
+        void add(const record& r, const std::string& object, std::uint64_t fence) {
+            add(r);
+            element(7, object.data(), object.size());
+            unsigned char big_endian[8];
+            detail::pg_put_word(big_endian, fence);
+            element(8, big_endian, 8);
+        }
         void add(const record& r) {
             element(0, r.key.data(), r.key.size());
             const std::uint64_t words[5] = {r.generation, r.schema_version, r.codec, r.fingerprint,
@@ -142,21 +162,29 @@ private:
         }
         std::size_t size() const noexcept { return count_; }
         // Sends the statement; false if libpq could not queue it.
-        bool send(PGconn* connection) {
-            const char* values[7];
-            int lengths[7];
-            const int formats[7] = {1, 1, 1, 1, 1, 1, 1};
-            for (int column = 0; column < 7; ++column) {
+        // Fenced: `writer` is the node and its incarnation, in text.
+        bool send(PGconn* connection, const std::string* writer = nullptr) {
+            const char* values[11];
+            int lengths[11];
+            int formats[11] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+            for (int column = 0; column < columns_; ++column) {
                 arrays_[column].replace(0, header_size, header(column));
                 values[column] = arrays_[column].data();
                 lengths[column] = static_cast<int>(arrays_[column].size());
             }
-            return PQsendQueryPrepared(connection, "keepsake_upsert", 7, values, lengths, formats, 1) == 1;
+            if (columns_ == 7)
+                return PQsendQueryPrepared(connection, "keepsake_upsert", 7, values, lengths, formats, 1) == 1;
+            values[9] = writer[0].c_str();
+            values[10] = writer[1].c_str();
+            lengths[9] = lengths[10] = 0;
+            return PQsendQueryPrepared(connection, "keepsake_upsert_fenced", 11, values, lengths, formats, 1) == 1;
         }
 
     private:
         static constexpr std::size_t header_size = 20;
-        std::string arrays_[7] = {std::string(header_size, '\0'), std::string(header_size, '\0'),
+        int columns_;
+        std::string arrays_[9] = {std::string(header_size, '\0'), std::string(header_size, '\0'),
+                                  std::string(header_size, '\0'), std::string(header_size, '\0'),
                                   std::string(header_size, '\0'), std::string(header_size, '\0'),
                                   std::string(header_size, '\0'), std::string(header_size, '\0'),
                                   std::string(header_size, '\0')};
@@ -174,7 +202,7 @@ private:
             std::string out;
             put_int32(out, 1);
             put_int32(out, 0);
-            put_int32(out, column == 0 || column == 6 ? 17 : 20);  // bytea, int8
+            put_int32(out, column == 0 || column == 6 || column == 7 ? 17 : 20);  // bytea, int8
             put_int32(out, count_);
             put_int32(out, 1);
             return out;
@@ -187,6 +215,7 @@ private:
 
     void check_options() const {
         detail::pg_check_identifier(options_.table, "postgres_store_options::table");
+        if (!options_.fence_table.empty()) detail::pg_check_identifier(options_.fence_table, "postgres_store_options::fence_table");
         if (options_.rows_per_statement == 0 || options_.rows_per_statement > 100000)
             throw error(errc::invalid_argument, "postgres_store_options::rows_per_statement must be 1 to 100000");
         if (options_.bytes_per_statement == 0 || options_.bytes_per_statement > postgres_max_record_bytes)
@@ -227,6 +256,22 @@ private:
                 " SELECT * FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],"
                 " $7::bytea[])" + detail::pg_records_upsert_rule + " RETURNING key",
                 7, upsert_types);
+        if (!options_.fence_table.empty()) {
+            // The cluster's fenced write: each record joined with its
+            // object's ownership row, locked (FOR SHARE: a claim waits for
+            // it) and holding this writer's token, in the same statement.
+            const Oid fenced_types[] = {bytea_array, int8_array, int8_array, int8_array, int8_array, int8_array,
+                                        bytea_array, bytea_array, int8_array, 25, 20};
+            made.prepare("keepsake_upsert_fenced",
+                "WITH held AS (SELECT u.key, u.generation, u.schema_version, u.codec, u.fingerprint, u.checksum, u.data"
+                " FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::bytea[],"
+                " $8::bytea[], $9::int8[]) AS u(key, generation, schema_version, codec, fingerprint, checksum, data,"
+                " object, fence) JOIN " + options_.fence_table + " o ON o.key = u.object AND o.owner_node = $10 AND"
+                " o.owner_incarnation = $11 AND o.fence = u.fence FOR SHARE OF o)"
+                " INSERT INTO " + t + " AS stored (key, generation, schema_version, codec, fingerprint, checksum, data)"
+                " SELECT * FROM held" + detail::pg_records_upsert_rule + " RETURNING key",
+                11, fenced_types);
+        }
         const Oid key_type[] = {bytea};
         made.prepare("keepsake_select",
                 "SELECT generation, schema_version, codec, fingerprint, checksum, data FROM " + t + " WHERE key = $1",
@@ -267,13 +312,14 @@ private:
     // statement, then the sync's result.
     // Whatever goes wrong in a pipeline (an error, out of memory), the
     // connection is dropped, never left in pipeline mode with replies unread.
-    void put_pipelined(const std::vector<record>& records, std::vector<std::size_t>& skipped) {
+    void put_pipelined(const std::vector<record>& records, std::vector<std::size_t>& skipped,
+                       const fence_plan* fenced = nullptr) {
         const auto statements = split(records);
         PGconn* connection = connection_.get();
         if (PQenterPipelineMode(connection) != 1) abandon_pipeline("cannot enter pipeline mode");
         std::string failure;
         try {
-            failure = pipeline(connection, records, statements, skipped);
+            failure = pipeline(connection, records, statements, skipped, fenced);
         } catch (...) {
             connection_.drop();
             throw;
@@ -285,11 +331,15 @@ private:
     // did not), the connection back out of pipeline mode either way.
     std::string pipeline(PGconn* connection, const std::vector<record>& records,
                          const std::vector<std::pair<std::size_t, std::size_t>>& statements,
-                         std::vector<std::size_t>& skipped) {
+                         std::vector<std::size_t>& skipped, const fence_plan* fenced) {
         for (const auto& [first, end] : statements) {
-            upsert_arrays arrays;
-            for (std::size_t index = first; index < end; ++index) arrays.add(records[index]);
-            if (!arrays.send(connection)) abandon_pipeline("cannot send key '" + records[first].key + "'");
+            upsert_arrays arrays(fenced != nullptr);
+            for (std::size_t index = first; index < end; ++index) {
+                if (fenced != nullptr) arrays.add(records[index], *fenced->objects[index], fenced->fences[index]);
+                else arrays.add(records[index]);
+            }
+            if (!arrays.send(connection, fenced != nullptr ? fenced->writer : nullptr))
+                abandon_pipeline("cannot send key '" + records[first].key + "'");
         }
         if (PQpipelineSync(connection) != 1) abandon_pipeline("cannot send the batch");
         std::string failure;  // the first statement the server refused
@@ -329,19 +379,19 @@ private:
         throw error(errc::store_failed, describe() + ": " + what + ": " + why + " (the next call connects again)");
     }
 
-    record row_to_record(const PGresult* row, const std::string& key) const {
+    record row_to_record(const PGresult* row, const std::string& key, int at = 0) const {
         for (int column = 0; column < 5; ++column)
-            if (PQgetlength(row, 0, column) != 8 || PQgetisnull(row, 0, column))
+            if (PQgetlength(row, at, column) != 8 || PQgetisnull(row, at, column))
                 throw error(errc::record_corrupt, describe() + ": key '" + key + "' has a damaged row; remove the key");
         record r;
         r.key = key;
-        r.generation = detail::pg_get_word(PQgetvalue(row, 0, 0));
-        r.schema_version = static_cast<std::uint32_t>(detail::pg_get_word(PQgetvalue(row, 0, 1)));
-        r.codec = static_cast<std::uint32_t>(detail::pg_get_word(PQgetvalue(row, 0, 2)));
-        r.fingerprint = detail::pg_get_word(PQgetvalue(row, 0, 3));
-        const std::uint64_t checksum = detail::pg_get_word(PQgetvalue(row, 0, 4));
-        const auto* data = reinterpret_cast<const std::byte*>(PQgetvalue(row, 0, 5));
-        r.bytes.assign(data, data + PQgetlength(row, 0, 5));
+        r.generation = detail::pg_get_word(PQgetvalue(row, at, 0));
+        r.schema_version = static_cast<std::uint32_t>(detail::pg_get_word(PQgetvalue(row, at, 1)));
+        r.codec = static_cast<std::uint32_t>(detail::pg_get_word(PQgetvalue(row, at, 2)));
+        r.fingerprint = detail::pg_get_word(PQgetvalue(row, at, 3));
+        const std::uint64_t checksum = detail::pg_get_word(PQgetvalue(row, at, 4));
+        const auto* data = reinterpret_cast<const std::byte*>(PQgetvalue(row, at, 5));
+        r.bytes.assign(data, data + PQgetlength(row, at, 5));
         detail::check_read_record(r, checksum, true, describe());
         return r;
     }

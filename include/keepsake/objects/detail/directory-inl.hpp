@@ -103,6 +103,7 @@ typename object_directory<State, Handler>::entry& object_directory<State, Handle
     entry& which = at->second;
     const auto began = std::chrono::steady_clock::now();
     try {
+        if (spec_.guard != nullptr) spec_.guard->before_start(spec_.name, key);
         unit_type made = make_unit(key);
         {
             auto held = shared_->changed.lock();
