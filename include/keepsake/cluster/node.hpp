@@ -54,6 +54,7 @@
 #include "keepsake/objects/directory.hpp"
 #include "keepsake/runtime.hpp"
 #include "keepsake/segment.hpp"
+#include "keepsake/unit_registry.hpp"
 
 namespace keepsake::cluster {
 
@@ -175,6 +176,12 @@ public:
     // here (it commits), writes its final state, and gives it up for
     // `target`, which claims it at its next sweep (or at its first call).
     void rehome(const std::string& directory, const std::string& key, const std::string& target);
+
+    // Takes an object out of permanently_crashed, in the cluster and in its
+    // registry record (its crash history cleared): claims it here (or
+    // throws not_owner_error naming where it is placed), so its next call
+    // starts it here.
+    void clear_crashed(const std::string& directory, const std::string& key);
 
     // One round of the background thread: a heartbeat when due, the node's
     // standing, dead nodes declared, orphans claimed and started.

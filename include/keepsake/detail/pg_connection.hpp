@@ -127,6 +127,8 @@ public:
 
     // host:port/database, for messages (never the password).
     const std::string& where() const noexcept { return where_; }
+    // The connection as it is (null when none), without connecting.
+    PGconn* raw() const noexcept { return connection_; }
 
     std::string last_error() const {
         return connection_ != nullptr ? pg_trimmed(PQerrorMessage(connection_)) : "no connection";

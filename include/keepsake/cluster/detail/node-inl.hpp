@@ -212,6 +212,14 @@ inline void node::before_start(const std::string& directory, const std::string& 
     fences_.hold(object, got->fence);
 }
 
+inline void node::clear_crashed(const std::string& directory, const std::string& key) {
+    const std::string object = directory + "/" + key;
+    owners_.clear_permanently_crashed(object);
+    before_start(directory, key);
+    keepsake::detail::registry_book::of(local_.shared_impl())->import_unit_from(store_, "", object);
+    keepsake::clear_crashed(local_, object);
+}
+
 inline std::string node::choose_node(const std::string& object) {
     std::vector<node_load> room;
     for (node_load& each : owners_.loads())
