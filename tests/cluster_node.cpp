@@ -74,7 +74,6 @@ int main(int argc, char** argv) {
         options.records_table = prefix + "records";
         options.heartbeat_every = heartbeat;
         options.sweep_every = std::chrono::milliseconds(100);
-        options.claims_per_sweep = 20000;
         keepsake::cluster::node here(run, local, options);
 
         keepsake::directory_spec<cluster_test::counter, keepsake::no_handler> spec;

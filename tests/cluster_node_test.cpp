@@ -236,3 +236,26 @@ TEST_CASE("cluster node: a dead node's objects are claimed by a sweep and start 
     CHECK_FALSE(b.here.owner_of("tallies", "poison")->permanently_crashed);
     CHECK(b.objects.call("poison", add{1}) == 2);  // its committed state, on b
 }
+
+TEST_CASE("cluster node: the crash threshold holds across nodes: crashes on a dead node count on the node that "
+          "claims its object",
+          "[postgres][cluster][node]") {
+    const std::string prefix = fresh_prefix();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    auto a = std::make_unique<member>("a", prefix, time);
+    member b("b", prefix, time);
+    CHECK(a->objects.call("fragile", add{3}) == 3);
+    CHECK_THROWS(a->objects.call("fragile", boom{}));  // one crash of two allowed
+    CHECK(a->objects.call("fragile", add{1}) == 4);
+    a->export_now();
+    b.here.tick();
+    a->here.stop();
+    a.reset();  // the node is gone
+    time->advance(6s);
+    b.here.tick();
+    REQUIRE(b.here.owner_of("tallies", "fragile")->node_id == "b");
+    CHECK(b.objects.call("fragile", add{1}) == 5);
+    CHECK_THROWS(b.objects.call("fragile", boom{}));  // the second crash, counted with a's
+    b.here.tick();
+    CHECK(b.here.owner_of("tallies", "fragile")->permanently_crashed);
+}

@@ -18,13 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <keepsake/detail/pg_connection.hpp>
-#include <keepsake/objects/detail/object_reads.hpp>
-#include <keepsake/stores/postgres_store.hpp>
-
-#include "cluster_node_state.hpp"
-#include "postgres_server.hpp"
-#include "support.hpp"
+#include "cluster_processes.hpp"
 
 using test_support::postgres_server;
 using namespace std::chrono_literals;
@@ -34,132 +28,11 @@ namespace {
 constexpr int objects_per_node = 30;
 constexpr int ttl_ms = 1000;
 
-struct owner_row {
-    std::string node;
-    std::uint64_t fence = 0;
-    std::uint64_t node_lost = 0;
-};
-
-// Three (or fewer) node processes over one set of tables.
-class cluster {
+// Three (or fewer) node processes, ttl 1 s, heartbeat 250 ms, tick 50 ms.
+class cluster : public test_support::node_processes {
 public:
-    cluster() : prefix_("f" + std::to_string(::getpid()) + "_" + std::to_string(counter()++) + "_") {}
-    ~cluster() {
-        for (auto& [id, pid] : pids_)
-            if (pid > 0) {
-                ::kill(pid, SIGCONT);
-                ::kill(pid, SIGKILL);
-                ::waitpid(pid, nullptr, 0);
-            }
-    }
-
-    void start(const std::string& id, int create, bool an_hour_ahead = false) {
-        std::remove((status_.path() + "/" + id + ".ready").c_str());
-        const std::string conninfo = postgres_server::shared().conninfo();  // the server starts in this process
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            if (an_hour_ahead) {
-                ::setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", 1);
-                ::setenv("FAKETIME", "+1h", 1);
-                // The wall clock only: the kernel's timed waits do not follow
-                // a faked monotonic clock (a node would sleep for an hour).
-                ::setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1", 1);
-            }
-            const std::string args[] = {KEEPSAKE_CLUSTER_NODE, conninfo, prefix_, id,
-                                        shm_.path(), status_.path(), std::to_string(create), std::to_string(ttl_ms),
-                                        "250", "50"};
-            std::vector<char*> argv;
-            for (const std::string& each : args) argv.push_back(const_cast<char*>(each.c_str()));
-            argv.push_back(nullptr);
-            ::execv(KEEPSAKE_CLUSTER_NODE, argv.data());
-            std::_Exit(127);
-        }
-        pids_[id] = pid;
-        const auto began = std::chrono::steady_clock::now();
-        while (!std::ifstream(status_.path() + "/" + id + ".ready")) {
-            int status = 0;
-            if (::waitpid(pid, &status, WNOHANG) == pid) {
-                pids_[id] = 0;
-                FAIL("node " << id << " exited before it was ready (status " << status << ")");
-            }
-            REQUIRE(std::chrono::steady_clock::now() - began < 60s);
-            std::this_thread::sleep_for(20ms);
-        }
-    }
-
-    void signal(const std::string& id, int number) { REQUIRE(::kill(pids_.at(id), number) == 0); }
-    // Its exit status (-signal when killed).
-    int wait(const std::string& id) {
-        int status = 0;
-        REQUIRE(::waitpid(pids_.at(id), &status, 0) == pids_.at(id));
-        pids_[id] = 0;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    }
-    bool running(const std::string& id) {
-        int status = 0;
-        return pids_.at(id) > 0 && ::waitpid(pids_.at(id), &status, WNOHANG) == 0;
-    }
-
-    std::map<std::string, owner_row> owners() {
-        keepsake::detail::pg_connection db(postgres_server::shared().conninfo(), "test", [](auto&) {});
-        keepsake::detail::pg_result rows(PQexec(db.get(), ("SELECT convert_from(key, 'UTF8'), coalesce(owner_node, ''),"
-                                                          " fence, node_lost FROM " + prefix_ + "objects").c_str()));
-        INFO(PQresultErrorMessage(rows.get()));
-        REQUIRE(rows.status() == PGRES_TUPLES_OK);
-        std::map<std::string, owner_row> found;
-        for (int row = 0; row < rows.rows(); ++row)
-            found[rows.text(row, 0)] = {rows.text(row, 1), std::stoull(rows.text(row, 2)), std::stoull(rows.text(row, 3))};
-        return found;
-    }
-
-    cluster_test::counter stored(const std::string& object) {
-        keepsake::postgres_store_options options;
-        options.table = prefix_ + "records";
-        keepsake::postgres_store records(postgres_server::shared().conninfo(), options);
-        const auto found = records.get(object);
-        REQUIRE(found);
-        keepsake::object_state<cluster_test::counter> decoded;
-        keepsake::detail::object_reads<cluster_test::counter>::decode(*found, decoded);
-        return decoded.value;
-    }
-
-    // What the node's store acknowledged last: object -> count.
-    std::map<std::string, std::uint64_t> acked(const std::string& id) {
-        std::ifstream in(status_.path() + "/" + id + ".acked");
-        std::map<std::string, std::uint64_t> counts;
-        std::string object;
-        std::uint64_t count = 0;
-        while (in >> object >> count) counts[object] = count;
-        return counts;
-    }
-
-    // Waits until `done` holds (true) or `limit` passes (false).
-    template <class Done>
-    static bool eventually(Done done, std::chrono::milliseconds limit = 30s) {
-        const auto began = std::chrono::steady_clock::now();
-        while (!done()) {
-            if (std::chrono::steady_clock::now() - began > limit) return false;
-            std::this_thread::sleep_for(20ms);
-        }
-        return true;
-    }
-
-    static std::vector<std::string> objects_of(const std::string& id) {
-        std::vector<std::string> objects;
-        for (int i = 0; i < objects_per_node; ++i) objects.push_back("counter/" + id + "-" + std::to_string(i));
-        return objects;
-    }
-
-private:
-    static int& counter() {
-        static int made = 0;
-        return made;
-    }
-    std::string prefix_;
-    test_support::shm_dir shm_;
-    test_support::temp_dir status_;
-    std::map<std::string, pid_t> pids_;
+    cluster() : node_processes(KEEPSAKE_CLUSTER_NODE, ttl_ms) {}
+    static std::vector<std::string> objects_of(const std::string& id) { return node_processes::objects_of(id, objects_per_node); }
 };
 
 bool all_owned_by_others(cluster& nodes, const std::string& lost) {
@@ -206,7 +79,7 @@ TEST_CASE("failover: a SIGKILLed node's objects are claimed exactly once by the 
     std::set<std::string> takers;
     for (const std::string& object : cluster::objects_of("a")) {
         CAPTURE(object);
-        const owner_row& row = owners.at(object);
+        const test_support::owner_row& row = owners.at(object);
         CHECK(row.fence == 2);  // a's claim, then exactly one more
         CHECK(row.node_lost == 1);
         takers.insert(row.node);

@@ -100,8 +100,9 @@ public:
                    }) {}
 
     // Reads the records of `objects` and their registry records in one
-    // statement; the next get() of each is answered from them (a node that
-    // claimed a dead node's objects starts them without a round trip each).
+    // statement; the next get() of each is answered from them, absent ones
+    // too (a node that claimed a dead node's objects starts them without a
+    // round trip each).
     // Damaged records are left for get() to report.
     void prefetch(const std::vector<std::string>& objects) {
         if (objects.empty()) return;
@@ -117,12 +118,13 @@ public:
         detail::pg_result rows(PQexecPrepared(checker_.get(), "keepsake_prefetch", 1, values, lengths, formats, 1));
         checker_.expect(rows, PGRES_TUPLES_OK, "cannot read the claimed objects");
         std::lock_guard<std::mutex> lock(prefetched_lock_);
+        for (const std::string& key : keys) prefetched_[key] = std::nullopt;  // absent, unless a row says otherwise
         for (int row = 0; row < rows.rows(); ++row) {
             std::string key(PQgetvalue(rows.get(), row, 6), static_cast<std::size_t>(PQgetlength(rows.get(), row, 6)));
             try {
                 prefetched_[key] = row_to_record(rows.get(), key, row);
             } catch (const error&) {
-                prefetched_.erase(key);
+                prefetched_.erase(key);  // damaged: get() reads it again and says so
             }
         }
     }
@@ -165,13 +167,19 @@ public:
         return skipped;
     }
 
+    // Forgets what prefetch() read and no get() took.
+    void drop_prefetched() {
+        std::lock_guard<std::mutex> lock(prefetched_lock_);
+        prefetched_.clear();
+    }
+
     std::optional<record> get(const std::string& key) override {
         if (object_of(key, directories_)) {
             {
                 std::lock_guard<std::mutex> lock(prefetched_lock_);
                 auto found = prefetched_.find(key);
                 if (found != prefetched_.end()) {
-                    record taken = std::move(found->second);
+                    std::optional<record> taken = std::move(found->second);
                     prefetched_.erase(found);
                     return taken;
                 }
@@ -212,7 +220,7 @@ private:
     const std::string private_prefix_;
     detail::pg_connection checker_;  // is a token still held (after a write did not land); prefetch
     std::mutex prefetched_lock_;
-    std::unordered_map<std::string, record> prefetched_;
+    std::unordered_map<std::string, std::optional<record>> prefetched_;  // nullopt: known absent
 
     // A bytea[] in PostgreSQL's binary format.
     static std::string bytea_array(const std::vector<std::string>& items) {

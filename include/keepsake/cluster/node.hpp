@@ -34,6 +34,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -110,7 +111,12 @@ public:
             std::lock_guard<std::mutex> lock(mutex_);
             crashed_.emplace_back(what.child);
         });
-        if (options_.background) thread_ = std::thread([this] { run(); });
+        if (options_.background) {
+            // Heartbeats on their own thread: a sweep that starts thousands
+            // of claimed objects must not make this node look silent.
+            heartbeat_thread_ = std::thread([this] { every(options_.heartbeat_every / 4, [this] { beat(); }); });
+            thread_ = std::thread([this] { every(options_.sweep_every, [this] { sweep_round(); }); });
+        }
     }
 
     node(const node&) = delete;
@@ -129,6 +135,7 @@ public:
         }
         wake_.notify_all();
         if (thread_.joinable()) thread_.join();
+        if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
     }
 
     // The store of this node's directories (spec.durable) and exporter.
@@ -161,6 +168,27 @@ public:
                                                     " on the node's segment, and name it in cluster_options::directories");
         served one;
         one.start = [&directory](const std::string& key) { directory.ensure_started(key); };
+        // Many at once, on a fiber of the directory's runtime: no thread
+        // hand-off an object. Returns the errors by key.
+        one.start_all = [&directory](const std::vector<std::string>& keys) {
+            auto failures = std::make_shared<std::vector<start_failure>>();
+            auto done = std::make_shared<std::promise<void>>();
+            std::future<void> finished = done->get_future();
+            directory.where().spawn([&directory, &keys, failures, done] {
+                for (const std::string& key : keys) {
+                    try {
+                        directory.ensure_started(key);
+                    } catch (const error& failure) {
+                        failures->push_back({key, failure.code(), failure.what()});
+                    } catch (const std::exception& failure) {
+                        failures->push_back({key, errc::start_failed, failure.what()});
+                    }
+                }
+                done->set_value();
+            });
+            finished.wait();
+            return std::move(*failures);
+        };
         one.stop = [&directory](const std::string& key) { return directory.terminate(key); };
         one.active = [&directory] { return directory.active_keys(); };
         std::lock_guard<std::mutex> lock(mutex_);
@@ -183,9 +211,15 @@ public:
     // starts it here.
     void clear_crashed(const std::string& directory, const std::string& key);
 
-    // One round of the background thread: a heartbeat when due, the node's
-    // standing, dead nodes declared, orphans claimed and started.
-    void tick();
+    // One round of the background threads: a heartbeat when due and the
+    // node's standing (beat), then dead nodes declared, orphans claimed and
+    // started (sweep_round).
+    void tick() {
+        beat();
+        sweep_round();
+    }
+    void beat();
+    void sweep_round();
 
     // activation_guard: an object starts here only under this node's token;
     // an object nobody owns is placed (options.place), and claimed if it is
@@ -193,8 +227,14 @@ public:
     void before_start(const std::string& directory, const std::string& key) override;
 
 private:
+    struct start_failure {
+        std::string key;
+        errc code;
+        std::string why;
+    };
     struct served {
         std::function<void(const std::string&)> start;
+        std::function<std::vector<start_failure>(const std::vector<std::string>&)> start_all;
         std::function<bool(const std::string&)> stop;
         std::function<std::vector<std::string>()> active;
     };
@@ -218,7 +258,8 @@ private:
     duration last_heartbeat_{};
     bool stopping_ = false;
     std::uint64_t crashes_ = 0;
-    std::thread thread_;
+    std::thread thread_;            // sweeps
+    std::thread heartbeat_thread_;  // heartbeats, standing
 
     postgres_store_options store_options() const {
         postgres_store_options made;
@@ -227,17 +268,18 @@ private:
         return made;
     }
 
-    void run() {
+    template <class Round>
+    void every(duration period, Round round) {
         std::unique_lock<std::mutex> lock(mutex_);
         while (!stopping_) {
             lock.unlock();
             try {
-                tick();
+                round();
             } catch (const std::exception& failure) {
                 detail::log(spdlog::level::warn, [&] { return "cluster node '" + id() + "': " + failure.what(); });
             }
             lock.lock();
-            wake_.wait_for(lock, options_.sweep_every, [this] { return stopping_; });
+            wake_.wait_for(lock, std::max(period, duration(std::chrono::milliseconds(1))), [this] { return stopping_; });
         }
     }
 

@@ -18,15 +18,16 @@ inline void node::keep_only_own_copies() {
     }
 }
 
-inline void node::tick() {
+inline void node::beat() {
     if (standing() == node_standing::out) return;
     heartbeat_if_due();
     if (standing() == node_standing::out) return;
-    if (members_.fenced()) {
-        pause();
-        return;
-    }
-    if (standing() == node_standing::paused) resume();
+    if (members_.fenced()) pause();
+    else if (standing() == node_standing::paused) resume();
+}
+
+inline void node::sweep_round() {
+    if (standing() != node_standing::serving) return;
     settle_fenced_out();
     mark_crashed();
     members_.sweep();
@@ -150,8 +151,18 @@ inline void node::claim_orphans() {
         if (held >= options_.self.capacity) return;
         limit = std::min(limit, options_.self.capacity - held);
     }
-    const std::vector<claimed> taken = owners_.claim_orphans(limit, directories);
-    if (!taken.empty()) start_claimed(taken);
+    // Batch after batch while they come full: each batch is started before
+    // the next is claimed, so nodes sweeping at once share the orphans.
+    for (;;) {
+        const std::vector<claimed> taken = owners_.claim_orphans(limit, directories);
+        if (!taken.empty()) start_claimed(taken);
+        if (taken.size() < limit || standing() != node_standing::serving) return;
+        if (options_.self.capacity != 0) {
+            const std::size_t held = fences_.size();
+            if (held >= options_.self.capacity) return;
+            limit = std::min(limit, options_.self.capacity - held);
+        }
+    }
 }
 
 // Claimed objects start at once (their alarms are due, their callers wait):
@@ -164,17 +175,24 @@ inline void node::start_claimed(const std::vector<claimed>& taken) {
         objects.push_back(each.key);
     }
     store_.prefetch(objects);
+    std::map<std::string, std::vector<std::string>> by_directory;
     for (const claimed& each : taken) {
-        try {
-            start_object(each.key);
-        } catch (const error& failure) {
-            if (failure.code() == errc::permanently_crashed) owners_.mark_permanently_crashed(each.key, each.fence);
+        auto [directory, key] = split(each.key);
+        by_directory[directory].push_back(key);
+    }
+    for (const auto& [directory, keys] : by_directory) {
+        served* which = served_for(directory);
+        if (which == nullptr) continue;
+        for (const start_failure& failed : which->start_all(keys)) {
+            const std::string object = directory + "/" + failed.key;
+            if (failed.code == errc::permanently_crashed)
+                if (const auto fence = fences_.fence_of(object)) owners_.mark_permanently_crashed(object, *fence);
             detail::log(spdlog::level::err, [&] {
-                return "cluster node '" + id() + "' claimed object '" + each.key + "' but it did not start: " +
-                       failure.what();
+                return "cluster node '" + id() + "' claimed object '" + object + "' but it did not start: " + failed.why;
             });
         }
     }
+    store_.drop_prefetched();
     detail::log(spdlog::level::info, [&] {
         return "cluster node '" + id() + "' claimed " + std::to_string(taken.size()) + " object(s) of nodes that are out";
     });
