@@ -187,13 +187,13 @@ void BM_claims_three_sweepers(benchmark::State& run) {
 
 // Failover: node a holds 10 000 objects; SIGKILLed, its objects are claimed
 // and started by b and c (node processes, tests/cluster_node.cpp; heartbeat
-// 1 s, ttl 2 s). The time is from the kill to both survivors answering
+// 1 s, ttl 2 s, an export a second). The time is from the kill to both survivors answering
 // every one of them (each ticks all it owns every 50 ms); claimed_s: to the
 // last claim, from PostgreSQL.
 void BM_failover_10000_objects(benchmark::State& run) {
     constexpr int objects = 10000;
     for (auto _ : run) {
-        test_support::node_processes nodes(KEEPSAKE_CLUSTER_NODE, 2000, 1000, 50);
+        test_support::node_processes nodes(KEEPSAKE_CLUSTER_NODE, 2000, 1000, 50, 1000);
         nodes.start("a", objects);
         nodes.start("b", 0);
         nodes.start("c", 0);

@@ -240,9 +240,15 @@ objects_report "$objects_json"
 # same rows, paired rounds against a private server the bench starts.
 if cmake --build build-release -j "$(nproc)" --target keepsake_postgres_bench >/dev/null 2>&1; then
   echo
-  build-release/bench/keepsake_postgres_bench --benchmark_repetitions="${REPS:-5}" \
+  build-release/bench/keepsake_postgres_bench --benchmark_repetitions="${REPS:-5}" --benchmark_filter=-failover \
     --benchmark_report_aggregates_only=true 2>/dev/null |
     awk '/_median/ && /export_vs_raw/ { for (i = 1; i <= NF; i++) if ($i ~ /^(export_vs_raw|export_ms_per_round|raw_ms_per_round)=/) line = line " " $i
          print "PostgreSQL export vs raw batched upsert, 10 000 records a round, paired (median):" line }
          /_median/ && /claims/ { for (i = 1; i <= NF; i++) if ($i ~ /^items_per_second=/) print "claims of a dead node'"'"'s 10 000 orphans by 3 sweepers (median): " $i }'
+  # Failover of 10 000 objects between node processes: about a minute a run
+  # (most of it making the objects), so three runs.
+  build-release/bench/keepsake_postgres_bench --benchmark_filter=failover --benchmark_repetitions=3 2>/dev/null |
+    awk '/^BM_failover/ && !/_(mean|median|stddev|cv)/ { for (i = 1; i <= NF; i++) if ($i ~ /^claimed_s=/) c = $i
+         runs = runs sprintf(" %.2f s (%s)", $2 / 1000, c) }
+         END { print "failover of 10 000 objects, SIGKILL to all answering on 2 survivors, heartbeat 1 s, ttl 2 s:" runs }'
 fi

@@ -38,8 +38,8 @@ struct owner_row {
 // Node processes (tests/cluster_node.cpp) over one set of tables.
 class node_processes {
 public:
-    node_processes(std::string program, int ttl_ms, int heartbeat_ms = 250, int tick_ms = 50)
-        : program_(std::move(program)), ttl_ms_(ttl_ms), heartbeat_ms_(heartbeat_ms), tick_ms_(tick_ms),
+    node_processes(std::string program, int ttl_ms, int heartbeat_ms = 250, int tick_ms = 50, int export_ms = 20)
+        : program_(std::move(program)), ttl_ms_(ttl_ms), heartbeat_ms_(heartbeat_ms), tick_ms_(tick_ms), export_ms_(export_ms),
           prefix_("f" + std::to_string(::getpid()) + "_" + std::to_string(counter()++) + "_") {}
     node_processes(const node_processes&) = delete;
     node_processes& operator=(const node_processes&) = delete;
@@ -67,7 +67,8 @@ public:
             }
             const std::string args[] = {program_, conninfo, prefix_, id, shm_.path(), status_.path(),
                                         std::to_string(create), std::to_string(ttl_ms_),
-                                        std::to_string(heartbeat_ms_), std::to_string(tick_ms_)};
+                                        std::to_string(heartbeat_ms_), std::to_string(tick_ms_),
+                                        std::to_string(export_ms_)};
             std::vector<char*> argv;
             for (const std::string& each : args) argv.push_back(const_cast<char*>(each.c_str()));
             argv.push_back(nullptr);
@@ -172,6 +173,7 @@ private:
     int ttl_ms_;
     int heartbeat_ms_;
     int tick_ms_;
+    int export_ms_;
     std::string prefix_;
     test_support::shm_dir shm_;
     test_support::temp_dir status_;

@@ -167,6 +167,20 @@ public:
         return skipped;
     }
 
+    // An object claimed for the first time (token 1) has no records: its
+    // first start asks the database nothing (its state, its unit record and
+    // crash history are known absent).
+    void expect_absent(const std::string& object) {
+        std::lock_guard<std::mutex> lock(prefetched_lock_);
+        for (const char* kind : {"", "ks:u/", "ks:c/"}) prefetched_[kind + object] = std::nullopt;
+    }
+    // Forgets what is known of `object` (claimed again: others may have
+    // written since).
+    void forget_cached(const std::string& object) {
+        std::lock_guard<std::mutex> lock(prefetched_lock_);
+        for (const char* kind : {"", "ks:u/", "ks:c/", "ks:s/"}) prefetched_.erase(kind + object);
+    }
+
     // Forgets what prefetch() read and no get() took.
     void drop_prefetched() {
         std::lock_guard<std::mutex> lock(prefetched_lock_);

@@ -258,6 +258,9 @@ private:
     duration last_heartbeat_{};
     bool stopping_ = false;
     std::uint64_t crashes_ = 0;
+    std::mutex loads_lock_;
+    std::vector<node_load> loads_;
+    std::chrono::steady_clock::time_point loads_read_{};
     std::thread thread_;            // sweeps
     std::thread heartbeat_thread_;  // heartbeats, standing
 
@@ -340,6 +343,7 @@ private:
     void claim_orphans();
     void start_claimed(const std::vector<claimed>& taken);
     std::string choose_node(const std::string& object);
+    std::vector<node_load> recent_loads();
     [[noreturn]] void refuse_not_owned(const std::string& object);
 };
 

@@ -288,10 +288,21 @@ private:
                      " WHERE NOT o.permanently_crashed AND " + owner_out("o") + " AND " + placement_allows("o", "$2") +
                      " RETURNING fence, coalesce((SELECT owner_node FROM before), '')",
                      3, nullptr);
+        // The candidates come from the indexes: per node, the objects of
+        // its older incarnations (and of this one, once declared dead), and
+        // the objects nobody owns; a sweep reads the orphans, not every
+        // object. Each is then locked and checked again.
+        made.create_once("CREATE INDEX IF NOT EXISTS " + t + "_by_owner ON " + t + " (owner_node, owner_incarnation)");
+        made.create_once("CREATE INDEX IF NOT EXISTS " + t + "_unowned ON " + t + " (key) WHERE owner_node IS NULL");
+        const std::string candidates =
+            "ARRAY(SELECT c.key FROM " + prefix_ + "nodes n JOIN " + t + " c ON c.owner_node = n.node_id AND"
+            " c.owner_incarnation < n.incarnation + (n.dead_incarnation >= n.incarnation)::int"
+            " UNION ALL SELECT key FROM " + t + " WHERE owner_node IS NULL)";
         made.prepare("keepsake_claim_orphans",
                      "UPDATE " + t + " o SET owner_node = $1, owner_incarnation = $2, fence = o.fence + 1, placed_on = $1,"
                      " node_lost = o.node_lost + (picked.owner_node IS NOT NULL)::int FROM"
-                     " (SELECT key, owner_node FROM " + t + " c WHERE NOT c.permanently_crashed AND " + owner_out("c") +
+                     " (SELECT key, owner_node FROM " + t + " c WHERE c.key = ANY(" + candidates + ") AND"
+                     " NOT c.permanently_crashed AND " + owner_out("c") +
                      " AND " + placement_allows("c", "$1") + " AND ($4::text[] IS NULL OR"
                      " split_part(convert_from(c.key, 'UTF8'), '/', 1) = ANY($4::text[]))"
                      " ORDER BY key LIMIT $3 FOR UPDATE SKIP LOCKED) picked WHERE o.key = picked.key"

@@ -263,11 +263,14 @@ protected:
             const Oid fenced_types[] = {bytea_array, int8_array, int8_array, int8_array, int8_array, int8_array,
                                         bytea_array, bytea_array, int8_array, 25, 20};
             made.prepare("keepsake_upsert_fenced",
+                // LATERAL: one index lookup a record, whatever the planner
+                // thinks of the tables' sizes (a generic plan made while the
+                // ownership table was small scanned it once a record).
                 "WITH held AS (SELECT u.key, u.generation, u.schema_version, u.codec, u.fingerprint, u.checksum, u.data"
                 " FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::bytea[],"
                 " $8::bytea[], $9::int8[]) AS u(key, generation, schema_version, codec, fingerprint, checksum, data,"
-                " object, fence) JOIN " + options_.fence_table + " o ON o.key = u.object AND o.owner_node = $10 AND"
-                " o.owner_incarnation = $11 AND o.fence = u.fence FOR SHARE OF o)"
+                " object, fence) CROSS JOIN LATERAL (SELECT 1 FROM " + options_.fence_table + " o WHERE o.key = u.object"
+                " AND o.owner_node = $10 AND o.owner_incarnation = $11 AND o.fence = u.fence FOR SHARE) AS owned)"
                 " INSERT INTO " + t + " AS stored (key, generation, schema_version, codec, fingerprint, checksum, data)"
                 " SELECT * FROM held" + detail::pg_records_upsert_rule + " RETURNING key",
                 11, fenced_types);

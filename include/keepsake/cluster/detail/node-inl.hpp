@@ -171,10 +171,13 @@ inline void node::start_claimed(const std::vector<claimed>& taken) {
     std::vector<std::string> objects;
     for (const claimed& each : taken) {
         if (each.previous_owner != id()) drop_local_copy(each.key);
-        fences_.hold(each.key, each.fence);
         objects.push_back(each.key);
     }
+    // Read before the tokens are held: a call that starts one of them meanwhile
+    // waits for its token (before_start), and never reads the database from
+    // the runtime's thread.
     store_.prefetch(objects);
+    for (const claimed& each : taken) fences_.hold(each.key, each.fence);
     std::map<std::string, std::vector<std::string>> by_directory;
     for (const claimed& each : taken) {
         auto [directory, key] = split(each.key);
@@ -214,6 +217,13 @@ inline void node::before_start(const std::string& directory, const std::string& 
     }
     if (fences_.fence_of(object)) return;
     const std::optional<owner_info> owner = owners_.owner_of(object);
+    if (owner && owner->owner_alive && owner->node_id == id() && owner->incarnation == members_.incarnation()) {
+        // Claimed by this node's sweep, its token not handed over yet.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (!fences_.fence_of(object) && std::chrono::steady_clock::now() < deadline)
+            boost::this_fiber::sleep_for(std::chrono::milliseconds(1));
+        if (fences_.fence_of(object)) return;
+    }
     if (owner && owner->permanently_crashed) refuse_not_owned(object);
     if (owner && owner->owner_alive && owner->node_id != id())
         throw not_owner_error(object, owner->node_id, owner->address);
@@ -227,6 +237,8 @@ inline void node::before_start(const std::string& directory, const std::string& 
     const std::optional<claimed> got = owners_.claim(object);
     if (!got) refuse_not_owned(object);
     if (got->previous_owner != id()) drop_local_copy(object);
+    if (got->fence == 1) store_.expect_absent(object);  // never owned: nothing was ever written under it
+    else store_.forget_cached(object);
     fences_.hold(object, got->fence);
 }
 
@@ -240,8 +252,10 @@ inline void node::clear_crashed(const std::string& directory, const std::string&
 
 inline std::string node::choose_node(const std::string& object) {
     std::vector<node_load> room;
-    for (node_load& each : owners_.loads())
+    for (node_load& each : recent_loads()) {
+        if (each.node_id == id()) each.objects = fences_.size();  // its own, exact
         if (each.capacity == 0 || each.objects < each.capacity) room.push_back(std::move(each));
+    }
     if (room.empty())
         throw error(errc::limit_reached, "no live node has room for object '" + object +
                                              "' (every node is at its capacity); raise node_options::capacity or add a node");
@@ -250,6 +264,18 @@ inline std::string node::choose_node(const std::string& object) {
         if (each.node_id == chosen) return chosen;
     throw error(errc::not_found, "the placement chose node '" + chosen + "' for object '" + object +
                                      "', which is not alive or has no room");
+}
+
+// The nodes' loads, read again at most every sweep_every (each read counts
+// the ownership table): placement may use a slightly stale view.
+inline std::vector<node_load> node::recent_loads() {
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(loads_lock_);
+    if (loads_read_ == std::chrono::steady_clock::time_point{} || now - loads_read_ >= options_.sweep_every) {
+        loads_ = owners_.loads();
+        loads_read_ = now;
+    }
+    return loads_;
 }
 
 inline void node::refuse_not_owned(const std::string& object) {
