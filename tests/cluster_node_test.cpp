@@ -160,6 +160,22 @@ TEST_CASE("cluster node: placements choose the node a new object starts on, and 
         CHECK(placed["a"] == 2);
         CHECK(placed["b"] == 2);
     }
+    SECTION("random") {
+        member a("a", prefix, time, keepsake::cluster::placements::random());
+        member b("b", prefix, time);
+        std::map<std::string, int> placed;
+        for (int i = 0; i < 24; ++i) {
+            try {
+                a.objects.call("x" + std::to_string(i), add{1});
+                ++placed["a"];
+            } catch (const not_owner_error& refused) {
+                ++placed[refused.node_id()];
+            }
+        }
+        CHECK(placed["a"] + placed["b"] == 24);
+        CHECK(placed["a"] > 0);  // all on one node: 2 chances in 2^24
+        CHECK(placed["b"] > 0);
+    }
     SECTION("a function of the key") {
         member a("a", prefix, time, [](const keepsake::cluster::placement_request& request) {
             return request.key.back() == '1' ? std::string("a") : std::string("b");

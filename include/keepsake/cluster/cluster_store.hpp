@@ -115,8 +115,12 @@ public:
         const char* values[] = {array.data()};
         const int lengths[] = {static_cast<int>(array.size())};
         const int formats[] = {1};
-        detail::pg_result rows(PQexecPrepared(checker_.get(), "keepsake_prefetch", 1, values, lengths, formats, 1));
-        checker_.expect(rows, PGRES_TUPLES_OK, "cannot read the claimed objects");
+        detail::pg_result rows(nullptr);
+        {
+            std::lock_guard<std::mutex> lock(checker_lock_);
+            rows = detail::pg_result(PQexecPrepared(checker_.get(), "keepsake_prefetch", 1, values, lengths, formats, 1));
+            checker_.expect(rows, PGRES_TUPLES_OK, "cannot read the claimed objects");
+        }
         std::lock_guard<std::mutex> lock(prefetched_lock_);
         for (const std::string& key : keys) prefetched_[key] = std::nullopt;  // absent, unless a row says otherwise
         for (int row = 0; row < rows.rows(); ++row) {
@@ -232,6 +236,7 @@ private:
     const std::set<std::string> directories_;
     std::function<void(const std::string&)> fenced_out_;
     const std::string private_prefix_;
+    std::mutex checker_lock_;  // the exporter's thread and the sweeps share checker_
     detail::pg_connection checker_;  // is a token still held (after a write did not land); prefetch
     std::mutex prefetched_lock_;
     std::unordered_map<std::string, std::optional<record>> prefetched_;  // nullopt: known absent
@@ -280,6 +285,7 @@ private:
         const char* values[] = {object.data(), self_.node_id().c_str(), incarnation.c_str(), token.c_str()};
         const int lengths[] = {static_cast<int>(object.size()), 0, 0, 0};
         const int formats[] = {1, 0, 0, 0};
+        std::lock_guard<std::mutex> lock(checker_lock_);
         detail::pg_result got(PQexecPrepared(checker_.get(), "keepsake_holds", 4, values, lengths, formats, 0));
         checker_.expect(got, PGRES_TUPLES_OK, "cannot check the token of '" + object + "'");
         return got.rows() != 0;
