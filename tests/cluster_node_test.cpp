@@ -9,6 +9,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <keepsake/cluster/node.hpp>
 #include <keepsake/cluster/watch.hpp>
@@ -33,6 +34,7 @@ struct boom {};
 struct tally_handler {
     std::uint64_t operator()(tally& t, const add& a) const { return t.total += a.amount; }
     std::uint64_t operator()(tally&, const boom&) const { throw std::runtime_error("boom on purpose"); }
+    void operator()(tally& t, const keepsake::alarm_fired&) const { t.total += 100; }
 };
 using tallies = keepsake::object_directory<tally, tally_handler>;
 
@@ -274,4 +276,35 @@ TEST_CASE("cluster node: the crash threshold holds across nodes: crashes on a de
     CHECK_THROWS(b.objects.call("fragile", boom{}));  // the second crash, counted with a's
     b.here.tick();
     CHECK(b.here.owner_of("tallies", "fragile")->permanently_crashed);
+}
+
+TEST_CASE("cluster node: an object's alarms move with it: a dead node's alarm fires on the node that claims it, "
+          "and no node fires the alarms of objects it does not own",
+          "[postgres][cluster][node]") {
+    const std::string prefix = fresh_prefix();
+    auto time = std::make_shared<keepsake::manual_clock>();
+    auto a = std::make_unique<member>("a", prefix, time);
+    member b("b", prefix, time);
+    CHECK(a->objects.call("sleepy", add{1}) == 1);
+    a->objects.schedule_alarm("sleepy", "wake", 1500ms);
+    a->export_now();
+    member c("c", prefix, time);  // its directory starts with a's objects in the store
+    b.here.tick();
+    c.here.tick();
+    a->here.stop();
+    a.reset();
+    time->advance(6s);
+    b.here.tick();  // b claims "sleepy" and starts it
+    c.here.tick();
+    REQUIRE(b.here.owner_of("tallies", "sleepy")->node_id == "b");
+    bool fired = false;
+    for (int wait = 0; wait < 500 && !fired; ++wait) {
+        fired = b.objects.call("sleepy", add{0}) == 101;
+        if (!fired) std::this_thread::sleep_for(10ms);
+    }
+    CHECK(fired);
+    CHECK(b.objects.stats().alarms_fired == 1);
+    CHECK(c.objects.stats().alarms_fired == 0);
+    CHECK(c.objects.stats().alarm_retries == 0);
+    CHECK(c.objects.active_count() == 0);
 }

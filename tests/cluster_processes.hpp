@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -64,6 +65,10 @@ public:
                 // The wall clock only: the kernel's timed waits do not follow
                 // a faked monotonic clock (a node would sleep for an hour).
                 ::setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1", 1);
+                // Under AddressSanitizer libfaketime comes before its runtime,
+                // which only intercepts other calls than libfaketime's.
+                const char* asan = std::getenv("ASAN_OPTIONS");
+                ::setenv("ASAN_OPTIONS", (std::string(asan != nullptr ? asan : "") + ":verify_asan_link_order=0").c_str(), 1);
             }
             const std::string args[] = {program_, conninfo, prefix_, id, shm_.path(), status_.path(),
                                         std::to_string(create), std::to_string(ttl_ms_),

@@ -225,6 +225,9 @@ public:
     // an object nobody owns is placed (options.place), and claimed if it is
     // placed here. Otherwise not_owner_error names where it is.
     void before_start(const std::string& directory, const std::string& key) override;
+    bool serves(const std::string& directory, const std::string& key) const override {
+        return fences_.fence_of(directory + "/" + key).has_value();
+    }
 
 private:
     struct start_failure {

@@ -353,6 +353,7 @@ private:
     void retry_or_drop(const std::string& key, const std::string& alarm, std::int64_t due_ns, std::uint32_t attempt,
                        const std::string& why);
     void load_alarms();
+    void load_alarms_of(const std::string& key);
     void housekeep();
     duration next_wake() const;
     void close();

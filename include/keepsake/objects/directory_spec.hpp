@@ -32,6 +32,10 @@ class activation_guard {
 public:
     virtual ~activation_guard() = default;
     virtual void before_start(const std::string& directory, const std::string& key) = 0;
+    // Whether the object's alarms fire here: a directory loads (and fires)
+    // only those of the objects it serves; an object started later brings
+    // its alarms with it.
+    virtual bool serves(const std::string& directory, const std::string& key) const = 0;
 };
 
 template <class State, class Handler>

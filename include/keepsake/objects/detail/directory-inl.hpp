@@ -123,6 +123,7 @@ typename object_directory<State, Handler>::entry& object_directory<State, Handle
         shared_->changed.notify_all();
         throw;
     }
+    if (spec_.guard != nullptr) load_alarms_of(key);  // it may come from another node
     publish(event_kind::activated, key, {}, 0, std::chrono::steady_clock::now() - began);
     return which;
 }

@@ -64,6 +64,10 @@ std::size_t object_directory<State, Handler>::fire_one(const std::string& key, c
     try {
         lease held = acquire(key);
         answer = held.object().try_call(detail::alarm_due{alarm, attempt});
+    } catch (const error& failure) {
+        if (failure.code() == errc::not_owner) return 0;  // it moved: its owner fires it
+        retry_or_drop(key, alarm, due_ns, attempt, failure.what());
+        return 0;
     } catch (const std::exception& failure) {
         retry_or_drop(key, alarm, due_ns, attempt, failure.what());
         return 0;
@@ -122,11 +126,31 @@ void object_directory<State, Handler>::retry_or_drop(const std::string& key, con
     });
 }
 
+// The alarms an object brought with it when it started (a cluster node
+// that claimed it: its timers were another node's).
+template <class State, class Handler>
+void object_directory<State, Handler>::load_alarms_of(const std::string& key) {
+    try {
+        auto held = reads_.read(key);
+        if (!held) return;
+        bool sooner = false;
+        for (const auto& slot : held->alarms)
+            if (slot.used()) sooner = timers_.add(key, slot.due_ns) || sooner;
+        if (sooner) shared_->kick();
+    } catch (const std::exception& failure) {
+        detail::log(spdlog::level::err, [&] {
+            return "object '" + key + "' of directory '" + spec_.name +
+                   "': its alarms cannot be read, none will fire: " + failure.what();
+        });
+    }
+}
+
 // Every alarm its objects hold, in the segment and (for objects not there)
 // the store: the timers a new directory starts with.
 template <class State, class Handler>
 void object_directory<State, Handler>::load_alarms() {
     for (const std::string& key : reads_.keys()) {
+        if (spec_.guard != nullptr && !spec_.guard->serves(spec_.name, key)) continue;  // another node's
         try {
             auto held = reads_.read(key);
             if (!held) continue;
