@@ -151,19 +151,20 @@ public:
     bool record_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
                       const crash_threshold& threshold, bool at_start, std::int32_t added_starts = 0) {
         std::lock_guard<std::mutex> lock(mutex_);
-        const std::uint32_t within = append_crash(which, kind, reason, generation, threshold, at_start);
+        // One clock read for the entry and both writes: a crash is on the
+        // path from a throw to the next answer.
+        const std::uint64_t now_ns = coarse_wall_clock_ns();
+        const std::uint32_t within = append_crash(which, kind, reason, generation, threshold, at_start, now_ns);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
-        persisted_unit record = current_record(which).value_or(fresh(which.key));
+        if (!current_record(which)) which.record_now = fresh(which.key);
+        persisted_unit& record = *which.record_now;  // changed in place: the cache is what was written
         ++record.crashes;
         const std::int64_t starts = static_cast<std::int64_t>(record.starts) + added_starts;
         record.starts = static_cast<std::uint32_t>(starts < 0 ? 0 : starts);
         record.flags &= ~unit_flag_died_here;
         if (poisoned) record.status = static_cast<std::uint32_t>(unit_status::permanently_crashed);
-        record.status_ns = which.crashes_now->entries[(which.crashes_now->next + crash_history_size - 1) %
-                                                      crash_history_size]
-                               .wall_ns;
-        which.record.write(record);
-        which.record_now = record;
+        record.status_ns = now_ns;
+        which.record.write(record, 0, now_ns);
         return poisoned;
     }
 
@@ -172,14 +173,14 @@ private:
     // returns the crashes that count against `threshold` within its window
     // (this one included).
     std::uint32_t append_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
-                               const crash_threshold& threshold, bool at_start) {
+                               const crash_threshold& threshold, bool at_start, std::uint64_t now_ns) {
         ensure_record(which);
         if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key));
         if (!which.crashes_now)
             which.crashes_now = std::make_unique<persisted_crashes>(which.crashes.read().value_or(persisted_crashes{}));
         persisted_crashes& history = *which.crashes_now;
         persisted_crash& added = history.entries[history.next];
-        added.wall_ns = coarse_wall_clock_ns();
+        added.wall_ns = now_ns;
         added.generation = generation;
         added.kind = static_cast<std::uint32_t>(kind) | (at_start ? crash_at_start_bit : 0u);
         const std::size_t taken = std::min(reason.size(), max_crash_reason);
@@ -188,8 +189,8 @@ private:
         added.reason_length = static_cast<std::uint32_t>(taken);
         history.next = static_cast<std::uint32_t>((history.next + 1) % crash_history_size);
         history.count = std::min<std::uint32_t>(history.count + 1, crash_history_size);
-        which.crashes.write(history);
-        return counted(history, threshold, added.wall_ns);
+        which.crashes.write(history, 0, now_ns);
+        return counted(history, threshold, now_ns);
     }
 
 public:
@@ -380,7 +381,7 @@ private:
     }
 
     // The record as this process knows it: read (and checked) once.
-    std::optional<persisted_unit> current_record(entry& which) const {
+    const std::optional<persisted_unit>& current_record(entry& which) const {
         if (!which.record_now) which.record_now = which.record.read();
         return which.record_now;
     }

@@ -194,7 +194,9 @@ public:
     // After its first write it remembers where it wrote (the registry's
     // writer is the only one of an attached record), so a crash's
     // bookkeeping checksums only what it writes.
-    void write(const Record& value, std::uint64_t at_least = 0) noexcept {
+    // `now_ns`: the coarse wall clock, if the caller just read it (0: read it here).
+    void write(const Record& value, std::uint64_t at_least = 0, std::uint64_t now_ns = 0) noexcept {
+        if (now_ns == 0) now_ns = coarse_wall_clock_ns();
         std::uint64_t newest = written_generation_;
         std::uint32_t newest_index = written_index_;
         const bool scan = written_generation_ == 0;
@@ -212,12 +214,12 @@ public:
         // At least the wall clock in ns (far below max_generation): a record
         // made afresh after a reboot is still newer than the copy an
         // exporter put in its store before it, so the next export is taken.
-        words.generation = std::min(std::max({newest + 1, at_least, coarse_wall_clock_ns()}), max_generation - 1);
+        words.generation = std::min(std::max({newest + 1, at_least, now_ns}), max_generation - 1);
         words.size = sizeof(Record);
         words.fingerprint = fingerprint_cached();
         words.schema_version = state_traits<Record>::schema_version;
         words.codec = static_cast<std::uint32_t>(codec_kind::raw);
-        words.commit_ns = commit_clock_ns();
+        words.commit_ns = now_ns - now_ns % 1000000000ull;  // whole seconds, as commit_clock_ns()
         publish_slot(area_, target, words);
         written_index_ = target;
         written_generation_ = words.generation;
