@@ -121,6 +121,40 @@ TEST_CASE("objects: a call starts the object from its committed state, once", "[
     CHECK(players.count() == 1);
 }
 
+// A handler with state of its own. The objects of a directory share one
+// unit spec, but each keeps its own copy of the handler.
+struct counting_handler {
+    std::uint64_t served = 0;
+    std::uint64_t operator()(player&, const add&) { return ++served; }
+};
+
+TEST_CASE("objects: each object keeps its own handler copy and its own initial state, made only when needed",
+          "[objects]") {
+    rig r;
+    keepsake::directory_spec<player, counting_handler> spec;
+    spec.name = "counted";
+    spec.call_timeout = 20s;
+    auto made = std::make_shared<std::vector<std::string>>();
+    spec.initial = [made](const std::string& key) {
+        made->push_back(key);
+        player fresh;
+        fresh.score = 100 * key.size();
+        return fresh;
+    };
+    keepsake::object_directory<player, counting_handler> counted(r.rt, spec);
+    CHECK(counted.call("a", add{}) == 1);
+    CHECK(counted.call("a", add{}) == 2);
+    CHECK(counted.call("bb", add{}) == 1);  // not 3: its own handler
+    CHECK(counted.get_state("a")->score == 100);
+    CHECK(counted.get_state("bb")->score == 200);
+    CHECK(*made == std::vector<std::string>{"a", "bb"});
+    // Woken again from its commit: the initial state is not made again.
+    counted.call("a", [](player& p) { p.score = 7; });
+    counted.terminate("a");
+    CHECK(counted.call("a", [](const player& p) { return p.score; }) == 7);
+    CHECK(*made == std::vector<std::string>{"a", "bb"});
+}
+
 TEST_CASE("objects: an idle object hibernates and wakes with its state", "[objects]") {
     rig r;
     players_directory players(r.rt, players_spec());

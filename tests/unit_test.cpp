@@ -790,6 +790,28 @@ TEST_CASE("the init hook sees the handed-over state on every (re)start and may a
     CHECK(starts[1].restarts == 1);
 }
 
+TEST_CASE("initial_for makes a fresh start's state from the unit's name; a commit wins over it", "[unit]") {
+    pumped_runtime harness("initial-for");
+    auto& rt = harness.rt;
+    int made = 0;
+    auto spec = counter_spec("seven-letters");
+    spec.initial.value = -1;  // not used: initial_for is set
+    spec.initial_for = [&](const std::string& name) {
+        ++made;
+        return counter{static_cast<long>(name.size())};
+    };
+    auto unit = keepsake::start_unit(rt, spec);
+    CHECK(read(unit) == 13);
+    CHECK(made == 1);
+    crash_with(unit, "nothing committed yet");
+    CHECK(read(unit) == 13);  // a fresh start again: made again
+    CHECK(made == 2);
+    unit.call([](counter& state) { state.value = 40; });
+    crash_with(unit, "after a commit");
+    CHECK(read(unit) == 40);  // restored: the initial state is not needed
+    CHECK(made == 2);
+}
+
 TEST_CASE("a loop worker ticks, commits when it says, serves messages at yields, and stops when asked", "[unit]") {
     auto clock = std::make_shared<keepsake::manual_clock>();
     pumped_runtime harness("loop", clock);

@@ -470,9 +470,8 @@ KEEPSAKE_INLINE std::shared_ptr<supervisor_core> make_supervisor_core(runtime& w
 } // namespace detail
 
 KEEPSAKE_INLINE child_spec child(supervisor_spec spec) {
-    return detail::child_spec_of(std::move(spec), child_kind::supervisor, [](runtime& where, const auto& kept) {
-        return detail::make_supervisor_core(where, kept);
-    });
+    return detail::child_spec_of(std::make_shared<const supervisor_spec>(std::move(spec)), child_kind::supervisor,
+                                 [](runtime& where, const auto& kept) { return detail::make_supervisor_core(where, *kept); });
 }
 
 KEEPSAKE_INLINE void supervisor::start_child(const child_spec& spec) {

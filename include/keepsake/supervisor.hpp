@@ -129,15 +129,16 @@ struct supervisor_stats {
 namespace detail {
 
 // A child spec from a unit's or a supervisor's spec: the same fields, and a
-// maker that makes a fresh core from a copy of the spec.
+// maker that makes a fresh core from the spec, which the child spec holds
+// once (shared with every core it makes).
 template <class Spec, class Make>
-child_spec child_spec_of(Spec spec, child_kind kind, Make make_core) {
+child_spec child_spec_of(std::shared_ptr<const Spec> spec, child_kind kind, Make make_core) {
     child_spec made;
-    made.id = spec.name;
+    made.id = spec->name;
     made.kind = kind;
-    made.restart = spec.restart;
-    made.shutdown = spec.shutdown;
-    made.significant = spec.significant;
+    made.restart = spec->restart;
+    made.shutdown = spec->shutdown;
+    made.significant = spec->significant;
     made.make = [spec = std::move(spec), make_core](runtime& where) -> std::shared_ptr<child_process> {
         return make_core(where, spec);
     };
@@ -150,7 +151,9 @@ template <class State, class Handler>
 child_spec child(unit_spec<State, Handler> spec) {
     std::string type = spec.type;
     const key_lifecycle lifecycle = spec.lifecycle;
-    child_spec made = detail::child_spec_of(std::move(spec), child_kind::worker, [](runtime& where, const auto& kept) {
+    // Each (re)start's core shares the child's spec: no copy a start.
+    auto shared = std::make_shared<const unit_spec<State, Handler>>(std::move(spec));
+    child_spec made = detail::child_spec_of(shared, child_kind::worker, [](runtime& where, const auto& kept) {
         return detail::make_unit_core(where, kept);
     });
     made.type = std::move(type);

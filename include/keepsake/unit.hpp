@@ -127,12 +127,18 @@ namespace detail {
 
 // Creates a unit's core and registers its name (a supervisor does this for
 // its children; start_unit for a unit of its own).
+// `name`: the unit's own, for a spec it shares with others (empty: the spec's).
 template <class State, class Handler>
-std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_spec<State, Handler> spec) {
+std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where,
+                                                          std::shared_ptr<const unit_spec<State, Handler>> spec,
+                                                          std::string name = {}) {
     // A State unit_spec refuses (its static_assert says why) makes no core:
     // its errors would only follow that one.
     if constexpr (std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>) {
-        auto core = make_registered<unit_core<State, Handler>>(where, std::move(spec));
+        if (name.empty()) name = spec->name;
+        auto core = std::make_shared<unit_core<State, Handler>>(where, std::move(spec), std::move(name));
+        where.register_name(core->name(), typeid(unit_core<State, Handler>), &unit_core<State, Handler>::type_description,
+                            core);
         where.add_meter({core, [](const void* alive, metered_counters& out) {
                              const auto& unit = *static_cast<const unit_core<State, Handler>*>(alive);
                              const unit_stats stats = unit.stats();
@@ -151,6 +157,24 @@ std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_s
     } else {
         return nullptr;
     }
+}
+
+template <class State, class Handler>
+std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_spec<State, Handler> spec) {
+    if constexpr (std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>) {
+        return make_unit_core(where, std::make_shared<const unit_spec<State, Handler>>(std::move(spec)));
+    } else {
+        return nullptr;
+    }
+}
+
+// Starts a core as a root (start_unit), from a spec it may share.
+template <class State, class Handler>
+unit<State, Handler> start_unit_sharing(runtime& where, std::shared_ptr<const unit_spec<State, Handler>> spec,
+                                        std::string name) {
+    auto core = make_unit_core(where, std::move(spec), std::move(name));
+    core->start_as_root();
+    return unit<State, Handler>(core);
 }
 
 } // namespace detail

@@ -74,6 +74,10 @@ struct unit_spec {
                   "keepsake: a unit's State must be default-constructible (unit_spec::initial starts as State{})");
     std::string name;  // the key in the segment, the name for whereis, the child id
     State initial{};
+    // If set, makes the initial state when a fresh start needs it, from the
+    // unit's name, in place of `initial`: units that share one spec (an
+    // object directory's objects) each get their own, and none keeps a copy.
+    std::function<State(const std::string& name)> initial_for;
     // Typed messages: handler(State&, const Msg&) (or with a trailing
     // unit_context<State>&); taking const State& marks it read-only.
     Handler handler{};

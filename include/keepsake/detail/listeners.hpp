@@ -22,23 +22,31 @@ class listener_list {
 public:
     using handler = std::function<void(Args...)>;
 
+    listener_list() = default;
+    listener_list(const listener_list&) = delete;
+    listener_list& operator=(const listener_list&) = delete;
+    ~listener_list() { delete body_.load(std::memory_order_acquire); }
+
     std::uint64_t add(handler on_event) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        auto next = std::make_shared<list>(current_ ? *current_ : list{});
-        next->emplace_back(++last_id_, std::move(on_event));
-        current_ = std::move(next);
+        body& held = made();
+        std::lock_guard<std::mutex> lock(held.mutex);
+        auto next = std::make_shared<list>(held.current ? *held.current : list{});
+        next->emplace_back(++held.last_id, std::move(on_event));
+        held.current = std::move(next);
         any_.store(true, std::memory_order_release);
-        return last_id_;
+        return held.last_id;
     }
 
     void remove(std::uint64_t id) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (!current_) return;
+        body* held = body_.load(std::memory_order_acquire);
+        if (held == nullptr) return;
+        std::lock_guard<std::mutex> lock(held->mutex);
+        if (!held->current) return;
         auto next = std::make_shared<list>();
-        for (const auto& entry : *current_)
+        for (const auto& entry : *held->current)
             if (entry.first != id) next->push_back(entry);
         any_.store(!next->empty(), std::memory_order_release);
-        current_ = std::move(next);
+        held->current = std::move(next);
     }
 
     bool any() const noexcept { return any_.load(std::memory_order_acquire); }
@@ -47,10 +55,12 @@ public:
     // failure, not the unit's or the supervisor's.
     void notify(Args... args) const {
         if (!any()) return;
+        const body* held = body_.load(std::memory_order_acquire);
+        if (held == nullptr) return;
         std::shared_ptr<const list> handlers;
         {
-            std::lock_guard<std::mutex> lock(mutex_);
-            handlers = current_;
+            std::lock_guard<std::mutex> lock(held->mutex);
+            handlers = held->current;
         }
         if (!handlers) return;
         for (const auto& entry : *handlers) {
@@ -64,10 +74,24 @@ public:
 
 private:
     using list = std::vector<std::pair<std::uint64_t, handler>>;
-    mutable std::mutex mutex_;
-    std::shared_ptr<const list> current_;
-    std::uint64_t last_id_ = 0;
+    // Made by the first subscriber: most units never have one, and an idle
+    // unit's two lists then cost two words each, not a mutex and a list.
+    struct body {
+        mutable std::mutex mutex;
+        std::shared_ptr<const list> current;
+        std::uint64_t last_id = 0;
+    };
+    std::atomic<body*> body_{nullptr};
     std::atomic<bool> any_{false};
+
+    body& made() {
+        body* held = body_.load(std::memory_order_acquire);
+        if (held != nullptr) return *held;
+        auto fresh = std::make_unique<body>();
+        if (body_.compare_exchange_strong(held, fresh.get(), std::memory_order_acq_rel, std::memory_order_acquire))
+            return *fresh.release();
+        return *held;  // another thread's subscriber made it first
+    }
 };
 
 } // namespace detail

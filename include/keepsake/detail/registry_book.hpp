@@ -93,11 +93,12 @@ public:
         std::uint32_t record_entry = 0;   // their directory entries (attached while the slots are)
         std::uint32_t crashes_entry = 0;
         std::uint32_t users = 0;
-        // What this process last wrote or read and checked (nobody else
-        // writes an attached record): a crash's bookkeeping then writes
-        // without reading its slots back.
-        std::optional<persisted_unit> record_now;
-        std::unique_ptr<persisted_crashes> crashes_now;  // on the heap once it crashed: most never do
+        // What this process last wrote (nobody else writes an attached
+        // record), kept once the unit crashed: its next crashes' bookkeeping
+        // then writes without reading its slots back. On the heap, as the
+        // history: most units never crash, and an idle one keeps neither.
+        std::unique_ptr<persisted_unit> record_now;
+        std::unique_ptr<persisted_crashes> crashes_now;
     };
 
     // Room for `more` attached units (a resume knows how many come).
@@ -141,7 +142,7 @@ public:
         change(record);
         record.status_ns = coarse_wall_clock_ns();
         which.record.write(record);
-        which.record_now = record;
+        if (which.record_now) *which.record_now = record;
         return record;
     }
 
@@ -156,7 +157,8 @@ public:
         const std::uint64_t now_ns = coarse_wall_clock_ns();
         const std::uint32_t within = append_crash(which, kind, reason, generation, threshold, at_start, now_ns);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
-        if (!current_record(which)) which.record_now = fresh(which.key);
+        if (!which.record_now)
+            which.record_now = std::make_unique<persisted_unit>(which.record.read().value_or(fresh(which.key)));
         persisted_unit& record = *which.record_now;  // changed in place: the cache is what was written
         ++record.crashes;
         const std::int64_t starts = static_cast<std::int64_t>(record.starts) + added_starts;
@@ -380,10 +382,10 @@ private:
         return record;
     }
 
-    // The record as this process knows it: read (and checked) once.
-    const std::optional<persisted_unit>& current_record(entry& which) const {
-        if (!which.record_now) which.record_now = which.record.read();
-        return which.record_now;
+    // The record as this process last wrote it, or as its slots hold it.
+    std::optional<persisted_unit> current_record(entry& which) const {
+        if (which.record_now) return *which.record_now;
+        return which.record.read();
     }
 
     void ensure_record(entry& which) {

@@ -47,9 +47,14 @@ public:
     using spec_type = unit_spec<State, Handler>;
     using context_type = unit_context<State>;
 
-    unit_core(runtime& where, spec_type spec)
-        : supervised_actor(where, spec.name, spec.shutdown, spec.stack_size), spec_(std::move(spec)),
-          state_(spec_.initial),
+    unit_core(runtime& where, spec_type spec) : unit_core(where, std::make_shared<const spec_type>(std::move(spec))) {}
+
+    // A spec shared with others (a supervisor's child spec, a directory's
+    // objects): a unit keeps a pointer to it, not a copy; `name` is its own.
+    unit_core(runtime& where, std::shared_ptr<const spec_type> spec) : unit_core(where, spec, spec->name) {}
+    unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name)
+        : supervised_actor(where, std::move(name), spec->shutdown, spec->stack_size), spec_holder_(std::move(spec)),
+          spec_(*spec_holder_), handler_(spec_.handler), state_(spec_.initial_for ? State{} : spec_.initial),
           log_(spec_.intensity), context_(*this, state_), registration_(policy_of(spec_)) {
         check_spec();
     }
@@ -143,7 +148,7 @@ public:
 
     template <class R, class M>
     void serve_message(const M& message, reply_cell* reply) {
-        serve<R>([&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+        serve<R>([&]() -> decltype(auto) { return invoke_handler(handler_, message, state_, context_); },
                  handler_reads_only<M>(), reply);
     }
 
@@ -197,7 +202,7 @@ private:
             if constexpr (!on_worker)
                 if (borrow_turn() && serve_backlog_in_turn())
                     return serve_borrowed<Try, R>(
-                        [&]() -> decltype(auto) { return invoke_handler(spec_.handler, message, state_, context_); },
+                        [&]() -> decltype(auto) { return invoke_handler(handler_, message, state_, context_); },
                         handler_reads_only<M>());
             return request_as<Try, R>(handler_job<R, M>{std::forward<Message>(message)}, timeout, on_worker);
         }
@@ -369,7 +374,9 @@ private:
         }
     };
 
-    spec_type spec_;
+    std::shared_ptr<const spec_type> spec_holder_;
+    const spec_type& spec_;
+    Handler handler_;  // its own copy: a handler may keep state of its own
     State state_;
     std::optional<keeper<State>> keeper_;
     // For on_state_changed(old, new); on the heap, and only while watched:
@@ -440,6 +447,8 @@ private:
     // crashing the worker: then an older one, or none (the initial state).
     std::optional<restore_info> restore_for_start();
 
+    State initial_state() const { return spec_.initial_for ? spec_.initial_for(name()) : spec_.initial; }
+
     key_lifecycle lifecycle() const noexcept {
         if (spec_.lifecycle != key_lifecycle::automatic) return spec_.lifecycle;
         return spec_.restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit : key_lifecycle::keep;
@@ -475,7 +484,7 @@ private:
     std::uint64_t commit_now();
 
     State committed_state() {
-        State committed = spec_.initial;
+        State committed = initial_state();
         keeper_->restore_into(committed);
         return committed;
     }
@@ -528,7 +537,7 @@ private:
     // with the runtime's clock (took: real time).
     recovered<State> recover_and_publish() {
         const auto began = std::chrono::steady_clock::now();
-        recovered<State> found = recover(*keeper_, *spec_.recover_from, spec_.initial, spec_.store_prefix);
+        recovered<State> found = recover(*keeper_, *spec_.recover_from, initial_state(), spec_.store_prefix);
         if (runtime_.events().any())
             detail::publish_recovered(runtime_.events(), name(), to_string(found.source), found.generation,
                                       detail::took_since(began), runtime_.clock().now());

@@ -58,7 +58,7 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
         info.restored = true;
         info.source = recovery_source::shared_memory;
     } else {
-        state_ = spec_.initial;
+        state_ = initial_state();
     }
     generation_.store(keeper_->generation(), std::memory_order_relaxed);
     stopping_itself_.store(false, std::memory_order_relaxed);

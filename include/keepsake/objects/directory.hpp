@@ -263,6 +263,9 @@ private:
     // holder it would go with the last active object and be made again at
     // the next activation.
     std::shared_ptr<detail::registry_book> registry_ = detail::registry_book::of(segment_.shared_impl());
+    // What every object's unit is made from, made once: the objects share
+    // it (each keeps a pointer, its name, and no initial state).
+    std::shared_ptr<const unit_spec<held_type, handler_type>> unit_spec_ = make_unit_spec();
     // Under shared_->changed's lock:
     std::unordered_map<std::string, entry> entries_;
     entry* oldest_ = nullptr;  // least recently used active object
@@ -318,6 +321,7 @@ private:
     void release(entry& held);
     entry& start_object(const std::string& key, typename std::unordered_map<std::string, entry>::iterator at);
     unit_type make_unit(const std::string& key);
+    std::shared_ptr<const unit_spec<held_type, handler_type>> make_unit_spec() const;
     bool evict_one();
     void let_go(unit_type& handle);
     void wait_for_callers(entry& which);

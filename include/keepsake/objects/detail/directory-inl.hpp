@@ -129,11 +129,17 @@ typename object_directory<State, Handler>::entry& object_directory<State, Handle
 }
 
 template <class State, class Handler>
-typename object_directory<State, Handler>::unit_type object_directory<State, Handler>::make_unit(
-    const std::string& key) {
+std::shared_ptr<const unit_spec<typename object_directory<State, Handler>::held_type,
+                                typename object_directory<State, Handler>::handler_type>>
+object_directory<State, Handler>::make_unit_spec() const {
     unit_spec<held_type, handler_type> made;
-    made.name = prefix_ + key;
-    made.initial.value = spec_.initial ? spec_.initial(key) : State{};
+    made.name = spec_.name;  // each object's unit is named prefix_ + key
+    if (spec_.initial)
+        made.initial_for = [initial = spec_.initial, prefix = prefix_.size()](const std::string& name) {
+            held_type fresh;
+            fresh.value = initial(name.substr(prefix));
+            return fresh;
+        };
     made.handler = handler_type{spec_.handler, shared_};
     made.where = &segment_;
     made.recover_from = spec_.durable;
@@ -145,7 +151,13 @@ typename object_directory<State, Handler>::unit_type object_directory<State, Han
     made.type = spec_.name;
     made.threshold = spec_.threshold.value_or(crash_threshold{});
     made.lifecycle = key_lifecycle::keep;
-    unit_type started = start_unit(runtime_, std::move(made));
+    return std::make_shared<const unit_spec<held_type, handler_type>>(std::move(made));
+}
+
+template <class State, class Handler>
+typename object_directory<State, Handler>::unit_type object_directory<State, Handler>::make_unit(
+    const std::string& key) {
+    unit_type started = detail::start_unit_sharing(runtime_, unit_spec_, prefix_ + key);
     if (started && started.state() == child_state::running) return started;
     const auto refused = started ? started.shared_core()->refused_start() : std::nullopt;
     if (refused)
