@@ -311,6 +311,10 @@ void BM_activate_from_sqlite(benchmark::State& state) {
     state.counters["activate/raw_select"] = p50 / raw_p50;
     std::sort(pair_ratio.begin(), pair_ratio.end());
     state.counters["pair_ratio_median"] = pair_ratio.empty() ? 0 : pair_ratio[pair_ratio.size() / 2];
+    const auto stacks = r.rt->stack_stats();
+    state.counters["stacks_fresh"] = static_cast<double>(stacks.fresh);
+    state.counters["stacks_reused"] = static_cast<double>(stacks.reused);
+    state.counters["stacks_released"] = static_cast<double>(stacks.released);
 }
 BENCHMARK(BM_activate_from_sqlite)->ArgName("objects")->Arg(1000)->Arg(10000)->Iterations(5000)->UseManualTime()->Unit(benchmark::kMicrosecond);
 

@@ -11,6 +11,7 @@
 // spins on a lock: waits sleep on parkers (detail/parking.hpp).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -159,11 +160,32 @@ struct mailbox_ring {
             slots[index].sequence.store(first + index, std::memory_order_relaxed);
     }
 
+    // The seed: a ring of one slot nobody writes (a message no lap ever
+    // publishes: its sequence stays 0), closed at position 0, so the first
+    // push makes the first real ring after it. A unit that is only called
+    // directly never makes one (192 B of slots and the ring saved).
+    struct seed_tag {};
+    explicit mailbox_ring(seed_tag) noexcept : slots(never_written()), mask(0), base(0), tail(closed) {}
+
+    mailbox_ring(const mailbox_ring&) = delete;
+    mailbox_ring& operator=(const mailbox_ring&) = delete;
+    ~mailbox_ring() {
+        if (slots != never_written()) delete[] slots;
+    }
+
     message& at(std::uint64_t position) noexcept { return slots[(position - base) & mask]; }
     const message& at(std::uint64_t position) const noexcept { return slots[(position - base) & mask]; }
     std::size_t capacity() const noexcept { return mask + 1; }
 
-    std::unique_ptr<message[]> slots;
+    // Read only (its sequence), by every seed; never destroyed, so a
+    // mailbox that outlives static destruction still finds it.
+    static message* never_written() noexcept {
+        alignas(message) static unsigned char storage[sizeof(message)];
+        static message* const slot = new (storage) message();
+        return slot;
+    }
+
+    message* slots;
     const std::uint64_t mask;
     const std::uint64_t base;                       // the position of slots[0] on the first lap
     std::atomic<std::uint64_t> tail;                // the next position to claim (| closed)
@@ -181,11 +203,11 @@ struct mailbox_ring {
 class mailbox {
 public:
     mailbox()
-        : first_(new mailbox_ring(initial_capacity, 0)), tail_(first_), head_ring_(first_), reading_(*first_) {}
+        : tail_(&seed_), head_ring_(&seed_), reading_(seed_) {}
     mailbox(const mailbox&) = delete;
     mailbox& operator=(const mailbox&) = delete;
     ~mailbox() {
-        for (mailbox_ring* ring = first_; ring != nullptr;) {
+        for (mailbox_ring* ring = seed_.next.load(std::memory_order_relaxed); ring != nullptr;) {
             mailbox_ring* next = ring->next.load(std::memory_order_relaxed);
             delete ring;
             ring = next;
@@ -279,12 +301,12 @@ public:
     bool lent() const noexcept { return (flags_.load(std::memory_order_acquire) & lent_bit) != 0; }
 
 private:
-    static constexpr std::size_t initial_capacity = 2;  // 192 B of slots in each idle unit; a burst doubles it
+    static constexpr std::size_t initial_capacity = 2;  // the first ring's, made by the first push; a burst doubles it
     // flags_: the consumer is parked (or about to be) and wants a wake-up;
     // it may lend its turn; a borrower holds the turn.
     static constexpr unsigned waiting = 1, idle = 2, lent_bit = 4;
 
-    mailbox_ring* first_;                        // every ring, oldest first, for the destructor
+    mailbox_ring seed_{mailbox_ring::seed_tag{}};  // every ring follows it, oldest first
     std::atomic<mailbox_ring*> tail_;            // the ring producers claim in
     std::atomic<unsigned> flags_{0};
     parker consumer_;
@@ -297,7 +319,7 @@ private:
         message* slots;
         std::uint64_t mask;
         std::uint64_t base;
-        explicit ring_view(mailbox_ring& ring) : slots(ring.slots.get()), mask(ring.mask), base(ring.base) {}
+        explicit ring_view(mailbox_ring& ring) : slots(ring.slots), mask(ring.mask), base(ring.base) {}
         message& at(std::uint64_t position) const noexcept { return slots[(position - base) & mask]; }
         std::uint64_t capacity() const noexcept { return mask + 1; }
     } reading_;
@@ -348,7 +370,8 @@ private:
     mailbox_ring* follow(mailbox_ring* full, std::uint64_t closed_tail) {
         mailbox_ring* next = full->next.load(std::memory_order_acquire);
         if (next == nullptr) {
-            auto made = std::make_unique<mailbox_ring>(full->capacity() * 2, closed_tail & ~mailbox_ring::closed);
+            auto made = std::make_unique<mailbox_ring>(std::max(initial_capacity, full->capacity() * 2),
+                                                       closed_tail & ~mailbox_ring::closed);
             if (full->next.compare_exchange_strong(next, made.get(), std::memory_order_acq_rel, std::memory_order_acquire))
                 next = made.release();
         }

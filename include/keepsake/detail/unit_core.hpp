@@ -456,7 +456,6 @@ private:
 
     static unit_policy policy_of(const spec_type& spec) {
         unit_policy policy;
-        policy.type = spec.type;
         policy.threshold = spec.threshold.value_or(spec.type.empty() ? crash_threshold::off() : crash_threshold{});
         policy.rollback_after = spec.rollback_after;
         if (!spec.type.empty()) policy.breaker = type_breakers::instance().find(spec.type);

@@ -29,12 +29,11 @@ struct placement {
 
 // What a unit's spec and type ask of the registry.
 struct unit_policy {
-    std::string type;
     crash_threshold threshold = crash_threshold::off();
     std::uint32_t rollback_after = 0;
     std::shared_ptr<type_breaker> breaker;  // its type's, if registered
     store* recover_from = nullptr;          // its store, for its record after a reboot
-    std::string store_prefix;
+    std::string_view store_prefix;          // the unit's spec's, which outlives its registration
 };
 
 // What a crash led to.
@@ -269,7 +268,7 @@ private:
     void import_after_reboot(const segment& where, const std::string& key) noexcept {
         if (policy_.recover_from == nullptr) return;
         try {
-            registry_book::of(where.shared_impl())->import_unit_from(*policy_.recover_from, policy_.store_prefix, key);
+            registry_book::of(where.shared_impl())->import_unit_from(*policy_.recover_from, std::string(policy_.store_prefix), key);
         } catch (...) {
         }
     }
