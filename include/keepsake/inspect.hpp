@@ -46,6 +46,7 @@
 
 #include "keepsake/codec.hpp"
 #include "keepsake/detail/format.hpp"
+#include "keepsake/detail/inspect_command.hpp"
 #include "keepsake/detail/inspect_format.hpp"
 #include "keepsake/detail/inspect_units.hpp"
 #include "keepsake/detail/snapshot.hpp"
@@ -97,7 +98,7 @@ public:
     // to write to (for tests and embedding).
     int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) const {
         try {
-            command line = parse(args);
+            command line = detail::parse_inspect_command(args);
             if (line.help) {
                 out << usage();
                 return 0;
@@ -120,43 +121,7 @@ public:
         }
     }
 
-    static std::string usage() {
-        return "usage: keepsake-inspect [--dir DIR] COMMAND ...\n"
-               "\n"
-               "Segments (shared memory):\n"
-               "  list                          the segments in DIR, with their owner and state\n"
-               "  show SEGMENT [--tsv]          owner, clean or crashed, and each key: generation, size,\n"
-               "                                type fingerprint, schema version, last commit time;\n"
-               "                                --tsv: only the key table, tab-separated, for scripts\n"
-               "  dump SEGMENT KEY [--json|--raw]\n"
-               "                                the newest valid state of KEY: hex (default), JSON for a\n"
-               "                                registered type, or the bytes as they are\n"
-               "  export SEGMENT STORE [--prefix P] [--timeout SECONDS]\n"
-               "                                copy each key's newest valid state to the store\n"
-               "  delete SEGMENT KEY            remove KEY and its state (refused while the owner runs)\n"
-               "  remove SEGMENT                remove the whole segment (refused while the owner runs)\n"
-               "  units SEGMENT                 the unit registry: each unit's type, parent, status, starts,\n"
-               "                                crashes, and its last crashes (time, kind, reason)\n"
-               "  clear SEGMENT KEY             take a permanently_crashed unit out of that status (and\n"
-               "                                clear its crash history; refused while the owner runs)\n"
-               "\n"
-               "Stores (what a reboot would restore), opened read-only:\n"
-               "  store list STORE [--prefix P] [--tsv]\n"
-               "                                each record: key, generation, size, type, schema\n"
-               "  store get STORE KEY           one record's generation, size, type and checksum check\n"
-               "  store dump STORE KEY [--json|--raw]\n"
-               "                                a record's state, as dump shows a key's\n"
-               "\n"
-               "  STORE        --sqlite PATH (an SQLite store) or --files DIR (a file store)\n"
-               "  --dir DIR    where segments are (default: $KEEPSAKE_SHM_DIR, else /dev/shm)\n"
-               "  types        the types this inspector decodes, with their fingerprints\n"
-               "  --version    the version of keepsake it was built with\n"
-               "  --help       this text\n"
-               "\n"
-               "Only delete, remove, clear and export change anything (export only the store). Types are\n"
-               "known by fingerprint: those registered with this inspector (see 'types').\n"
-               "Exit status: 0 done, 1 failed (the message says why), 2 bad usage.\n";
-    }
+    static std::string usage() { return detail::inspect_usage(); }
 
 private:
     struct registered_type {
@@ -167,61 +132,9 @@ private:
         std::function<void(const record&, std::ostream&)> to_json;
     };
 
-    struct command {
-        bool help = false;
-        bool version = false;
-        std::string directory;
-        std::vector<std::string> words;  // the command and its operands
-        std::string format;              // dump: "", "json" or "raw"
-        bool tsv = false;                // show, store list: only the table, tab-separated
-        std::string sqlite_path;
-        std::string files_directory;
-        std::string prefix;
-        long timeout_seconds = 10;
-    };
+    using command = detail::inspect_command;
 
     std::vector<registered_type> types_;
-
-    static command parse(const std::vector<std::string>& args) {
-        command line;
-        for (std::size_t i = 0; i < args.size(); ++i) {
-            const std::string& arg = args[i];
-            auto value = [&]() -> std::string {
-                if (i + 1 >= args.size()) throw detail::usage_error(arg + " needs a value");
-                return args[++i];
-            };
-            if (arg == "--help" || arg == "-h") line.help = true;
-            else if (arg == "--version") line.version = true;
-            else if (arg == "--dir") line.directory = value();
-            else if (arg == "--json") line.format = "json";
-            else if (arg == "--raw") line.format = "raw";
-            else if (arg == "--tsv") line.tsv = true;
-            else if (arg == "--sqlite") line.sqlite_path = value();
-            else if (arg == "--files") line.files_directory = value();
-            else if (arg == "--prefix") line.prefix = value();
-            else if (arg == "--timeout") line.timeout_seconds = parse_seconds(value());
-            else if (arg.size() > 1 && arg[0] == '-') throw detail::usage_error("unknown option " + arg);
-            else line.words.push_back(arg);
-        }
-        if (line.directory.empty()) line.directory = detail::segment_directory({});
-        return line;
-    }
-
-    static long parse_seconds(const std::string& text) {
-        char* end = nullptr;
-        const long seconds = std::strtol(text.c_str(), &end, 10);
-        if (text.empty() || *end != '\0' || seconds <= 0 || seconds > 86400)
-            throw detail::usage_error("--timeout wants whole seconds, 1 to 86400, not '" + text + "'");
-        return seconds;
-    }
-
-    // `count` operands after the command's `name_words` words (1, or 2 for "store list").
-    static void expect_operands(const command& line, std::size_t count, const char* shape, std::size_t name_words = 1) {
-        if (line.words.size() != count + name_words)
-            throw detail::usage_error(line.words[0] + (name_words == 2 ? " " + line.words[1] : std::string()) +
-                                      " takes " + shape + " (" + std::to_string(line.words.size() - name_words) +
-                                      " given)");
-    }
 
     int dispatch(const command& line, std::ostream& out) const {
         if (line.words.empty()) throw detail::usage_error("no command given");
@@ -236,49 +149,49 @@ private:
         if (name != "export" && !stores && (has_store || !line.prefix.empty()))
             throw detail::usage_error("--sqlite, --files and --prefix go with export and store");
         if (name == "list") {
-            expect_operands(line, 0, "no operands");
+            detail::expect_operands(line, 0, "no operands");
             return list(line, out);
         }
         if (name == "show") {
-            expect_operands(line, 1, "SEGMENT");
+            detail::expect_operands(line, 1, "SEGMENT");
             return show(line, out);
         }
         if (name == "dump") {
-            expect_operands(line, 2, "SEGMENT KEY");
+            detail::expect_operands(line, 2, "SEGMENT KEY");
             return dump(line, out);
         }
         if (name == "export") {
-            expect_operands(line, 1, "SEGMENT");
+            detail::expect_operands(line, 1, "SEGMENT");
             return export_segment(line, out);
         }
         if (name == "delete") {
-            expect_operands(line, 2, "SEGMENT KEY");
+            detail::expect_operands(line, 2, "SEGMENT KEY");
             return remove_key(line, out);
         }
         if (name == "remove") {
-            expect_operands(line, 1, "SEGMENT");
+            detail::expect_operands(line, 1, "SEGMENT");
             return remove_segment(line, out);
         }
         if (name == "types") {
-            expect_operands(line, 0, "no operands");
+            detail::expect_operands(line, 0, "no operands");
             return list_types(out);
         }
         if (name == "units") {
-            expect_operands(line, 1, "SEGMENT");
+            detail::expect_operands(line, 1, "SEGMENT");
             detail::print_units(open_view(line, segment_access::read_only), out);
             return 0;
         }
         if (name == "clear") {
-            expect_operands(line, 2, "SEGMENT KEY");
+            detail::expect_operands(line, 2, "SEGMENT KEY");
             return clear_unit(line, out);
         }
         if (stores) {
             if (sub == "list") {
-                expect_operands(line, 0, "a store and no operands", 2);
+                detail::expect_operands(line, 0, "a store and no operands", 2);
                 return store_list(line, out);
             }
             if (sub == "get" || sub == "dump") {
-                expect_operands(line, 1, "a store and KEY", 2);
+                detail::expect_operands(line, 1, "a store and KEY", 2);
                 return sub == "get" ? store_get(line, out) : store_dump(line, out);
             }
             throw detail::usage_error(sub.empty() ? "store needs list, get or dump"
