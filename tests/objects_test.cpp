@@ -155,6 +155,20 @@ TEST_CASE("objects: each object keeps its own handler copy and its own initial s
     CHECK(*made == std::vector<std::string>{"a", "bb"});
 }
 
+TEST_CASE("objects: an initial state that throws fails that object's start, not the others'", "[objects]") {
+    rig r;
+    auto spec = players_spec();
+    spec.initial = [](const std::string& key) {
+        if (key == "bad") throw std::runtime_error("no initial state for 'bad'");
+        return player{};
+    };
+    players_directory players(r.rt, spec);
+    keepsake::set_crash_reports(false);
+    CHECK(test_support::error_from([&] { players.call("bad", add{1}); }).code() == errc::start_failed);
+    CHECK(players.lookup("bad") == object_status::absent);
+    CHECK(players.call("good", add{3}) == 3);
+}
+
 TEST_CASE("objects: an idle object hibernates and wakes with its state", "[objects]") {
     rig r;
     players_directory players(r.rt, players_spec());

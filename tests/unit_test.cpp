@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <random>
@@ -810,6 +811,26 @@ TEST_CASE("initial_for makes a fresh start's state from the unit's name; a commi
     crash_with(unit, "after a commit");
     CHECK(read(unit) == 40);  // restored: the initial state is not needed
     CHECK(made == 2);
+}
+
+// A handler that cannot be copied (it owns a resource): start_unit moves
+// the spec's into the unit.
+struct owning_handler {
+    std::unique_ptr<long> served = std::make_unique<long>(0);
+    long operator()(counter& state, const add& message) {
+        state.value += message.amount;
+        return ++*served;
+    }
+};
+
+TEST_CASE("start_unit takes a handler that cannot be copied, and the unit keeps it", "[unit]") {
+    pumped_runtime harness("move-only");
+    keepsake::unit_spec<counter, owning_handler> spec;
+    spec.name = "owner";
+    auto unit = keepsake::start_unit(harness.rt, std::move(spec));
+    CHECK(unit.call(add{5}) == 1);
+    CHECK(unit.call(add{5}) == 2);
+    CHECK(unit.call([](const counter& state) { return state.value; }) == 10);
 }
 
 TEST_CASE("a loop worker ticks, commits when it says, serves messages at yields, and stops when asked", "[unit]") {

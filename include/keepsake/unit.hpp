@@ -125,8 +125,30 @@ private:
 
 namespace detail {
 
-// Creates a unit's core and registers its name (a supervisor does this for
+// Registers a made core's name and its meter (a supervisor makes cores for
 // its children; start_unit for a unit of its own).
+template <class State, class Handler>
+std::shared_ptr<unit_core<State, Handler>> registered_unit_core(runtime& where,
+                                                                std::shared_ptr<unit_core<State, Handler>> core) {
+    where.register_name(core->name(), typeid(unit_core<State, Handler>), &unit_core<State, Handler>::type_description,
+                        core);
+    where.add_meter({core, [](const void* alive, metered_counters& out) {
+                         const auto& unit = *static_cast<const unit_core<State, Handler>*>(alive);
+                         const unit_stats stats = unit.stats();
+                         out.name = unit.name();
+                         out.state = to_string(unit.state());
+                         out.instance = stats.instance;
+                         out.restarts = stats.restarts;
+                         out.crashes = stats.crashes;
+                         out.messages = stats.messages;
+                         out.commits = stats.commits;
+                         out.generation = stats.generation;
+                         out.queued = stats.queued;
+                         out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
+                     }});
+    return core;
+}
+
 // `name`: the unit's own, for a spec it shares with others (empty: the spec's).
 template <class State, class Handler>
 std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where,
@@ -136,33 +158,18 @@ std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where,
     // its errors would only follow that one.
     if constexpr (std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>) {
         if (name.empty()) name = spec->name;
-        auto core = std::make_shared<unit_core<State, Handler>>(where, std::move(spec), std::move(name));
-        where.register_name(core->name(), typeid(unit_core<State, Handler>), &unit_core<State, Handler>::type_description,
-                            core);
-        where.add_meter({core, [](const void* alive, metered_counters& out) {
-                             const auto& unit = *static_cast<const unit_core<State, Handler>*>(alive);
-                             const unit_stats stats = unit.stats();
-                             out.name = unit.name();
-                             out.state = to_string(unit.state());
-                             out.instance = stats.instance;
-                             out.restarts = stats.restarts;
-                             out.crashes = stats.crashes;
-                             out.messages = stats.messages;
-                             out.commits = stats.commits;
-                             out.generation = stats.generation;
-                             out.queued = stats.queued;
-                             out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
-                         }});
-        return core;
+        return registered_unit_core(where,
+                                    std::make_shared<unit_core<State, Handler>>(where, std::move(spec), std::move(name)));
     } else {
         return nullptr;
     }
 }
 
+// A spec of the unit's own (start_unit): its handler is moved, not copied.
 template <class State, class Handler>
 std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_spec<State, Handler> spec) {
     if constexpr (std::is_copy_constructible_v<State> && std::is_copy_assignable_v<State>) {
-        return make_unit_core(where, std::make_shared<const unit_spec<State, Handler>>(std::move(spec)));
+        return registered_unit_core(where, std::make_shared<unit_core<State, Handler>>(where, std::move(spec)));
     } else {
         return nullptr;
     }

@@ -170,7 +170,7 @@ struct mailbox_ring {
     mailbox_ring(const mailbox_ring&) = delete;
     mailbox_ring& operator=(const mailbox_ring&) = delete;
     ~mailbox_ring() {
-        if (slots != never_written()) delete[] slots;
+        if (mask != 0) delete[] slots;  // a real ring has 2 slots or more; the seed's is not its own
     }
 
     message& at(std::uint64_t position) noexcept { return slots[(position - base) & mask]; }

@@ -141,7 +141,9 @@ private:
                                                  " calls wait on one unit at once; use casts, or fewer callers");
         const std::uint32_t block = block_of(made_);
         if (made_ == block_start(block)) {
-            if (block == 1) rest_.store(new std::atomic<reply_cell*>[blocks - 1](), std::memory_order_release);
+            // (A block that failed to allocate is tried again: the table stays.)
+            if (block == 1 && rest_.load(std::memory_order_relaxed) == nullptr)
+                rest_.store(new std::atomic<reply_cell*>[blocks - 1](), std::memory_order_release);
             auto* cells = new reply_cell[std::size_t{first_block} << block];
             if (block == 0) first_.store(cells, std::memory_order_release);
             else rest_.load(std::memory_order_relaxed)[block - 1].store(cells, std::memory_order_release);

@@ -47,14 +47,36 @@ public:
     using spec_type = unit_spec<State, Handler>;
     using context_type = unit_context<State>;
 
-    unit_core(runtime& where, spec_type spec) : unit_core(where, std::make_shared<const spec_type>(std::move(spec))) {}
+private:
+    struct own_spec {
+        Handler handler;
+        std::shared_ptr<const spec_type> spec;
+        std::string name;
+    };
+    // A spec of the unit's own: its handler moved out first, so a handler
+    // that cannot be copied works (start_unit).
+    static own_spec take(spec_type&& spec) {
+        Handler handler = std::move(spec.handler);
+        std::string name = spec.name;
+        return {std::move(handler), std::make_shared<const spec_type>(std::move(spec)), std::move(name)};
+    }
+    unit_core(runtime& where, own_spec parts)
+        : unit_core(where, std::move(parts.spec), std::move(parts.name), std::move(parts.handler)) {}
+
+public:
+    unit_core(runtime& where, spec_type spec) : unit_core(where, take(std::move(spec))) {}
 
     // A spec shared with others (a supervisor's child spec, a directory's
-    // objects): a unit keeps a pointer to it, not a copy; `name` is its own.
+    // objects): a unit keeps a pointer to it, not a copy, and a copy of its
+    // handler; `name` is its own. The spec's other callables (loop, init,
+    // initial_for, keeper.upgrade) are shared: units of one spec on several
+    // threads may call them at once.
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec) : unit_core(where, spec, spec->name) {}
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name)
+        : unit_core(where, spec, std::move(name), Handler(spec->handler)) {}
+    unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name, Handler handler)
         : supervised_actor(where, std::move(name), spec->shutdown, spec->stack_size), spec_holder_(std::move(spec)),
-          spec_(*spec_holder_), handler_(spec_.handler), state_(spec_.initial_for ? State{} : spec_.initial),
+          spec_(*spec_holder_), handler_(std::move(handler)), state_(spec_.initial_for ? State{} : spec_.initial),
           log_(spec_.intensity), context_(*this, state_), registration_(policy_of(spec_)) {
         check_spec();
     }

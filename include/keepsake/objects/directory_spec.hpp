@@ -45,7 +45,10 @@ struct directory_spec {
     // '.', '_', '-'.
     std::string name;
     // The state of an object that has none yet (shared memory and store hold
-    // nothing for its key). Null: State{}.
+    // nothing for its key). Null: State{}. Called only then, on the object's
+    // fiber as it starts (from any of the runtime's threads): one that throws
+    // fails that start (errc::start_failed to the caller, the reason in the
+    // crash report), which counts against the crash threshold.
     std::function<State(const std::string& key)> initial;
     Handler handler{};
     const segment* where = nullptr;  // null: the runtime's default segment
