@@ -330,6 +330,15 @@ TEST_CASE("the runtime's counters render in Prometheus' text format, and parse",
     CHECK(after.samples.count("keepsake_unit_commits_total{unit=\"solo\"}") == 1);
     CHECK(sample(after, "keepsake_units{state=\"running\"}") == 0);
     CHECK(after.types.count("keepsake_export_lag_seconds") == 0);  // no exporter given
+
+    // Samples come by name, not in the order the units were made.
+    auto bob = keepsake::start_unit(harness.rt, tally_spec("bob", 0, true));
+    const std::string by_name = keepsake::prometheus_text(harness.rt);
+    const auto bob_at = by_name.find("keepsake_unit_commits_total{unit=\"bob\"}");
+    const auto solo_at = by_name.find("keepsake_unit_commits_total{unit=\"solo\"}");
+    REQUIRE(bob_at != std::string::npos);
+    REQUIRE(solo_at != std::string::npos);
+    CHECK(bob_at < solo_at);
 }
 
 TEST_CASE("the Prometheus parser of these tests rejects what a server would", "[metrics]") {

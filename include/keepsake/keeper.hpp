@@ -64,6 +64,11 @@ struct restored {
 };
 
 
+namespace detail {
+struct shared_options_tag {};
+inline constexpr shared_options_tag shared_options{};
+} // namespace detail
+
 template <class T>
 class keeper {
     static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "keeper<T> needs a plain value type");
@@ -73,15 +78,22 @@ public:
     // Throws if the key holds another type or schema version and no upgrade
     // hook is given.
     keeper(const segment& where, std::string key, keeper_options<T> options = {})
+        : keeper(detail::shared_options, where, std::move(key),
+                 std::make_shared<const keeper_options<T>>(std::move(options))) {}
+
+    // The same, with options shared with others (the units of one spec
+    // keep one copy of theirs, not one each).
+    keeper(detail::shared_options_tag, const segment& where, std::string key,
+           std::shared_ptr<const keeper_options<T>> options)
         : segment_(where.shared_impl()), key_(std::move(key)), options_(std::move(options)) {
-        const std::uint64_t capacity = options_.capacity != 0 ? options_.capacity : default_capacity();
+        const std::uint64_t capacity = options_->capacity != 0 ? options_->capacity : default_capacity();
         // Refused before attach: attach would create the key with slots
         // this type can never fill.
         if (codec_of<T>() == codec_kind::raw && capacity < sizeof(T))
             throw error(errc::invalid_argument, "keeper_options::capacity " + std::to_string(capacity) +
                                                     " is less than the " + std::to_string(sizeof(T)) +
                                                     " bytes of this state type");
-        const auto attached = segment_->attach(key_, detail::entry_kind::state, options_.slots, capacity);
+        const auto attached = segment_->attach(key_, detail::entry_kind::state, options_->slots, capacity);
         index_ = attached.index;
         area_ = attached.area;
         try {
@@ -121,8 +133,8 @@ public:
             throw error(errc::type_mismatch, "side table '" + name + "' of key '" + key_ +
                                                  "' is already attached with other key or value types");
         }
-        if (options_.slots != 2)
-            throw error(errc::invalid_argument, "key '" + key_ + "' has " + std::to_string(options_.slots) +
+        if (options_->slots != 2)
+            throw error(errc::invalid_argument, "key '" + key_ + "' has " + std::to_string(options_->slots) +
                                                     " slots; a keeper with side tables has 2 (keeper_options::slots)");
         auto made = std::make_unique<table_type>(segment_, key_, name);
         made->load(committed_generation_);
@@ -286,7 +298,7 @@ public:
     const std::string& key() const noexcept { return key_; }
     // Data bytes per slot now (they grow with the state).
     std::uint64_t slot_capacity() const noexcept { return area_.capacity; }
-    const keeper_options<T>& options() const noexcept { return options_; }
+    const keeper_options<T>& options() const noexcept { return *options_; }
 
 private:
     // Catches a second user inside commit/restore of one keeper (re-entry
@@ -314,7 +326,7 @@ private:
 
     std::shared_ptr<detail::segment_impl> segment_;
     std::string key_;
-    keeper_options<T> options_;
+    std::shared_ptr<const keeper_options<T>> options_;  // never null, but in a moved-from keeper
     std::uint32_t index_ = 0;               // the key's directory entry
     detail::slot_area area_{};
     std::uint64_t highest_generation_ = 0;  // highest seen (valid, or plausibly ours)
@@ -378,7 +390,7 @@ private:
         words.generation = generation;
         words.size = size;
         words.fingerprint = type_fingerprint<T>();
-        words.schema_version = options_.schema_version;
+        words.schema_version = options_->schema_version;
         words.codec = static_cast<std::uint32_t>(codec_of<T>());
         words.commit_ns = commit_ns;
         return words;
@@ -421,7 +433,7 @@ private:
     }
 
     bool matches_this_type(const detail::slot_snapshot& snap) const {
-        return snap.fingerprint == type_fingerprint<T>() && snap.schema_version == options_.schema_version &&
+        return snap.fingerprint == type_fingerprint<T>() && snap.schema_version == options_->schema_version &&
                snap.codec == static_cast<std::uint32_t>(codec_of<T>());
     }
 
@@ -430,7 +442,7 @@ private:
                     "key '" + key_ + "' holds a state written by another type or schema version (fingerprint " +
                         fingerprint_text(snap.fingerprint) + ", schema " + std::to_string(snap.schema_version) +
                         "; this keeper expects " + fingerprint_text(type_fingerprint<T>()) + ", schema " +
-                        std::to_string(options_.schema_version) +
+                        std::to_string(options_->schema_version) +
                         "); bump schema_version and give keeper_options::upgrade to convert it, or remove the key");
     }
 
@@ -442,7 +454,7 @@ private:
     }
 
     T upgrade(const detail::slot_snapshot& snap) const {
-        if (!options_.upgrade) throw_mismatch(snap);
+        if (!options_->upgrade) throw_mismatch(snap);
         stored_record record;
         record.generation = snap.generation;
         record.fingerprint = snap.fingerprint;
@@ -450,8 +462,8 @@ private:
         record.codec = static_cast<codec_kind>(snap.codec);
         record.data = area_.data(snap.index);
         record.size = static_cast<std::size_t>(snap.size);
-        return detail::run_upgrade<T>(options_.upgrade, record, "key '" + key_ + "'", type_fingerprint<T>(),
-                                      options_.schema_version);
+        return detail::run_upgrade<T>(options_->upgrade, record, "key '" + key_ + "'", type_fingerprint<T>(),
+                                      options_->schema_version);
     }
 
     // A raw decode cannot fail half-way (the bytes are checked first); a
@@ -471,7 +483,7 @@ private:
         } catch (const error& failure) {
             if (failure.code() != errc::decode_failed) throw;
             detail::throw_undecodable("key '" + key_ + "'", snap.generation, snap.fingerprint, snap.schema_version,
-                                      type_fingerprint<T>(), options_.schema_version, failure.what());
+                                      type_fingerprint<T>(), options_->schema_version, failure.what());
         }
     }
 
@@ -506,7 +518,7 @@ private:
         if (damaged_highest > valid_highest && damaged_highest - valid_highest <= area_.count)
             highest_generation_ = damaged_highest;
         newest_slot_ = newest_valid ? newest_valid->index : area_.count - 1;
-        if (newest_valid && !matches_this_type(*newest_valid) && !options_.upgrade) throw_mismatch(*newest_valid);
+        if (newest_valid && !matches_this_type(*newest_valid) && !options_->upgrade) throw_mismatch(*newest_valid);
     }
 };
 

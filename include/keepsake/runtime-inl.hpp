@@ -102,83 +102,49 @@ KEEPSAKE_INLINE void runtime::note_segment(const void* segment) {
     if (std::find(segments_.begin(), segments_.end(), segment) == segments_.end()) segments_.push_back(segment);
 }
 
-KEEPSAKE_INLINE void runtime::add_meter(detail::meter added) {
-    added.who = added.alive.lock().get();
-    std::lock_guard<std::mutex> lock(registry_mutex_);
-    // Dropping the gone ones costs a pass over all: done when the list has
-    // doubled since the last pass, so adding N units costs O(N), not O(N^2).
-    if (meters_.size() >= 2 * meters_after_sweep_ + 16) sweep_meters();
-    meter_index_[added.who] = meters_.size();
-    meters_.push_back(std::move(added));
-}
-
-// A unit's core is made with make_shared: a weak_ptr to it keeps its whole
-// block allocated. Its meter lets go when it is destroyed, so a unit that
-// stopped (an object that hibernated) leaves no memory behind.
-KEEPSAKE_INLINE void runtime::remove_meter(const void* who) noexcept {
-    std::lock_guard<std::mutex> lock(registry_mutex_);
-    auto found = meter_index_.find(who);
-    if (found == meter_index_.end()) return;
-    meters_[found->second] = detail::meter{};
-    meter_index_.erase(found);
-    if (++meter_holes_ <= meters_.size() / 2 + 16) return;
-    try {
-        sweep_meters();
-    } catch (...) {  // out of memory: the gone meters stay until the next sweep, which rebuilds the index
-    }
-}
-
-// Drops the gone meters and reindexes the rest.
-KEEPSAKE_INLINE void runtime::sweep_meters() {
-    meters_.erase(std::remove_if(meters_.begin(), meters_.end(), [](const auto& m) { return m.alive.expired(); }),
-                  meters_.end());
-    detail::shrink_if_sparse(meters_);
-    meters_after_sweep_ = meters_.size();
-    meter_holes_ = 0;
-    meter_index_.clear();
-    detail::rehash_if_sparse(meter_index_);
-    for (std::size_t index = 0; index < meters_.size(); ++index) meter_index_[meters_[index].who] = index;
-}
-
 KEEPSAKE_INLINE std::vector<detail::metered_counters> runtime::sample_meters() const {
     std::vector<detail::metered_counters> sampled;
     // Released after the lock: the last owner's destructor takes it.
-    std::vector<std::shared_ptr<void>> held_while_sampled;
-    std::lock_guard<std::mutex> lock(registry_mutex_);
-    sampled.reserve(meters_.size());
-    held_while_sampled.reserve(meters_.size());
-    for (const detail::meter& each : meters_) {
-        std::shared_ptr<void> held = each.alive.lock();
-        if (!held) continue;
-        sampled.emplace_back();
-        each.fill(held.get(), sampled.back());
-        held_while_sampled.push_back(std::move(held));
+    std::vector<std::shared_ptr<detail::named_process>> held_while_sampled;
+    {
+        std::lock_guard<std::mutex> lock(registry_mutex_);
+        sampled.reserve(registry_.size());
+        held_while_sampled.reserve(registry_.size());
+        for (const auto& [name, holder] : registry_) {
+            std::shared_ptr<detail::named_process> held = holder.who.lock();
+            if (!held) continue;
+            sampled.emplace_back();
+            held->fill_counters(sampled.back());
+            held_while_sampled.push_back(std::move(held));
+        }
     }
+    std::sort(sampled.begin(), sampled.end(),
+              [](const detail::metered_counters& a, const detail::metered_counters& b) { return a.name < b.name; });
     return sampled;
 }
 
 KEEPSAKE_INLINE void runtime::add_root(std::shared_ptr<detail::root_process> root) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
-    root_index_[root.get()] = roots_.size();
+    root->root_slot_ = roots_.size();
     roots_.push_back(std::move(root));
 }
 
 // Leaves a hole (roots stop newest first, so their order stays), found by
-// the index: a program that starts and stops many roots (objects that
-// hibernate) pays O(1) a stop, and the holes are squeezed out once they are
-// half of the list.
+// the slot the root keeps: a program that starts and stops many roots
+// (objects that hibernate) pays O(1) a stop, and the holes are squeezed out
+// once they are half of the list.
 KEEPSAKE_INLINE void runtime::remove_root(const detail::root_process* root) {
+    std::shared_ptr<detail::root_process> dropped;  // let go after the lock: its destructor may take it
     std::lock_guard<std::mutex> lock(registry_mutex_);
-    auto found = root_index_.find(root);
-    if (found == root_index_.end()) return;
-    roots_[found->second].reset();
-    root_index_.erase(found);
+    const std::size_t slot = root->root_slot_;
+    if (slot >= roots_.size() || roots_[slot].get() != root) return;
+    dropped = std::move(roots_[slot]);
+    dropped->root_slot_ = detail::root_process::unlisted;
     if (++root_holes_ <= roots_.size() / 2 + 16) return;
     roots_.erase(std::remove(roots_.begin(), roots_.end(), nullptr), roots_.end());
     detail::shrink_if_sparse(roots_);
-    detail::rehash_if_sparse(root_index_);
     root_holes_ = 0;
-    for (std::size_t index = 0; index < roots_.size(); ++index) root_index_[roots_[index].get()] = index;
+    for (std::size_t index = 0; index < roots_.size(); ++index) roots_[index]->root_slot_ = index;
 }
 
 KEEPSAKE_INLINE void runtime::shutdown() {
@@ -365,7 +331,7 @@ KEEPSAKE_INLINE void runtime::stop_roots() {
                 --root_holes_;
                 continue;
             }
-            root_index_.erase(newest.get());
+            newest->root_slot_ = detail::root_process::unlisted;
         }
         newest->stop_root();
     }

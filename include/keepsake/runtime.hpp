@@ -43,6 +43,7 @@
 namespace keepsake {
 
 class segment;
+class runtime;
 
 struct runtime_options {
     // 0: pumped by the thread that constructs the runtime (poll, run_for).
@@ -91,6 +92,13 @@ class root_process {
 public:
     virtual ~root_process() = default;
     virtual void stop_root() = 0;
+
+private:
+    friend class keepsake::runtime;
+    static constexpr std::size_t unlisted = static_cast<std::size_t>(-1);
+    // Where the runtime's list of roots holds it (under its registry
+    // mutex): a stop finds it there without an index beside the list.
+    std::size_t root_slot_ = unlisted;
 };
 
 // What the name registry asks of a unit or supervisor holding a name.
@@ -100,6 +108,9 @@ public:
     // Running, or stopped by its supervisor for a restart that follows:
     // calls to it are accepted (they queue).
     virtual bool accepts_calls() const noexcept = 0;
+    // Its counters for keepsake/metrics.hpp, read from the stats it keeps
+    // anyway (nothing is counted for metrics on a hot path).
+    virtual void fill_counters(metered_counters& out) const = 0;
 
 protected:
     ~named_process() = default;
@@ -187,12 +198,9 @@ public:
     void note_segment(const void* segment);
 
     // --- metrics (keepsake/metrics.hpp) --------------------------------
-    // Units and supervisors report their counters through a meter, added
-    // when they are made; one whose object is gone is dropped.
-    void add_meter(detail::meter added);
-    void remove_meter(const void* who) noexcept;
-
-    // The counters of every unit and supervisor that exists, oldest first.
+    // The counters of every unit and supervisor that holds a name here
+    // (all that exist), by name: read through the name table, so a unit
+    // keeps nothing else in the runtime for metrics.
     std::vector<detail::metered_counters> sample_meters() const;
 
     // Top-level processes, stopped newest first when the runtime goes.
@@ -259,16 +267,10 @@ private:
     mutable std::mutex registry_mutex_;
     std::unordered_map<std::string, registered> registry_;
     std::vector<std::shared_ptr<detail::root_process>> roots_;  // oldest first; null: a hole
-    std::unordered_map<const detail::root_process*, std::size_t> root_index_;  // where each is in roots_
     std::size_t root_holes_ = 0;
     detail::signal roots_changed_;                // wait(): a root ended
     std::size_t live_roots_ = 0;                  // under roots_changed_
     std::optional<exit_reason> first_abnormal_;   // under roots_changed_
-    std::vector<detail::meter> meters_;  // under registry_mutex_
-    std::size_t meters_after_sweep_ = 0; // under registry_mutex_: meters_ kept by the last sweep
-    std::size_t meter_holes_ = 0;        // under registry_mutex_: removed since the last sweep
-    void sweep_meters();                 // under registry_mutex_
-    std::unordered_map<const void*, std::size_t> meter_index_;  // under registry_mutex_: where each is
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
     std::uint64_t committer_id_ = 0;
 

@@ -159,6 +159,17 @@ KEEPSAKE_INLINE supervisor_stats supervisor_core::stats() const {
     return out;
 }
 
+KEEPSAKE_INLINE void supervisor_core::fill_counters(metered_counters& out) const {
+    const supervisor_stats now = stats();
+    out.supervisor = true;
+    out.name = name();
+    out.state = to_string(state());
+    out.instance = now.instance;
+    out.restarts = now.restarts;
+    out.queued = queued();
+    out.uptime_seconds = std::chrono::duration<double>(now.uptime).count();
+}
+
 KEEPSAKE_INLINE std::shared_ptr<supervised_actor> supervisor_core::self_pointer() { return shared_from_this(); }
 
 KEEPSAKE_INLINE void supervisor_core::check_spec() const {
@@ -452,19 +463,7 @@ KEEPSAKE_INLINE void supervisor_core::give_up(const record& child, const exit_re
 }
 
 KEEPSAKE_INLINE std::shared_ptr<supervisor_core> make_supervisor_core(runtime& where, supervisor_spec spec) {
-    auto core = make_registered<supervisor_core>(where, std::move(spec));
-    where.add_meter({core, [](const void* alive, metered_counters& out) {  // keepsake/metrics.hpp
-                         const auto& tree = *static_cast<const supervisor_core*>(alive);
-                         const supervisor_stats stats = tree.stats();
-                         out.supervisor = true;
-                         out.name = tree.name();
-                         out.state = to_string(tree.state());
-                         out.instance = stats.instance;
-                         out.restarts = stats.restarts;
-                         out.queued = tree.queued();
-                         out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
-                     }});
-    return core;
+    return make_registered<supervisor_core>(where, std::move(spec));
 }
 
 } // namespace detail

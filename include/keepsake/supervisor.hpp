@@ -224,6 +224,8 @@ public:
 
     supervisor_stats stats() const;
 
+    void fill_counters(metered_counters& out) const override;  // keepsake/metrics.hpp
+
 private:
     struct record {
         child_spec spec;

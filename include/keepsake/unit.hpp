@@ -125,27 +125,13 @@ private:
 
 namespace detail {
 
-// Registers a made core's name and its meter (a supervisor makes cores for
-// its children; start_unit for a unit of its own).
+// Registers a made core's name (a supervisor makes cores for its children;
+// start_unit for a unit of its own); metrics find it there too.
 template <class State, class Handler>
 std::shared_ptr<unit_core<State, Handler>> registered_unit_core(runtime& where,
                                                                 std::shared_ptr<unit_core<State, Handler>> core) {
     where.register_name(core->name(), typeid(unit_core<State, Handler>), &unit_core<State, Handler>::type_description,
                         core);
-    where.add_meter({core, [](const void* alive, metered_counters& out) {
-                         const auto& unit = *static_cast<const unit_core<State, Handler>*>(alive);
-                         const unit_stats stats = unit.stats();
-                         out.name = unit.name();
-                         out.state = to_string(unit.state());
-                         out.instance = stats.instance;
-                         out.restarts = stats.restarts;
-                         out.crashes = stats.crashes;
-                         out.messages = stats.messages;
-                         out.commits = stats.commits;
-                         out.generation = stats.generation;
-                         out.queued = stats.queued;
-                         out.uptime_seconds = std::chrono::duration<double>(stats.uptime).count();
-                     }});
     return core;
 }
 

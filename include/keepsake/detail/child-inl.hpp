@@ -60,26 +60,38 @@ KEEPSAKE_INLINE bool supervised_actor::start(exit_handler on_exit) {
     const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
     prepare_instance(std::move(on_exit));
     set_running();
-    runtime_.spawn([self = self_pointer(), number] { self->fiber_main(number); }, stack_size_);
+    // The fiber holds the actor while it runs. It takes that hold first
+    // thing, not in the body it is given: a pointer and a number fit in a
+    // std::function (no allocation per start), and the actor lives until
+    // then, as this call waits for the start's outcome.
+    runtime_.spawn(
+        [this, number] {
+            const std::shared_ptr<supervised_actor> held = self_pointer();
+            fiber_main(number);
+        },
+        stack_size_);
     runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
-    if (start_outcome_ == outcome::failed)
-        throw error(errc::start_failed, "'" + name() + "' failed to start: " + start_error_);
+    if (start_outcome_ == outcome::failed) {
+        auto lock = lifecycle_.lock();
+        throw error(errc::start_failed,
+                    "'" + name() + "' failed to start: " + (notes_ ? notes_->start_error : std::string()));
+    }
     if (start_outcome_ == outcome::started) return true;
     discard();
     return false;
 }
 
 KEEPSAKE_INLINE bool supervised_actor::start_as_root() {
-    std::weak_ptr<supervised_actor> weak = self_pointer();
     root_.store(true, std::memory_order_release);
     // Counted before its fiber runs: it may end before start returns.
     runtime_.root_began();
     root_live_.store(true, std::memory_order_release);
     bool running = false;
     try {
-        running = start([weak](std::uint64_t, const exit_reason&) {
-            if (auto alive = weak.lock()) alive->discard();
-        });
+        // `this`, not a weak pointer: the handler is called on the instance's
+        // fiber, which holds the actor, and a pointer fits in the handler
+        // (no allocation per root).
+        running = start([this](std::uint64_t, const exit_reason&) { discard(); });
     } catch (...) {
         end_root(exit_reason{exit_kind::crashed, "it failed to start"}, false);
         throw;
@@ -129,9 +141,9 @@ KEEPSAKE_INLINE void supervised_actor::end_root(const exit_reason& how, bool cou
     exit_reason told;
     {
         auto lock = lifecycle_.lock();
-        if (!root_by_itself_) root_exit_ = how;
+        if (!root_by_itself_) notes().root_exit = how;
         root_ended_ = true;
-        told = root_exit_;
+        told = root_exit();
     }
     lifecycle_.notify_all();
     runtime_.root_ended(counts ? &told : nullptr);
@@ -146,7 +158,7 @@ KEEPSAKE_INLINE exit_reason supervised_actor::wait_root() {
     runtime_.check_waiting_thread("wait");
     lifecycle_.wait([&] { return root_ended_; });
     auto lock = lifecycle_.lock();
-    return root_exit_;
+    return root_exit();
 }
 
 KEEPSAKE_INLINE void supervised_actor::forget() {
@@ -183,7 +195,7 @@ KEEPSAKE_INLINE void supervised_actor::prepare_instance(exit_handler on_exit) {
     auto lock = lifecycle_.lock();
     on_exit_ = std::move(on_exit);
     start_outcome_ = outcome::pending;
-    start_error_.clear();
+    if (notes_) notes_->start_error.clear();
     started_ = false;
     stop_requested_.store(false, std::memory_order_relaxed);
     forced_.store(false, std::memory_order_relaxed);
@@ -196,7 +208,7 @@ KEEPSAKE_INLINE void supervised_actor::report_start(outcome result, std::string 
     {
         auto lock = lifecycle_.lock();
         start_outcome_ = result;
-        start_error_ = std::move(why);
+        if (notes_ || !why.empty()) notes().start_error = std::move(why);
         started_ = result == outcome::started;
     }
     lifecycle_.notify_all();
@@ -258,7 +270,7 @@ KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const 
     {
         auto lock = lifecycle_.lock();
         if (root_by_itself) {
-            root_exit_ = root_how;
+            notes().root_exit = root_how;
             root_by_itself_ = true;
         }
         fiber_alive_.store(false, std::memory_order_release);

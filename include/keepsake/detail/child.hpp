@@ -375,7 +375,6 @@ private:
     detail::signal lifecycle_;  // start outcome, fiber end
     exit_handler on_exit_;
     outcome start_outcome_ = outcome::pending;  // under lifecycle_
-    std::string start_error_;
     bool started_ = false;  // the instance's fiber only
     std::atomic<bool> fiber_alive_{false};
     std::atomic<bool> stop_requested_{false};
@@ -385,9 +384,20 @@ private:
     std::atomic<std::int64_t> started_at_{0};
     std::atomic<bool> root_{false};       // started by start_as_root
     std::atomic<bool> root_live_{false};  // a root that has not ended yet
-    bool root_by_itself_ = false;         // under lifecycle_: it ended on its own, root_exit_ says how
+    bool root_by_itself_ = false;         // under lifecycle_: it ended on its own, root_exit() says how
     bool root_ended_ = false;             // under lifecycle_: runtime told
-    exit_reason root_exit_;               // under lifecycle_: how the root ended
+    // Why a start failed, how a root ended: made by the first that needs
+    // them and kept (an idle unit carries a pointer, not 72 bytes).
+    struct ending_notes {
+        std::string start_error;
+        exit_reason root_exit;
+    };
+    std::unique_ptr<ending_notes> notes_;  // under lifecycle_
+    ending_notes& notes() {                // under lifecycle_
+        if (!notes_) notes_ = std::make_unique<ending_notes>();
+        return *notes_;
+    }
+    exit_reason root_exit() const { return notes_ ? notes_->root_exit : exit_reason{}; }  // under lifecycle_
 
     // Once per root: records how it ended (`how`, unless it ended by itself:
     // then its own reason) and tells the runtime; `counts` false for a start

@@ -24,12 +24,4 @@ struct metered_counters {
     double uptime_seconds = 0;
 };
 
-// One unit or supervisor as the runtime keeps it for metrics: `alive` says
-// whether it still exists, `fill` reads its counters (given alive.lock()).
-struct meter {
-    std::weak_ptr<void> alive;
-    void (*fill)(const void*, metered_counters&) = nullptr;  // a plain function: 32 B a meter, not 56
-    const void* who = nullptr;  // set by the runtime: what alive pointed to
-};
-
 } // namespace keepsake::detail

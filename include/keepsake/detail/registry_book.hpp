@@ -85,9 +85,11 @@ public:
     }
 
     // The record and history writers of one unit, attached while a unit of
-    // that key lives in this process. Stable address (signal handlers).
+    // that key lives in this process. Stable address (signal handlers): a
+    // node of entries_, whose key it names (no second copy of it).
     struct entry {
-        std::string key;
+        const std::string* name = nullptr;
+        const std::string& key() const noexcept { return *name; }
         record_slots<persisted_unit> record;
         record_slots<persisted_crashes> crashes;
         std::uint32_t record_entry = 0;   // their directory entries (attached while the slots are)
@@ -109,21 +111,19 @@ public:
 
     entry& attach(const std::string& key) {
         std::lock_guard<std::mutex> lock(mutex_);
-        auto& held = entries_[key];
-        if (!held) {
-            held = std::make_unique<entry>();
-            held->key = key;
-        }
-        ensure_record(*held);
-        ++held->users;
-        return *held;
+        auto [at, added] = entries_.try_emplace(key);
+        entry& held = at->second;
+        if (added) held.name = &at->first;
+        ensure_record(held);
+        ++held.users;
+        return held;
     }
 
     void release(entry& which) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (--which.users != 0) return;
         let_go(which);
-        entries_.erase(which.key);
+        entries_.erase(entries_.find(which.key()));  // by its node: the key it would pass is the node's
         rehash_if_sparse(entries_);
     }
 
@@ -138,7 +138,7 @@ public:
     persisted_unit update(entry& which, Change&& change) {
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_record(which);
-        persisted_unit record = current_record(which).value_or(fresh(which.key));
+        persisted_unit record = current_record(which).value_or(fresh(which.key()));
         change(record);
         record.status_ns = coarse_wall_clock_ns();
         which.record.write(record);
@@ -158,7 +158,7 @@ public:
         const std::uint32_t within = append_crash(which, kind, reason, generation, threshold, at_start, now_ns);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
         if (!which.record_now)
-            which.record_now = std::make_unique<persisted_unit>(which.record.read().value_or(fresh(which.key)));
+            which.record_now = std::make_unique<persisted_unit>(which.record.read().value_or(fresh(which.key())));
         persisted_unit& record = *which.record_now;  // changed in place: the cache is what was written
         ++record.crashes;
         const std::int64_t starts = static_cast<std::int64_t>(record.starts) + added_starts;
@@ -177,7 +177,7 @@ private:
     std::uint32_t append_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
                                const crash_threshold& threshold, bool at_start, std::uint64_t now_ns) {
         ensure_record(which);
-        if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key));
+        if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key()));
         if (!which.crashes_now)
             which.crashes_now = std::make_unique<persisted_crashes>(which.crashes.read().value_or(persisted_crashes{}));
         persisted_crashes& history = *which.crashes_now;
@@ -215,7 +215,7 @@ public:
     // Forgets the crash history (clear_crashed).
     void clear_history(entry& which) {
         std::lock_guard<std::mutex> lock(mutex_);
-        const std::string key = registry_key(crash_record_prefix, which.key);
+        const std::string key = registry_key(crash_record_prefix, which.key());
         if (!which.crashes.attached() && segment_->entry_view_of(key)) attach_crashes(which, key);
         if (which.crashes.attached()) which.crashes.write(persisted_crashes{});
         which.crashes_now.reset();
@@ -240,9 +240,9 @@ public:
             which.crashes_now.reset();
             forget = forgetter_;
         }
-        for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key),
-                                        registry_key(skipped_record_prefix, which.key),
-                                        registry_key(unit_record_prefix, which.key)}) {
+        for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key()),
+                                        registry_key(skipped_record_prefix, which.key()),
+                                        registry_key(unit_record_prefix, which.key())}) {
             if (forget) forget(key);
             else segment_->remove_key(key);
         }
@@ -368,7 +368,7 @@ private:
 
     std::shared_ptr<segment_impl> segment_;
     mutable std::mutex mutex_;
-    std::unordered_map<std::string, std::unique_ptr<entry>> entries_;
+    std::unordered_map<std::string, entry> entries_;
     std::function<bool(const std::string&)> forgetter_;
     std::uint64_t forgetter_id_ = 0;
     std::uint64_t run_ = 0;
@@ -376,7 +376,7 @@ private:
     bool previous_crashed_ = false;
 
     persisted_unit with_status(entry& which, unit_status status) const {
-        persisted_unit record = which.record.read().value_or(fresh(which.key));
+        persisted_unit record = which.record.read().value_or(fresh(which.key()));
         record.status = static_cast<std::uint32_t>(status);
         record.status_ns = coarse_wall_clock_ns();
         return record;
@@ -392,7 +392,7 @@ private:
         if (which.record.attached()) return;
         which.record_now.reset();
         const auto attached =
-            segment_->attach(registry_key(unit_record_prefix, which.key), entry_kind::state, 2, sizeof(persisted_unit));
+            segment_->attach(registry_key(unit_record_prefix, which.key()), entry_kind::state, 2, sizeof(persisted_unit));
         which.record = record_slots<persisted_unit>(attached.area);
         which.record_entry = attached.index;
     }

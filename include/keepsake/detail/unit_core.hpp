@@ -75,15 +75,28 @@ public:
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name)
         : unit_core(where, spec, std::move(name), Handler(spec->handler)) {}
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name, Handler handler)
-        : supervised_actor(where, std::move(name), spec->shutdown, spec->stack_size), spec_holder_(std::move(spec)),
-          spec_(*spec_holder_), handler_(std::move(handler)), state_(spec_.initial_for ? State{} : spec_.initial),
-          log_(spec_.intensity), context_(*this, state_), registration_(policy_of(spec_)) {
+        : supervised_actor(where, std::move(name), spec->shutdown, spec->stack_size), spec_(std::move(spec)),
+          handler_(std::move(handler)), state_(spec_->initial_for ? State{} : spec_->initial),
+          log_(spec_->intensity), context_(*this, state_), registration_(policy_of(*spec_)) {
         check_spec();
     }
 
     ~unit_core() override {
         runtime_.unregister_name(name(), this);
-        runtime_.remove_meter(this);
+    }
+
+    void fill_counters(metered_counters& out) const override {  // keepsake/metrics.hpp
+        const unit_stats now = stats();
+        out.name = name();
+        out.state = to_string(state());
+        out.instance = now.instance;
+        out.restarts = now.restarts;
+        out.crashes = now.crashes;
+        out.messages = now.messages;
+        out.commits = now.commits;
+        out.generation = now.generation;
+        out.queued = now.queued;
+        out.uptime_seconds = std::chrono::duration<double>(now.uptime).count();
     }
 
     // --- callers' side ---------------------------------------------------
@@ -110,7 +123,7 @@ public:
         }
     }
 
-    duration call_timeout() const noexcept { return spec_.call_timeout; }
+    duration call_timeout() const noexcept { return spec_->call_timeout; }
 
     unit_stats stats() const {
         unit_stats out;
@@ -159,7 +172,10 @@ public:
         registration_.remove_all(name());
     }
 
-    std::optional<std::string> refused_start() const override { return refused_; }
+    std::optional<std::string> refused_start() const override {
+        if (!refused_) return std::nullopt;
+        return *refused_;
+    }
 
     // --- the worker side (called from jobs and the context) --------------
     template <class R, class F>
@@ -267,11 +283,11 @@ private:
     // unit_spec::direct_calls). The fiber running the messages stands in as
     // the server, so a message that calls its own unit is still refused.
     bool borrow_turn() {
-        if (!spec_.direct_calls || current_inbox() == nullptr) return false;  // a plain thread never runs it
+        if (!spec_->direct_calls || current_inbox() == nullptr) return false;  // a plain thread never runs it
         boost::fibers::context* caller = boost::fibers::context::active();
         if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
         if (caller == server_.load(std::memory_order_relaxed)) return false;
-        if (state() != child_state::running || context_stop_requested() || ended_in_turn_ || !mailbox_.try_borrow())
+        if (state() != child_state::running || context_stop_requested() || ended_in_turn() || !mailbox_.try_borrow())
             return false;
         lender_ = server_.exchange(caller, std::memory_order_relaxed);
         return true;
@@ -279,7 +295,7 @@ private:
 
     void return_turn() {
         server_.store(lender_, std::memory_order_relaxed);
-        mailbox_.give_back(ended_in_turn_.has_value() || context_stop_requested());
+        mailbox_.give_back(ended_in_turn() || context_stop_requested());
     }
 
     // In a borrowed turn, first serves what was queued before the call (it
@@ -306,17 +322,17 @@ private:
         return true;
     }
 
-    // A crash in a borrowed turn (reason in crash_reason_): the restart is
+    // A crash in a borrowed turn (reason in crash_reason()): the restart is
     // done here, from the last commit, unless the unit gives up or is
     // stopping; then the worker ends the instance, and the turn goes back.
     bool restart_in_turn();
 
     // Hands the end of the instance to the worker, with the turn.
     void end_instance_in_turn(exit_reason ended) {
-        ended_in_turn_ = std::move(ended);
+        notes().ended_in_turn = std::move(ended);
         return_turn();
         // As a queued call's caller would, go on once the worker took it.
-        while (ended_in_turn_) boost::this_fiber::yield();
+        while (ended_in_turn()) boost::this_fiber::yield();
     }
 
     // Runs the caller's own message in the borrowed turn. A throw is the
@@ -346,9 +362,9 @@ private:
                 else return result;
             }
         } catch (const std::exception& thrown) {
-            crash_reason_ = thrown.what();
+            crash_reason() = thrown.what();
         } catch (...) {
-            crash_reason_ = "an exception not derived from std::exception";
+            crash_reason() = "an exception not derived from std::exception";
         }
         running_unit() = outer;
         if constexpr (Try) {
@@ -366,10 +382,10 @@ private:
     // After a crash in a borrowed call: restarts in place (or ends the
     // instance) and gives the turn back, then swaps the crash's reason into
     // `reason`. It is kept meanwhile: a failing restart (the init hook)
-    // overwrites crash_reason_, and an instance that ends yields to its
+    // overwrites crash_reason(), and an instance that ends yields to its
     // worker.
     bool restart_after_call(std::string& reason) {
-        std::string kept = crash_reason_;
+        std::string kept = crash_reason();
         const bool restarted = restart_in_turn();
         if (restarted) return_turn();
         reason.swap(kept);
@@ -396,8 +412,7 @@ private:
         }
     };
 
-    std::shared_ptr<const spec_type> spec_holder_;
-    const spec_type& spec_;
+    std::shared_ptr<const spec_type> spec_;  // shared with the units of one spec
     Handler handler_;  // its own copy: a handler may keep state of its own
     State state_;
     std::optional<keeper<State>> keeper_;
@@ -417,36 +432,40 @@ private:
     duration last_commit_at_{};
     bool dirty_ = false;
     // The last crash's reason, and how an instance ended in a borrowed turn
-    // (the worker finishes it). Touched on the worker's thread only
-    // (borrowers run there).
-    std::string crash_reason_;
-    std::optional<exit_reason> ended_in_turn_;
+    // (the worker finishes it): made at the first crash and kept (most
+    // units never crash; an idle one carries a pointer, not 80 bytes).
+    // Touched on the worker's thread only (borrowers run there).
+    struct crash_notes {
+        std::string reason;
+        std::optional<exit_reason> ended_in_turn;
+    };
+    std::unique_ptr<crash_notes> notes_;
     boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
     listener_list<const State&, const State&> state_changed_;
     listener_list<const exit_reason&, const State&> terminated_;
     unit_registration registration_;  // its record in the segment's unit registry
     placement placement_;
-    std::optional<std::string> refused_;     // why the registry declined its last start
+    std::unique_ptr<std::string> refused_;   // why the registry declined its last start, if it did
     bool handed_over_once_ = false;
     std::uint64_t served_since_start_ = 0;   // messages served since the last (re)start
 
     void check_spec() const {
-        if (spec_.commit.when == commit_policy::mode::every_n && spec_.commit.n == 0)
+        if (spec_->commit.when == commit_policy::mode::every_n && spec_->commit.n == 0)
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every(n) needs n >= 1");
-        if (spec_.commit.when == commit_policy::mode::interval && spec_.commit.period <= duration::zero())
+        if (spec_->commit.when == commit_policy::mode::interval && spec_->commit.period <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every_interval needs a positive period");
-        check_intensity(spec_.intensity, "unit '" + name() + "'");
-        check_shutdown(spec_.shutdown, "unit '" + name() + "'");
-        if (spec_.threshold && spec_.threshold->crashes > crash_history_size)
+        check_intensity(spec_->intensity, "unit '" + name() + "'");
+        check_shutdown(spec_->shutdown, "unit '" + name() + "'");
+        if (spec_->threshold && spec_->threshold->crashes > crash_history_size)
             throw error(errc::invalid_argument, "unit '" + name() + "': crash_threshold::crashes is at most " +
                                                     std::to_string(crash_history_size) +
                                                     " (the crash history the registry keeps)");
-        if (spec_.call_timeout <= duration::zero())
+        if (spec_->call_timeout <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': call_timeout must be positive");
     }
 
     const segment& segment_to_use() const {
-        const segment* chosen = spec_.where != nullptr ? spec_.where : runtime_.options().default_segment;
+        const segment* chosen = spec_->where != nullptr ? spec_->where : runtime_.options().default_segment;
         if (chosen == nullptr)
             throw error(errc::invalid_argument, "unit '" + name() +
                                                     "' has no segment: set unit_spec::where or "
@@ -469,11 +488,11 @@ private:
     // crashing the worker: then an older one, or none (the initial state).
     std::optional<restore_info> restore_for_start();
 
-    State initial_state() const { return spec_.initial_for ? spec_.initial_for(name()) : spec_.initial; }
+    State initial_state() const { return spec_->initial_for ? spec_->initial_for(name()) : spec_->initial; }
 
     key_lifecycle lifecycle() const noexcept {
-        if (spec_.lifecycle != key_lifecycle::automatic) return spec_.lifecycle;
-        return spec_.restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit : key_lifecycle::keep;
+        if (spec_->lifecycle != key_lifecycle::automatic) return spec_->lifecycle;
+        return spec_->restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit : key_lifecycle::keep;
     }
 
     static unit_policy policy_of(const spec_type& spec) {
@@ -491,7 +510,8 @@ private:
     void check_registry_at_start();
 
     void attach_keeper() {
-        keeper_.emplace(segment_to_use(), name(), spec_.keeper);
+        keeper_.emplace(shared_options, segment_to_use(), name(),
+                        std::shared_ptr<const keeper_options<State>>(spec_, &spec_->keeper));
         runtime_.note_segment(segment_to_use().shared_impl().get());
     }
 
@@ -510,6 +530,13 @@ private:
         return committed;
     }
 
+    crash_notes& notes() {
+        if (!notes_) notes_ = std::make_unique<crash_notes>();
+        return *notes_;
+    }
+    std::string& crash_reason() { return notes().reason; }
+    bool ended_in_turn() const noexcept { return notes_ != nullptr && notes_->ended_in_turn.has_value(); }
+
     // Counters written by the worker only: no locked instruction needed.
     static void bump(std::atomic<std::uint64_t>& counter) noexcept {
         counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -520,7 +547,7 @@ private:
     enum class served { stopped, crashed, ended_in_turn };
 
     // Serves messages until a stop is requested, a message crashes (the
-    // reason is in crash_reason_), or a borrowed turn ended the instance.
+    // reason is in crash_reason()), or a borrowed turn ended the instance.
     served serve_mailbox();
 
     // Caught here, next to the throw, rather than at the top of the
@@ -531,19 +558,19 @@ private:
             inflight_.run(static_cast<actor*>(this));
             return true;
         } catch (const std::exception& thrown) {  // first: the common case matches at once
-            crash_reason_ = thrown.what();
+            crash_reason() = thrown.what();
         } catch (const forced_stop&) {
             throw;
         } catch (...) {
-            crash_reason_ = "an exception not derived from std::exception";
+            crash_reason() = "an exception not derived from std::exception";
         }
         return false;
     }
 
     served run_body() {
-        if (spec_.loop) {
+        if (spec_->loop) {
             running_scope running(registration_.entry());
-            spec_.loop(context_);
+            spec_->loop(context_);
             return served::stopped;
         }
         return serve_mailbox();
@@ -558,7 +585,7 @@ private:
     // with the runtime's clock (took: real time).
     recovered<State> recover_and_publish() {
         const auto began = std::chrono::steady_clock::now();
-        recovered<State> found = recover(*keeper_, *spec_.recover_from, initial_state(), spec_.store_prefix);
+        recovered<State> found = recover(*keeper_, *spec_->recover_from, initial_state(), spec_->store_prefix);
         if (runtime_.events().any())
             detail::publish_recovered(runtime_.events(), name(), to_string(found.source), found.generation,
                                       detail::took_since(began), runtime_.clock().now());

@@ -12,7 +12,7 @@ namespace detail {
 template <class State, class Handler>
 bool unit_core<State, Handler>::restart_in_turn() {
     for (;;) {
-        if (std::optional<exit_reason> ended = on_crash(crash_reason_)) {
+        if (std::optional<exit_reason> ended = on_crash(crash_reason())) {
             end_instance_in_turn(std::move(*ended));
             return false;
         }
@@ -25,9 +25,9 @@ bool unit_core<State, Handler>::restart_in_turn() {
             end_instance_in_turn(exit_reason{exit_kind::normal, declined.reason()});
             return false;
         } catch (const std::exception& thrown) {
-            crash_reason_ = thrown.what();
+            crash_reason() = thrown.what();
         } catch (...) {
-            crash_reason_ = "an exception not derived from std::exception";
+            crash_reason() = "an exception not derived from std::exception";
         }
     }
 }
@@ -40,12 +40,12 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     // Recorded before the restore and the init hook run: a fatal signal in
     // either is then blamed on this start (the record names this run).
     if (restarts_this_instance_ != 0) registration_.restarted_in_place();
-    else registration_.started(placement_, spec_.type, spec_.restart, lifecycle());
+    else registration_.started(placement_, spec_->type, spec_->restart, lifecycle());
     served_since_start_ = 0;
     start_info info;
     info.instance = number;
     info.restarts = restarts_this_instance_;
-    if (first && spec_.recover_from != nullptr) {
+    if (first && spec_->recover_from != nullptr) {
         recovered<State> found = recover_and_publish();
         for (const std::string& problem : found.problems)
             publish(event_kind::recovery_problem, exit_kind::normal, problem);
@@ -63,13 +63,13 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     generation_.store(keeper_->generation(), std::memory_order_relaxed);
     stopping_itself_.store(false, std::memory_order_relaxed);
     dirty_ = false;
-    if (spec_.init) {
+    if (spec_->init) {
         running_scope running(registration_.entry());
-        spec_.init(state_, info);
+        spec_->init(state_, info);
         dirty_ = true;
     }
     uncommitted_messages_ = 0;
-    if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
+    if (spec_->commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
     last_committed_.reset();  // the init may have changed state_: the next commit reads the keeper's
 }
 
@@ -94,11 +94,13 @@ std::optional<restore_info> unit_core<State, Handler>::restore_for_start() {
 
 template <class State, class Handler>
 void unit_core<State, Handler>::check_registry_at_start() {
-    refused_ = registration_.check_at_start(segment_to_use(), name(), [&] {
+    std::optional<std::string> refused = registration_.check_at_start(segment_to_use(), name(), [&] {
         if (!keeper_) attach_keeper();
         return keeper_->generation();
     });
-    if (!refused_) return;
+    refused_.reset();
+    if (!refused) return;
+    refused_ = std::make_unique<std::string>(std::move(*refused));
     publish(event_kind::permanently_crashed, exit_kind::crashed, *refused_);
     throw ignore_start(*refused_);
 }
@@ -110,9 +112,9 @@ bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view wha
     const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed),
                                                            served_since_start_ == 0, restart_likely);
     if (outcome.breaker_opened) {
-        publish_by(name(), event_kind::circuit_open, spec_.type, 0, exit_kind::crashed, what);
+        publish_by(name(), event_kind::circuit_open, spec_->type, 0, exit_kind::crashed, what);
         detail::report(report_kind::crash, [&](report_line& line) {
-            line << "unit type '" << spec_.type << "': circuit breaker open (new starts refused for a cooldown)";
+            line << "unit type '" << spec_->type << "': circuit breaker open (new starts refused for a cooldown)";
         });
     }
     if (!outcome.poisoned) return false;
@@ -132,7 +134,7 @@ std::uint64_t unit_core<State, Handler>::commit_now() {
     uncommitted_messages_ = 0;
     bump(commits_);
     generation_.store(generation, std::memory_order_relaxed);
-    if (spec_.commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
+    if (spec_->commit.when == commit_policy::mode::interval) last_commit_at_ = runtime_.clock().now();
     if (watched) {
         state_changed_.notify(*last_committed_, state_);
         *last_committed_ = state_;
@@ -149,13 +151,13 @@ void unit_core<State, Handler>::after_message(bool read_only) {
     if (read_only) return;
     dirty_ = true;
     ++uncommitted_messages_;
-    switch (spec_.commit.when) {
+    switch (spec_->commit.when) {
     case commit_policy::mode::every_message: commit_now(); break;
     case commit_policy::mode::every_n:
-        if (uncommitted_messages_ >= spec_.commit.n) commit_now();
+        if (uncommitted_messages_ >= spec_->commit.n) commit_now();
         break;
     case commit_policy::mode::interval:
-        if (runtime_.clock().now() - last_commit_at_ >= spec_.commit.period) commit_now();
+        if (runtime_.clock().now() - last_commit_at_ >= spec_->commit.period) commit_now();
         break;
     case commit_policy::mode::manual: break;
     }
@@ -163,9 +165,9 @@ void unit_core<State, Handler>::after_message(bool read_only) {
 
 template <class State, class Handler>
 typename unit_core<State, Handler>::served unit_core<State, Handler>::serve_mailbox() {
-    auto stop_or_end = [&] { return ended_in_turn_ || (context_stop_requested() && !mailbox_.lent()); };
+    auto stop_or_end = [&] { return ended_in_turn() || (context_stop_requested() && !mailbox_.lent()); };
     for (;;) {
-        if (ended_in_turn_) return served::ended_in_turn;
+        if (ended_in_turn()) return served::ended_in_turn;
         if (mailbox_.pop(inflight_)) {
             if (!serve_inflight()) return served::crashed;
             finish_inflight();
@@ -173,7 +175,7 @@ typename unit_core<State, Handler>::served unit_core<State, Handler>::serve_mail
             continue;
         }
         if (context_stop_requested() && !mailbox_.lent()) return served::stopped;
-        mailbox_.wait_until(runtime_.clock(), forever, stop_or_end, spec_.direct_calls);
+        mailbox_.wait_until(runtime_.clock(), forever, stop_or_end, spec_->direct_calls);
     }
 }
 
@@ -202,10 +204,10 @@ std::optional<exit_reason> unit_core<State, Handler>::on_crash(std::string_view 
     if (gives_up) {
         publish(event_kind::gave_up, exit_kind::crashed, what);
         detail::report(report_kind::give_up, [&](report_line& line) {
-            line << "unit '" << name() << "' gave up: more than " << std::uint64_t{spec_.intensity.max_restarts}
-                 << " restarts in " << spec_.intensity.period << "; last crash: " << what;
+            line << "unit '" << name() << "' gave up: more than " << std::uint64_t{spec_->intensity.max_restarts}
+                 << " restarts in " << spec_->intensity.period << "; last crash: " << what;
         });
-        return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_.intensity.max_restarts) +
+        return exit_reason{exit_kind::crashed, "gave up after " + std::to_string(spec_->intensity.max_restarts) +
                                                    " restarts within the period; last crash: " + std::string(what)};
     }
     ++restarts_this_instance_;
@@ -225,10 +227,10 @@ exit_reason unit_core<State, Handler>::run_instance(std::uint64_t number) {
             hand_over_state(number);
             if (!started()) report_started();
             switch (run_body()) {
-            case served::crashed: ended = on_crash(crash_reason_); break;
+            case served::crashed: ended = on_crash(crash_reason()); break;
             case served::ended_in_turn:
-                ended = std::move(ended_in_turn_);
-                ended_in_turn_.reset();
+                ended = std::move(notes_->ended_in_turn);
+                notes_->ended_in_turn.reset();
                 break;
             case served::stopped: ended = stop_reason(); break;
             }
