@@ -331,6 +331,21 @@ TEST_CASE("the runtime's counters render in Prometheus' text format, and parse",
     CHECK(sample(after, "keepsake_units{state=\"running\"}") == 0);
     CHECK(after.types.count("keepsake_export_lag_seconds") == 0);  // no exporter given
 
+    // One its supervisor deleted leaves, though a handle keeps it; started
+    // again under its name, it is one series (the parser refuses two).
+    keepsake::unit_spec<tally, tally_handler> kid;
+    kid.name = "kid";
+    accounts.start_child(keepsake::child(kid));
+    auto kept = *keepsake::whereis<tally, tally_handler>(harness.rt, "kid");
+    const std::string kid_series = "keepsake_unit_commits_total{unit=\"kid\"}";
+    CHECK(parse_prometheus(keepsake::prometheus_text(harness.rt)).samples.count(kid_series) == 1);
+    accounts.terminate_child("kid");
+    accounts.delete_child("kid");
+    CHECK(parse_prometheus(keepsake::prometheus_text(harness.rt)).samples.count(kid_series) == 0);
+    accounts.start_child(keepsake::child(kid));
+    CHECK(parse_prometheus(keepsake::prometheus_text(harness.rt)).samples.count(kid_series) == 1);
+    CHECK(kept.state() == keepsake::child_state::not_running);
+
     // Samples come by name, not in the order the units were made.
     auto bob = keepsake::start_unit(harness.rt, tally_spec("bob", 0, true));
     const std::string by_name = keepsake::prometheus_text(harness.rt);

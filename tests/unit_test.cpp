@@ -701,6 +701,39 @@ TEST_CASE("a unit's side table is committed with its state, and a crash undoes b
     }) == "player4");
 }
 
+TEST_CASE("units stopped out of order leave the others running, before and after the runtime squeezes its roots", "[unit]") {
+    pumped_runtime env("roots");
+    std::vector<keepsake::unit<counter>> units;
+    for (int index = 0; index < 100; ++index)
+        units.push_back(keepsake::start_unit(env.rt, counter_spec("u" + std::to_string(index))));
+    std::vector<bool> stopped(units.size(), false);
+    auto stop = [&](std::size_t index) {
+        keepsake::stop_unit(env.rt, units[index]);
+        stopped[index] = true;
+    };
+    // 70 holes: past half the list, so it is squeezed (and each root's
+    // slot renumbered) once on the way.
+    for (std::size_t step = 0; step < 70; ++step) stop((step * 37) % 100);
+    for (int index = 0; index < 5; ++index)
+        units.push_back(keepsake::start_unit(env.rt, counter_spec("late" + std::to_string(index))));
+    stopped.resize(units.size(), false);
+    stop(100 + 2);                                   // one started after the squeeze
+    for (std::size_t index = 0; index < 100; ++index)  // and one from before it
+        if (!stopped[index]) {
+            stop(index);
+            break;
+        }
+    for (std::size_t index = 0; index < units.size(); ++index) {
+        INFO("unit " << units[index].name());
+        if (stopped[index]) {
+            CHECK(units[index].state() == keepsake::child_state::not_running);
+        } else {
+            units[index].cast([](counter& state) { ++state.value; });
+            CHECK(read(units[index]) == 1);
+        }
+    }
+}
+
 TEST_CASE("a unit gives up past its restart intensity, and then calls fail at once", "[unit]") {
     auto clock = std::make_shared<keepsake::manual_clock>();
     pumped_runtime harness("intensity", clock);

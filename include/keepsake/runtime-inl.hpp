@@ -113,9 +113,11 @@ KEEPSAKE_INLINE std::vector<detail::metered_counters> runtime::sample_meters() c
         for (const auto& [name, holder] : registry_) {
             std::shared_ptr<detail::named_process> held = holder.who.lock();
             if (!held) continue;
-            sampled.emplace_back();
-            held->fill_counters(sampled.back());
+            // Kept before it is read: if reading throws, the last owner
+            // must not go (its destructor takes this lock) before the lock.
             held_while_sampled.push_back(std::move(held));
+            sampled.emplace_back();
+            held_while_sampled.back()->fill_counters(sampled.back());
         }
     }
     std::sort(sampled.begin(), sampled.end(),
@@ -133,6 +135,7 @@ KEEPSAKE_INLINE void runtime::add_root(std::shared_ptr<detail::root_process> roo
 // the slot the root keeps: a program that starts and stops many roots
 // (objects that hibernate) pays O(1) a stop, and the holes are squeezed out
 // once they are half of the list.
+// (`root` must be this runtime's: its slot is read under this runtime's lock.)
 KEEPSAKE_INLINE void runtime::remove_root(const detail::root_process* root) {
     std::shared_ptr<detail::root_process> dropped;  // let go after the lock: its destructor may take it
     std::lock_guard<std::mutex> lock(registry_mutex_);

@@ -199,8 +199,8 @@ public:
 
     // --- metrics (keepsake/metrics.hpp) --------------------------------
     // The counters of every unit and supervisor that holds a name here
-    // (all that exist), by name: read through the name table, so a unit
-    // keeps nothing else in the runtime for metrics.
+    // (not one its supervisor deleted), by name: read through the name
+    // table, so a unit keeps nothing else in the runtime for metrics.
     std::vector<detail::metered_counters> sample_meters() const;
 
     // Top-level processes, stopped newest first when the runtime goes.

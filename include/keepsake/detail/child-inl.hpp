@@ -73,8 +73,9 @@ KEEPSAKE_INLINE bool supervised_actor::start(exit_handler on_exit) {
     runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
     if (start_outcome_ == outcome::failed) {
         auto lock = lifecycle_.lock();
-        throw error(errc::start_failed,
-                    "'" + name() + "' failed to start: " + (notes_ ? notes_->start_error : std::string()));
+        const bool kept = notes_ && !notes_->start_error.empty();
+        throw error(errc::start_failed, "'" + name() + "' failed to start: " +
+                                            (kept ? notes_->start_error : std::string("(its reason was lost)")));
     }
     if (start_outcome_ == outcome::started) return true;
     discard();
@@ -141,7 +142,7 @@ KEEPSAKE_INLINE void supervised_actor::end_root(const exit_reason& how, bool cou
     exit_reason told;
     {
         auto lock = lifecycle_.lock();
-        if (!root_by_itself_) notes().root_exit = how;
+        if (!root_by_itself_) keep_root_exit(how);
         root_ended_ = true;
         told = root_exit();
     }
@@ -207,8 +208,12 @@ KEEPSAKE_INLINE void supervised_actor::prepare_instance(exit_handler on_exit) {
 KEEPSAKE_INLINE void supervised_actor::report_start(outcome result, std::string why) {
     {
         auto lock = lifecycle_.lock();
+        // Kept first, and never thrown from: start() waits for the outcome.
+        try {
+            if (notes_ || !why.empty()) notes().start_error = std::move(why);
+        } catch (...) {  // out of memory: start() says the reason was lost
+        }
         start_outcome_ = result;
-        if (notes_ || !why.empty()) notes().start_error = std::move(why);
         started_ = result == outcome::started;
     }
     lifecycle_.notify_all();
@@ -270,7 +275,7 @@ KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const 
     {
         auto lock = lifecycle_.lock();
         if (root_by_itself) {
-            notes().root_exit = root_how;
+            keep_root_exit(root_how);
             root_by_itself_ = true;
         }
         fiber_alive_.store(false, std::memory_order_release);

@@ -386,6 +386,8 @@ private:
     std::atomic<bool> root_live_{false};  // a root that has not ended yet
     bool root_by_itself_ = false;         // under lifecycle_: it ended on its own, root_exit() says how
     bool root_ended_ = false;             // under lifecycle_: runtime told
+    bool root_exit_lost_ = false;         // under lifecycle_: out of memory when it was kept
+    exit_kind root_exit_kind_ = exit_kind::normal;  // under lifecycle_: kept even then
     // Why a start failed, how a root ended: made by the first that needs
     // them and kept (an idle unit carries a pointer, not 72 bytes).
     struct ending_notes {
@@ -397,7 +399,21 @@ private:
         if (!notes_) notes_ = std::make_unique<ending_notes>();
         return *notes_;
     }
-    exit_reason root_exit() const { return notes_ ? notes_->root_exit : exit_reason{}; }  // under lifecycle_
+    // How the root ended, under lifecycle_. Never throws: a root's end is
+    // on its fiber's way out (out of memory, its kind is kept, not its text).
+    void keep_root_exit(const exit_reason& how) noexcept {
+        root_exit_kind_ = how.kind;
+        try {
+            notes().root_exit = how;
+            root_exit_lost_ = false;
+        } catch (...) {
+            root_exit_lost_ = true;
+        }
+    }
+    exit_reason root_exit() const {  // under lifecycle_
+        if (root_exit_lost_) return exit_reason{root_exit_kind_, "(text lost)"};  // short: no allocation
+        return notes_ ? notes_->root_exit : exit_reason{};
+    }
 
     // Once per root: records how it ended (`how`, unless it ended by itself:
     // then its own reason) and tells the runtime; `counts` false for a start

@@ -123,7 +123,8 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         if (--which.users != 0) return;
         let_go(which);
-        entries_.erase(entries_.find(which.key()));  // by its node: the key it would pass is the node's
+        // By its node: the key it would pass is the node's own.
+        if (auto found = entries_.find(which.key()); found != entries_.end()) entries_.erase(found);
         rehash_if_sparse(entries_);
     }
 
@@ -149,17 +150,24 @@ public:
     // Appends one crash to the unit's history, then counts it in its record
     // (and marks the record permanently_crashed when it is past
     // `threshold`): under one lock, at one time. Returns whether it is past.
+    // `cache`: keep the unit's record and history in memory for its next
+    // crashes (a worker's crash); not for a crash counted once at its
+    // first start (a resume after kill -9 counts one for every unit).
     bool record_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
-                      const crash_threshold& threshold, bool at_start, std::int32_t added_starts = 0) {
+                      const crash_threshold& threshold, bool at_start, std::int32_t added_starts = 0,
+                      bool cache = true) {
         std::lock_guard<std::mutex> lock(mutex_);
         // One clock read for the entry and both writes: a crash is on the
         // path from a throw to the next answer.
         const std::uint64_t now_ns = coarse_wall_clock_ns();
-        const std::uint32_t within = append_crash(which, kind, reason, generation, threshold, at_start, now_ns);
+        const std::uint32_t within =
+            append_crash(which, kind, reason, generation, threshold, at_start, now_ns, cache);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
-        if (!which.record_now)
-            which.record_now = std::make_unique<persisted_unit>(which.record.read().value_or(fresh(which.key())));
-        persisted_unit& record = *which.record_now;  // changed in place: the cache is what was written
+        persisted_unit read_now;
+        // Changed in place: the cache is what was written.
+        persisted_unit& record = held_copy(which.record_now, cache, read_now, [&] {
+            return which.record.read().value_or(fresh(which.key()));
+        });
         ++record.crashes;
         const std::int64_t starts = static_cast<std::int64_t>(record.starts) + added_starts;
         record.starts = static_cast<std::uint32_t>(starts < 0 ? 0 : starts);
@@ -171,16 +179,27 @@ public:
     }
 
 private:
+    // The unit's copy of a record: its cache if it has one, else one made
+    // (`cache`) or `local`, each read from the slots by `read`.
+    template <class Record, class Read>
+    static Record& held_copy(std::unique_ptr<Record>& cached, bool cache, Record& local, Read&& read) {
+        if (cached) return *cached;
+        if (!cache) return local = read();
+        cached = std::make_unique<Record>(read());
+        return *cached;
+    }
+
     // Appends one crash to the unit's history (the book's lock held);
     // returns the crashes that count against `threshold` within its window
     // (this one included).
     std::uint32_t append_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
-                               const crash_threshold& threshold, bool at_start, std::uint64_t now_ns) {
+                               const crash_threshold& threshold, bool at_start, std::uint64_t now_ns, bool cache) {
         ensure_record(which);
         if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key()));
-        if (!which.crashes_now)
-            which.crashes_now = std::make_unique<persisted_crashes>(which.crashes.read().value_or(persisted_crashes{}));
-        persisted_crashes& history = *which.crashes_now;
+        persisted_crashes read_now;
+        persisted_crashes& history = held_copy(which.crashes_now, cache, read_now, [&] {
+            return which.crashes.read().value_or(persisted_crashes{});
+        });
         persisted_crash& added = history.entries[history.next];
         added.wall_ns = now_ns;
         added.generation = generation;

@@ -329,7 +329,12 @@ private:
 
     // Hands the end of the instance to the worker, with the turn.
     void end_instance_in_turn(exit_reason ended) {
-        notes().ended_in_turn = std::move(ended);
+        try {
+            made_crash_notes().ended_in_turn = std::move(ended);
+        } catch (...) {  // out of memory: the turn goes back, and the caller learns bad_alloc
+            return_turn();
+            throw;
+        }
         return_turn();
         // As a queued call's caller would, go on once the worker took it.
         while (ended_in_turn()) boost::this_fiber::yield();
@@ -362,9 +367,9 @@ private:
                 else return result;
             }
         } catch (const std::exception& thrown) {
-            crash_reason() = thrown.what();
+            set_crash_reason(thrown.what());
         } catch (...) {
-            crash_reason() = "an exception not derived from std::exception";
+            set_crash_reason("an exception not derived from std::exception");
         }
         running_unit() = outer;
         if constexpr (Try) {
@@ -385,7 +390,7 @@ private:
     // overwrites crash_reason(), and an instance that ends yields to its
     // worker.
     bool restart_after_call(std::string& reason) {
-        std::string kept = crash_reason();
+        std::string kept(crash_reason());
         const bool restarted = restart_in_turn();
         if (restarted) return_turn();
         reason.swap(kept);
@@ -439,7 +444,7 @@ private:
         std::string reason;
         std::optional<exit_reason> ended_in_turn;
     };
-    std::unique_ptr<crash_notes> notes_;
+    std::unique_ptr<crash_notes> crash_notes_;
     boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
     listener_list<const State&, const State&> state_changed_;
     listener_list<const exit_reason&, const State&> terminated_;
@@ -447,6 +452,7 @@ private:
     placement placement_;
     std::unique_ptr<std::string> refused_;   // why the registry declined its last start, if it did
     bool handed_over_once_ = false;
+    bool reason_lost_ = false;  // out of memory when the last crash's reason was to be kept
     std::uint64_t served_since_start_ = 0;   // messages served since the last (re)start
 
     void check_spec() const {
@@ -530,12 +536,25 @@ private:
         return committed;
     }
 
-    crash_notes& notes() {
-        if (!notes_) notes_ = std::make_unique<crash_notes>();
-        return *notes_;
+    crash_notes& made_crash_notes() {
+        if (!crash_notes_) crash_notes_ = std::make_unique<crash_notes>();
+        return *crash_notes_;
     }
-    std::string& crash_reason() { return notes().reason; }
-    bool ended_in_turn() const noexcept { return notes_ != nullptr && notes_->ended_in_turn.has_value(); }
+    // Never throws: it runs in a catch handler, maybe with a turn lent
+    // (out of memory, the reason reads so).
+    void set_crash_reason(const char* what) noexcept {
+        try {
+            made_crash_notes().reason = what;
+            reason_lost_ = false;
+        } catch (...) {
+            reason_lost_ = true;
+        }
+    }
+    std::string_view crash_reason() const noexcept {
+        if (reason_lost_ || !crash_notes_) return "its reason was lost: out of memory while it was kept";
+        return crash_notes_->reason;
+    }
+    bool ended_in_turn() const noexcept { return crash_notes_ != nullptr && crash_notes_->ended_in_turn.has_value(); }
 
     // Counters written by the worker only: no locked instruction needed.
     static void bump(std::atomic<std::uint64_t>& counter) noexcept {
@@ -558,11 +577,11 @@ private:
             inflight_.run(static_cast<actor*>(this));
             return true;
         } catch (const std::exception& thrown) {  // first: the common case matches at once
-            crash_reason() = thrown.what();
+            set_crash_reason(thrown.what());
         } catch (const forced_stop&) {
             throw;
         } catch (...) {
-            crash_reason() = "an exception not derived from std::exception";
+            set_crash_reason("an exception not derived from std::exception");
         }
         return false;
     }

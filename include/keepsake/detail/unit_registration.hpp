@@ -93,8 +93,10 @@ public:
                                              signal_name(static_cast<int>(found->died_signal)) + ") while this unit ran"
                                        : "the process died (killed from outside, or power lost) while this unit "
                                          "was running";
+        // Not cached: every unit of a resume after a kill counts one, and
+        // most never crash again (a cache is 1.2 KiB a unit).
         return crashed(died_here ? crash_kind::process_crashed : crash_kind::process_killed, reason, generation,
-                       threshold);
+                       threshold, true, false, false);
     }
 
     // A restart of the worker in place (same instance, same run): counted
@@ -133,10 +135,12 @@ public:
     // Records a crash; true if it makes the unit permanently crashed.
     // With `restart_likely`, the restart in place that should follow is
     // counted in the same write (restarted_in_place, restart_not_taken).
+    // `cache`: see registry_book::record_crash.
     bool crashed(crash_kind kind, std::string_view reason, std::uint64_t generation, const crash_threshold& threshold,
-                 bool at_start = true, bool restart_likely = false) {
+                 bool at_start = true, bool restart_likely = false, bool cache = true) {
         const std::int32_t starts = unwritten_starts_ + (restart_likely ? 1 : 0);
-        const bool poisoned = book_->record_crash(*entry_, kind, reason, generation, threshold, at_start, starts);
+        const bool poisoned =
+            book_->record_crash(*entry_, kind, reason, generation, threshold, at_start, starts, cache);
         unwritten_starts_ = 0;
         prepaid_start_ = restart_likely;
         return poisoned;

@@ -25,9 +25,9 @@ bool unit_core<State, Handler>::restart_in_turn() {
             end_instance_in_turn(exit_reason{exit_kind::normal, declined.reason()});
             return false;
         } catch (const std::exception& thrown) {
-            crash_reason() = thrown.what();
+            set_crash_reason(thrown.what());
         } catch (...) {
-            crash_reason() = "an exception not derived from std::exception";
+            set_crash_reason("an exception not derived from std::exception");
         }
     }
 }
@@ -229,8 +229,8 @@ exit_reason unit_core<State, Handler>::run_instance(std::uint64_t number) {
             switch (run_body()) {
             case served::crashed: ended = on_crash(crash_reason()); break;
             case served::ended_in_turn:
-                ended = std::move(notes_->ended_in_turn);
-                notes_->ended_in_turn.reset();
+                ended = std::move(crash_notes_->ended_in_turn);
+                crash_notes_->ended_in_turn.reset();
                 break;
             case served::stopped: ended = stop_reason(); break;
             }
