@@ -375,6 +375,7 @@ private:
     detail::signal lifecycle_;  // start outcome, fiber end
     exit_handler on_exit_;
     outcome start_outcome_ = outcome::pending;  // under lifecycle_
+    exit_kind root_exit_kind_ = exit_kind::normal;  // under lifecycle_: how the root ended, kept out of memory too
     bool started_ = false;  // the instance's fiber only
     std::atomic<bool> fiber_alive_{false};
     std::atomic<bool> stop_requested_{false};
@@ -386,8 +387,7 @@ private:
     std::atomic<bool> root_live_{false};  // a root that has not ended yet
     bool root_by_itself_ = false;         // under lifecycle_: it ended on its own, root_exit() says how
     bool root_ended_ = false;             // under lifecycle_: runtime told
-    bool root_exit_lost_ = false;         // under lifecycle_: out of memory when it was kept
-    exit_kind root_exit_kind_ = exit_kind::normal;  // under lifecycle_: kept even then
+    bool root_exit_lost_ = false;         // under lifecycle_: out of memory when root_exit() was kept
     // Why a start failed, how a root ended: made by the first that needs
     // them and kept (an idle unit carries a pointer, not 72 bytes).
     struct ending_notes {
