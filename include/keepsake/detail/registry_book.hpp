@@ -163,9 +163,8 @@ public:
         const std::uint32_t within =
             append_crash(which, kind, reason, generation, threshold, at_start, now_ns, cache);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
-        persisted_unit read_now;
         // Changed in place: the cache is what was written.
-        persisted_unit& record = held_copy(which.record_now, cache, read_now, [&] {
+        persisted_unit& record = held_copy(which.record_now, cache, scratch_record_, [&] {
             return which.record.read().value_or(fresh(which.key()));
         });
         ++record.crashes;
@@ -196,8 +195,7 @@ private:
                                const crash_threshold& threshold, bool at_start, std::uint64_t now_ns, bool cache) {
         ensure_record(which);
         if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key()));
-        persisted_crashes read_now;
-        persisted_crashes& history = held_copy(which.crashes_now, cache, read_now, [&] {
+        persisted_crashes& history = held_copy(which.crashes_now, cache, scratch_crashes_, [&] {
             return which.crashes.read().value_or(persisted_crashes{});
         });
         persisted_crash& added = history.entries[history.next];
@@ -387,6 +385,11 @@ private:
 
     std::shared_ptr<segment_impl> segment_;
     mutable std::mutex mutex_;
+    // Under mutex_: where a crash not cached (record_crash) reads the
+    // unit's record and history, instead of the fiber's stack (a resume
+    // counts one for every unit, each on a fresh stack).
+    persisted_unit scratch_record_{};
+    persisted_crashes scratch_crashes_{};
     std::unordered_map<std::string, entry> entries_;
     std::function<bool(const std::string&)> forgetter_;
     std::uint64_t forgetter_id_ = 0;
