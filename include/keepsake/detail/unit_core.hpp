@@ -279,123 +279,34 @@ private:
                std::is_invocable_v<Handler&, const State&, const M&, context_type&>;
     }
 
+    // --- the borrowed turn (detail/unit_turn.hpp) -----------------------
     // Takes the idle worker's turn for a call from its own thread (see
     // unit_spec::direct_calls). The fiber running the messages stands in as
     // the server, so a message that calls its own unit is still refused.
-    bool borrow_turn() {
-        if (!spec_->direct_calls || current_inbox() == nullptr) return false;  // a plain thread never runs it
-        boost::fibers::context* caller = boost::fibers::context::active();
-        if (caller->get_scheduler() != server_scheduler_.load(std::memory_order_relaxed)) return false;
-        if (caller == server_.load(std::memory_order_relaxed)) return false;
-        if (state() != child_state::running || context_stop_requested() || ended_in_turn() || !mailbox_.try_borrow())
-            return false;
-        lender_ = server_.exchange(caller, std::memory_order_relaxed);
-        return true;
-    }
-
-    void return_turn() {
-        server_.store(lender_, std::memory_order_relaxed);
-        mailbox_.give_back(ended_in_turn() || context_stop_requested());
-    }
-
+    bool borrow_turn();
+    void return_turn();
     // In a borrowed turn, first serves what was queued before the call (it
     // is older), restarting in place after a crash as the worker would.
     // False if the turn went back to the worker (the unit is ending, or a
     // queued message must run on the worker): the call then queues, as it
     // would have.
-    bool serve_backlog_in_turn() {
-        while (mailbox_.pop(inflight_, true)) {
-            if (serve_inflight()) {
-                finish_inflight();
-            } else if (!restart_in_turn()) {
-                return false;
-            }
-            if (context_stop_requested()) {
-                return_turn();
-                return false;
-            }
-        }
-        if (mailbox_.front_on_worker()) {
-            return_turn();
-            return false;
-        }
-        return true;
-    }
-
+    bool serve_backlog_in_turn();
     // A crash in a borrowed turn (reason in crash_reason()): the restart is
     // done here, from the last commit, unless the unit gives up or is
     // stopping; then the worker ends the instance, and the turn goes back.
     bool restart_in_turn();
-
     // Hands the end of the instance to the worker, with the turn.
-    void end_instance_in_turn(exit_reason ended) {
-        try {
-            made_crash_notes().ended_in_turn = std::move(ended);
-        } catch (...) {  // out of memory: the turn goes back, and the caller learns bad_alloc
-            return_turn();
-            throw;
-        }
-        return_turn();
-        // As a queued call's caller would, go on once the worker took it.
-        while (ended_in_turn()) boost::this_fiber::yield();
-    }
-
+    void end_instance_in_turn(exit_reason ended);
     // Runs the caller's own message in the borrowed turn. A throw is the
     // worker's crash: restarted from the last commit, and the caller gets
     // worker_crashed: thrown, or (Try) in the call_result returned, which
     // costs no second exception.
     template <bool Try, class R, class Invoke>
-    std::conditional_t<Try, call_result<R>, R> serve_borrowed(Invoke&& invoke, bool read_only) {
-        // The unit a fatal signal is blamed on, set and put back by hand: an
-        // object with a destructor alive at the throw would slow the crash.
-        unit_record_slots* const outer = running_unit();
-        running_unit() = registration_.entry();
-        try {
-            if constexpr (std::is_void_v<R>) {
-                invoke();
-                running_unit() = outer;
-                after_message(read_only);
-                return_turn();
-                if constexpr (Try) return call_results::answered<R>(std::monostate{});
-                else return;
-            } else {
-                R result = invoke();
-                running_unit() = outer;
-                after_message(read_only);
-                return_turn();
-                if constexpr (Try) return call_results::answered<R>(std::move(result));
-                else return result;
-            }
-        } catch (const std::exception& thrown) {
-            set_crash_reason(thrown.what());
-        } catch (...) {
-            set_crash_reason("an exception not derived from std::exception");
-        }
-        running_unit() = outer;
-        if constexpr (Try) {
-            std::string reason;
-            const bool restarted = restart_after_call(reason);
-            return call_results::crashed<R>(name(), std::move(reason), restarted);
-        } else {
-            // No string of this frame alive at the throw (see actor::request).
-            std::string& reason = this->crash_reason_buffer();
-            const bool restarted = restart_after_call(reason);
-            throw worker_crashed(name(), reason, restarted);
-        }
-    }
-
+    std::conditional_t<Try, call_result<R>, R> serve_borrowed(Invoke&& invoke, bool read_only);
     // After a crash in a borrowed call: restarts in place (or ends the
     // instance) and gives the turn back, then swaps the crash's reason into
-    // `reason`. It is kept meanwhile: a failing restart (the init hook)
-    // overwrites crash_reason(), and an instance that ends yields to its
-    // worker.
-    bool restart_after_call(std::string& reason) {
-        std::string kept(crash_reason());
-        const bool restarted = restart_in_turn();
-        if (restarted) return_turn();
-        reason.swap(kept);
-        return restarted;
-    }
+    // `reason`.
+    bool restart_after_call(std::string& reason);
 
     template <class M>
     using handler_result = decltype(invoke_handler(std::declval<Handler&>(), std::declval<const M&>(),
@@ -635,3 +546,4 @@ private:
 } // namespace keepsake
 
 #include "keepsake/detail/unit_worker.hpp"
+#include "keepsake/detail/unit_turn.hpp"

@@ -10,29 +10,6 @@ namespace keepsake {
 namespace detail {
 
 template <class State, class Handler>
-bool unit_core<State, Handler>::restart_in_turn() {
-    for (;;) {
-        if (std::optional<exit_reason> ended = on_crash(crash_reason())) {
-            end_instance_in_turn(std::move(*ended));
-            return false;
-        }
-        // A restart that throws (the init hook) is another crash, as on
-        // the worker; one it declines ends the instance.
-        try {
-            hand_over_state(instance());
-            return true;
-        } catch (const ignore_start& declined) {
-            end_instance_in_turn(exit_reason{exit_kind::normal, declined.reason()});
-            return false;
-        } catch (const std::exception& thrown) {
-            set_crash_reason(thrown.what());
-        } catch (...) {
-            set_crash_reason("an exception not derived from std::exception");
-        }
-    }
-}
-
-template <class State, class Handler>
 void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     const bool first = !handed_over_once_;  // the first start of this core: recover from the store too
     if (!keeper_) attach_keeper();
