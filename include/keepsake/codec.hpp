@@ -154,7 +154,9 @@ public:
 protected:
     std::streamsize xsputn(const char* data, std::streamsize n) override {
         const auto length = static_cast<std::size_t>(n);
-        if (count_ < size_) std::memcpy(begin_ + count_, data, std::min(length, size_ - count_));
+        // Not for nothing: an empty write may pass a null pointer (an empty
+        // vector's data()), which memcpy must not get even for 0 bytes.
+        if (length != 0 && count_ < size_) std::memcpy(begin_ + count_, data, std::min(length, size_ - count_));
         count_ += length;
         return n;
     }
