@@ -415,11 +415,81 @@ TEST_CASE("registry: a poison state that kills the process is blamed on its unit
     REQUIRE(info.history.size() == 5);
     CHECK(info.history.back().kind == keepsake::crash_kind::process_crashed);
     CHECK(info.history.back().reason.find("SIGABRT") != std::string::npos);
-    // "fine" died with the process each time: recorded, never counted.
+    // "fine" died with the process each time: not its crash (no history),
+    // the segment's death, noted once a death.
     const auto fine = keepsake::info(seg, "fine").value();
     CHECK(fine.status == unit_status::running);
-    for (const auto& crash : fine.history) CHECK(crash.kind == keepsake::crash_kind::process_killed);
+    CHECK(fine.history.empty());
+    CHECK(fine.crashes == 0);
+    CHECK(keepsake::process_deaths(seg).size() == 5);
     test_support::release_shared(started);
+}
+
+TEST_CASE("registry: a kill from outside is noted once as the segment's process death, and is a crash of each "
+          "unit only with count_process_kills",
+          "[registry][crash]") {
+    const bool counted = GENERATE(false, true);
+    INFO((counted ? "count_process_kills" : "kills not counted"));
+    keepsake::set_crash_reports(false);
+    shm_dir dir;
+    constexpr int killed_runs = 4;
+    auto* ready = test_support::shared_anonymous<std::atomic<int>>();
+    std::vector<long> dead_pids;
+    // Each run resumes "k" (or starts it the first time), calls it, says it
+    // is ready and waits to be SIGKILLed; the last one closes cleanly.
+    for (int run = 0; run <= killed_runs; ++run) {
+        ready->store(0);
+        const pid_t child = test_support::fork_child([&] {
+            keepsake::crash_threshold threshold{3, std::chrono::hours(1), counted};
+            register_test_types({threshold, {}, 0});
+            keepsake::segment seg("kills", dir.options());
+            keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
+            auto sup = keepsake::start_supervisor(rt, players());
+            if (run == 0) sup.start_child("tally", "k");
+            if (auto k = keepsake::whereis<tally, counter_handler<tally>>(rt, "k")) k->call(bump{});
+            ready->store(1);
+            if (run == killed_runs) std::_Exit(0);
+            ::pause();
+            std::_Exit(0);
+        });
+        REQUIRE(test_support::wait_ready(*ready, child));
+        if (run < killed_runs) {
+            test_support::kill_and_reap(child);
+            dead_pids.push_back(static_cast<long>(child));
+        } else {
+            int status = 0;
+            REQUIRE(::waitpid(child, &status, 0) == child);
+            REQUIRE(WIFEXITED(status));
+        }
+    }
+    keepsake::segment seg("kills", dir.options());
+    // Each killed run that cut a unit short, found by the next run that
+    // started one: once, whether counted or not. Counted, the last killed
+    // run ran no unit ("k" was permanently crashed at its start).
+    if (counted) dead_pids.pop_back();
+    const auto deaths = keepsake::process_deaths(seg);
+    REQUIRE(deaths.size() == dead_pids.size());
+    for (std::size_t index = 0; index < deaths.size(); ++index) {
+        CHECK(deaths[index].pid == dead_pids[index]);
+        CHECK(deaths[index].found_ns != 0);
+        if (index > 0) CHECK(deaths[index].found_ns >= deaths[index - 1].found_ns);
+    }
+    const auto k = keepsake::info(seg, "k").value();
+    if (!counted) {
+        CHECK(k.status == unit_status::running);
+        CHECK(k.history.empty());
+        CHECK(k.crashes == 0);
+        CHECK(k.starts == killed_runs + 1);
+    } else {
+        // Three kills within the hour: permanently crashed, at the start of
+        // the fourth run after the first (not started by it nor the last).
+        CHECK(k.status == unit_status::permanently_crashed);
+        REQUIRE(k.history.size() == 3);
+        for (const auto& crash : k.history) CHECK(crash.kind == keepsake::crash_kind::process_killed);
+        CHECK(k.crashes == 3);
+        CHECK(k.starts == 3);
+    }
+    test_support::release_shared(ready);
 }
 
 TEST_CASE("registry: key lifecycles (keep, remove on normal exit, remove), terminate_and_delete and terminate_all",

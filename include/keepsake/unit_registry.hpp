@@ -55,6 +55,18 @@ struct unit_info {
     std::vector<crash_entry> history;    // the last crashes, oldest first (at most 8)
 };
 
+// A run of the program that died while units ran (kill -9, power loss, a
+// fatal signal), as the next run that started a unit found it. A kill from
+// outside is the process's, not each unit's: it is kept here, once, and in
+// a unit's crash history only with crash_threshold::count_process_kills
+// (a fatal signal is blamed on the unit that ran, in its history too).
+struct process_death {
+    long pid = 0;                  // the run that died
+    std::uint64_t start_time = 0;  // its start, clock ticks after boot (as segment::previous_owner)
+    std::uint64_t found_ns = 0;    // when the next run found it, ns since the epoch
+    long found_by_pid = 0;         // the run that found it
+};
+
 namespace detail {
 
 inline unit_info describe_unit(const registry_book& book, const persisted_unit& record, bool owner_alive) {
@@ -129,6 +141,16 @@ inline std::optional<unit_info> info(const segment& where, const std::string& ke
     auto record = detail::record_slots<detail::persisted_unit>(view->area).read();
     if (!record) return std::nullopt;
     return detail::describe_unit(*book, *record, detail::owner_alive(where));
+}
+
+// The segment's last process deaths (at most 16), oldest first.
+inline std::vector<process_death> process_deaths(const segment& where) {
+    auto book = detail::registry_book::of(where.shared_impl());
+    std::vector<process_death> listed;
+    for (const detail::persisted_death& each : book->process_deaths())
+        listed.push_back(process_death{static_cast<long>(each.pid), each.start_time, each.found_ns,
+                                       static_cast<long>(each.found_by_pid)});
+    return listed;
 }
 
 // Takes a permanently crashed unit out of that status (its crash history is

@@ -20,7 +20,8 @@ inline std::string wall_time_text(std::uint64_t wall_ns) {
     return text;
 }
 
-// One line per unit, then its crash history indented below it.
+// One line per unit, then its crash history indented below it; last, the
+// process deaths the segment keeps.
 inline void print_units(const segment& where, std::ostream& out) {
     out << "key\ttype\tparent\tstatus\trunning\tgeneration\tstarts\tcrashes\tlast change\n";
     for_each_unit(where, [&](const unit_info& unit) {
@@ -32,6 +33,9 @@ inline void print_units(const segment& where, std::ostream& out) {
             out << "  crash " << wall_time_text(crash.wall_ns) << ' ' << to_string(crash.kind) << " at generation "
                 << crash.generation << ": " << crash.reason << '\n';
     });
+    for (const process_death& death : process_deaths(where))
+        out << "process died: pid " << death.pid << " (found " << wall_time_text(death.found_ns) << " by pid "
+            << death.found_by_pid << ")\n";
 }
 
 } // namespace keepsake::detail

@@ -84,6 +84,49 @@ public:
         return previous_crashed_ && record.run == previous_run_ && record.run != run_;
     }
 
+    // The run before this one died while units ran, and a unit of it was
+    // killed with it, not by its own fault (a kill from outside, not
+    // counted against a threshold): noted once, in the segment's death log
+    // (ks:d), not in each unit's history. A resume after kill -9 then
+    // writes no history for its 100 000 units. Another book of this run
+    // (made again after the last one went) finds it noted.
+    void note_process_death() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (death_noted_ || !previous_crashed_) return;
+        const owner_info dead = segment_->previous_owner.value_or(owner_info{});
+        const auto attached = segment_->attach(process_deaths_key, entry_kind::state, 2, sizeof(persisted_deaths));
+        try {
+            record_slots<persisted_deaths> log(attached.area);
+            persisted_deaths deaths = log.read().value_or(persisted_deaths{});
+            const persisted_death& newest = deaths.entries[(deaths.next + process_deaths_kept - 1) % process_deaths_kept];
+            if (deaths.count == 0 || newest.pid != dead.pid || newest.start_time != dead.start_time) {
+                persisted_death& added = deaths.entries[deaths.next];
+                added = persisted_death{wall_clock_ns(), dead.pid, dead.start_time, segment_->owner().pid};
+                deaths.next = static_cast<std::uint32_t>((deaths.next + 1) % process_deaths_kept);
+                deaths.count = std::min<std::uint32_t>(deaths.count + 1, process_deaths_kept);
+                log.write(deaths);
+            }
+        } catch (...) {
+            segment_->release_entry(attached.index);
+            throw;
+        }
+        segment_->release_entry(attached.index);
+        death_noted_ = true;
+    }
+
+    // The segment's death log, oldest first.
+    std::vector<persisted_death> process_deaths() const {
+        std::vector<persisted_death> found;
+        auto view = segment_->entry_view_of(process_deaths_key);
+        if (!view) return found;
+        const auto deaths = record_slots<persisted_deaths>(view->area).read();
+        if (!deaths) return found;
+        for (std::uint32_t step = 0; step < deaths->count; ++step)
+            found.push_back(deaths->entries[deaths->count < process_deaths_kept ? step
+                                                                               : (deaths->next + step) % process_deaths_kept]);
+        return found;
+    }
+
     // The record and history writers of one unit, attached while a unit of
     // that key lives in this process. Stable address (signal handlers): a
     // node of entries_, whose key it names (no second copy of it).
@@ -396,6 +439,7 @@ private:
     std::uint64_t run_ = 0;
     std::uint64_t previous_run_ = 0;
     bool previous_crashed_ = false;
+    bool death_noted_ = false;  // under mutex_: note_process_death wrote (or found) this run's note
 
     persisted_unit with_status(entry& which, unit_status status) const {
         persisted_unit record = which.record.read().value_or(fresh(which.key()));

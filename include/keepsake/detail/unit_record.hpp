@@ -92,10 +92,12 @@ namespace detail {
 inline constexpr const char* unit_record_prefix = "ks:u/";
 inline constexpr const char* crash_record_prefix = "ks:c/";
 inline constexpr const char* skipped_record_prefix = "ks:s/";  // a state the rollback ladder skipped
+inline constexpr const char* process_deaths_key = "ks:d";  // the segment's process deaths (persisted_deaths)
 inline constexpr std::size_t max_type_name = 48;
 inline constexpr std::size_t max_parent_name = 48;
 inline constexpr std::size_t crash_history_size = 8;
 inline constexpr std::size_t max_crash_reason = 96;
+inline constexpr std::size_t process_deaths_kept = 16;
 
 // A crash entry's kind word: the crash_kind, and whether it came before
 // the first message after a (re)start (what the rollback ladder counts).
@@ -142,6 +144,23 @@ struct persisted_crashes {
     persisted_crash entries[crash_history_size];
 };
 static_assert(std::is_trivially_copyable_v<persisted_crashes>);
+
+// A run of the process that died while units ran (kill -9, power loss, or a
+// fatal signal), as the next run found it: the segment's, not each unit's
+// (a kill cuts every unit short; 100 000 histories would say it alike).
+struct persisted_death {
+    std::uint64_t found_ns;     // wall clock when the next run found it
+    std::int64_t pid;           // the run that died: its pid
+    std::uint64_t start_time;   // and start time (clock ticks after boot)
+    std::int64_t found_by_pid;  // the run that found it
+};
+
+struct persisted_deaths {
+    std::uint32_t count;  // entries in use
+    std::uint32_t next;   // where the next one goes (a ring: the oldest is replaced)
+    persisted_death entries[process_deaths_kept];
+};
+static_assert(std::is_trivially_copyable_v<persisted_deaths>);
 
 inline bool text_fits(std::uint32_t length, std::size_t room) noexcept { return length <= room; }
 
@@ -289,6 +308,19 @@ struct state_traits<detail::persisted_crashes> {
                 return false;
         }
         return true;
+    }
+};
+
+template <>
+struct state_traits<detail::persisted_deaths> {
+    static constexpr std::uint32_t schema_version = 1;
+    static std::string type_name() { return "keepsake::process_deaths"; }
+    static bool check_bytes(const std::byte* data, std::size_t size) {
+        if (size != sizeof(detail::persisted_deaths)) return false;
+        detail::persisted_deaths r;
+        std::memcpy(&r, data, sizeof(r));
+        if (r.count > detail::process_deaths_kept || r.next >= detail::process_deaths_kept) return false;
+        return r.count == detail::process_deaths_kept || r.next == r.count;  // a ring not yet full
     }
 };
 

@@ -89,12 +89,17 @@ public:
         if (!found || static_cast<unit_status>(found->status) != unit_status::running ||
             (!died_here && !book_->died_with_previous_run(*found)))
             return status_is(found, unit_status::permanently_crashed);
+        // The run's death is the segment's (its death log); a kill from
+        // outside that does not count is not this unit's crash.
+        if (book_->died_with_previous_run(*found)) book_->note_process_death();
+        if (!died_here && !threshold.count_process_kills) return false;
         std::string reason = died_here ? "the process died of signal " + std::to_string(found->died_signal) + " (" +
                                              signal_name(static_cast<int>(found->died_signal)) + ") while this unit ran"
                                        : "the process died (killed from outside, or power lost) while this unit "
                                          "was running";
-        // Not cached: every unit of a resume after a kill counts one, and
-        // most never crash again (a cache is 1.2 KiB a unit).
+        // Not cached: with count_process_kills every unit of a resume after
+        // a kill counts one, and most never crash again (a cache is 1.2 KiB
+        // a unit).
         return crashed(died_here ? crash_kind::process_crashed : crash_kind::process_killed, reason, generation,
                        threshold, true, false, false);
     }
