@@ -3,7 +3,9 @@
 // the time from opening the segment to every unit answering a call, beside
 // the time it took to create them the first time. Where the time goes: the
 // registry scan (reading every record), and the starts (fibers and stacks,
-// keeper attach and restore, the record's write), measured apart.
+// keeper attach and restore, the record's write), measured apart; and the
+// resume's page faults, with their floor on this machine (as many fresh
+// pages touched, in the same run).
 //
 //   build-release/bench/keepsake_registry_bench [--units=N]
 #include <benchmark/benchmark.h>
@@ -16,6 +18,8 @@
 
 #include <malloc.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,6 +81,31 @@ double heap_in_use() {
     return static_cast<double>(info.uordblks + info.hblkhd);
 }
 
+// Page faults of this process so far (minor: a fresh page of heap, stack
+// or segment; major: read from disk).
+long page_faults() {
+    struct rusage usage {};
+    ::getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_minflt + usage.ru_majflt;
+}
+
+// The floor of `faults` page faults on this machine, in the same run: the
+// seconds it takes to touch that many fresh anonymous pages. (A VM may take
+// 20 times a bare machine's 0.25 us a fault: the resume's own faults are
+// then most of its time, and this says how much.)
+double fault_floor_seconds(long faults) {
+    const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t bytes = static_cast<std::size_t>(faults) * page;
+    const auto began = std::chrono::steady_clock::now();
+    void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) return 0;
+    auto* bytes_at = static_cast<volatile char*>(mapped);
+    for (std::size_t at = 0; at < bytes; at += page) bytes_at[at] = 1;
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    ::munmap(mapped, bytes);
+    return took;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point began) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
 }
@@ -97,6 +126,8 @@ void BM_resume_after_kill(benchmark::State& state) {
     double scan_seconds = 0;
     double start_seconds = 0;
     double heap_per_unit = 0;
+    long resume_faults = 0;
+    double floor_seconds = 0;
     for (auto _ : state) {
         std::filesystem::remove_all(directory);
         std::filesystem::create_directories(directory);
@@ -127,6 +158,7 @@ void BM_resume_after_kill(benchmark::State& state) {
 
         // The next run: from opening the segment to every unit answering.
         const double heap_before = heap_in_use();
+        const long faults_before = page_faults();
         const auto began = std::chrono::steady_clock::now();
         keepsake::segment seg("resume", options(directory));
         {
@@ -141,9 +173,11 @@ void BM_resume_after_kill(benchmark::State& state) {
         start_seconds = seconds_since(start_began);
         call_all(rt, units);
         resume_seconds = seconds_since(began);
+        resume_faults = page_faults() - faults_before;
         heap_per_unit = (heap_in_use() - heap_before) / units;
         if (sup.count_children().active != static_cast<std::size_t>(units)) state.SkipWithError("units missing");
         rt.shutdown();
+        floor_seconds = fault_floor_seconds(resume_faults);
     }
     std::filesystem::remove_all(directory);
     state.counters["units"] = units;
@@ -152,6 +186,9 @@ void BM_resume_after_kill(benchmark::State& state) {
     state.counters["scan_s"] = scan_seconds;                    // reading every record (outside the resume)
     state.counters["start_all_s"] = start_seconds;              // the supervisor's resume: scan, fibers, restore
     state.counters["resume/create"] = resume_seconds / create_seconds;
+    state.counters["faults_per_unit"] = static_cast<double>(resume_faults) / units;  // page faults of the resume
+    state.counters["fault_floor_s"] = floor_seconds;  // as many fresh pages touched, in this run
+    state.counters["resume_less_faults_s"] = resume_seconds - floor_seconds;
     state.counters["heap_per_resumed_unit_B"] = heap_per_unit;  // idle after its call; the runtime's tables included
 }
 BENCHMARK(BM_resume_after_kill)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
