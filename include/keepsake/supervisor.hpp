@@ -280,7 +280,7 @@ private:
     void resume_children();
 
     // False if it was not started (refused, or skipped by on_resume).
-    bool resume_one(registry_book& book, const persisted_unit& record);
+    bool resume_one(registry_book& book, const persisted_unit& record, bool check_id);
 
     void publish(event_kind kind, const record& child, exit_kind reason_kind = exit_kind::normal,
                  std::string_view reason = {}) const;

@@ -308,13 +308,18 @@ public:
         }
     }
 
-    // Every unit record of the segment that checks out, as found now.
+    // Every unit record of the segment that checks out, as found now: one
+    // a unit (the record under its own key).
     std::vector<persisted_unit> records() const {
         std::vector<persisted_unit> found;
         const std::string prefix = unit_record_prefix;
         for (const auto& view : segment_->entry_views()) {
             if (view.kind != entry_kind::state || !has_prefix(view.key, prefix)) continue;
-            if (auto record = record_slots<persisted_unit>(view.area).read()) found.push_back(*record);
+            auto record = record_slots<persisted_unit>(view.area).read();
+            // One filed under another key's name (damage, a forger) is not
+            // that unit's: each unit is then listed once, as its key is.
+            if (record && registry_key(unit_record_prefix, std::string(record->key, record->key_length)) == view.key)
+                found.push_back(*record);
         }
         return found;
     }
