@@ -492,6 +492,59 @@ TEST_CASE("registry: a kill from outside is noted once as the segment's process 
     test_support::release_shared(ready);
 }
 
+TEST_CASE("registry: a segment with no room for its death log still resumes its units", "[registry][crash]") {
+    keepsake::set_crash_reports(false);
+    shm_dir dir;
+    keepsake::segment_options options = dir.options();
+    options.max_size = options.size;  // it cannot grow
+    auto* ready = test_support::shared_anonymous<std::atomic<int>>();
+    auto* filled = test_support::shared_anonymous<std::atomic<int>>();
+    // Run 0 starts "k" and is SIGKILLed; run 1 fills the segment with other
+    // keys before its supervisor resumes "k", then closes cleanly.
+    for (int run = 0; run < 2; ++run) {
+        ready->store(0);
+        const pid_t child = test_support::fork_child([&] {
+            register_test_types();
+            keepsake::segment seg("full", options);
+            if (run == 1) {
+                try {
+                    for (int index = 0;; ++index) keepsake::keeper<tally> filler(seg, "fill" + std::to_string(index));
+                } catch (const keepsake::error& failure) {
+                    if (failure.code() != errc::out_of_space) std::_Exit(30);
+                    filled->store(1);
+                }
+            }
+            keepsake::runtime rt(keepsake::runtime_options{1, nullptr, 64 * 1024, &seg});
+            auto sup = keepsake::start_supervisor(rt, players());
+            if (run == 0) sup.start_child("tally", "k");
+            auto k = keepsake::whereis<tally, counter_handler<tally>>(rt, "k");
+            if (!k) std::_Exit(21);
+            k->call(bump{});
+            ready->store(1);
+            if (run == 1) std::_Exit(0);
+            ::pause();
+            std::_Exit(0);
+        });
+        REQUIRE(test_support::wait_ready(*ready, child));
+        if (run == 0) {
+            test_support::kill_and_reap(child);
+        } else {
+            int status = 0;
+            REQUIRE(::waitpid(child, &status, 0) == child);
+            REQUIRE(WIFEXITED(status));
+            REQUIRE(WEXITSTATUS(status) == 0);
+        }
+    }
+    CHECK(filled->load() == 1);
+    keepsake::segment seg("full", options);
+    const auto k = keepsake::info(seg, "k").value();
+    CHECK(k.status == unit_status::running);
+    CHECK(k.starts == 2);  // resumed though the death could not be noted
+    CHECK(keepsake::process_deaths(seg).empty());
+    test_support::release_shared(ready);
+    test_support::release_shared(filled);
+}
+
 TEST_CASE("registry: key lifecycles (keep, remove on normal exit, remove), terminate_and_delete and terminate_all",
           "[registry]") {
     keepsake::set_crash_reports(false);

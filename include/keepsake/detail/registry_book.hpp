@@ -21,6 +21,7 @@
 #include "keepsake/detail/fatal_signals.hpp"
 #include "keepsake/detail/unit_record.hpp"
 #include "keepsake/detail/sparse.hpp"
+#include "keepsake/log.hpp"
 #include "keepsake/segment.hpp"
 #include "keepsake/store.hpp"
 
@@ -89,10 +90,28 @@ public:
     // counted against a threshold): noted once, in the segment's death log
     // (ks:d), not in each unit's history. A resume after kill -9 then
     // writes no history for its 100 000 units. Another book of this run
-    // (made again after the last one went) finds it noted.
-    void note_process_death() {
+    // (made again after the last one went) finds it noted. The log only
+    // informs: a segment with no room for it (a full directory) is logged,
+    // and the units start all the same.
+    void note_process_death() noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
         if (death_noted_ || !previous_crashed_) return;
+        death_noted_ = true;  // tried once a run, whatever comes of it
+        try {
+            write_death_note();
+        } catch (const std::exception& failure) {
+            try {
+                log(spdlog::level::err, [&] {
+                    return std::string("segment '") + segment_->name + "': the death of the previous run was not "
+                           "noted in its death log (ks:d): " + failure.what();
+                });
+            } catch (...) {  // out of memory: the note is lost, the units start
+            }
+        }
+    }
+
+private:
+    void write_death_note() {
         const owner_info dead = segment_->previous_owner.value_or(owner_info{});
         const auto attached = segment_->attach(process_deaths_key, entry_kind::state, 2, sizeof(persisted_deaths));
         try {
@@ -111,9 +130,9 @@ public:
             throw;
         }
         segment_->release_entry(attached.index);
-        death_noted_ = true;
     }
 
+public:
     // The segment's death log, oldest first.
     std::vector<persisted_death> process_deaths() const {
         std::vector<persisted_death> found;
