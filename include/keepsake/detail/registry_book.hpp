@@ -91,7 +91,7 @@ public:
     // (ks:d), not in each unit's history. A resume after kill -9 then
     // writes no history for its 100 000 units. Another book of this run
     // (made again after the last one went) finds it noted. The log only
-    // informs: a segment with no room for it (a full directory) is logged,
+    // informs: a segment with no room for it (full, at its max_size) is logged,
     // and the units start all the same.
     void note_process_death() noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -463,7 +463,7 @@ private:
     std::uint64_t run_ = 0;
     std::uint64_t previous_run_ = 0;
     bool previous_crashed_ = false;
-    bool death_noted_ = false;  // under mutex_: note_process_death wrote (or found) this run's note
+    bool death_noted_ = false;  // under mutex_: note_process_death tried this run's note
 
     persisted_unit with_status(entry& which, unit_status status) const {
         persisted_unit record = which.record.read().value_or(fresh(which.key()));
