@@ -5,6 +5,7 @@
 # Extra arguments go to cmake's configure step. With CI set, warnings are errors.
 # KEEPSAKE_KILLS=10000 makes every crash test SIGKILL that many times.
 # KEEPSAKE_TEST_TARGET=<binary> builds and runs that one test binary only.
+# KEEPSAKE_TEST_TARGETS="<binary> ..." builds those and runs their tests with ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -20,6 +21,15 @@ if [ -n "${KEEPSAKE_TEST_TARGET:-}" ]; then
   # One test binary only (CI's ThreadSanitizer run), e.g. keepsake_supervision_tests.
   cmake --build "$build_dir" -j "$(nproc)" --target "$KEEPSAKE_TEST_TARGET"
   "$build_dir/tests/$KEEPSAKE_TEST_TARGET"
+  exit
+fi
+if [ -n "${KEEPSAKE_TEST_TARGETS:-}" ]; then
+  # Some binaries only (CI's sanitizer build): their tests are labelled with their names.
+  read -ra targets <<<"$KEEPSAKE_TEST_TARGETS"
+  cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"
+  labels=$(IFS='|'; echo "${targets[*]}")
+  cd "$build_dir"
+  ctest --output-on-failure -j "$(nproc)" --no-tests=error -L "^($labels)\$"
   exit
 fi
 cmake --build "$build_dir" -j "$(nproc)"

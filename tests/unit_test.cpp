@@ -1356,6 +1356,10 @@ struct captured_reports {
         std::lock_guard<std::mutex> lock(mutex);
         return std::exchange(lines, {});
     }
+    std::size_t count() {
+        std::lock_guard<std::mutex> lock(mutex);
+        return lines.size();
+    }
 };
 
 // fd 2 goes to a file while it lives.
@@ -1420,6 +1424,8 @@ TEST_CASE("crash reports: a crash, a give-up and a store failure are one line ea
     keepsake::start_supervisor(rt, tree);
     auto victim = *keepsake::whereis<counter>(rt, "fragile");
     crash_with(victim, "bad input");
+    // Until the three lines are in (a loaded machine may need more than one pass).
+    for (int i = 0; i < 10000 && reports.count() < 3; ++i) rt.run_for(1ms);
     rt.run_for(20ms);
     CHECK(reports.taken() ==
           std::vector<std::string>{"keepsake: unit 'fragile' crashed (restarts so far: 0): bad input",
