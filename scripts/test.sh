@@ -24,9 +24,12 @@ if [ -n "${KEEPSAKE_TEST_TARGET:-}" ]; then
   exit
 fi
 if [ -n "${KEEPSAKE_TEST_TARGETS:-}" ]; then
-  # Some binaries only (CI's sanitizer build): their tests are labelled with their names.
+  # Some binaries only (CI's sanitizer build), built side by side through one
+  # target (make builds the targets named on its command line one after
+  # another); their tests are labelled with their names.
   read -ra targets <<<"$KEEPSAKE_TEST_TARGETS"
-  cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"
+  cmake -S . -B "$build_dir" -DKEEPSAKE_SELECTED_TESTS="$(IFS=';'; echo "${targets[*]}")" >/dev/null
+  cmake --build "$build_dir" -j "$(nproc)" --target keepsake_selected_tests
   labels=$(IFS='|'; echo "${targets[*]}")
   cd "$build_dir"
   ctest --output-on-failure -j "$(nproc)" --no-tests=error -L "^($labels)\$"
