@@ -24,7 +24,11 @@ werror=OFF
 [ -n "${CI:-}" ] && werror=ON
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DKEEPSAKE_BUILD_FUZZ=ON -DKEEPSAKE_WERROR=$werror \
   -DKEEPSAKE_BUILD_TESTS=OFF -DKEEPSAKE_BUILD_EXAMPLES=OFF -DKEEPSAKE_BUILD_BENCH=OFF -DKEEPSAKE_BUILD_INSPECT=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target keepsake_fuzz_seeds "${targets[@]/#/keepsake_fuzz_}"
+if [ $# -eq 0 ]; then
+  cmake --build "$build" -j "$(nproc)" --target keepsake_fuzzers  # all, side by side
+else
+  cmake --build "$build" -j "$(nproc)" --target keepsake_fuzz_seeds "${targets[@]/#/keepsake_fuzz_}"
+fi
 
 # The entries' files (segments, stores) live below one directory of this
 # run, in memory, removed at the end even after a crash.
