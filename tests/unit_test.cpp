@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <random>
 #include <stdexcept>
@@ -298,6 +299,50 @@ TEST_CASE("try_call from another thread: a crash comes back as a value, and the 
     REQUIRE_FALSE(late.ok());
     CHECK(late.code() == errc::timeout);
     CHECK(read(unit) == rounds);
+}
+
+TEST_CASE("a handler that yields serves queued messages beside its own, and a crash among them reaches both callers", "[unit][threads]") {
+    const bool inner_crashes = GENERATE(false, true);
+    threaded_runtime harness("yield-in-handler");
+    auto unit = keepsake::start_unit(harness.rt, counter_spec("y", false));
+    // The outer message holds a string on the heap: had a message served
+    // during its yield been put where it lies, the string would be freed
+    // under the handler that reads it.
+    const std::string mine(200, 'm');
+    std::atomic<bool> outer_running{false};
+    std::optional<keepsake::call_result<std::string>> outer;
+    std::thread first([&] {
+        outer = unit.try_call([mine, &outer_running](counter& state, keepsake::unit_context<counter>& context) {
+            outer_running = true;
+            while (state.value < 100) context.yield();  // until a message queued behind it was served
+            return mine + std::to_string(state.value);
+        });
+    });
+    while (!outer_running) std::this_thread::sleep_for(1ms);
+    const keepsake::call_result<long> inner = unit.try_call([inner_crashes](counter& state) -> long {
+        if (inner_crashes) throw std::runtime_error("inner boom");
+        return state.value += 100;
+    });
+    first.join();
+    REQUIRE(outer);
+    if (!inner_crashes) {
+        REQUIRE(inner.ok());
+        CHECK(inner.value() == 100);
+        REQUIRE(outer->ok());
+        CHECK(outer->value() == mine + "100");
+        CHECK(unit.stats().crashes == 0);
+        CHECK(read(unit) == 100);
+    } else {
+        // The throw went on through the outer handler's yield: one crash,
+        // both callers told, the state back at its last commit.
+        CHECK(inner.crashed());
+        CHECK(inner.reason() == "inner boom");
+        CHECK(outer->crashed());
+        CHECK(outer->reason() == "inner boom");
+        CHECK(unit.stats().crashes == 1);
+        CHECK(unit.stats().restarts == 1);
+        CHECK(read(unit) == 0);
+    }
 }
 
 TEST_CASE("messages queued behind a crashing one are served by the restarted worker", "[unit]") {

@@ -180,23 +180,27 @@ protected:
         });
     }
 
-    // The in-flight message is done with (served or failed).
-    void finish_inflight() noexcept {
-        if (reply_cell* reply = inflight_.reply()) replies_.release(reply);
-        inflight_.reset();
+    // The in-flight message (or `served`, one served inside its handler's
+    // yield) is done with (served or failed).
+    void finish_inflight() noexcept { finish(inflight_); }
+    void finish(message& served) noexcept {
+        if (reply_cell* reply = served.reply()) replies_.release(reply);
+        served.reset();
     }
 
-    void fail_inflight(const std::exception_ptr& failure) {
-        if (reply_cell* reply = inflight_.reply()) answer_failure(*reply, failure);
-        finish_inflight();
+    void fail_inflight(const std::exception_ptr& failure) { fail(inflight_, failure); }
+    void fail(message& served, const std::exception_ptr& failure) {
+        if (reply_cell* reply = served.reply()) answer_failure(*reply, failure);
+        finish(served);
     }
 
     // The worker crashed serving the in-flight message: its caller learns
     // worker_crashed, with the reason (no exception is made here: the caller
     // makes one only if it wants it thrown).
-    void crash_inflight(std::string_view reason, bool restarted) noexcept {
-        if (reply_cell* reply = inflight_.reply()) answer_crash(*reply, reason, restarted);
-        finish_inflight();
+    void crash_inflight(std::string_view reason, bool restarted) noexcept { crash(inflight_, reason, restarted); }
+    void crash(message& served, std::string_view reason, bool restarted) noexcept {
+        if (reply_cell* reply = served.reply()) answer_crash(*reply, reason, restarted);
+        finish(served);
     }
 
     // Where a crash's reason waits for the throw that tells a caller of it

@@ -200,7 +200,7 @@ public:
 
     void context_yield() override {
         check_forced();
-        serve_queued(serve_batch);
+        serve_during_handler(serve_batch);
         boost::this_fiber::yield();
         check_forced();
     }
@@ -211,7 +211,7 @@ public:
         const duration deadline = runtime_.clock().now() + span;
         for (;;) {
             check_forced();
-            serve_queued(serve_batch);
+            serve_during_handler(serve_batch);
             if (context_stop_requested()) return;
             if (!mailbox_.wait_until(runtime_.clock(), deadline, [&] { return context_stop_requested(); })) break;
         }
@@ -220,6 +220,35 @@ public:
 
 private:
     static constexpr std::size_t serve_batch = 64;
+
+    // Serves queued messages from a yield or a sleep. In a loop nothing is
+    // in flight; in a message's handler that message is, and the handler
+    // still reads it, so the others are served beside it, never over it.
+    // One that throws is answered worker_crashed and its exception goes on
+    // into the handler that yielded (crashing the worker, unless it
+    // catches it).
+    std::size_t serve_during_handler(std::size_t limit) {
+        if (inflight_.empty()) return serve_queued(limit);
+        message nested;
+        std::size_t served = 0;
+        while (served < limit && mailbox_.pop(nested)) {
+            try {
+                nested.run(static_cast<actor*>(this));
+            } catch (const forced_stop&) {
+                fail(nested, not_running_failure());
+                throw;
+            } catch (const std::exception& thrown) {
+                crash(nested, thrown.what(), !context_stop_requested());
+                throw;
+            } catch (...) {
+                crash(nested, "an exception not derived from std::exception", !context_stop_requested());
+                throw;
+            }
+            finish(nested);
+            ++served;
+        }
+        return served;
+    }
 
     // A call, answered with R (errors thrown), or with call_result<R> (Try).
     template <bool Try, class Message>
