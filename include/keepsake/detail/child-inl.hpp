@@ -234,6 +234,8 @@ KEEPSAKE_INLINE bool supervised_actor::wait_ended(duration deadline) {
 }
 
 KEEPSAKE_INLINE void supervised_actor::fiber_main(std::uint64_t number) {
+    message served;  // what inflight_ points to while this fiber serves
+    inflight_ = &served;
     boost::fibers::context* self = boost::fibers::context::active();
     server_scheduler_.store(self->get_scheduler(), std::memory_order_relaxed);
     server_.store(self, std::memory_order_relaxed);
@@ -256,12 +258,15 @@ KEEPSAKE_INLINE void supervised_actor::fiber_main(std::uint64_t number) {
 KEEPSAKE_INLINE void supervised_actor::end_start(outcome result, const std::string& why) {
     server_.store(nullptr, std::memory_order_relaxed);
     finish_inflight();
+    inflight_ = nullptr;  // before the fiber is marked ended: the next instance's fiber sets its own
     fiber_alive_.store(false, std::memory_order_release);
     report_start(result, why);
 }
 
 KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const exit_reason& reason) {
     server_.store(nullptr, std::memory_order_relaxed);
+    if (inflight_ != nullptr && !inflight_->empty()) fail_inflight(not_running_failure());  // never left, but never lost
+    inflight_ = nullptr;
     // Read before the fiber is marked ended: a stopper may start the
     // next instance (with a new handler) as soon as it sees that.
     const bool by_parent = stopped_by_parent();

@@ -99,7 +99,11 @@ public:
 protected:
     mailbox mailbox_;
     reply_pool replies_;
-    message inflight_;  // the message being served; survives the worker's unwinding
+    // The message being served. It lies in the serving fiber's outermost
+    // frame (fiber_main), which outlives the unwinding of a crashed
+    // instance: an idle actor carries a pointer, not 96 bytes. Null while
+    // no fiber serves.
+    message* inflight_ = nullptr;
     std::atomic<int> state_{static_cast<int>(child_state::not_running)};
     std::atomic<boost::fibers::context*> server_{nullptr};  // the fiber serving the mailbox
     std::atomic<boost::fibers::scheduler*> server_scheduler_{nullptr};  // ... and its thread's scheduler
@@ -182,13 +186,17 @@ protected:
 
     // The in-flight message (or `served`, one served inside its handler's
     // yield) is done with (served or failed).
-    void finish_inflight() noexcept { finish(inflight_); }
+    void finish_inflight() noexcept {
+        if (inflight_ != nullptr) finish(*inflight_);
+    }
     void finish(message& served) noexcept {
         if (reply_cell* reply = served.reply()) replies_.release(reply);
         served.reset();
     }
 
-    void fail_inflight(const std::exception_ptr& failure) { fail(inflight_, failure); }
+    void fail_inflight(const std::exception_ptr& failure) {
+        if (inflight_ != nullptr) fail(*inflight_, failure);
+    }
     void fail(message& served, const std::exception_ptr& failure) {
         if (reply_cell* reply = served.reply()) answer_failure(*reply, failure);
         finish(served);
@@ -197,7 +205,9 @@ protected:
     // The worker crashed serving the in-flight message: its caller learns
     // worker_crashed, with the reason (no exception is made here: the caller
     // makes one only if it wants it thrown).
-    void crash_inflight(std::string_view reason, bool restarted) noexcept { crash(inflight_, reason, restarted); }
+    void crash_inflight(std::string_view reason, bool restarted) noexcept {
+        if (inflight_ != nullptr) crash(*inflight_, reason, restarted);
+    }
     void crash(message& served, std::string_view reason, bool restarted) noexcept {
         if (reply_cell* reply = served.reply()) answer_crash(*reply, reason, restarted);
         finish(served);
@@ -214,8 +224,8 @@ protected:
     // Serves at most `limit` queued messages on this fiber.
     std::size_t serve_queued(std::size_t limit) {
         std::size_t served = 0;
-        while (served < limit && mailbox_.pop(inflight_)) {
-            inflight_.run(this);
+        while (served < limit && mailbox_.pop(*inflight_)) {
+            inflight_->run(this);
             finish_inflight();
             ++served;
         }

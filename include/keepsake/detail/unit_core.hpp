@@ -77,7 +77,7 @@ public:
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name, Handler handler)
         : supervised_actor(where, std::move(name), spec->shutdown, spec->stack_size), spec_(std::move(spec)),
           handler_(std::move(handler)), state_(spec_->initial_for ? State{} : spec_->initial),
-          log_(spec_->intensity), context_(*this, state_), registration_(policy_of(*spec_)) {
+          log_(spec_->intensity), context_(*this, state_), registration_(breaker_of(*spec_)) {
         check_spec();
     }
 
@@ -228,7 +228,7 @@ private:
     // into the handler that yielded (crashing the worker, unless it
     // catches it).
     std::size_t serve_during_handler(std::size_t limit) {
-        if (inflight_.empty()) return serve_queued(limit);
+        if (inflight_->empty()) return serve_queued(limit);
         message nested;
         std::size_t served = 0;
         while (served < limit && mailbox_.pop(nested)) {
@@ -441,14 +441,19 @@ private:
         return spec_->restart == restart_type::temporary ? key_lifecycle::remove_on_normal_exit : key_lifecycle::keep;
     }
 
-    static unit_policy policy_of(const spec_type& spec) {
+    unit_policy policy() const {
         unit_policy policy;
-        policy.threshold = spec.threshold.value_or(spec.type.empty() ? crash_threshold::off() : crash_threshold{});
-        policy.rollback_after = spec.rollback_after;
-        if (!spec.type.empty()) policy.breaker = type_breakers::instance().find(spec.type);
-        policy.recover_from = spec.recover_from;
-        policy.store_prefix = spec.store_prefix;
+        policy.threshold = crash_threshold_of(*spec_);
+        policy.rollback_after = spec_->rollback_after;
+        policy.recover_from = spec_->recover_from;
+        policy.store_prefix = spec_->store_prefix;
         return policy;
+    }
+    static crash_threshold crash_threshold_of(const spec_type& spec) {
+        return spec.threshold.value_or(spec.type.empty() ? crash_threshold::off() : crash_threshold{});
+    }
+    static std::shared_ptr<type_breaker> breaker_of(const spec_type& spec) {
+        return spec.type.empty() ? nullptr : type_breakers::instance().find(spec.type);
     }
 
     // Before each instance: a unit past its crash threshold is declined
@@ -514,7 +519,7 @@ private:
     bool serve_inflight() {
         running_scope running(registration_.entry());
         try {
-            inflight_.run(static_cast<actor*>(this));
+            inflight_->run(static_cast<actor*>(this));
             return true;
         } catch (const std::exception& thrown) {  // first: the common case matches at once
             set_crash_reason(thrown.what());

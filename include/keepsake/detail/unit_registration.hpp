@@ -27,13 +27,14 @@ struct placement {
     std::uint64_t order = 0;
 };
 
-// What a unit's spec and type ask of the registry.
+// What a unit's spec asks of the registry: made from the spec each time it
+// is needed (many units share one spec; a copy in each would be 72 bytes
+// a unit). Its type's breaker the registration keeps.
 struct unit_policy {
     crash_threshold threshold = crash_threshold::off();
     std::uint32_t rollback_after = 0;
-    std::shared_ptr<type_breaker> breaker;  // its type's, if registered
-    store* recover_from = nullptr;          // its store, for its record after a reboot
-    std::string_view store_prefix;          // the unit's spec's, which outlives its registration
+    store* recover_from = nullptr;  // its store, for its record after a reboot
+    std::string_view store_prefix;  // the unit's spec's, which outlives the call
 };
 
 // What a crash led to.
@@ -45,7 +46,7 @@ struct crash_outcome {
 class unit_registration {
 public:
     unit_registration() = default;
-    explicit unit_registration(unit_policy policy) : policy_(std::move(policy)) {}
+    explicit unit_registration(std::shared_ptr<type_breaker> breaker) : breaker_(std::move(breaker)) {}
     unit_registration(const unit_registration&) = delete;
     unit_registration& operator=(const unit_registration&) = delete;
     ~unit_registration() { detach(); }
@@ -210,27 +211,25 @@ public:
         return "signal";
     }
 
-    const unit_policy& policy() const noexcept { return policy_; }
-
     // Before each instance. The first: a new unit of a type whose breaker
     // is open fails (errc::circuit_open); then the record is attached, and
     // a death of the previous run is accounted (generation_now() attaches
     // the keeper and says its newest generation). Returns why the registry
     // declines the start (permanently crashed), or nothing.
     template <class GenerationNow>
-    std::optional<std::string> check_at_start(const segment& where, const std::string& key,
+    std::optional<std::string> check_at_start(const segment& where, const std::string& key, const unit_policy& policy,
                                               GenerationNow&& generation_now) {
         const bool first = !attached();
         if (first) {
-            if (policy_.breaker) policy_.breaker->check();
-            import_after_reboot(where, key);
+            if (breaker_) breaker_->check();
+            import_after_reboot(where, key, policy);
             attach(where, key);
         }
         ensure_signal_stack();  // this thread's, once
-        const bool poisoned = first ? account_previous_run(policy_.threshold, generation_now())
+        const bool poisoned = first ? account_previous_run(policy.threshold, generation_now())
                                     : status() == unit_status::permanently_crashed;
         if (!poisoned) return std::nullopt;
-        return "unit '" + key + "' is permanently_crashed (" + std::to_string(policy_.threshold.crashes) +
+        return "unit '" + key + "' is permanently_crashed (" + std::to_string(policy.threshold.crashes) +
                " crashes within its crash threshold's window): it is not started until cleared with "
                "keepsake::clear_crashed or `keepsake-inspect clear`; its state and crash history are kept";
     }
@@ -240,12 +239,11 @@ public:
     // Never throws: a registry that cannot record the crash (a full
     // segment) is reported, and the unit goes on as without a registry.
     crash_outcome note_crash(crash_kind kind, std::string_view what, std::uint64_t generation, bool at_start,
-                             bool restart_likely = false) noexcept {
+                             const crash_threshold& threshold, bool restart_likely = false) noexcept {
         crash_outcome outcome;
         try {
-            outcome.breaker_opened = policy_.breaker && policy_.breaker->note_crash();
-            if (attached())
-                outcome.poisoned = crashed(kind, what, generation, policy_.threshold, at_start, restart_likely);
+            outcome.breaker_opened = breaker_ && breaker_->note_crash();
+            if (attached()) outcome.poisoned = crashed(kind, what, generation, threshold, at_start, restart_likely);
         } catch (const std::exception& failure) {
             report(report_kind::store_failure, [&](report_line& line) {
                 line << "the unit registry could not record a crash: " << failure.what();
@@ -256,13 +254,13 @@ public:
     }
 
     // How many steps down the rollback ladder the next start goes (0: none).
-    std::uint32_t rollback_steps(const std::string& key, std::uint64_t newest) const {
-        if (policy_.rollback_after == 0 || !attached() || newest == 0) return 0;
-        return crashes_at(key, newest) / policy_.rollback_after;
+    std::uint32_t rollback_steps(const std::string& key, std::uint64_t newest, std::uint32_t rollback_after) const {
+        if (rollback_after == 0 || !attached() || newest == 0) return 0;
+        return crashes_at(key, newest) / rollback_after;
     }
 
 private:
-    unit_policy policy_;
+    std::shared_ptr<type_breaker> breaker_;  // its type's, if registered
     std::int32_t unwritten_starts_ = 0;  // restarts in place not yet in the record (or taken back)
     bool prepaid_start_ = false;         // the last crash's write counted the restart after it
 
@@ -274,10 +272,10 @@ private:
     // A unit recovering from a store finds its record and crash history
     // there after a reboot (its thresholds count across it). A store it
     // cannot read leaves the registry to start afresh: recovery says why.
-    void import_after_reboot(const segment& where, const std::string& key) noexcept {
-        if (policy_.recover_from == nullptr) return;
+    void import_after_reboot(const segment& where, const std::string& key, const unit_policy& policy) noexcept {
+        if (policy.recover_from == nullptr) return;
         try {
-            registry_book::of(where.shared_impl())->import_unit_from(*policy_.recover_from, std::string(policy_.store_prefix), key);
+            registry_book::of(where.shared_impl())->import_unit_from(*policy.recover_from, std::string(policy.store_prefix), key);
         } catch (...) {
         }
     }

@@ -32,7 +32,7 @@ inline void unit_core<State, Handler>::return_turn() {
 
 template <class State, class Handler>
 inline bool unit_core<State, Handler>::serve_backlog_in_turn() {
-    while (mailbox_.pop(inflight_, true)) {
+    while (mailbox_.pop(*inflight_, true)) {
         if (serve_inflight()) {
             finish_inflight();
         } else if (!restart_in_turn()) {

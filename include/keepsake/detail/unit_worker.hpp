@@ -53,7 +53,7 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
 template <class State, class Handler>
 std::optional<restore_info> unit_core<State, Handler>::restore_for_start() {
     const std::uint64_t newest = keeper_->generation();
-    const std::uint32_t steps = registration_.rollback_steps(name(), newest);
+    const std::uint32_t steps = registration_.rollback_steps(name(), newest, spec_->rollback_after);
     if (steps == 0) return keeper_->restore_into(state_);
     const bool first_step = registration_.rolled_back_from() != newest;
     registration_.rolled_back(first_step ? keeper_->committed_record(newest) : std::optional<record>(), newest);
@@ -71,7 +71,7 @@ std::optional<restore_info> unit_core<State, Handler>::restore_for_start() {
 
 template <class State, class Handler>
 void unit_core<State, Handler>::check_registry_at_start() {
-    std::optional<std::string> refused = registration_.check_at_start(segment_to_use(), name(), [&] {
+    std::optional<std::string> refused = registration_.check_at_start(segment_to_use(), name(), policy(), [&] {
         if (!keeper_) attach_keeper();
         return keeper_->generation();
     });
@@ -87,7 +87,8 @@ bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view wha
     // At start: before the first message after a (re)start, where a state
     // that crashes its worker shows (what the rollback ladder counts).
     const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed),
-                                                           served_since_start_ == 0, restart_likely);
+                                                           served_since_start_ == 0, crash_threshold_of(*spec_),
+                                                           restart_likely);
     if (outcome.breaker_opened) {
         publish_by(name(), event_kind::circuit_open, spec_->type, 0, exit_kind::crashed, what);
         detail::report(report_kind::crash, [&](report_line& line) {
@@ -145,7 +146,7 @@ typename unit_core<State, Handler>::served unit_core<State, Handler>::serve_mail
     auto stop_or_end = [&] { return ended_in_turn() || (context_stop_requested() && !mailbox_.lent()); };
     for (;;) {
         if (ended_in_turn()) return served::ended_in_turn;
-        if (mailbox_.pop(inflight_)) {
+        if (mailbox_.pop(*inflight_)) {
             if (!serve_inflight()) return served::crashed;
             finish_inflight();
             if (context_stop_requested()) return served::stopped;
