@@ -121,6 +121,16 @@ public:
         return found;
     }
 
+    // A node's heartbeat counter in the membership table (0 before its first).
+    std::uint64_t heartbeats(const std::string& id) {
+        keepsake::detail::pg_connection db(postgres_server::shared().conninfo(), "test", [](auto&) {});
+        keepsake::detail::pg_result rows(
+            PQexec(db.get(), ("SELECT heartbeat FROM " + prefix_ + "nodes WHERE node_id = '" + id + "'").c_str()));
+        if (rows.status() != PGRES_TUPLES_OK)
+            throw std::runtime_error(std::string("cannot read the heartbeats: ") + PQresultErrorMessage(rows.get()));
+        return rows.rows() == 0 ? 0 : std::stoull(rows.text(0, 0));
+    }
+
     cluster_test::counter stored(const std::string& object) {
         keepsake::postgres_store_options options;
         options.table = prefix_ + "records";
