@@ -285,7 +285,7 @@ TEST_CASE("the runtime's counters render in Prometheus' text format, and parse",
     if (out.stats().passes == 0) CHECK(std::isinf(sample(unflushed, "keepsake_export_lag_seconds" + label)));
 
     REQUIRE(out.flush());
-    harness.rt.run_for(100ms);
+    keepsake::testing::run_until_idle(harness.rt);
     const std::string text = keepsake::prometheus_text(harness.rt, {{odd_name, &out}});
     INFO(text);
     const exposition parsed = parse_prometheus(text);

@@ -174,11 +174,11 @@ TEST_CASE("objects: an idle object hibernates and wakes with its state", "[objec
     players_directory players(r.rt, players_spec());
     players.call("ada", add{3});
     players.cast("bob", add{4});
-    r.rt.run_for(10ms);
+    keepsake::testing::run_until_idle(r.rt);
     r.clock->advance(5s);
     players.call("bob", add{1});  // bob was active 5 s later than ada
     r.clock->advance(6s);
-    r.rt.run_for(50ms);  // the housekeeping wakes on the clock
+    keepsake::testing::run_until_idle(r.rt);  // the housekeeping wakes on the clock
     CHECK(players.lookup("ada") == object_status::hibernated);
     CHECK(players.lookup("bob") == object_status::active);
     CHECK(players.active_count() == 1);
@@ -279,17 +279,17 @@ TEST_CASE("objects: alarms fire on the runtime's clock, wake a hibernated object
     players.call("ada", buff{"shield", 90s});
     REQUIRE(players.alarms("ada").size() == 2);
     r.clock->advance(20s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.lookup("ada") == object_status::hibernated);
     r.clock->advance(11s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.fire_due_alarms() == 0);  // the housekeeping fired it already
     CHECK(players.get_state("ada")->buffs_expired == 1);
     REQUIRE(players.alarms("ada").size() == 1);
     CHECK(players.alarms("ada")[0].name == "shield");
     players.cancel_alarm("ada", "shield");
     r.clock->advance(100s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.get_state("ada")->buffs_expired == 1);
     CHECK(players.alarms("ada").empty());
     CHECK(players.stats().alarms_fired == 1);
@@ -309,14 +309,14 @@ TEST_CASE("objects: an alarm whose handler crashes is retried with backoff, then
     players.call("ada", buff{"haste", 1s});
     alarm_crashes_wanted = 1;
     r.clock->advance(1s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(retries == std::vector<std::uint64_t>{1});
     CHECK(players.get_state("ada")->buffs_expired == 0);
     r.clock->advance(1s);  // not yet: the first retry waits 2 s
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.get_state("ada")->buffs_expired == 0);
     r.clock->advance(1s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.get_state("ada")->buffs_expired == 1);
     CHECK(players.alarms("ada").empty());
 
@@ -324,7 +324,7 @@ TEST_CASE("objects: an alarm whose handler crashes is retried with backoff, then
     players.call("ada", buff{"slow", 1s});
     for (int step = 0; step < 10; ++step) {
         r.clock->advance(1s);
-        r.rt.run_for(10ms);
+        keepsake::testing::run_until_idle(r.rt);
     }
     CHECK(failed);
     CHECK(players.alarms("ada").empty());
@@ -343,17 +343,17 @@ TEST_CASE("objects: a long idle object is shut down to the store and comes back 
     players.call("ada", add{9});
     players.call("ada", buff{"haste", 120s});
     r.clock->advance(11s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.lookup("ada") == object_status::hibernated);
     r.clock->advance(50s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.lookup("ada") == object_status::shut_down);
     CHECK(players.stats().shutdowns == 1);
     CHECK(players.get_state("ada")->score == 9);
     CHECK(players.list() == std::vector<std::string>{"ada"});
     // The alarm travels with it and wakes it from the store.
     r.clock->advance(60s);
-    r.rt.run_for(50ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.get_state("ada")->buffs_expired == 1);
     CHECK(players.call("ada", add{1}) == 10);
 }
@@ -565,11 +565,10 @@ TEST_CASE("objects: alarms survive a reboot: the segment is gone, state and alar
     CHECK(players.get_state("ada")->score == 7);
     clock->advance(31s);
     keepsake::testing::run_until_idle(rt);
-    rt.run_for(20ms);
     CHECK(players.get_state("ada")->buffs_expired == 1);
     CHECK(players.get_state("bob")->buffs_expired == 0);
     clock->advance(30s);
-    rt.run_for(20ms);
+    keepsake::testing::run_until_idle(rt);
     CHECK(players.get_state("bob")->buffs_expired == 1);
     CHECK(players.call("ada", add{1}) == 8);
 }
@@ -581,15 +580,15 @@ TEST_CASE("objects: a paused directory fires nothing until its housekeeping star
     players_directory players(r.rt, spec);
     players.call("ada", buff{"haste", 1s});
     r.clock->advance(30s);  // overdue, and idle past hibernate_after
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.get_state("ada")->buffs_expired == 0);
     CHECK(players.lookup("ada") == object_status::active);
     players.start_housekeeping();
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.get_state("ada")->buffs_expired == 1);
     CHECK(players.lookup("ada") == object_status::active);  // the alarm was activity
     r.clock->advance(11s);
-    r.rt.run_for(20ms);
+    keepsake::testing::run_until_idle(r.rt);
     CHECK(players.lookup("ada") == object_status::hibernated);
 }
 

@@ -114,8 +114,9 @@ struct world {
     keepsake::runtime rt;
     recorder events{rt};
 
-    // Lets the fibers handle what was posted (exits, restarts).
-    void settle() { rt.run_for(20ms); }
+    // Lets the fibers handle what was posted (exits, restarts), however long
+    // a loaded machine takes: until none is ready (not a fixed budget).
+    void settle() { keepsake::testing::run_until_idle(rt); }
 
     // The running unit of that name, else the handle taken when it last
     // started: whereis finds only units that accept calls, and tests look at

@@ -180,6 +180,17 @@ inline bool wait_ready(const std::atomic<int>& ready, pid_t pid, std::chrono::se
     return true;
 }
 
+// Pumps a pumped runtime until `done()` holds or `limit` (real time) has
+// passed, and returns done(). For a test whose fibers stay ready (one spins
+// on yield) so run_for spends its whole budget: a loaded machine or a
+// sanitizer can need far more than a fixed budget gives.
+template <class Done>
+bool pump_until(keepsake::runtime& where, Done&& done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!done() && std::chrono::steady_clock::now() < deadline) where.run_for(std::chrono::milliseconds(5));
+    return done();
+}
+
 // The keepsake::error `action` throws; a test that expected one fails with
 // a logic_error when none comes.
 template <class Action>

@@ -256,7 +256,7 @@ TEST_CASE("try_call: a typed message, a crash that ends the unit, then not_runni
     CHECK(last.reason() == "again");
     CHECK_FALSE(last.restarted());  // past its intensity: it gave up
     CHECK_THAT(last.message(), Catch::Matchers::Contains("this was its last crash"));
-    rt.run_for(10ms);
+    keepsake::testing::run_until_idle(rt);
     CHECK(unit.state() == keepsake::child_state::not_running);
     auto stopped = unit.try_call(get{});
     REQUIRE_FALSE(stopped.ok());
@@ -485,7 +485,9 @@ TEST_CASE("direct calls: an idle worker's turn is lent to a caller on its thread
         rt.run_for(10ms);
         CHECK(direct.state() != keepsake::child_state::not_running);
         release = true;
-        rt.run_for(50ms);
+        // Until both hold: run_for alone ends at its budget while a fiber spins.
+        CHECK(test_support::pump_until(
+            rt, [&] { return finished && direct.state() == keepsake::child_state::not_running; }));
         CHECK(finished);
         CHECK(direct.state() == keepsake::child_state::not_running);
         CHECK(direct.stats().commits == 2);  // the lent message committed before the unit stopped
@@ -793,7 +795,7 @@ TEST_CASE("a unit gives up past its restart intensity, and then calls fail at on
     CHECK(read(unit) == 0);
     CHECK(unit.state() == keepsake::child_state::running);
     crash_with(unit, "three");
-    rt.run_for(10ms);
+    keepsake::testing::run_until_idle(rt);
     CHECK(unit.state() == keepsake::child_state::not_running);
     const auto started = std::chrono::steady_clock::now();
     try {
@@ -816,7 +818,7 @@ TEST_CASE("the default intensity allows 1000 restarts in 10 s", "[unit]") {
     CHECK(read(unit) == 0);
     CHECK(unit.stats().restarts == 1000);
     crash_with(unit, "one too many");
-    rt.run_for(10ms);
+    keepsake::testing::run_until_idle(rt);
     CHECK(unit.state() == keepsake::child_state::not_running);
 }
 
@@ -924,19 +926,19 @@ TEST_CASE("a loop worker ticks, commits when it says, serves messages at yields,
         }
     };
     auto unit = keepsake::start_unit(rt, spec);
-    rt.run_for(5ms);
+    keepsake::testing::run_until_idle(rt);
     const auto first = unit.stats().generation;
     CHECK(first == 1);
-    rt.run_for(5ms);
+    keepsake::testing::run_until_idle(rt);
     CHECK(unit.stats().generation == first);  // sleeping on the manual clock
     for (int i = 0; i < 5; ++i) {
         clock->advance(10ms);
-        rt.run_for(5ms);
+        keepsake::testing::run_until_idle(rt);
     }
     CHECK(unit.stats().generation == 6);
     unit.cast([](counter& state) { state.value += 1000; });
     clock->advance(10ms);
-    rt.run_for(5ms);
+    keepsake::testing::run_until_idle(rt);
     CHECK(unit.call([](const counter& state) { return state.value; }) >= 1006);
     keepsake::stop_unit(rt, unit);
     CHECK(unit.state() == keepsake::child_state::not_running);
@@ -956,7 +958,7 @@ TEST_CASE("a loop worker that crashes restarts from its last commit, and an expl
         while (!context.stop_requested()) context.sleep_for(1ms);
     };
     auto unit = keepsake::start_unit(rt, spec);
-    rt.run_for(20ms);
+    keepsake::testing::run_until_idle(rt);
     // Committed 1, crashed at 101; restored 1, committed 2, crashed at 102;
     // restored 2, committed 3, runs on at 103.
     CHECK(runs == 3);
