@@ -303,6 +303,9 @@ TEST_CASE("cluster node: an object's alarms move with it: a dead node's alarm fi
         if (!fired) std::this_thread::sleep_for(10ms);
     }
     CHECK(fired);
+    // Counted on b's runtime thread once the handler's turn ends, which may
+    // be just after the call above saw its effect.
+    CHECK(test_support::wait_until([&] { return b.objects.stats().alarms_fired == 1; }, std::chrono::seconds(5)));
     CHECK(b.objects.stats().alarms_fired == 1);
     CHECK(c.objects.stats().alarms_fired == 0);
     CHECK(c.objects.stats().alarm_retries == 0);

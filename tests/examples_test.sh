@@ -39,7 +39,7 @@ start() {
 
 # kill9: SIGKILLs the example started last and reaps it.
 kill9() {
-  kill -9 "$pid"
+  kill -9 "$pid" 2>/dev/null || true  # it may have ended by itself already (a late kill)
   wait "$pid" 2>/dev/null || true
 }
 

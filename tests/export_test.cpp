@@ -922,6 +922,8 @@ TEST_CASE("a retried batch the store already holds counts as exported", "[export
     faulty.fail_every(1);
     faulty.fail_halfway(true);  // the failing put writes one of the two records first
     CHECK_FALSE(out.flush(50ms));
+    // The exporter's thread may not have tried yet on a loaded machine.
+    test_support::wait_until([&] { return faulty.failures() >= 1; });
     REQUIRE(inner.list("").size() == 1);
     faulty.fail_every(0);
     REQUIRE(out.flush(5s));  // one record written, one found already held
@@ -1098,6 +1100,10 @@ void kill_exporter_repeatedly(const std::string& where) {
         progress->ready.store(0);
         const pid_t child = test_support::fork_child([&] { export_forever<Store>(dir, where, *progress); });
         REQUIRE(test_support::wait_ready(progress->ready, child));
+        // The first round waits for one durable export (a slow disk's fsync
+        // can outlast every random delay), so the check at the end can hold.
+        if (kill == 0)
+            REQUIRE(test_support::wait_until([&] { return progress->exported.load(std::memory_order_acquire) != 0; }));
         std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 30000)(rng)));
         test_support::kill_and_reap(child);
         Store store(where);

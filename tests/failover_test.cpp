@@ -32,7 +32,7 @@ constexpr int ttl_ms = 2000;  // heartbeats every 250 ms: room for a loaded CI m
 // Three (or fewer) node processes, ttl 1 s, heartbeat 250 ms, tick 50 ms.
 class cluster : public test_support::node_processes {
 public:
-    cluster() : node_processes(KEEPSAKE_CLUSTER_NODE, ttl_ms) {}
+    explicit cluster(int ttl = ttl_ms) : node_processes(KEEPSAKE_CLUSTER_NODE, ttl) {}
     static std::vector<std::string> objects_of(const std::string& id) { return node_processes::objects_of(id, objects_per_node); }
 };
 
@@ -145,7 +145,11 @@ TEST_CASE("failover: PostgreSQL down for longer than the ttl: no node loses its 
           "[postgres][cluster][failover]") {
     cluster nodes;
     for (const char* id : {"a", "b"}) nodes.start(id, objects_per_node);
-    std::this_thread::sleep_for(300ms);
+    // Until both have acknowledged a write of every object (a loaded machine
+    // may take longer than a few ticks).
+    REQUIRE(cluster::eventually([&] {
+        return nodes.acked("a").size() == objects_per_node && nodes.acked("b").size() == objects_per_node;
+    }));
     postgres_server::shared().stop();
     const auto acked_a = nodes.acked("a");
     const auto acked_b = nodes.acked("b");
@@ -174,10 +178,12 @@ TEST_CASE("failover: a node whose wall clock is an hour ahead (libfaketime) caus
 TEST_CASE("failover: a node SIGKILLed and restarted under the same id takes its objects back at once, from its own "
           "shared memory",
           "[postgres][cluster][failover]") {
-    cluster nodes;
+    // A long ttl: b must not take a's objects while a restarts, however
+    // slowly a loaded machine starts it (the test never waits for the ttl).
+    cluster nodes(10 * ttl_ms);
     nodes.start("a", objects_per_node);
     nodes.start("b", objects_per_node);
-    std::this_thread::sleep_for(300ms);
+    REQUIRE(cluster::eventually([&] { return nodes.acked("a").size() == objects_per_node; }));
     nodes.signal("a", SIGKILL);
     CHECK(nodes.wait("a") == -SIGKILL);
     const auto acked = nodes.acked("a");

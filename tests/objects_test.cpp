@@ -43,6 +43,7 @@ struct buff {
 struct boom {};
 struct wait_here {
     std::shared_ptr<std::atomic<bool>> release;
+    std::shared_ptr<std::atomic<bool>> entered = std::make_shared<std::atomic<bool>>(false);  // set by the handler
 };
 
 // Crashes of the alarm handler it should make, shared with the test.
@@ -57,6 +58,7 @@ struct player_handler {
     }
     bool operator()(player&, const boom&) const { throw std::runtime_error("boom on purpose"); }
     bool operator()(player&, const wait_here& w) const {
+        w.entered->store(true);
         while (!w.release->load()) boost::this_fiber::yield();
         return true;
     }
@@ -211,17 +213,18 @@ TEST_CASE("objects: max_active evicts the least recently used idle object, never
     players.call("b", add{1});
     // a is busy in a call that waits; b is idle but newer.
     auto release = std::make_shared<std::atomic<bool>>(false);
-    std::thread busy([&] { players.call("a", wait_here{release}); });
-    while (players.stats().activations < 2) std::this_thread::sleep_for(1ms);
-    std::this_thread::sleep_for(50ms);
+    const wait_here hold_a{release};
+    std::thread busy([&] { players.call("a", hold_a); });
+    REQUIRE(test_support::wait_until([&] { return hold_a.entered->load(); }));
     players.call("c", add{1});  // evicts b (a is busy)
     CHECK(players.lookup("b") == object_status::hibernated);
     CHECK(players.lookup("a") == object_status::active);
     CHECK(players.stats().evictions == 1);
     // Both active ones busy now: a new key is refused.
     auto release_c = std::make_shared<std::atomic<bool>>(false);
-    std::thread busy_c([&] { players.call("c", wait_here{release_c}); });
-    std::this_thread::sleep_for(50ms);
+    const wait_here hold_c{release_c};
+    std::thread busy_c([&] { players.call("c", hold_c); });
+    REQUIRE(test_support::wait_until([&] { return hold_c.entered->load(); }));
     CHECK(test_support::error_from([&] { players.call("d", add{1}); }).code() == errc::limit_reached);
     release->store(true);
     release_c->store(true);
@@ -262,12 +265,26 @@ TEST_CASE("objects: too many waiters for one start fail fast with overloaded", "
     players_directory players(r.rt, spec);
     std::thread starter([&] { players.call("slow", add{1}); });
     while (players.active_count() == 0) std::this_thread::sleep_for(1ms);  // the entry exists: starting
-    std::thread waiter([&] { players.call("slow", add{1}); });
-    std::this_thread::sleep_for(50ms);
-    CHECK(test_support::error_from([&] { players.call("slow", add{1}); }).code() == errc::overloaded);
+    // Two more callers: whichever comes second is refused at once (which
+    // one is up to the scheduler), the other waits for the start.
+    std::atomic<int> refused{0};
+    std::atomic<int> other_errors{0};
+    auto wait_for_start = [&] {
+        try {
+            players.call("slow", add{1});
+        } catch (const keepsake::error& failure) {
+            ++(failure.code() == errc::overloaded ? refused : other_errors);
+        }
+    };
+    std::thread first(wait_for_start);
+    std::thread second(wait_for_start);
+    CHECK(test_support::wait_until([&] { return refused.load() >= 1; }));
     release->store(true);
     starter.join();
-    waiter.join();
+    first.join();
+    second.join();
+    CHECK(refused.load() == 1);
+    CHECK(other_errors.load() == 0);
     CHECK(players.get_state("slow")->score == 2);
 }
 
@@ -598,10 +615,11 @@ TEST_CASE("objects: terminate waits for the calls in flight, which are answered"
     players.call("a", add{1});
     auto release = std::make_shared<std::atomic<bool>>(false);
     std::atomic<int> answered{0};
+    const wait_here hold{release};
     std::thread busy([&] {
-        if (players.call("a", wait_here{release})) answered.fetch_add(1);
+        if (players.call("a", hold)) answered.fetch_add(1);
     });
-    std::this_thread::sleep_for(50ms);  // the call is in the handler
+    REQUIRE(test_support::wait_until([&] { return hold.entered->load(); }));  // the call is in the handler
     std::thread releaser([&] {
         std::this_thread::sleep_for(50ms);
         release->store(true);
@@ -623,11 +641,20 @@ TEST_CASE("objects: a caller waiting for a start gives up after start_timeout", 
     std::thread starter([&] { players.call("slow", add{1}); });
     while (players.active_count() == 0) std::this_thread::sleep_for(1ms);
     std::atomic<int> code{-1};
+    std::atomic<bool> calling{false};
     std::thread waiter([&] {
+        calling = true;
         code = static_cast<int>(test_support::error_from([&] { players.call("slow", add{1}); }).code());
     });
+    // Past the waiter's deadline on the runtime's clock, which it reads as
+    // it begins to wait: a loaded machine may hold it back, so the clock
+    // moves again (never as far as the starter's 20 s call timeout).
+    REQUIRE(test_support::wait_until([&] { return calling.load(); }));
     std::this_thread::sleep_for(50ms);
-    r.clock->advance(2s);  // past the waiter's deadline on the runtime's clock
+    for (int step = 0; step < 8 && code.load() == -1; ++step) {
+        r.clock->advance(2s);
+        test_support::wait_until([&] { return code.load() != -1; }, 500ms);
+    }
     waiter.join();
     CHECK(code.load() == static_cast<int>(errc::timeout));
     release->store(true);

@@ -307,12 +307,10 @@ TEST_CASE("registry: a unit past its crash threshold is permanently crashed, the
     CHECK(third.code() == errc::worker_crashed);
     CHECK(std::string(third.what()).find("last crash") != std::string::npos);
     // Its supervisor tried to restart it; the registry declined.
-    for (int wait = 0; wait < 1000 && keepsake::info(seg, "bad")->status != unit_status::permanently_crashed; ++wait)
-        std::this_thread::sleep_for(1ms);
+    test_support::wait_until([&] { return keepsake::info(seg, "bad")->status == unit_status::permanently_crashed; });
     CHECK(keepsake::info(seg, "bad")->status == unit_status::permanently_crashed);
     CHECK(keepsake::info(seg, "bad")->history.size() == 3);
-    for (int wait = 0; wait < 1000 && sup.which_children().back().state == keepsake::child_state::running; ++wait)
-        std::this_thread::sleep_for(1ms);
+    test_support::wait_until([&] { return sup.which_children().back().state != keepsake::child_state::running; });
     const auto children = sup.which_children();  // newest first
     CHECK(children[0].id == "good");
     CHECK(children[0].state == keepsake::child_state::running);
@@ -354,6 +352,7 @@ void register_poison_types(bool in_init) {
     keepsake::register_unit_type("poison", [in_init](const std::string& key) {
         keepsake::unit_spec<poison_state, poison_handler> spec;
         spec.name = key;
+        spec.call_timeout = std::chrono::seconds(20);  // a timeout would abort the run: not what is counted
         if (in_init)
             spec.init = [](poison_state& state, const keepsake::start_info&) {
                 if (state.poisoned) std::abort();
@@ -581,11 +580,10 @@ TEST_CASE("registry: key lifecycles (keep, remove on normal exit, remove), termi
     sup.terminate_child("gone");  // temporary: remove on normal exit
     CHECK(!has_keys("gone"));
     REQUIRE_THROWS(crashing.call(explode{}));  // a temporary child is not restarted: kept for inspection
-    for (int wait = 0; wait < 1000 && keepsake::info(seg, "crashes")->status != unit_status::crashed; ++wait)
-        std::this_thread::sleep_for(1ms);
+    test_support::wait_until([&] { return keepsake::info(seg, "crashes")->status == unit_status::crashed; });
     CHECK(keepsake::info(seg, "crashes")->status == unit_status::crashed);
     REQUIRE_THROWS(removed.call(explode{}));  // remove: however it ends
-    for (int wait = 0; wait < 1000 && has_keys("removed"); ++wait) std::this_thread::sleep_for(1ms);
+    test_support::wait_until([&] { return !has_keys("removed"); });
     CHECK(!has_keys("removed"));
 
     sup.terminate_and_delete("deleted");

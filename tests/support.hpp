@@ -180,6 +180,17 @@ inline bool wait_ready(const std::atomic<int>& ready, pid_t pid, std::chrono::se
     return true;
 }
 
+// Waits (sleeping 1 ms at a time) until `done()` holds or `limit` has
+// passed, and returns done(): for what another thread or process does in
+// its own time, which a loaded machine may delay by seconds.
+template <class Done>
+bool wait_until(Done&& done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!done() && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return done();
+}
+
 // Pumps a pumped runtime until `done()` holds or `limit` (real time) has
 // passed, and returns done(). For a test whose fibers stay ready (one spins
 // on yield) so run_for spends its whole budget: a loaded machine or a
