@@ -152,15 +152,11 @@ public:
         return counts;
     }
 
-    // Waits until `done` holds (true) or `limit` passes (false).
+    // Waits until `done` holds (true) or `limit` passes (false), looking
+    // every 20 ms (each look may query PostgreSQL).
     template <class Done>
     static bool eventually(Done done, std::chrono::milliseconds limit = std::chrono::seconds(30)) {
-        const auto began = std::chrono::steady_clock::now();
-        while (!done()) {
-            if (std::chrono::steady_clock::now() - began > limit) return false;
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return true;
+        return wait_until(done, limit, std::chrono::milliseconds(20));
     }
 
     // What the node's last tick answered: how many objects, and when it

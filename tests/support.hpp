@@ -180,14 +180,14 @@ inline bool wait_ready(const std::atomic<int>& ready, pid_t pid, std::chrono::se
     return true;
 }
 
-// Waits (sleeping 1 ms at a time) until `done()` holds or `limit` has
-// passed, and returns done(): for what another thread or process does in
-// its own time, which a loaded machine may delay by seconds.
+// Waits (sleeping `every` between looks) until `done()` holds or `limit`
+// has passed, and returns done(): for what another thread or process does
+// in its own time, which a loaded machine may delay by seconds.
 template <class Done>
-bool wait_until(Done&& done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+bool wait_until(Done&& done, std::chrono::milliseconds limit = std::chrono::seconds(10),
+                std::chrono::milliseconds every = std::chrono::milliseconds(1)) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!done() && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(every);
     return done();
 }
 
