@@ -106,8 +106,8 @@ public:
 
     keeper(keeper&& other) noexcept
         : segment_(std::move(other.segment_)), key_(std::move(other.key_)), options_(std::move(other.options_)),
-          index_(other.index_), area_(other.area_), highest_generation_(other.highest_generation_),
-          committed_generation_(other.committed_generation_), newest_slot_(other.newest_slot_),
+          index_(other.index_), newest_slot_(other.newest_slot_), area_(other.area_),
+          highest_generation_(other.highest_generation_), committed_generation_(other.committed_generation_),
           tables_(std::move(other.tables_)) {}
 
     keeper(const keeper&) = delete;
@@ -328,10 +328,10 @@ private:
     std::string key_;
     std::shared_ptr<const keeper_options<T>> options_;  // never null, but in a moved-from keeper
     std::uint32_t index_ = 0;               // the key's directory entry
+    std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch (beside index_: one word)
     detail::slot_area area_{};
     std::uint64_t highest_generation_ = 0;  // highest seen (valid, or plausibly ours)
     std::uint64_t committed_generation_ = 0;  // of the state in hand: the last commit, or what restore found
-    std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch
     std::vector<std::unique_ptr<detail::table_base>> tables_;
     std::atomic<bool> busy_{false};
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -91,20 +92,23 @@ inline void check_shutdown(const shutdown_spec& how, const std::string& owner) {
 // entries older than now - period (an entry exactly period old still
 // counts); more than max_restarts entries left means give up. A ring that
 // starts small and doubles only when more restarts fall in one window, so a
-// warmed-up log never allocates and an idle unit costs a few bytes.
+// warmed-up log never allocates and an idle unit costs 32 bytes (every unit
+// and supervisor holds one: a pointer and 32-bit positions, not a vector and
+// two size_t).
 class restart_log {
 public:
-    explicit restart_log(restart_intensity limits) : limits_(limits) {}
+    explicit restart_log(restart_intensity limits)
+        : period_(limits.period), max_restarts_(limits.max_restarts) {}
 
     // Records a restart at `now`; false means intensity is exceeded.
     bool allow(duration now) {
-        while (count_ != 0 && now - times_[head_] > limits_.period) {
-            head_ = (head_ + 1) % times_.size();
+        while (count_ != 0 && now - times_[head_] > period_) {
+            head_ = (head_ + 1) % capacity_;
             --count_;
         }
-        if (count_ == limits_.max_restarts) return false;
-        if (count_ == times_.size()) grow();
-        times_[(head_ + count_) % times_.size()] = now;
+        if (count_ == max_restarts_) return false;
+        if (count_ == capacity_) grow();
+        times_[(head_ + count_) % capacity_] = now;
         ++count_;
         return true;
     }
@@ -112,17 +116,21 @@ public:
     void clear() noexcept { head_ = count_ = 0; }
 
 private:
-    restart_intensity limits_;
-    std::vector<duration> times_;
-    std::size_t head_ = 0;
-    std::size_t count_ = 0;
+    duration period_;
+    std::unique_ptr<duration[]> times_;
+    std::uint32_t max_restarts_;
+    std::uint32_t capacity_ = 0;
+    std::uint32_t head_ = 0;
+    std::uint32_t count_ = 0;
 
+    // Called with count_ == capacity_ < max_restarts_ (max_restart_limit
+    // bounds it), so the new capacity is larger and never past the limit.
     void grow() {
-        std::vector<duration> larger;
-        larger.reserve(std::min<std::size_t>(std::max<std::size_t>(times_.size() * 2, 8), limits_.max_restarts));
-        for (std::size_t index = 0; index < count_; ++index) larger.push_back(times_[(head_ + index) % times_.size()]);
-        larger.resize(larger.capacity());
-        times_ = std::move(larger);
+        const std::uint32_t larger = std::min(std::max(capacity_ * 2, 8u), max_restarts_);
+        auto moved = std::make_unique<duration[]>(larger);
+        for (std::uint32_t index = 0; index < count_; ++index) moved[index] = times_[(head_ + index) % capacity_];
+        times_ = std::move(moved);
+        capacity_ = larger;
         head_ = 0;
     }
 };

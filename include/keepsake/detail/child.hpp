@@ -382,26 +382,28 @@ protected:
     virtual exit_reason root_exit(const exit_reason& reason) const { return reason; }
 
 private:
-    enum class outcome { pending, started, ignored, failed };
+    enum class outcome : std::uint8_t { pending, started, ignored, failed };
 
     shutdown_spec own_shutdown_;
     std::size_t stack_size_;
     detail::signal lifecycle_;  // start outcome, fiber end
     exit_handler on_exit_;
+    // The flags packed beside the two enums, in two words: every idle unit
+    // holds them.
     outcome start_outcome_ = outcome::pending;  // under lifecycle_
+    bool root_ended_ = false;                   // under lifecycle_: runtime told
+    bool root_exit_lost_ = false;               // under lifecycle_: out of memory when root_exit() was kept
     exit_kind root_exit_kind_ = exit_kind::normal;  // under lifecycle_: how the root ended, kept out of memory too
     bool started_ = false;  // the instance's fiber only
     std::atomic<bool> fiber_alive_{false};
     std::atomic<bool> stop_requested_{false};
     std::atomic<bool> forced_{false};
     std::atomic<bool> stopped_by_parent_{false};
-    std::atomic<std::uint64_t> instance_{0};
-    std::atomic<std::int64_t> started_at_{0};
     std::atomic<bool> root_{false};       // started by start_as_root
     std::atomic<bool> root_live_{false};  // a root that has not ended yet
     bool root_by_itself_ = false;         // under lifecycle_: it ended on its own, root_exit() says how
-    bool root_ended_ = false;             // under lifecycle_: runtime told
-    bool root_exit_lost_ = false;         // under lifecycle_: out of memory when root_exit() was kept
+    std::atomic<std::uint64_t> instance_{0};
+    std::atomic<std::int64_t> started_at_{0};
     // Why a start failed, how a root ended: made by the first that needs
     // them and kept (an idle unit carries a pointer, not 72 bytes).
     struct ending_notes {

@@ -371,11 +371,14 @@ private:
     std::atomic<std::uint64_t> commits_{0};
     std::atomic<std::uint64_t> crashes_{0};
     std::atomic<std::uint64_t> generation_{0};
-    std::atomic<bool> stopping_itself_{false};  // stop_self() was called in this (re)start
     std::uint64_t restarts_this_instance_ = 0;
-    std::uint32_t uncommitted_messages_ = 0;
     duration last_commit_at_{};
+    // The small members side by side, in one word (every idle unit holds them).
+    std::uint32_t uncommitted_messages_ = 0;
+    std::atomic<bool> stopping_itself_{false};  // stop_self() was called in this (re)start
     bool dirty_ = false;
+    bool handed_over_once_ = false;
+    bool reason_lost_ = false;  // out of memory when the last crash's reason was to be kept
     // The last crash's reason, and how an instance ended in a borrowed turn
     // (the worker finishes it): made at the first crash and kept (most
     // units never crash; an idle one carries a pointer, not 80 bytes).
@@ -391,8 +394,6 @@ private:
     unit_registration registration_;  // its record in the segment's unit registry
     placement placement_;
     std::unique_ptr<std::string> refused_;   // why the registry declined its last start, if it did
-    bool handed_over_once_ = false;
-    bool reason_lost_ = false;  // out of memory when the last crash's reason was to be kept
     std::uint64_t served_since_start_ = 0;   // messages served since the last (re)start
 
     void check_spec() const {
