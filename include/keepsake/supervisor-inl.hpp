@@ -12,7 +12,7 @@ namespace keepsake {
 namespace detail {
 
 KEEPSAKE_INLINE supervisor_core::supervisor_core(runtime& where, supervisor_spec spec)
-    : supervised_actor(where, spec.name, spec.shutdown, 0), spec_(std::move(spec)), log_(spec_.flags.intensity) {
+    : supervised_actor(where, spec.name), spec_(std::move(spec)), log_(spec_.flags.intensity) {
     check_spec();
     for (const child_spec& each : spec_.children) add_record(make_record(each));
 }

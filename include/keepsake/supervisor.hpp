@@ -251,6 +251,8 @@ private:
     }
 
     KEEPSAKE_INLINE std::shared_ptr<supervised_actor> self_pointer() override;
+    shutdown_spec own_shutdown() const noexcept override { return spec_.shutdown; }
+    std::size_t fiber_stack_size() const noexcept override { return 0; }  // the runtime's default
 
     // --- checks --------------------------------------------------------------
     void check_spec() const;

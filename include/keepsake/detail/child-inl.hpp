@@ -69,7 +69,7 @@ KEEPSAKE_INLINE bool supervised_actor::start(exit_handler on_exit) {
             const std::shared_ptr<supervised_actor> held = self_pointer();
             fiber_main(number);
         },
-        stack_size_);
+        fiber_stack_size());
     runtime_.wait_until(lifecycle_, forever, [&] { return start_outcome_ != outcome::pending; });
     if (start_outcome_ == outcome::failed) {
         auto lock = lifecycle_.lock();
@@ -132,7 +132,7 @@ KEEPSAKE_INLINE void supervised_actor::discard() {
 }
 
 KEEPSAKE_INLINE void supervised_actor::stop_root() {
-    stop(own_shutdown_, false);
+    stop(own_shutdown(), false);
     // A root that ended by itself first keeps its own reason.
     end_root(exit_reason{exit_kind::shutdown, "stopped (stop_unit, stop_supervisor, or the runtime's shutdown)"});
 }

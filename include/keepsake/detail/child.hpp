@@ -104,9 +104,10 @@ protected:
     // instance: an idle actor carries a pointer, not 96 bytes. Null while
     // no fiber serves.
     message* inflight_ = nullptr;
-    std::atomic<int> state_{static_cast<int>(child_state::not_running)};
     std::atomic<boost::fibers::context*> server_{nullptr};  // the fiber serving the mailbox
     std::atomic<boost::fibers::scheduler*> server_scheduler_{nullptr};  // ... and its thread's scheduler
+    // Last, so the private lock after it shares its word.
+    std::atomic<int> state_{static_cast<int>(child_state::not_running)};
 
     void set_state(child_state next) noexcept { state_.store(static_cast<int>(next), std::memory_order_release); }
 
@@ -247,8 +248,8 @@ protected:
     error not_running_error() const;
 
 private:
-    std::string name_;
     futex_mutex draining_;  // fail_pending, and the switch back to running
+    std::string name_;
 
     void check_accepting() const {
         if (state() == child_state::not_running) throw not_running_error();
@@ -320,8 +321,7 @@ private:
 // pre-empted). Units and supervisors are both this.
 class supervised_actor : public actor, public child_process, public root_process, public named_process {
 public:
-    supervised_actor(runtime& where, std::string name, shutdown_spec own_shutdown, std::size_t stack_size)
-        : actor(std::move(name)), runtime_(where), own_shutdown_(own_shutdown), stack_size_(stack_size) {}
+    supervised_actor(runtime& where, std::string name) : actor(std::move(name)), runtime_(where) {}
 
     const std::string& id() const noexcept override { return name(); }
     bool is_running() const noexcept override { return fiber_alive_.load(std::memory_order_acquire); }
@@ -362,6 +362,10 @@ protected:
     // Wake the instance so it sees a stop request.
     virtual void wake_for_stop() { mailbox_.wake(); }
     virtual std::shared_ptr<supervised_actor> self_pointer() = 0;
+    // From the spec it was made from (read at start and at stop, so not
+    // copied into each of them: every idle unit would carry 24 bytes).
+    virtual shutdown_spec own_shutdown() const noexcept = 0;
+    virtual std::size_t fiber_stack_size() const noexcept = 0;
 
     void report_started() { report_start(outcome::started, {}); }
 
@@ -384,8 +388,6 @@ protected:
 private:
     enum class outcome : std::uint8_t { pending, started, ignored, failed };
 
-    shutdown_spec own_shutdown_;
-    std::size_t stack_size_;
     detail::signal lifecycle_;  // start outcome, fiber end
     exit_handler on_exit_;
     // The flags packed beside the two enums, in two words: every idle unit

@@ -76,15 +76,20 @@ private:
     friend class wake_inbox;
     enum : int { empty, notified, parked_thread, parked_fiber, waking };
 
+    // Every unit's mailbox and every reply cell holds a parker: its members
+    // are laid out to leave no padding, and the timer hook keeps its colour
+    // in a pointer's low bit (64 bytes, not 80).
+    using timer_hook = boost::intrusive::set_member_hook<boost::intrusive::optimize_size<true>>;
+
     std::atomic<int> state_{empty};
+    bool timed_out_ = false;
     // While parked_fiber or waking: who to resume, on which thread.
     boost::fibers::context* fiber_ = nullptr;
     wake_inbox* home_ = nullptr;
     parker* next_posted_ = nullptr;  // in home_'s posted list, while waking
     // A timed fiber park: its deadline, among home_'s timers.
     wait_point deadline_{};
-    boost::intrusive::set_member_hook<> timer_hook_;
-    bool timed_out_ = false;
+    timer_hook timer_hook_;
 
     static int after_unpark(int seen) noexcept {
         return seen == parked_fiber || seen == waking ? waking : notified;
@@ -167,7 +172,7 @@ private:
         bool operator()(const parker& a, const parker& b) const noexcept { return a.deadline_ < b.deadline_; }
     };
     using timer_set = boost::intrusive::multiset<
-        parker, boost::intrusive::member_hook<parker, boost::intrusive::set_member_hook<>, &parker::timer_hook_>,
+        parker, boost::intrusive::member_hook<parker, parker::timer_hook, &parker::timer_hook_>,
         boost::intrusive::compare<by_deadline>>;
 
     class inbox_pool {

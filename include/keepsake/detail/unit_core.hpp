@@ -75,7 +75,7 @@ public:
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name)
         : unit_core(where, spec, std::move(name), Handler(spec->handler)) {}
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name, Handler handler)
-        : supervised_actor(where, std::move(name), spec->shutdown, spec->stack_size), spec_(std::move(spec)),
+        : supervised_actor(where, std::move(name)), spec_(std::move(spec)),
           handler_(std::move(handler)), state_(spec_->initial_for ? State{} : spec_->initial),
           log_(spec_->intensity), context_(*this, state_), registration_(breaker_of(*spec_)) {
         check_spec();
@@ -421,6 +421,8 @@ private:
     }
 
     std::shared_ptr<supervised_actor> self_pointer() override { return this->shared_from_this(); }
+    shutdown_spec own_shutdown() const noexcept override { return spec_->shutdown; }
+    std::size_t fiber_stack_size() const noexcept override { return spec_->stack_size; }
 
     void check_forced() const {
         if (forced()) throw forced_stop{};
