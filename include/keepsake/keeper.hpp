@@ -202,7 +202,7 @@ private:
         detail::publish_slot(area_, target, words_of(generation, size, commit_ns));
         highest_generation_ = generation;
         committed_generation_ = generation;
-        newest_slot_ = target;
+        newest_slot_ = static_cast<std::uint16_t>(target);
         return generation;
     }
 
@@ -250,7 +250,7 @@ public:
             else decode(*snap, out);
             info.generation = snap->generation;
             info.slot = snap->index;
-            newest_slot_ = snap->index;
+            newest_slot_ = static_cast<std::uint16_t>(snap->index);
             restore_tables(info.generation);
             if (info.skipped_slots != 0)
                 detail::log(spdlog::level::warn, [&] {
@@ -327,13 +327,17 @@ private:
     std::shared_ptr<detail::segment_impl> segment_;
     std::string key_;
     std::shared_ptr<const keeper_options<T>> options_;  // never null, but in a moved-from keeper
+    // The entry, the newest slot and the busy flag share one word: an idle
+    // unit holds a keeper. A slot number fits 16 bits (an entry has at most
+    // max_slots_per_entry slots, checked when it is read).
     std::uint32_t index_ = 0;               // the key's directory entry
-    std::uint32_t newest_slot_ = 0;         // the slot the next commit must not touch (beside index_: one word)
+    std::uint16_t newest_slot_ = 0;         // the slot the next commit must not touch
+    static_assert(detail::max_slots_per_entry <= 0xffff, "a slot number must fit newest_slot_");
+    std::atomic<bool> busy_{false};
     detail::slot_area area_{};
     std::uint64_t highest_generation_ = 0;  // highest seen (valid, or plausibly ours)
     std::uint64_t committed_generation_ = 0;  // of the state in hand: the last commit, or what restore found
     std::vector<std::unique_ptr<detail::table_base>> tables_;
-    std::atomic<bool> busy_{false};
 
     std::vector<std::string> table_names(const std::vector<detail::table_image>& tables) const {
         std::vector<std::string> names = stored_table_names();
@@ -517,7 +521,7 @@ private:
         committed_generation_ = valid_highest;
         if (damaged_highest > valid_highest && damaged_highest - valid_highest <= area_.count)
             highest_generation_ = damaged_highest;
-        newest_slot_ = newest_valid ? newest_valid->index : area_.count - 1;
+        newest_slot_ = static_cast<std::uint16_t>(newest_valid ? newest_valid->index : area_.count - 1);
         if (newest_valid && !matches_this_type(*newest_valid) && !options_->upgrade) throw_mismatch(*newest_valid);
     }
 };

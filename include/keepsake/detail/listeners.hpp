@@ -33,7 +33,7 @@ public:
         auto next = std::make_shared<list>(held.current ? *held.current : list{});
         next->emplace_back(++held.last_id, std::move(on_event));
         held.current = std::move(next);
-        any_.store(true, std::memory_order_release);
+        held.any.store(true, std::memory_order_release);
         return held.last_id;
     }
 
@@ -45,11 +45,14 @@ public:
         auto next = std::make_shared<list>();
         for (const auto& entry : *held->current)
             if (entry.first != id) next->push_back(entry);
-        any_.store(!next->empty(), std::memory_order_release);
+        held->any.store(!next->empty(), std::memory_order_release);
         held->current = std::move(next);
     }
 
-    bool any() const noexcept { return any_.load(std::memory_order_acquire); }
+    bool any() const noexcept {
+        const body* held = body_.load(std::memory_order_acquire);
+        return held != nullptr && held->any.load(std::memory_order_acquire);
+    }
 
     // A handler's exception is logged and dropped: it is the listener's
     // failure, not the unit's or the supervisor's.
@@ -75,14 +78,14 @@ public:
 private:
     using list = std::vector<std::pair<std::uint64_t, handler>>;
     // Made by the first subscriber: most units never have one, and an idle
-    // unit's two lists then cost two words each, not a mutex and a list.
+    // unit's two lists then cost a word each, not a mutex and a list.
     struct body {
         mutable std::mutex mutex;
         std::shared_ptr<const list> current;
         std::uint64_t last_id = 0;
+        std::atomic<bool> any{false};  // read without the mutex, before each delivery
     };
     std::atomic<body*> body_{nullptr};
-    std::atomic<bool> any_{false};
 
     body& made() {
         body* held = body_.load(std::memory_order_acquire);
