@@ -67,6 +67,24 @@ struct restored {
 namespace detail {
 struct shared_options_tag {};
 inline constexpr shared_options_tag shared_options{};
+
+// A keeper's side tables: one word while it has none, as most keepers
+// (every object's) never do.
+class attached_tables {
+public:
+    using held = std::unique_ptr<table_base>;
+    const held* begin() const noexcept { return list_ ? list_->data() : nullptr; }
+    const held* end() const noexcept { return list_ ? list_->data() + list_->size() : nullptr; }
+    bool empty() const noexcept { return !list_ || list_->empty(); }
+    void push_back(held made) {
+        if (!list_) list_ = std::make_unique<std::vector<held>>();
+        list_->push_back(std::move(made));
+    }
+    void clear() noexcept { list_.reset(); }
+
+private:
+    std::unique_ptr<std::vector<held>> list_;
+};
 } // namespace detail
 
 template <class T>
@@ -337,7 +355,7 @@ private:
     detail::slot_area area_{};
     std::uint64_t highest_generation_ = 0;  // highest seen (valid, or plausibly ours)
     std::uint64_t committed_generation_ = 0;  // of the state in hand: the last commit, or what restore found
-    std::vector<std::unique_ptr<detail::table_base>> tables_;
+    detail::attached_tables tables_;
 
     std::vector<std::string> table_names(const std::vector<detail::table_image>& tables) const {
         std::vector<std::string> names = stored_table_names();
