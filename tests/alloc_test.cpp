@@ -11,6 +11,8 @@
 #include "counting_new.hpp"
 #include "support.hpp"
 
+namespace alloc_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 namespace {
 
 struct pose {  // trivially copyable: stored as raw bytes
@@ -161,3 +163,5 @@ TEST_CASE("a worker crash and restart allocate nothing, with crash reports print
     keepsake::detail::crash_reports().set_time_source(nullptr);
     keepsake::set_crash_reports(keepsake::crash_report_options{});
 }
+
+}  // namespace alloc_tests

@@ -17,6 +17,8 @@
 #include "postgres_server.hpp"
 #include "support.hpp"
 
+namespace cluster_node_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::cluster::not_owner_error;
 using test_support::postgres_server;
@@ -311,3 +313,5 @@ TEST_CASE("cluster node: an object's alarms move with it: a dead node's alarm fi
     CHECK(c.objects.stats().alarm_retries == 0);
     CHECK(c.objects.active_count() == 0);
 }
+
+}  // namespace cluster_node_tests

@@ -23,6 +23,8 @@
 #include "postgres_server.hpp"
 #include "support.hpp"
 
+namespace cluster_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::cluster::membership;
 using keepsake::cluster::node_options;
 using keepsake::cluster::ownership;
@@ -338,3 +340,5 @@ TEST_CASE("cluster: a node restarted under the same id orphans its old objects a
     REQUIRE(again);
     CHECK(again->fence == 3);
 }
+
+}  // namespace cluster_tests

@@ -14,6 +14,8 @@
 
 #include "support.hpp"
 
+namespace corruption_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::keeper;
 using keepsake::segment;
@@ -359,3 +361,5 @@ TEST_CASE("a keeper whose entry's key was damaged while attached releases its ow
     const keepsake::error refused = test_support::error_from([&] { keeper<int> third(s, "victimkey"); });
     CHECK(refused.code() == errc::key_in_use);
 }
+
+}  // namespace corruption_tests

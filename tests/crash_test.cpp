@@ -17,6 +17,8 @@
 
 #include "support.hpp"
 
+namespace crash_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::keeper;
 using keepsake::open_outcome;
 using keepsake::segment;
@@ -531,3 +533,5 @@ TEST_CASE("SIGKILL at random instants while a segment grows its file and its dir
     CHECK(blocks_added > 0);
     test_support::release_shared(report);
 }
+
+}  // namespace crash_tests

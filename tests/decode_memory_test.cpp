@@ -14,6 +14,8 @@
 #include "counting_new.hpp"
 #include "issue10_inputs.hpp"
 
+namespace decode_memory_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using test_support::heap::usage;
 using test_support::heap::usage_of;
@@ -141,3 +143,5 @@ TEST_CASE("a 4 GiB string length in a slot is refused by restore and keepsake-in
     CHECK(used.extra_peak < one_mib);
     CHECK(used.largest_request < one_mib);
 }
+
+}  // namespace decode_memory_tests

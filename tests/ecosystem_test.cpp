@@ -22,6 +22,8 @@
 
 #include "support.hpp"
 
+namespace ecosystem_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using namespace std::chrono_literals;
 using keepsake::errc;
 using test_support::error_from;
@@ -367,3 +369,5 @@ TEST_CASE("the Prometheus parser of these tests rejects what a server would", "[
     const exposition ok = parse_prometheus("# HELP x h\n# TYPE x gauge\nx{a=\"\\\"q\\\\\\n\"} +Inf\n");
     CHECK(std::isinf(ok.samples.at("x{a=\"\"q\\\n\"}")));
 }
+
+}  // namespace ecosystem_tests

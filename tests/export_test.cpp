@@ -21,6 +21,8 @@
 
 #include "support.hpp"
 
+namespace export_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::exporter;
 using keepsake::keeper;
@@ -1133,3 +1135,5 @@ TEST_CASE("SIGKILL during export leaves a whole old or new record (SQLite store)
     temp_dir disk;
     kill_exporter_repeatedly<keepsake::sqlite_store>(disk.path() + "/s.db");
 }
+
+}  // namespace export_tests

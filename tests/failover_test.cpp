@@ -21,6 +21,8 @@
 
 #include "cluster_processes.hpp"
 
+namespace failover_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using test_support::postgres_server;
 using namespace std::chrono_literals;
 
@@ -200,3 +202,5 @@ TEST_CASE("failover: a node SIGKILLed and restarted under the same id takes its 
         CHECK(std::string(nodes.stored(object).writer) == "a");
     }
 }
+
+}  // namespace failover_tests

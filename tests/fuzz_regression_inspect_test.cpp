@@ -4,6 +4,8 @@
 #include "entries/inspect.hpp"
 #include "fuzz_replay.hpp"
 
+namespace fuzz_regression_inspect_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 TEST_CASE("fuzz regressions: keepsake-inspect on a segment file", "[fuzz][inspect]") {
     test_support::replay_regressions("inspect", keepsake_fuzz::inspect_entry);
 }
@@ -11,3 +13,5 @@ TEST_CASE("fuzz regressions: keepsake-inspect on a segment file", "[fuzz][inspec
 TEST_CASE("fuzz seeds: keepsake-inspect on the segments the library makes", "[fuzz][inspect]") {
     test_support::replay_seeds("inspect", keepsake_fuzz::inspect_entry);
 }
+
+}  // namespace fuzz_regression_inspect_tests

@@ -8,6 +8,8 @@
 #include "fuzz_replay.hpp"
 #include "issue10_inputs.hpp"
 
+namespace fuzz_regression_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::recovery_source;
 using keepsake::detail::max_generation;
@@ -107,3 +109,5 @@ TEST_CASE("a store record at the top of the range recovers to a generation resto
         CHECK(above.restored == 1);
     }
 }
+
+}  // namespace fuzz_regression_tests

@@ -17,6 +17,8 @@
 
 #include "support.hpp"
 
+namespace inspect_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::inspector;
 using keepsake::keeper;
@@ -611,3 +613,5 @@ TEST_CASE("inspect list shows files it will not trust as refused, and never hang
                                   Catch::Matchers::Contains("chmod 600"));
     }
 }
+
+}  // namespace inspect_tests

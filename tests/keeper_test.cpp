@@ -11,6 +11,8 @@
 
 #include "support.hpp"
 
+namespace keeper_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::keeper;
 using keepsake::segment;
@@ -296,23 +298,27 @@ struct tagged_v2 {
 };
 } // namespace
 
+}  // namespace keeper_tests
+
 // Both versions under one name, as a program that changed the struct sees it.
-template <> struct keepsake::state_traits<player_v1> {
+template <> struct keepsake::state_traits<keeper_tests::player_v1> {
     static constexpr std::uint32_t schema_version = 1;
     static std::string type_name() { return "player"; }
 };
-template <> struct keepsake::state_traits<player_v2> {
+template <> struct keepsake::state_traits<keeper_tests::player_v2> {
     static constexpr std::uint32_t schema_version = 1;
     static std::string type_name() { return "player"; }
 };
-template <> struct keepsake::state_traits<tagged_v1> {
+template <> struct keepsake::state_traits<keeper_tests::tagged_v1> {
     static constexpr std::uint32_t schema_version = 1;
     static std::string type_name() { return "tagged"; }
 };
-template <> struct keepsake::state_traits<tagged_v2> {
+template <> struct keepsake::state_traits<keeper_tests::tagged_v2> {
     static constexpr std::uint32_t schema_version = 1;
     static std::string type_name() { return "tagged"; }
 };
+
+namespace keeper_tests {
 
 TEST_CASE("a decode must consume exactly the committed bytes", "[keeper][decode]") {
     static_assert(sizeof(tagged_v1) == sizeof(tagged_v2), "the padding case: the size stays the same");
@@ -420,3 +426,5 @@ TEST_CASE("cereal keys start small: a default segment holds thousands of them wi
     CHECK(s.entries().size() == 3000);
     CHECK(keeper<std::string>(s, "player/2999").restore()->value == "name 2999");
 }
+
+}  // namespace keeper_tests

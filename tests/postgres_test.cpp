@@ -16,6 +16,8 @@
 #include "store_conformance.hpp"
 #include "support.hpp"
 
+namespace postgres_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::record;
 using store_conformance::make_record;
@@ -199,3 +201,5 @@ TEST_CASE("store: an exporter copies a segment's keys into it", "[postgres][stor
     const auto recovered = keepsake::recover(back, s, std::uint64_t{0});
     CHECK(recovered.value == 70);
 }
+
+}  // namespace postgres_tests

@@ -14,6 +14,8 @@
 
 #include "support.hpp"
 
+namespace segment_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::open_outcome;
 using keepsake::segment;
@@ -564,3 +566,5 @@ TEST_CASE("the key index finds what a map finds through random adds and removes"
     for (const auto& [each, entry] : model) CHECK(index.find(each, holds(each)) == entry);
     CHECK(index.bytes() <= 8 * 128);
 }
+
+}  // namespace segment_tests

@@ -19,6 +19,8 @@
 
 #include "support.hpp"
 
+namespace stack_pool_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 namespace {
 
 struct count {
@@ -214,3 +216,5 @@ TEST_CASE("stack pool: a guard page turns an overflow into a segfault, on a fres
     INFO("wait status " << direct);
     CHECK(crashed(direct));
 }
+
+}  // namespace stack_pool_tests

@@ -24,6 +24,8 @@
 #include "store_conformance.hpp"
 #include "support.hpp"
 
+namespace store_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::record;
 using test_support::error_from;
@@ -462,3 +464,5 @@ TEST_CASE("faulty store fails every Nth call, halfway if asked, as asked", "[sto
     CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(30));
     CHECK(inner.list("").size() == 4);
 }
+
+}  // namespace store_tests

@@ -23,6 +23,8 @@
 
 #include "support.hpp"
 
+namespace supervisor_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using namespace std::chrono_literals;
 using keepsake::child_state;
 using keepsake::errc;
@@ -1472,3 +1474,5 @@ TEST_CASE("runtime::wait: refused where it could never end", "[wait]") {
         CHECK(code_of([&] { inner.wait(); }) == errc::invalid_argument);
     }
 }
+
+}  // namespace supervisor_tests

@@ -22,6 +22,8 @@
 
 #include "support.hpp"
 
+namespace table_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using keepsake::errc;
 using keepsake::keeper;
 using keepsake::segment;
@@ -586,3 +588,5 @@ TEST_CASE("removing a key removes its side tables, and a key made again starts w
     keeper<world> again(s, "x");
     CHECK(again.table<std::uint64_t, entity>("t").empty());
 }
+
+}  // namespace table_tests

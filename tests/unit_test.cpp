@@ -34,6 +34,8 @@
 
 #include "support.hpp"
 
+namespace unit_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using namespace std::chrono_literals;
 using keepsake::errc;
 using test_support::fibers_may_move_threads;
@@ -155,9 +157,9 @@ TEST_CASE("typed messages go to the unit's handler, and a const handler is read-
         FAIL("whereis with the wrong types should throw");
     } catch (const keepsake::error& failure) {
         CHECK(failure.code() == errc::type_mismatch);
-        CHECK_THAT(failure.what(), Catch::Matchers::Contains("State (anonymous namespace)::tally") &&
-                                       Catch::Matchers::Contains("Handler (anonymous namespace)::tally_handler") &&
-                                       Catch::Matchers::Contains("not as a unit of State (anonymous namespace)::counter"));
+        CHECK_THAT(failure.what(), Catch::Matchers::Contains("State unit_tests::(anonymous namespace)::tally") &&
+                                       Catch::Matchers::Contains("Handler unit_tests::(anonymous namespace)::tally_handler") &&
+                                       Catch::Matchers::Contains("not as a unit of State unit_tests::(anonymous namespace)::counter"));
     }
     CHECK(test_support::error_from([&] { keepsake::whereis<tally>(rt, "t"); }).code() == errc::type_mismatch);
     CHECK(test_support::error_from([&] { keepsake::whereis_supervisor(rt, "t"); }).code() == errc::type_mismatch);
@@ -1518,3 +1520,5 @@ TEST_CASE("crash reports go to stderr by default, and set_crash_reports(false) m
     }
     CHECK(contents(path) == "keepsake: unit 'loud' crashed (restarts so far: 0): printed\n");
 }
+
+}  // namespace unit_tests

@@ -20,6 +20,8 @@
 
 #include "support.hpp"
 
+namespace xthread_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using namespace std::chrono_literals;
 using keepsake::errc;
 using test_support::fibers_may_move_threads;
@@ -299,3 +301,5 @@ TEST_CASE("a hundred fibers wait on one unit's answers at once, and their reply 
     CHECK(sum == 2L * fibers * calls);
     CHECK(unit.call([](const counter& state) { return state.value; }) == 2L * fibers * calls);
 }
+
+}  // namespace xthread_tests
