@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstddef>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 
 #include <boost/fiber/operations.hpp>
 
+#include <keepsake/detail/side_stack.hpp>
 #include <keepsake/keepsake.hpp>
 
 #include "support.hpp"
@@ -215,6 +217,79 @@ TEST_CASE("stack pool: a guard page turns an overflow into a segfault, on a fres
     });
     INFO("wait status " << direct);
     CHECK(crashed(direct));
+}
+
+TEST_CASE("side stack: a call runs on a pooled stack, and its throw and its suspension come back to the caller",
+          "[runtime][stacks]") {
+    keepsake::runtime rt(pumped_with(8, GENERATE(true, false)));
+    keepsake::detail::stack_pool side(64 * 1024, true, 4);
+    int finished = 0;
+    auto on_fiber = [&] {
+        char here = 0;
+        const auto own = reinterpret_cast<std::uintptr_t>(&here);
+        std::uintptr_t there = 0;
+        keepsake::detail::on_side_stack(&side, [&] {
+            char local = 0;
+            there = reinterpret_cast<std::uintptr_t>(&local);
+            boost::this_fiber::yield();  // another fiber takes the side pool meanwhile
+        });
+        // Not on the fiber's own 64 KiB stack.
+        CHECK((there > own ? there - own : own - there) > 64 * 1024);
+        CHECK_THROWS_WITH(keepsake::detail::on_side_stack(&side, [] { throw std::runtime_error("thrown on the side"); }),
+                          "thrown on the side");
+        ++finished;
+    };
+    rt.spawn(on_fiber);
+    rt.spawn(on_fiber);
+    poll_until(rt, [&] { return finished == 2; });
+    REQUIRE(finished == 2);
+    // Two calls suspended at once took two stacks; later calls reused them.
+    CHECK(side.stats().fresh == 2);
+    CHECK(side.stats().reused == 2);
+    CHECK(side.stats().pooled == 2);
+    int in_place = 0;
+    keepsake::detail::on_side_stack(nullptr, [&] { ++in_place; });  // no pool: in place
+    CHECK(in_place == 1);
+}
+
+TEST_CASE("side stack: a worker's start and its init hook run on a side stack, its messages on its own",
+          "[runtime][stacks]") {
+    test_support::shm_dir dir;
+    keepsake::segment seg("side", dir.options());
+    keepsake::runtime rt(pumped_with(16, GENERATE(true, false), &seg));
+    std::uintptr_t at_init = 0;
+    keepsake::unit_spec<count> spec;
+    spec.name = "u";
+    spec.init = [&](count&, const keepsake::start_info&) {
+        char local = 0;
+        at_init = reinterpret_cast<std::uintptr_t>(&local);
+    };
+    auto unit = keepsake::start_unit(rt, spec);
+    std::uintptr_t at_message = 0;
+    unit.call([&](count& state) {
+        char local = 0;
+        ++state.value;
+        at_message = reinterpret_cast<std::uintptr_t>(&local);
+    });
+    REQUIRE(at_init != 0);
+    CHECK((at_init > at_message ? at_init - at_message : at_message - at_init) > 64 * 1024);
+    REQUIRE(rt.side_stacks() != nullptr);
+    CHECK(rt.side_stacks()->stats().pooled == 1);  // taken for the start, handed back
+    // A start that throws (the init hook) is a start failure, as without a side stack.
+    keepsake::unit_spec<count> failing;
+    failing.name = "f";
+    failing.init = [](count&, const keepsake::start_info&) { throw std::runtime_error("init refuses"); };
+    const keepsake::error refused = test_support::error_from([&] { keepsake::start_unit(rt, failing); });
+    CHECK(refused.code() == keepsake::errc::start_failed);
+    CHECK_THAT(refused.what(), Catch::Matchers::Contains("init refuses"));
+    CHECK(unit.call([](count& state) { return state.value; }) == 1);
+    // Without a stack pool there are no side stacks: the start runs in place.
+    keepsake::runtime_options unpooled = pumped_with(0, true, &seg);
+    keepsake::runtime without(unpooled);
+    CHECK(without.side_stacks() == nullptr);
+    spec.name = "w";
+    auto in_place = keepsake::start_unit(without, spec);
+    CHECK(in_place.call([](count& state) { return ++state.value; }) == 1);
 }
 
 }  // namespace stack_pool_tests

@@ -12,8 +12,11 @@ KEEPSAKE_INLINE runtime::runtime(runtime_options options)
     : options_(std::move(options)), time_(options_.time ? options_.time : std::make_shared<steady_clock>()) {
     if (options_.stack_size < 16 * 1024)
         throw error(errc::invalid_argument, "runtime_options::stack_size must be at least 16 KiB");
-    if (options_.pooled_stacks > 0)
+    if (options_.pooled_stacks > 0) {
         stacks_ = std::make_shared<detail::stack_pool>(options_.stack_size, options_.guard_pages, options_.pooled_stacks);
+        // A few: one is taken only while a start runs on it (or is suspended there).
+        side_stacks_ = std::make_unique<detail::stack_pool>(options_.stack_size, options_.guard_pages, 4);
+    }
     if (options_.threads == 0) {
         install_scheduler();
         owner_threads_.push_back(std::this_thread::get_id());

@@ -235,6 +235,9 @@ public:
 
     // What the stack pool did (all zero without one: pooled_stacks == 0).
     detail::stack_pool_stats stack_stats() const { return stacks_ ? stacks_->stats() : detail::stack_pool_stats{}; }
+    // The stacks a worker's start runs on (detail/side_stack.hpp); null
+    // without a stack pool.
+    detail::stack_pool* side_stacks() const noexcept { return side_stacks_.get(); }
 
 private:
     struct registered {
@@ -247,6 +250,7 @@ private:
     std::shared_ptr<keepsake::clock> time_;
     event_bus events_;
     std::shared_ptr<detail::stack_pool> stacks_;  // null when pooled_stacks == 0
+    std::unique_ptr<detail::stack_pool> side_stacks_;  // null when pooled_stacks == 0
     std::shared_ptr<std::atomic<std::size_t>> ready_workers_ = std::make_shared<std::atomic<std::size_t>>(0);
     std::shared_ptr<detail::pump_budget> budget_ = std::make_shared<detail::pump_budget>();
     std::shared_ptr<detail::shared_ready_pool> shared_pool_ = std::make_shared<detail::shared_ready_pool>();

@@ -45,12 +45,24 @@ public:
         return true;
     }
 
-    // Throws errc::circuit_open while the breaker is open.
+    // Throws errc::circuit_open while the breaker is open. Called on a new
+    // worker's stack: the message is built out of line, so that this frame
+    // stays small and touches no stack page the worker would not.
     void check() const {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::chrono::steady_clock::time_point open_until;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            open_until = open_until_;
+        }
         const auto now = std::chrono::steady_clock::now();
-        if (now >= open_until_) return;
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(open_until_ - now).count();
+        if (now < open_until) refuse(open_until - now);
+    }
+
+    const std::string& type() const noexcept { return type_; }
+
+private:
+    [[noreturn, gnu::noinline, gnu::cold]] void refuse(std::chrono::steady_clock::duration left_open) const {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(left_open).count();
         throw error(errc::circuit_open, "unit type '" + type_ + "' crashed " + std::to_string(rule_.crashes) +
                                             " times within " + std::to_string(rule_.window.count()) +
                                             " ms: its new starts are refused for " + std::to_string(left) +
@@ -58,9 +70,6 @@ public:
                                             "unit_type_options::breaker");
     }
 
-    const std::string& type() const noexcept { return type_; }
-
-private:
     std::string type_;
     circuit_breaker rule_;
     mutable std::mutex mutex_;

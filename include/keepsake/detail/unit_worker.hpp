@@ -4,6 +4,7 @@
 // committing, crashes and the restart in place.
 #pragma once
 
+#include "keepsake/detail/side_stack.hpp"
 #include "keepsake/detail/unit_core.hpp"
 
 namespace keepsake {
@@ -198,11 +199,27 @@ template <class State, class Handler>
 exit_reason unit_core<State, Handler>::run_instance(std::uint64_t number) {
     restarts_this_instance_ = 0;
     log_.clear();
-    check_registry_at_start();
+    // The start's deep calls on a side stack, the first two in one go: the
+    // worker's own stack keeps only the pages serving touches
+    // (detail/side_stack.hpp). A refusal of the registry's leaves here; a
+    // throw of the first hand-over is met below as any start's.
+    bool handed_over = false;
+    std::exception_ptr hand_over_failed;
+    on_side_stack(runtime_.side_stacks(), [&] {
+        check_registry_at_start();
+        try {
+            hand_over_state(number);
+            handed_over = true;
+        } catch (...) {
+            hand_over_failed = std::current_exception();
+        }
+    });
     for (;;) {
         std::optional<exit_reason> ended;
         try {
-            hand_over_state(number);
+            if (hand_over_failed) std::rethrow_exception(std::exchange(hand_over_failed, nullptr));
+            if (!std::exchange(handed_over, false))
+                on_side_stack(runtime_.side_stacks(), [&] { hand_over_state(number); });
             if (!started()) report_started();
             switch (run_body()) {
             case served::crashed: ended = on_crash(crash_reason()); break;
