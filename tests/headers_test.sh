@@ -48,6 +48,22 @@ with_inl=$(cd "$source_dir/include" && grep -rlE '#include [<"].*-inl\.hpp' keep
   xargs -P "$(nproc)" -n 2 bash -c 'check_one "$0" "$1"' ||
   fail "a header does not compile on its own (above)"
 
+# Every public header in two translation units of one program, header-only:
+# a definition in a header that is not inline (or KEEPSAKE_INLINE) is then
+# defined twice, and the link fails. (The test binaries compile as one unit
+# each, so their links no longer show it.)
+sed 's|.*|#include <&>|' <<<"$headers" >"$work/first.cpp"
+{ cat "$work/first.cpp"; echo 'int main() { return 0; }'; } >"$work/second.cpp"
+for unit in first second; do "$compiler" "${common[@]}" -c "$work/$unit.cpp" -o "$work/$unit.o" 2>"$work/err.$unit" & done
+for unit in first second; do
+  wait -n || { cat "$work"/err.first "$work"/err.second | head -20 >&2
+               fail "every public header in one translation unit does not compile (above)"; }
+done
+"$compiler" "$work/first.o" "$work/second.o" -o "$work/two_units" \
+  -lboost_fiber -lboost_context -lspdlog -lfmt -lsqlite3 -lpq -pthread 2>"$work/err.link" || {
+  head -20 "$work/err.link" >&2; fail "two translation units with every public header do not link (above): a definition in a header misses inline"; }
+"$work/two_units" || fail "the program of two translation units did not run"
+
 for header in keeper.hpp recovery.hpp exporter.hpp stores/file_store.hpp stores/sqlite_store.hpp stores/postgres_store.hpp; do
   printf '#include <keepsake/%s>\n' "$header" >"$work/keeper.cpp"
   "$compiler" "${common[@]}" -M "$work/keeper.cpp" >"$work/deps"
@@ -55,4 +71,4 @@ for header in keeper.hpp recovery.hpp exporter.hpp stores/file_store.hpp stores/
           grep -E 'boost/fiber|boost/context|keepsake/(runtime|supervisor|unit|detail/(child|mailbox|unit_core|scheduling))' || true)
   [ -z "$heavy" ] || fail "keepsake/$header pulls in what keepers do not need:"$'\n'"$heavy"
 done
-echo "headers: $count public headers compile on their own (compiled mode), and in header-only mode the $(wc -l <<<"$with_inl") that include an -inl.hpp and the umbrella; keeper, recovery, exporter and stores reach no fiber or supervision header"
+echo "headers: two translation units with every public header link into one program; $count public headers compile on their own (compiled mode), and in header-only mode the $(wc -l <<<"$with_inl") that include an -inl.hpp and the umbrella; keeper, recovery, exporter and stores reach no fiber or supervision header"
