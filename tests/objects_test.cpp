@@ -19,6 +19,8 @@
 
 #include "support.hpp"
 
+namespace objects_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using namespace std::chrono_literals;
 using keepsake::errc;
 using keepsake::event_kind;
@@ -661,3 +663,5 @@ TEST_CASE("objects: a caller waiting for a start gives up after start_timeout", 
     starter.join();
     CHECK(players.get_state("slow")->score == 1);
 }
+
+}  // namespace objects_tests

@@ -20,6 +20,8 @@
 
 #include "support.hpp"
 
+namespace registry_tests {  // a unity build's sources keep their names apart (tests/CMakeLists.txt)
+
 using namespace std::chrono_literals;
 using keepsake::errc;
 using keepsake::event_kind;
@@ -807,3 +809,5 @@ TEST_CASE("registry: the rollback ladder ends at the initial state when every ol
     CHECK(steps[0].find("started from generation 1") != std::string::npos);
     CHECK(steps[1].find("started from the initial state") != std::string::npos);
 }
+
+}  // namespace registry_tests
