@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <keepsake/keepsake.hpp>
+#include <keepsake/metrics.hpp>
 #include <keepsake/objects/directory.hpp>
 #include <keepsake/stores/sqlite_store.hpp>
 #include <keepsake/testing.hpp>
@@ -123,6 +124,46 @@ TEST_CASE("objects: a call starts the object from its committed state, once", "[
     CHECK(players.call("ada", [](player& p) { return p.score * 2; }) == 14);
     CHECK(players.list() == std::vector<std::string>{"ada"});
     CHECK(players.count() == 1);
+}
+
+TEST_CASE("objects: a directory's key space is its own, and its objects are counted by directory, not by name",
+          "[objects]") {
+    rig r;
+    keepsake::unit_spec<player> other;
+    other.name = "players/zed";
+    {
+        players_directory players(r.rt, players_spec());
+        CHECK(players.call("ada", add{5}) == 5);
+        // No unit, supervisor or other directory takes a name in it.
+        const keepsake::error unit_refused = test_support::error_from([&] { keepsake::start_unit(r.rt, other); });
+        CHECK(unit_refused.code() == errc::already_started);
+        CHECK_THAT(unit_refused.what(), Catch::Matchers::Contains("key space of the object directory 'players'"));
+        keepsake::supervisor_spec sup;
+        sup.name = "players/sup";
+        CHECK(test_support::error_from([&] { keepsake::start_supervisor(r.rt, sup); }).code() == errc::already_started);
+        CHECK(test_support::error_from([&] { players_directory again(r.rt, players_spec()); }).code() ==
+              errc::already_started);
+        auto nested_spec = players_spec();
+        nested_spec.name = "players.vip";  // its keys begin "players.vip/": apart from "players/"
+        players_directory nested(r.rt, nested_spec);
+        CHECK(nested.call("ada", add{1}) == 1);
+        // Metrics: the directory's counts, and no series of each object.
+        const std::string text =
+            keepsake::prometheus_text(r.rt, {}, {keepsake::metrics_of(players), keepsake::metrics_of(nested)});
+        CHECK_THAT(text, Catch::Matchers::Contains("keepsake_directory_active_objects{directory=\"players\"} 1\n"));
+        CHECK_THAT(text, Catch::Matchers::Contains("keepsake_directory_activations_total{directory=\"players.vip\"} 1\n"));
+        CHECK_THAT(text, !Catch::Matchers::Contains("players/ada"));
+    }
+    // Once the directory is gone its key space is free, and a unit in it
+    // keeps a directory of that name from opening while it lives.
+    auto unit = keepsake::start_unit(r.rt, other);
+    CHECK(unit.call([](player& p) { return ++p.score; }) == 1);
+    CHECK(test_support::error_from([&] { players_directory blocked(r.rt, players_spec()); }).code() ==
+          errc::already_started);
+    keepsake::stop_unit(r.rt, unit);
+    unit = {};
+    players_directory reopened(r.rt, players_spec());
+    CHECK(reopened.call("ada", add{1}) == 6);
 }
 
 // A handler with state of its own. The objects of a directory share one

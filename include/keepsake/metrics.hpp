@@ -15,11 +15,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "keepsake/exporter.hpp"
+#include "keepsake/objects/directory_spec.hpp"
 #include "keepsake/runtime.hpp"
 #include "keepsake/version.hpp"
 
@@ -30,6 +32,23 @@ struct exporter_metrics {
     std::string name;
     const exporter* source = nullptr;
 };
+
+// An object directory to report, under the label directory="name": its
+// counts for all its objects (an object is not a unit of the runtime's
+// list, so a million objects are not a million series). Made by
+// metrics_of(directory); the directory must outlive the rendering.
+struct directory_metrics {
+    std::string name;
+    std::function<directory_stats()> read;
+};
+
+template <class State, class Handler>
+class object_directory;  // keepsake/objects/directory.hpp
+
+template <class State, class Handler>
+directory_metrics metrics_of(const object_directory<State, Handler>& directory) {
+    return {directory.name(), [&directory] { return directory.stats(); }};
+}
 
 namespace detail {
 
@@ -134,6 +153,16 @@ inline void write_runtime(prometheus_writer& out, const runtime& where) {
     write_rows(supervisor_rows, true);
 }
 
+// Each row's family, with one sample per source (labelled `key`: its name).
+template <class Stats, std::size_t Rows, class Source>
+void write_per_source(prometheus_writer& out, const family_row<Stats> (&rows)[Rows], const char* key,
+                      const std::vector<Source>& sources, const std::vector<Stats>& stats) {
+    for (const family_row<Stats>& each : rows) {
+        out.family(each.name, each.type, each.help);
+        for (std::size_t i = 0; i < sources.size(); ++i) out.sample(label(key, sources[i].name), each.read(stats[i]));
+    }
+}
+
 inline void write_exporters(prometheus_writer& out, const std::vector<exporter_metrics>& exporters) {
     if (exporters.empty()) return;
     using row = family_row<exporter_stats>;
@@ -156,10 +185,34 @@ inline void write_exporters(prometheus_writer& out, const std::vector<exporter_m
     for (std::size_t i = 0; i < exporters.size(); ++i)
         out.sample(label("exporter", exporters[i].name),
                    stats[i].passes == 0 ? HUGE_VAL : std::chrono::duration<double>(now - stats[i].covered_until).count());
-    for (const row& each : rows) {
-        out.family(each.name, each.type, each.help);
-        for (std::size_t i = 0; i < exporters.size(); ++i) out.sample(label("exporter", exporters[i].name), each.read(stats[i]));
-    }
+    write_per_source(out, rows, "exporter", exporters, stats);
+}
+
+inline void write_directories(prometheus_writer& out, const std::vector<directory_metrics>& directories) {
+    if (directories.empty()) return;
+    using row = family_row<directory_stats>;
+    using counters = const directory_stats&;
+    static const row rows[] = {
+        {"keepsake_directory_active_objects", "gauge", "Objects of the directory active now.",
+         [](counters s) { return double(s.active); }},
+        {"keepsake_directory_activations_total", "counter", "Objects started (from shared memory, the store or new).",
+         [](counters s) { return double(s.activations); }},
+        {"keepsake_directory_hibernations_total", "counter", "Objects hibernated: idle, evicted or terminated.",
+         [](counters s) { return double(s.hibernations); }},
+        {"keepsake_directory_evictions_total", "counter", "Idle objects evicted at max_active.",
+         [](counters s) { return double(s.evictions); }},
+        {"keepsake_directory_shutdowns_total", "counter", "Objects shut down: exported and removed from the segment.",
+         [](counters s) { return double(s.shutdowns); }},
+        {"keepsake_directory_alarms_fired_total", "counter", "Alarms delivered to their handler.",
+         [](counters s) { return double(s.alarms_fired); }},
+        {"keepsake_directory_alarm_retries_total", "counter", "Alarms retried after their handler threw.",
+         [](counters s) { return double(s.alarm_retries); }},
+        {"keepsake_directory_alarms_failed_total", "counter", "Alarms given up after their last retry.",
+         [](counters s) { return double(s.alarms_failed); }},
+    };
+    std::vector<directory_stats> stats;
+    for (const directory_metrics& each : directories) stats.push_back(each.read());
+    write_per_source(out, rows, "directory", directories, stats);
 }
 
 inline void write_build_info(prometheus_writer& out) {
@@ -169,12 +222,15 @@ inline void write_build_info(prometheus_writer& out) {
 
 } // namespace detail
 
-// The runtime's units and supervisors, and the given exporters.
-inline std::string prometheus_text(const runtime& where, const std::vector<exporter_metrics>& exporters = {}) {
+// The runtime's units and supervisors, and the given exporters and object
+// directories.
+inline std::string prometheus_text(const runtime& where, const std::vector<exporter_metrics>& exporters = {},
+                                   const std::vector<directory_metrics>& directories = {}) {
     detail::prometheus_writer out;
     detail::write_build_info(out);
     detail::write_runtime(out, where);
     detail::write_exporters(out, exporters);
+    detail::write_directories(out, directories);
     return out.take();
 }
 

@@ -76,6 +76,8 @@ KEEPSAKE_INLINE void runtime::spawn(std::function<void()> body, std::size_t stac
 KEEPSAKE_INLINE void runtime::register_name(const std::string& name, std::type_index type, std::string (*describe)(),
                                             std::weak_ptr<detail::named_process> who) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
+    for (const auto& [prefix, owner] : key_spaces_)
+        if (name.compare(0, prefix.size(), prefix) == 0) refuse_in_key_space(name, prefix);
     // One lookup: a new name is inserted by it; a name held before is taken
     // over only if its holder is gone.
     auto [found, added] = registry_.try_emplace(name, registered{type, describe, who});
@@ -87,6 +89,25 @@ KEEPSAKE_INLINE void runtime::register_name(const std::string& name, std::type_i
 KEEPSAKE_INLINE void runtime::reserve_names(std::size_t more) {
     std::lock_guard<std::mutex> lock(registry_mutex_);
     registry_.reserve(registry_.size() + more);
+}
+
+KEEPSAKE_INLINE void runtime::reserve_key_space(const std::string& prefix, const void* owner) {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    for (const auto& [held, by] : key_spaces_)
+        if (held.compare(0, prefix.size(), prefix) == 0 || prefix.compare(0, held.size(), held) == 0)
+            throw error(errc::already_started, "an object directory of the keys '" + held +
+                                                   "...' is already open in this runtime; open each "
+                                                   "directory once, under a name no other directory's begins with");
+    for (const auto& [name, holder] : registry_)
+        if (name.compare(0, prefix.size(), prefix) == 0 && !holder.who.expired()) refuse_in_key_space(name, prefix);
+    key_spaces_.emplace_back(prefix, owner);
+}
+
+KEEPSAKE_INLINE void runtime::release_key_space(const void* owner) noexcept {
+    std::lock_guard<std::mutex> lock(registry_mutex_);
+    key_spaces_.erase(std::remove_if(key_spaces_.begin(), key_spaces_.end(),
+                                     [&](const auto& held) { return held.second == owner; }),
+                      key_spaces_.end());
 }
 
 KEEPSAKE_INLINE void runtime::unregister_name(const std::string& name, const detail::named_process* who) {
@@ -220,6 +241,14 @@ KEEPSAKE_INLINE void runtime::refuse_name(const std::string& name, const detail:
                 "the name '" + name + "' is still held by a unit or supervisor that is not running (its "
                 "supervisor keeps its spec, or a handle to it is alive); restart that one (restart_child), or "
                 "delete it (delete_child) and drop its handles, before starting another of that name");
+}
+
+KEEPSAKE_INLINE void runtime::refuse_in_key_space(const std::string& name, const std::string& prefix) {
+    throw error(errc::already_started, "the name '" + name + "' lies in the key space of the object directory '" +
+                                           prefix.substr(0, prefix.size() - 1) +
+                                           "' in this runtime (its objects' names begin with '" + prefix +
+                                           "'); give the unit or supervisor a name outside it, or the directory "
+                                           "another name");
 }
 
 KEEPSAKE_INLINE void runtime::check_pumping_thread(const char* what) const {

@@ -177,6 +177,15 @@ public:
     // Room for `more` names (a supervisor resuming that many children).
     void reserve_names(std::size_t more);
 
+    // An object directory's key space: the names that begin with `prefix`
+    // ("players/") are its objects', which the runtime does not hold by
+    // name (the directory finds them: a million objects are not a million
+    // names here, nor a million metric series). No unit, supervisor or other
+    // directory may take one while `owner` holds it: register_name and
+    // reserve_key_space throw already_started.
+    void reserve_key_space(const std::string& prefix, const void* owner);
+    void release_key_space(const void* owner) noexcept;
+
     // The registered object of that name, or null. Throws type_mismatch,
     // naming the registered type, if the name holds another type than Core.
     template <class Core>
@@ -276,11 +285,13 @@ private:
     std::size_t live_roots_ = 0;                  // under roots_changed_
     std::optional<exit_reason> first_abnormal_;   // under roots_changed_
     std::vector<const void*> segments_;  // under registry_mutex_: where its units keep state
+    std::vector<std::pair<std::string, const void*>> key_spaces_;  // under registry_mutex_: prefix, directory
     std::uint64_t committer_id_ = 0;
 
     // Only a running holder is "already started": one that is not running
     // (stopped, or kept by a live handle) is "present", as OTP says.
     [[noreturn]] static void refuse_name(const std::string& name, const detail::named_process& holder);
+    [[noreturn]] static void refuse_in_key_space(const std::string& name, const std::string& prefix);
 
     void check_pumping_thread(const char* what) const;
 

@@ -161,11 +161,14 @@ std::shared_ptr<unit_core<State, Handler>> make_unit_core(runtime& where, unit_s
     }
 }
 
-// Starts a core as a root (start_unit), from a spec it may share.
+// Starts an object's core (object_directory) as a root, from the
+// directory's shared spec, under the object's name.
 template <class State, class Handler>
 unit<State, Handler> start_unit_sharing(runtime& where, std::shared_ptr<const unit_spec<State, Handler>> spec,
                                         std::string name) {
-    auto core = make_unit_core(where, std::move(spec), std::move(name));
+    // Not held by name in the runtime: its directory reserved its key space
+    // (runtime::reserve_key_space) and finds it.
+    auto core = std::make_shared<unit_core<State, Handler>>(where, std::move(spec), std::move(name));
     core->start_as_root();
     return unit<State, Handler>(core);
 }

@@ -57,7 +57,13 @@ public:
         : runtime_(where), spec_(std::move(spec)), segment_(pick_segment(where, spec_.where)),
           prefix_(spec_.name + "/"), shared_(std::make_shared<shared>(*this)) {
         check_spec();
-        if (!spec_.start_paused) start_housekeeping();
+        runtime_.reserve_key_space(prefix_, this);  // its objects are not held by name in the runtime
+        try {
+            if (!spec_.start_paused) start_housekeeping();
+        } catch (...) {
+            runtime_.release_key_space(this);
+            throw;
+        }
     }
 
     // Starts the housekeeping fiber (once; the constructor does it unless
@@ -76,7 +82,10 @@ public:
 
     // Stops the housekeeping, then every active object (each commits as it
     // stops). Destroy it before its runtime.
-    ~object_directory() { close(); }
+    ~object_directory() {
+        close();
+        runtime_.release_key_space(this);
+    }
 
     // Delivers `message` to the object `key`, starting it first if it is
     // not running (from its committed state: shared memory, else the store,
