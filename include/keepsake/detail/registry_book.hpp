@@ -149,20 +149,27 @@ public:
     // The record and history writers of one unit, attached while a unit of
     // that key lives in this process. Stable address (signal handlers): a
     // node of entries_, whose key it names (no second copy of it).
+    // A unit's crash history key while attached: on the heap, made at its
+    // first crash (most units never crash: every entry carried it inline,
+    // 56 B of each unit's and object's heap).
+    struct crash_history {
+        record_slots<persisted_crashes> slots;
+        std::uint32_t entry = 0;  // its directory entry
+        std::unique_ptr<persisted_crashes> now;  // as entry::record_now
+    };
+
     struct entry {
         const std::string* name = nullptr;
         const std::string& key() const noexcept { return *name; }
         record_slots<persisted_unit> record;
-        record_slots<persisted_crashes> crashes;
-        std::uint32_t record_entry = 0;   // their directory entries (attached while the slots are)
-        std::uint32_t crashes_entry = 0;
+        std::uint32_t record_entry = 0;  // its directory entry (attached while the slots are)
         std::uint32_t users = 0;
         // What this process last wrote (nobody else writes an attached
         // record), kept once the unit crashed: its next crashes' bookkeeping
         // then writes without reading its slots back. On the heap, as the
         // history: most units never crash, and an idle one keeps neither.
         std::unique_ptr<persisted_unit> record_now;
-        std::unique_ptr<persisted_crashes> crashes_now;
+        std::unique_ptr<crash_history> crashes;  // null while not attached
     };
 
     // Room for `more` attached units (a resume knows how many come).
@@ -256,9 +263,10 @@ private:
     std::uint32_t append_crash(entry& which, crash_kind kind, std::string_view reason, std::uint64_t generation,
                                const crash_threshold& threshold, bool at_start, std::uint64_t now_ns, bool cache) {
         ensure_record(which);
-        if (!which.crashes.attached()) attach_crashes(which, registry_key(crash_record_prefix, which.key()));
-        persisted_crashes& history = held_copy(which.crashes_now, cache, scratch_crashes_, [&] {
-            return which.crashes.read().value_or(persisted_crashes{});
+        if (!which.crashes) attach_crashes(which, registry_key(crash_record_prefix, which.key()));
+        crash_history& attached = *which.crashes;
+        persisted_crashes& history = held_copy(attached.now, cache, scratch_crashes_, [&] {
+            return attached.slots.read().value_or(persisted_crashes{});
         });
         persisted_crash& added = history.entries[history.next];
         added.wall_ns = now_ns;
@@ -270,7 +278,7 @@ private:
         added.reason_length = static_cast<std::uint32_t>(taken);
         history.next = static_cast<std::uint32_t>((history.next + 1) % crash_history_size);
         history.count = std::min<std::uint32_t>(history.count + 1, crash_history_size);
-        which.crashes.write(history, 0, now_ns);
+        attached.slots.write(history, 0, now_ns);
         return counted(history, threshold, now_ns);
     }
 
@@ -295,9 +303,10 @@ public:
     void clear_history(entry& which) {
         std::lock_guard<std::mutex> lock(mutex_);
         const std::string key = registry_key(crash_record_prefix, which.key());
-        if (!which.crashes.attached() && segment_->entry_view_of(key)) attach_crashes(which, key);
-        if (which.crashes.attached()) which.crashes.write(persisted_crashes{});
-        which.crashes_now.reset();
+        if (!which.crashes && segment_->entry_view_of(key)) attach_crashes(which, key);
+        if (!which.crashes) return;
+        which.crashes->slots.write(persisted_crashes{});
+        which.crashes->now.reset();
     }
 
     // Removes the unit's record and history keys and its state key (which
@@ -314,9 +323,8 @@ public:
             which.record.write(with_status(which, unit_status::deleted));
             let_go(which);
             which.record = {};
-            which.crashes = {};
             which.record_now.reset();
-            which.crashes_now.reset();
+            which.crashes.reset();
             forget = forgetter_;
         }
         for (const std::string& key : {state_key, registry_key(crash_record_prefix, which.key()),
@@ -488,14 +496,16 @@ private:
     }
 
     void attach_crashes(entry& which, const std::string& key) {
+        auto history = std::make_unique<crash_history>();  // first: nothing throws once attached
         const auto attached = segment_->attach(key, entry_kind::state, 2, sizeof(persisted_crashes));
-        which.crashes = record_slots<persisted_crashes>(attached.area);
-        which.crashes_entry = attached.index;
+        history->slots = record_slots<persisted_crashes>(attached.area);
+        history->entry = attached.index;
+        which.crashes = std::move(history);
     }
 
     void let_go(entry& which) {
         if (which.record.attached()) segment_->release_entry(which.record_entry);
-        if (which.crashes.attached()) segment_->release_entry(which.crashes_entry);
+        if (which.crashes) segment_->release_entry(which.crashes->entry);
     }
 
 };
