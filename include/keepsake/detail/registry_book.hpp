@@ -146,9 +146,6 @@ public:
         return found;
     }
 
-    // The record and history writers of one unit, attached while a unit of
-    // that key lives in this process. Stable address (signal handlers): a
-    // node of entries_, whose key it names (no second copy of it).
     // A unit's crash history key while attached: on the heap, made at its
     // first crash (most units never crash: every entry carried it inline,
     // 56 B of each unit's and object's heap).
@@ -158,6 +155,9 @@ public:
         std::unique_ptr<persisted_crashes> now;  // as entry::record_now
     };
 
+    // The record and history writers of one unit, attached while a unit of
+    // that key lives in this process. Stable address (signal handlers): a
+    // node of entries_, whose key it names (no second copy of it).
     struct entry {
         const std::string* name = nullptr;
         const std::string& key() const noexcept { return *name; }
