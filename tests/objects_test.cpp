@@ -633,6 +633,55 @@ TEST_CASE("objects: alarms survive a reboot: the segment is gone, state and alar
     CHECK(players.call("ada", add{1}) == 8);
 }
 
+// The unit registry's record and crash history travel with the state: an
+// object woken after a reboot counts its earlier crashes, and one that was
+// permanently crashed stays so.
+TEST_CASE("objects: after a reboot an object's crash history and permanently_crashed status come back from the "
+          "store",
+          "[objects][registry]") {
+    keepsake::set_crash_reports(false);
+    shm_dir dir;
+    test_support::temp_dir files;
+    const std::string db = files.path() + "/objects.db";
+    auto clock = std::make_shared<keepsake::manual_clock>(5000s);
+    auto spec_on = [](keepsake::store& store) {
+        auto spec = players_spec();
+        spec.durable = &store;
+        spec.threshold = keepsake::crash_threshold{2, std::chrono::hours(1), false};
+        return spec;
+    };
+    std::uint64_t ada_starts = 0;
+    {
+        keepsake::sqlite_store store(db);
+        keepsake::segment seg("reboot", dir.options(8u << 20, 1024));
+        keepsake::exporter out(seg, store);
+        keepsake::runtime rt(keepsake::runtime_options{0, clock, 64 * 1024, &seg});
+        players_directory players(rt, spec_on(store));
+        players.call("ada", add{7});
+        CHECK_THROWS_AS(players.call("ada", boom{}), keepsake::worker_crashed);
+        CHECK(players.call("ada", add{1}) == 8);
+        CHECK_THROWS_AS(players.call("bob", boom{}), keepsake::worker_crashed);
+        CHECK_THROWS_AS(players.call("bob", boom{}), keepsake::worker_crashed);
+        REQUIRE(keepsake::info(seg, "players/bob")->status == keepsake::unit_status::permanently_crashed);
+        ada_starts = keepsake::info(seg, "players/ada")->starts;
+        REQUIRE(out.flush());
+    }
+    REQUIRE(keepsake::segment::remove("reboot", dir.path()));
+    keepsake::sqlite_store store(db);
+    keepsake::segment seg("reboot", dir.options(8u << 20, 1024));
+    keepsake::runtime rt(keepsake::runtime_options{0, clock, 64 * 1024, &seg});
+    players_directory players(rt, spec_on(store));
+    CHECK(players.call("ada", add{1}) == 9);
+    const auto ada = keepsake::info(seg, "players/ada").value();
+    CHECK(ada.crashes == 1);
+    CHECK(ada.starts == ada_starts + 1);
+    REQUIRE(ada.history.size() == 1);
+    CHECK(ada.history[0].reason == "boom on purpose");
+    const keepsake::error refused = test_support::error_from([&] { players.call("bob", add{1}); });
+    CHECK(refused.code() == errc::permanently_crashed);
+    CHECK(keepsake::info(seg, "players/bob")->history.size() == 2);
+}
+
 TEST_CASE("objects: a paused directory fires nothing until its housekeeping starts", "[objects]") {
     rig r;
     auto spec = players_spec();

@@ -70,20 +70,24 @@ namespace detail {
 
 inline constexpr std::uint32_t max_restart_limit = 1u << 20;
 
-inline void check_intensity(const restart_intensity& limits, const std::string& owner) {
+// `owner()` describes whose limits they are; it is called only for an error
+// (a unit checks its spec at every start: no strings built for a valid one).
+template <class Owner>
+void check_intensity(const restart_intensity& limits, Owner&& owner) {
     if (limits.period <= duration::zero())
-        throw error(errc::invalid_argument, owner + ": restart intensity period must be positive");
+        throw error(errc::invalid_argument, owner() + ": restart intensity period must be positive");
     if (limits.max_restarts > max_restart_limit)
-        throw error(errc::invalid_argument, owner + ": max_restarts above " + std::to_string(max_restart_limit) +
+        throw error(errc::invalid_argument, owner() + ": max_restarts above " + std::to_string(max_restart_limit) +
                                                 " is not supported; use a shorter period");
 }
 
 // A timeout below zero has no meaning (OTP accepts a non-negative integer,
 // infinity or brutal_kill): refused rather than taken as brutal_kill.
-inline void check_shutdown(const shutdown_spec& how, const std::string& owner) {
+template <class Owner>
+void check_shutdown(const shutdown_spec& how, Owner&& owner) {
     if (how.how == shutdown_spec::mode::timeout && how.limit < duration::zero())
         throw error(errc::invalid_argument,
-                    owner + ": shutdown timeout is negative (" +
+                    owner() + ": shutdown timeout is negative (" +
                         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(how.limit).count()) +
                         " ms); give shutdown_spec::after(0 or more), brutal_kill() or infinity()");
 }

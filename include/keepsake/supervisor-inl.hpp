@@ -173,8 +173,9 @@ KEEPSAKE_INLINE void supervisor_core::fill_counters(metered_counters& out) const
 KEEPSAKE_INLINE std::shared_ptr<supervised_actor> supervisor_core::self_pointer() { return shared_from_this(); }
 
 KEEPSAKE_INLINE void supervisor_core::check_spec() const {
-    check_intensity(spec_.flags.intensity, "supervisor '" + name() + "'");
-    check_shutdown(spec_.shutdown, "supervisor '" + name() + "'");
+    const auto owner = [this] { return "supervisor '" + name() + "'"; };
+    check_intensity(spec_.flags.intensity, owner);
+    check_shutdown(spec_.shutdown, owner);
     if (spec_.flags.dynamic && spec_.flags.strategy != strategy::one_for_one)
         throw error(errc::invalid_argument, "supervisor '" + name() + "': a dynamic supervisor is one_for_one");
     if (spec_.flags.dynamic && !spec_.children.empty())
@@ -197,7 +198,7 @@ KEEPSAKE_INLINE void supervisor_core::check_child(const child_spec& spec) const 
     if (spec.id.empty() || !spec.make)
         throw error(errc::invalid_argument, "supervisor '" + name() + "': a child spec needs an id and a maker "
                                                                       "(use keepsake::child(spec))");
-    check_shutdown(spec.shutdown, "supervisor '" + name() + "': child '" + spec.id + "'");
+    check_shutdown(spec.shutdown, [&] { return "supervisor '" + name() + "': child '" + spec.id + "'"; });
     if (spec.significant && spec.restart == restart_type::permanent)
         throw error(errc::invalid_argument, "supervisor '" + name() + "': child '" + spec.id +
                                                 "' is permanent and cannot be significant");

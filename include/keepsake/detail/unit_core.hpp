@@ -163,7 +163,10 @@ public:
         registration_.detach();
     }
 
-    void place(const placement& where) override { placement_ = where; }
+    void place(const placement& where) override {
+        if (placement_) *placement_ = where;
+        else placement_ = std::make_unique<placement>(where);
+    }
 
     void retire(unit_status status, bool remove_key) override {
         if (!registration_.attached()) return;
@@ -392,7 +395,9 @@ private:
     listener_list<const State&, const State&> state_changed_;
     listener_list<const exit_reason&, const State&> terminated_;
     unit_registration registration_;  // its record in the segment's unit registry
-    placement placement_;
+    // Where a supervisor placed it; null for a unit started on its own and
+    // for every object (40 bytes fewer in each).
+    std::unique_ptr<placement> placement_;
     std::unique_ptr<std::string> refused_;   // why the registry declined its last start, if it did
     std::uint64_t served_since_start_ = 0;   // messages served since the last (re)start
 
@@ -401,8 +406,9 @@ private:
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every(n) needs n >= 1");
         if (spec_->commit.when == commit_policy::mode::interval && spec_->commit.period <= duration::zero())
             throw error(errc::invalid_argument, "unit '" + name() + "': commit_policy::every_interval needs a positive period");
-        check_intensity(spec_->intensity, "unit '" + name() + "'");
-        check_shutdown(spec_->shutdown, "unit '" + name() + "'");
+        const auto owner = [this] { return "unit '" + name() + "'"; };
+        check_intensity(spec_->intensity, owner);
+        check_shutdown(spec_->shutdown, owner);
         if (spec_->threshold && spec_->threshold->crashes > crash_history_size)
             throw error(errc::invalid_argument, "unit '" + name() + "': crash_threshold::crashes is at most " +
                                                     std::to_string(crash_history_size) +

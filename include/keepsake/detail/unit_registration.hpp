@@ -26,6 +26,7 @@ struct placement {
     bool dynamic = false;
     std::uint64_t order = 0;
 };
+inline const placement unplaced{};  // a unit no supervisor placed
 
 // What a unit's spec asks of the registry: made from the spec each time it
 // is needed (many units share one spec; a copy in each would be 72 bytes
@@ -222,8 +223,8 @@ public:
         const bool first = !attached();
         if (first) {
             if (breaker_) breaker_->check();
-            import_after_reboot(where, key, policy);
             attach(where, key);
+            import_after_reboot(policy);
         }
         ensure_signal_stack();  // this thread's, once
         const bool poisoned = first ? account_previous_run(policy.threshold, generation_now())
@@ -272,10 +273,10 @@ private:
     // A unit recovering from a store finds its record and crash history
     // there after a reboot (its thresholds count across it). A store it
     // cannot read leaves the registry to start afresh: recovery says why.
-    void import_after_reboot(const segment& where, const std::string& key, const unit_policy& policy) noexcept {
+    void import_after_reboot(const unit_policy& policy) noexcept {
         if (policy.recover_from == nullptr) return;
         try {
-            registry_book::of(where.shared_impl())->import_unit_from(*policy.recover_from, std::string(policy.store_prefix), key);
+            book_->import_unit_into(*entry_, *policy.recover_from, std::string(policy.store_prefix));
         } catch (...) {
         }
     }

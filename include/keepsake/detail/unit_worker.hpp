@@ -18,7 +18,7 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     // Recorded before the restore and the init hook run: a fatal signal in
     // either is then blamed on this start (the record names this run).
     if (restarts_this_instance_ != 0) registration_.restarted_in_place();
-    else registration_.started(placement_, spec_->type, spec_->restart, lifecycle());
+    else registration_.started(placement_ ? *placement_ : unplaced, spec_->type, spec_->restart, lifecycle());
     served_since_start_ = 0;
     start_info info;
     info.instance = number;
