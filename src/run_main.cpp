@@ -197,7 +197,7 @@ const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2};
 class launcher {
 public:
     explicit launcher(options chosen)
-        : options_(std::move(chosen)), log_(options_.intensity), program_(options_.program.front()) {}
+        : options_(std::move(chosen)), program_(options_.program.front()) {}
 
     int run() {
         take_signals();
@@ -207,7 +207,7 @@ public:
             if (stop_signal_ != 0) return passed_on(status);
             if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
             last_ = describe(status);
-            if (!log_.allow(now())) {
+            if (!log_.allow(now(), options_.intensity)) {
                 const std::uint32_t deaths = options_.intensity.max_restarts + 1;
                 std::fprintf(stderr,
                              "keepsake-run: %s died %u time%s within %s s (more than --max-restarts %u; last: %s); "

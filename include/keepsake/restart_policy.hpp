@@ -96,22 +96,21 @@ void check_shutdown(const shutdown_spec& how, Owner&& owner) {
 // entries older than now - period (an entry exactly period old still
 // counts); more than max_restarts entries left means give up. A ring that
 // starts small and doubles only when more restarts fall in one window, so a
-// warmed-up log never allocates and an idle unit costs 32 bytes (every unit
+// warmed-up log never allocates and an idle unit costs 24 bytes (every unit
 // and supervisor holds one: a pointer and 32-bit positions, not a vector and
-// two size_t).
+// two size_t; the limits are its owner's spec's, given at each restart, not
+// a copy in every log).
 class restart_log {
 public:
-    explicit restart_log(restart_intensity limits)
-        : period_(limits.period), max_restarts_(limits.max_restarts) {}
-
-    // Records a restart at `now`; false means intensity is exceeded.
-    bool allow(duration now) {
-        while (count_ != 0 && now - times_[head_] > period_) {
+    // Records a restart at `now`; false means `limits` are exceeded. The
+    // same limits every time (its owner's).
+    bool allow(duration now, const restart_intensity& limits) {
+        while (count_ != 0 && now - times_[head_] > limits.period) {
             head_ = (head_ + 1) % capacity_;
             --count_;
         }
-        if (count_ == max_restarts_) return false;
-        if (count_ == capacity_) grow();
+        if (count_ >= limits.max_restarts) return false;
+        if (count_ == capacity_) grow(limits.max_restarts);
         times_[(head_ + count_) % capacity_] = now;
         ++count_;
         return true;
@@ -120,17 +119,15 @@ public:
     void clear() noexcept { head_ = count_ = 0; }
 
 private:
-    duration period_;
     std::unique_ptr<duration[]> times_;
-    std::uint32_t max_restarts_;
     std::uint32_t capacity_ = 0;
     std::uint32_t head_ = 0;
     std::uint32_t count_ = 0;
 
-    // Called with count_ == capacity_ < max_restarts_ (max_restart_limit
+    // Called with count_ == capacity_ < max_restarts (max_restart_limit
     // bounds it), so the new capacity is larger and never past the limit.
-    void grow() {
-        const std::uint32_t larger = std::min(std::max(capacity_ * 2, 8u), max_restarts_);
+    void grow(std::uint32_t max_restarts) {
+        const std::uint32_t larger = std::min(std::max(capacity_ * 2, 8u), max_restarts);
         auto moved = std::make_unique<duration[]>(larger);
         for (std::uint32_t index = 0; index < count_; ++index) moved[index] = times_[(head_ + index) % capacity_];
         times_ = std::move(moved);

@@ -12,7 +12,7 @@ namespace keepsake {
 namespace detail {
 
 KEEPSAKE_INLINE supervisor_core::supervisor_core(runtime& where, supervisor_spec spec)
-    : supervised_actor(where, spec.name), spec_(std::move(spec)), log_(spec_.flags.intensity) {
+    : supervised_actor(where, spec.name), spec_(std::move(spec)) {
     check_spec();
     for (const child_spec& each : spec_.children) add_record(make_record(each));
 }
@@ -408,7 +408,7 @@ KEEPSAKE_INLINE void supervisor_core::check_auto_shutdown() {
 
 KEEPSAKE_INLINE void supervisor_core::restart_child_after_exit(record& child, const exit_reason& why) {
     if (stop_requested() || leaving_) return;  // no restart while stopping
-    if (!log_.allow(runtime_.clock().now())) {
+    if (!log_.allow(runtime_.clock().now(), spec_.flags.intensity)) {
         give_up(child, why);
         return;
     }

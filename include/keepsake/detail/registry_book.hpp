@@ -146,13 +146,17 @@ public:
         return found;
     }
 
-    // A unit's crash history key while attached: on the heap, made at its
-    // first crash (most units never crash: every entry carried it inline,
-    // 56 B of each unit's and object's heap).
+    // A unit's crash history key while attached, and the caches of what
+    // this process last wrote (nobody else writes an attached record or
+    // history): a unit's next crashes then write without reading the slots
+    // back. On the heap, made at its first crash: most units never crash,
+    // and an entry that carried it all inline cost each unit and object
+    // 72 B of heap.
     struct crash_history {
         record_slots<persisted_crashes> slots;
         std::uint32_t entry = 0;  // its directory entry
-        std::unique_ptr<persisted_crashes> now;  // as entry::record_now
+        std::unique_ptr<persisted_crashes> now;
+        std::unique_ptr<persisted_unit> record_now;  // the unit's record
     };
 
     // The record and history writers of one unit, attached while a unit of
@@ -164,12 +168,8 @@ public:
         record_slots<persisted_unit> record;
         std::uint32_t record_entry = 0;  // its directory entry (attached while the slots are)
         std::uint32_t users = 0;
-        // What this process last wrote (nobody else writes an attached
-        // record), kept once the unit crashed: its next crashes' bookkeeping
-        // then writes without reading its slots back. On the heap, as the
-        // history: most units never crash, and an idle one keeps neither.
-        std::unique_ptr<persisted_unit> record_now;
         std::unique_ptr<crash_history> crashes;  // null while not attached
+        persisted_unit* record_now() const noexcept { return crashes ? crashes->record_now.get() : nullptr; }
     };
 
     // Room for `more` attached units (a resume knows how many come).
@@ -212,7 +212,7 @@ public:
         change(record);
         record.status_ns = coarse_wall_clock_ns();
         which.record.write(record);
-        if (which.record_now) *which.record_now = record;
+        if (persisted_unit* cached = which.record_now()) *cached = record;
         return record;
     }
 
@@ -233,7 +233,7 @@ public:
             append_crash(which, kind, reason, generation, threshold, at_start, now_ns, cache);
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
         // Changed in place: the cache is what was written.
-        persisted_unit& record = held_copy(which.record_now, cache, scratch_record_, [&] {
+        persisted_unit& record = held_copy(which.crashes->record_now, cache, scratch_record_, [&] {
             return which.record.read().value_or(fresh(which.key()));
         });
         ++record.crashes;
@@ -323,7 +323,6 @@ public:
             which.record.write(with_status(which, unit_status::deleted));
             let_go(which);
             which.record = {};
-            which.record_now.reset();
             which.crashes.reset();
             forget = forgetter_;
         }
@@ -399,7 +398,7 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_record(which);
         which.record.write(*value, got->generation + 1);
-        if (which.record_now) *which.record_now = *value;
+        if (persisted_unit* cached = which.record_now()) *cached = *value;
     }
 
     // After a reboot: the registry records (and histories) an exporter put
@@ -508,13 +507,13 @@ private:
 
     // The record as this process last wrote it, or as its slots hold it.
     std::optional<persisted_unit> current_record(entry& which) const {
-        if (which.record_now) return *which.record_now;
+        if (const persisted_unit* cached = which.record_now()) return *cached;
         return which.record.read();
     }
 
     void ensure_record(entry& which) {
         if (which.record.attached()) return;
-        which.record_now.reset();
+        if (which.crashes) which.crashes->record_now.reset();
         const auto attached =
             segment_->attach(registry_key(unit_record_prefix, which.key()), entry_kind::state, 2, sizeof(persisted_unit));
         which.record = record_slots<persisted_unit>(attached.area);

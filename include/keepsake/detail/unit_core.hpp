@@ -77,7 +77,7 @@ public:
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name, Handler handler)
         : supervised_actor(where, std::move(name)), spec_(std::move(spec)),
           handler_(std::move(handler)), state_(spec_->initial_for ? State{} : spec_->initial),
-          log_(spec_->intensity), context_(*this, state_), registration_(breaker_of(*spec_)) {
+          context_(*this, state_), registration_(breaker_of(*spec_)) {
         check_spec();
     }
 

@@ -165,7 +165,7 @@ std::optional<exit_reason> unit_core<State, Handler>::on_crash(std::string_view 
     // the unit restarts.
     const bool stopping = context_stop_requested();
     const bool poisoned = note_crash(kind, what, !stopping);
-    const bool gives_up = !stopping && (poisoned || !log_.allow(runtime_.clock().now()));
+    const bool gives_up = !stopping && (poisoned || !log_.allow(runtime_.clock().now(), spec_->intensity));
     crash_inflight(what, !stopping && !gives_up);
     dirty_ = false;
     if (terminated_.any()) terminated_.notify(exit_reason{exit_kind::crashed, std::string(what)}, state_);
