@@ -216,7 +216,6 @@ private:
         duration last_active{};       // runtime clock
         entry* older = nullptr;       // the least recently used list (active ones)
         entry* newer = nullptr;
-        const std::string* key = nullptr;
     };
 
     // What the housekeeping fiber and the objects' handlers share with the

@@ -34,7 +34,6 @@ typename object_directory<State, Handler>::lease object_directory<State, Handler
                 continue;
             }
             auto at = entries_.try_emplace(key).first;
-            at->second.key = &at->first;
             at->second.in_flight = 1;
             held.unlock();
             return lease(*this, start_object(key, at));
@@ -227,17 +226,18 @@ bool object_directory<State, Handler>::stop_object(const std::string& key, stop_
     return true;
 }
 
-// `which` is stopping and out of the list: its unit stops (committing), and
-// its entry goes; whoever waits for it starts it again.
+// `which` was active (it holds its unit), is stopping and out of the list:
+// its unit stops (committing), and its entry goes; whoever waits for it
+// starts it again.
 template <class State, class Handler>
 void object_directory<State, Handler>::stop_entry(entry& which, stop_kind why) {
-    const std::string key = *which.key;
-    if (which.handle) {
-        stop_unit(runtime_, which.handle);
-        wait_for_callers(which);
-        which.handle.shared_core()->retire(unit_status::stopped_graceful, false);
-        let_go(which.handle);
-    }
+    // An active entry's unit is named prefix_ + key (the entry keeps no
+    // pointer to its key: 16 B of every active object's heap).
+    const std::string key = which.handle.name().substr(prefix_.size());
+    stop_unit(runtime_, which.handle);
+    wait_for_callers(which);
+    which.handle.shared_core()->retire(unit_status::stopped_graceful, false);
+    let_go(which.handle);
     {
         auto held = shared_->changed.lock();
         // Idle since its last activity, not since it hibernated.
@@ -307,7 +307,6 @@ std::size_t object_directory<State, Handler>::shut_down_idle() {
             hibernated_since_.erase(current);
             if (entries_.count(oldest) != 0) continue;
             auto at = entries_.try_emplace(oldest).first;  // holds off activations while it moves
-            at->second.key = &at->first;
             at->second.now = phase::stopping;
             key = std::move(oldest);
         }
@@ -361,7 +360,6 @@ void object_directory<State, Handler>::terminate_and_delete(const std::string& k
             auto found = entries_.find(key);
             if (found == entries_.end()) {
                 auto at = entries_.try_emplace(key).first;  // holds off activations meanwhile
-                at->second.key = &at->first;
                 at->second.now = phase::stopping;
                 break;
             }

@@ -229,6 +229,7 @@ void object_directory<State, Handler>::close() {
     {
         auto held = shared_->changed.lock();
         for (auto& each : entries_) {
+            if (each.second.now != phase::active) continue;  // another stop owns it
             each.second.now = phase::stopping;
             active.push_back(&each.second);
         }
