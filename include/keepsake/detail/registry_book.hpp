@@ -234,7 +234,7 @@ public:
         const bool poisoned = threshold.crashes != 0 && within >= threshold.crashes;
         // Changed in place: the cache is what was written.
         persisted_unit& record = held_copy(which.crashes->record_now, cache, scratch_record_, [&] {
-            return which.record.read().value_or(fresh(which.key()));
+            return which.record.read_as_writer().value_or(fresh(which.key()));
         });
         ++record.crashes;
         const std::int64_t starts = static_cast<std::int64_t>(record.starts) + added_starts;
@@ -508,7 +508,7 @@ private:
     // The record as this process last wrote it, or as its slots hold it.
     std::optional<persisted_unit> current_record(entry& which) const {
         if (const persisted_unit* cached = which.record_now()) return *cached;
-        return which.record.read();
+        return which.record.read_as_writer();
     }
 
     void ensure_record(entry& which) {

@@ -195,18 +195,23 @@ public:
 
     // The newest record whose checksum, words and values hold.
     std::optional<Record> read() const noexcept {
-        std::uint64_t best_generation = 0;
-        std::optional<Record> best;
-        for (std::uint32_t index = 0; index < area_.count; ++index) {
-            const slot_snapshot snap = read_slot_header(area_, index);
-            if (snap.generation <= best_generation || !acceptable(snap)) continue;
-            Record copy;
-            std::memcpy(&copy, area_.data(index), sizeof(Record));
-            if (!state_traits<Record>::check_bytes(reinterpret_cast<const std::byte*>(&copy), sizeof(Record))) continue;
-            best_generation = snap.generation;
-            best = copy;
+        std::uint32_t index = 0;
+        std::uint64_t generation = 0;
+        return newest(index, generation);
+    }
+
+    // read(), by the record's one writer (the registry's, for an attached
+    // record): the slot it found is where its first write goes from, so
+    // that write checksums no slot again to find it.
+    std::optional<Record> read_as_writer() noexcept {
+        std::uint32_t index = 0;
+        std::uint64_t generation = 0;
+        std::optional<Record> found = newest(index, generation);
+        if (found && written_generation_ == 0) {
+            written_index_ = index;
+            written_generation_ = generation;
         }
-        return best;
+        return found;
     }
 
     // Publishes `value` one generation above the newest slot (at least `at_least`).
@@ -259,8 +264,23 @@ public:
 
 private:
     slot_area area_{};
-    std::uint32_t written_index_ = 0;      // where this writer last published
+    std::uint32_t written_index_ = 0;      // where this writer last published (or read, before)
     std::uint64_t written_generation_ = 0;  // and at which generation (0: not yet)
+
+    std::optional<Record> newest(std::uint32_t& best_index, std::uint64_t& best_generation) const noexcept {
+        std::optional<Record> best;
+        for (std::uint32_t index = 0; index < area_.count; ++index) {
+            const slot_snapshot snap = read_slot_header(area_, index);
+            if (snap.generation <= best_generation || !acceptable(snap)) continue;
+            Record copy;
+            std::memcpy(&copy, area_.data(index), sizeof(Record));
+            if (!state_traits<Record>::check_bytes(reinterpret_cast<const std::byte*>(&copy), sizeof(Record))) continue;
+            best_index = index;
+            best_generation = snap.generation;
+            best = copy;
+        }
+        return best;
+    }
 
     bool acceptable(const slot_snapshot& snap) const noexcept {
         return slot_is_valid(area_, snap) && snap.size == sizeof(Record) && snap.fingerprint == fingerprint_cached() &&
