@@ -7,9 +7,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <keepsake/keepsake.hpp>
@@ -680,6 +683,60 @@ TEST_CASE("objects: after a reboot an object's crash history and permanently_cra
     const keepsake::error refused = test_support::error_from([&] { players.call("bob", add{1}); });
     CHECK(refused.code() == errc::permanently_crashed);
     CHECK(keepsake::info(seg, "players/bob")->history.size() == 2);
+}
+
+namespace {
+// A real SQLite store that notes the keys it is asked for.
+class noting_store final : public keepsake::store {
+public:
+    explicit noting_store(const std::string& path) : inner_(path) {}
+    std::vector<std::size_t> put_batch(const std::vector<keepsake::record>& records) override {
+        return inner_.put_batch(records);
+    }
+    std::optional<keepsake::record> get(const std::string& key) override {
+        std::lock_guard<std::mutex> lock(mutex_);
+        asked_.push_back(key);
+        return inner_.get(key);
+    }
+    bool remove(const std::string& key) override { return inner_.remove(key); }
+    std::vector<std::string> list(const std::string& prefix) override { return inner_.list(prefix); }
+    std::string describe() const override { return inner_.describe(); }
+    std::vector<std::string> take_asked() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return std::exchange(asked_, {});
+    }
+
+private:
+    keepsake::sqlite_store inner_;
+    std::mutex mutex_;
+    std::vector<std::string> asked_;
+};
+} // namespace
+
+// What an activation reads from the store: a new object its state and its
+// registry record (a reboot may have left them there), once each; an object
+// woken from the store after its shutdown, its state only (its registry
+// record stayed in shared memory).
+TEST_CASE("objects: an activation asks the store for its state and, only when shared memory lacks it, its "
+          "registry record",
+          "[objects][registry]") {
+    rig r;
+    test_support::temp_dir files;
+    noting_store store(files.path() + "/objects.db");
+    auto spec = players_spec();
+    spec.durable = &store;
+    spec.shutdown_after = 1s;
+    players_directory players(r.rt, spec);
+    CHECK(players.call("ada", add{3}) == 3);
+    CHECK(store.take_asked() ==
+          std::vector<std::string>{std::string(keepsake::detail::unit_record_prefix) + "players/ada", "players/ada"});
+    players.terminate("ada");
+    r.clock->advance(2s);
+    players.collect_idle();
+    REQUIRE(players.lookup("ada") == object_status::shut_down);
+    store.take_asked();  // the shutdown's own check of what it wrote, and lookup's
+    CHECK(players.call("ada", add{1}) == 4);
+    CHECK(store.take_asked() == std::vector<std::string>{"players/ada"});
 }
 
 TEST_CASE("objects: a paused directory fires nothing until its housekeeping starts", "[objects]") {

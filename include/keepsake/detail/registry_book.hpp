@@ -377,24 +377,26 @@ public:
 
     // The same for a unit that attached its record here (`which`): the
     // segment's record is read through the slots the unit holds (no second
-    // lookup), and the store's is written into them. The history goes in
-    // first: a kill between the two leaves no record, so the next start
-    // imports again, rather than a record whose history was never fetched.
+    // lookup), and the store's is written into them. The store is asked for
+    // the record first (a new unit's start asks once, and finds nothing);
+    // the history goes into the segment first: a kill between the two
+    // writes leaves no record, so the next start imports again, rather than
+    // a record whose history was never fetched.
     void import_unit_into(entry& which, store& from, const std::string& prefix) {
         {
             std::lock_guard<std::mutex> lock(mutex_);
             ensure_record(which);
             if (current_record(which)) return;
         }
-        const std::string history = registry_key(crash_record_prefix, which.key());
-        if (!holds_valid(history, crash_record_prefix))
-            if (auto got = from.get(prefix + history)) import_one<persisted_crashes>(history, *got);
         const std::string unit = registry_key(unit_record_prefix, which.key());
         auto got = from.get(prefix + unit);
         if (!got) return;
         auto value =
             record_slots<persisted_unit>::from_bytes(got->fingerprint, got->codec, got->bytes.data(), got->bytes.size());
         if (!value || registry_key(unit_record_prefix, std::string(value->key, value->key_length)) != unit) return;
+        const std::string history = registry_key(crash_record_prefix, which.key());
+        if (!holds_valid(history, crash_record_prefix))
+            if (auto past = from.get(prefix + history)) import_one<persisted_crashes>(history, *past);
         std::lock_guard<std::mutex> lock(mutex_);
         ensure_record(which);
         which.record.write(*value, got->generation + 1);
