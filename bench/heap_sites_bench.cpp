@@ -24,14 +24,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <new>
 #include <string>
 #include <vector>
 
-#include <keepsake/keepsake.hpp>
-#include <keepsake/objects/directory.hpp>
+#include "objects_workload.hpp"
 
 namespace {
 
@@ -120,87 +118,39 @@ std::vector<std::string> naming_frames(const site& at) {
     return named;
 }
 
-} // namespace
-
-// --- the objects ------------------------------------------------------------
-// In a named namespace: the library's code instantiated for them then has
-// external linkage, so its frames have names in the dynamic symbol table.
-namespace heap_sites {
-
-struct player {
-    std::uint64_t score = 0;
-    std::uint64_t alarms_fired = 0;
-};
-struct add {
-    std::uint64_t points = 0;
-};
-struct player_handler {
-    std::uint64_t operator()(player& p, const add& a) const { return p.score += a.points; }
-    void operator()(player& p, const keepsake::alarm_fired&, keepsake::object_context<player>&) const {
-        ++p.alarms_fired;
+// Prints the sites holding at least 4 B an object, largest first; returns
+// the heap of every site, an object.
+double print_sites(std::size_t objects) {
+    const auto n = static_cast<double>(objects);
+    std::vector<int> shown;
+    double total = 0;
+    for (int index = 0; index < site_count; ++index) {
+        total += static_cast<double>(sites[index].bytes);
+        if (static_cast<double>(sites[index].bytes) >= 4 * n) shown.push_back(index);
     }
-};
-using players = keepsake::object_directory<player, player_handler>;
-
-} // namespace heap_sites
-
-namespace {
-
-using heap_sites::add;
-using heap_sites::player;
-using heap_sites::player_handler;
-using heap_sites::players;
-
-std::size_t objects_wanted() {
-    const char* value = std::getenv("KEEPSAKE_HEAP_OBJECTS");
-    return value != nullptr && *value != '\0' ? std::strtoull(value, nullptr, 10) : 2000;
+    std::sort(shown.begin(), shown.end(), [](int a, int b) { return sites[a].bytes > sites[b].bytes; });
+    std::printf("heap live after %zu idle objects started: %.1f B an object\n", objects, total / n);
+    for (int index : shown) {
+        std::printf("%8.1f B an object, %zu blocks:\n", static_cast<double>(sites[index].bytes) / n,
+                    sites[index].live);
+        for (const std::string& function : naming_frames(sites[index])) std::printf("      %s\n", function.c_str());
+    }
+    return total / n;
 }
 
 void BM_heap_sites(benchmark::State& state) {
-    const std::size_t objects = objects_wanted();
-    const auto n = static_cast<double>(objects);
+    using namespace objects_workload;
+    const std::size_t objects = env_count("KEEPSAKE_HEAP_OBJECTS", 2000);
     for (auto _ : state) {
-        const std::string directory = "/dev/shm/keepsake-heap-sites-" + std::to_string(::getpid());
-        std::filesystem::remove_all(directory);
-        std::filesystem::create_directories(directory);
-        {
-            keepsake::segment_options options;
-            options.directory = directory;
-            options.max_entries = static_cast<std::uint32_t>(2 * objects + 4096);
-            options.size = (64u << 20) + std::uint64_t{options.max_entries} * 192;
-            keepsake::segment seg("objects", options);
-            keepsake::runtime_options made;
-            made.threads = 0;
-            made.stack_size = 16 * 1024;
-            made.default_segment = &seg;
-            keepsake::runtime rt(made);
-            keepsake::directory_spec<player, player_handler> spec;
-            spec.name = "players";
-            spec.hibernate_after = keepsake::duration::zero();
-            players dir(rt, spec);
-            dir.call("warm", add{1});  // the directory's first activation makes what every later one shares
-            std::fill(std::begin(sites), std::end(sites), site{});
-            site_count = 0;
-            noting = true;
-            for (std::size_t index = 0; index < objects; ++index) dir.call("p" + std::to_string(index), add{1});
-            noting = false;
-            std::vector<int> shown;
-            double total = 0;
-            for (int index = 0; index < site_count; ++index) {
-                total += static_cast<double>(sites[index].bytes);
-                if (static_cast<double>(sites[index].bytes) >= 4 * n) shown.push_back(index);
-            }
-            std::sort(shown.begin(), shown.end(), [](int a, int b) { return sites[a].bytes > sites[b].bytes; });
-            std::printf("heap live after %zu idle objects started: %.1f B an object\n", objects, total / n);
-            for (int index : shown) {
-                std::printf("%8.1f B an object, %zu blocks:\n", static_cast<double>(sites[index].bytes) / n,
-                            sites[index].live);
-                for (const std::string& function : naming_frames(sites[index])) std::printf("      %s\n", function.c_str());
-            }
-            state.counters["heap_per_object_B"] = total / n;
-            state.counters["sites_shown"] = static_cast<double>(shown.size());
-        }
-        std::filesystem::remove_all(directory);
+        rig r(objects, objects);
+        players dir(*r.rt, spec_for());
+        dir.call("warm", add{1});  // the directory's first activation makes what every later one shares
+        std::fill(std::begin(sites), std::end(sites), site{});
+        site_count = 0;
+        noting = true;
+        for (std::size_t index = 0; index < objects; ++index) dir.call(key_of(index), add{1});
+        noting = false;
+        state.counters["heap_per_object_B"] = print_sites(objects);
     }
 }
 BENCHMARK(BM_heap_sites)->Iterations(1)->Unit(benchmark::kMillisecond);
