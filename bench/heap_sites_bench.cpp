@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#define KEEPSAKE_WORKLOAD_NAMED_FRAMES  // its call stacks name the library's frames
 #include "objects_workload.hpp"
 
 namespace {
