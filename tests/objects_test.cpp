@@ -698,9 +698,13 @@ public:
         asked_.push_back(key);
         return inner_.get(key);
     }
-    bool remove(const std::string& key) override { return inner_.remove(key); }
+    bool remove(const std::string& key) override {
+        if (fail_removes) throw keepsake::error(errc::store_failed, "noting_store: removes fail on purpose");
+        return inner_.remove(key);
+    }
     std::vector<std::string> list(const std::string& prefix) override { return inner_.list(prefix); }
     std::string describe() const override { return inner_.describe(); }
+    std::atomic<bool> fail_removes{false};
     std::vector<std::string> take_asked() {
         std::lock_guard<std::mutex> lock(mutex_);
         return std::exchange(asked_, {});
@@ -711,6 +715,17 @@ private:
     std::mutex mutex_;
     std::vector<std::string> asked_;
 };
+
+// A rig with a noting store, and the players' spec on it.
+struct noted_rig : rig {
+    test_support::temp_dir files;
+    noting_store store{files.path() + "/objects.db"};
+    keepsake::directory_spec<player, player_handler> spec() {
+        auto made = players_spec();
+        made.durable = &store;
+        return made;
+    }
+};
 } // namespace
 
 // What an activation reads from the store: a new object its state and its
@@ -720,11 +735,9 @@ private:
 TEST_CASE("objects: an activation asks the store for its state and, only when shared memory lacks it, its "
           "registry record",
           "[objects][registry]") {
-    rig r;
-    test_support::temp_dir files;
-    noting_store store(files.path() + "/objects.db");
-    auto spec = players_spec();
-    spec.durable = &store;
+    noted_rig r;
+    auto& store = r.store;
+    auto spec = r.spec();
     spec.shutdown_after = 1s;
     players_directory players(r.rt, spec);
     CHECK(players.call("ada", add{3}) == 3);
@@ -737,6 +750,32 @@ TEST_CASE("objects: an activation asks the store for its state and, only when sh
     store.take_asked();  // the shutdown's own check of what it wrote, and lookup's
     CHECK(players.call("ada", add{1}) == 4);
     CHECK(store.take_asked() == std::vector<std::string>{"players/ada"});
+}
+
+// A delete that fails (the store cannot remove the record) says so, and
+// leaves the key usable: not held "stopping" for ever, which would make
+// every later call wait out its start timeout and the directory's close
+// wait for good.
+TEST_CASE("objects: terminate_and_delete that fails leaves the key callable and the directory closable",
+          "[objects]") {
+    noted_rig r;
+    auto& store = r.store;
+    auto spec = r.spec();
+    spec.start_timeout = 2s;
+    {
+        players_directory players(r.rt, spec);
+        CHECK(players.call("ada", add{3}) == 3);
+        store.fail_removes = true;
+        const keepsake::error failed = test_support::error_from([&] { players.terminate_and_delete("ada"); });
+        CHECK(failed.code() == errc::store_failed);
+        store.fail_removes = false;
+        CHECK(players.call("bob", add{1}) == 1);
+        // The state went before the store failed: ada starts afresh.
+        CHECK(players.call("ada", add{1}) == 1);
+        players.terminate_and_delete("ada");
+        CHECK(players.lookup("ada") == object_status::absent);
+    }  // closes: returns
+    SUCCEED("the directory closed");
 }
 
 TEST_CASE("objects: a paused directory fires nothing until its housekeeping starts", "[objects]") {

@@ -363,9 +363,10 @@ public:
     // are made in the segment and removed together): only a segment without
     // the record (a reboot) asks the store, so an object woken from the
     // store after its shutdown reads one record there, not three.
+    // The history goes in first (see import_unit_into).
     void import_unit_from(store& from, const std::string& prefix, const std::string& key) {
         if (holds_valid(registry_key(unit_record_prefix, key), unit_record_prefix)) return;
-        for (const char* kind : {unit_record_prefix, crash_record_prefix}) {
+        for (const char* kind : {crash_record_prefix, unit_record_prefix}) {
             const std::string registry = registry_key(kind, key);
             if (holds_valid(registry, kind)) continue;
             auto got = from.get(prefix + registry);

@@ -356,6 +356,7 @@ private:
     std::size_t hibernate_idle();
     std::size_t shut_down_idle();
     bool shut_down(const std::string& key);
+    void delete_object(const std::string& key, entry* which);
 
     // --- alarms and the housekeeping fiber --------------------------------
     std::size_t fire_due();

@@ -375,22 +375,17 @@ void object_directory<State, Handler>::terminate_and_delete(const std::string& k
             return now == entries_.end() || now->second.now == phase::active;
         });
     }
-    const std::string unit_name = prefix_ + key;
-    if (which != nullptr) {
-        stop_unit(runtime_, which->handle);
-        wait_for_callers(*which);
-        which->handle.shared_core()->retire(unit_status::deleted, true);
-        let_go(which->handle);
-    }
-    // As the registry deletes: the state first, the unit's record last, so
-    // a kill in between leaves a record that says what is left.
-    auto& impl = *segment_.shared_impl();
-    std::vector<std::string> keys{unit_name};
-    for (const char* kind : {detail::crash_record_prefix, detail::skipped_record_prefix, detail::unit_record_prefix})
-        keys.push_back(detail::registry_key(kind, unit_name));
-    for (const std::string& each : keys) {
-        if (spec_.durable != nullptr) spec_.durable->remove(spec_.store_prefix + each);
-        impl.remove_key(each);
+    try {
+        delete_object(key, which);
+    } catch (...) {
+        // The entry goes either way: the key can be called, or deleted, again
+        // (and close() does not wait for it forever).
+        {
+            auto held = shared_->changed.lock();
+            erase_entry(key);
+        }
+        shared_->changed.notify_all();
+        throw;
     }
     {
         auto held = shared_->changed.lock();
@@ -399,6 +394,28 @@ void object_directory<State, Handler>::terminate_and_delete(const std::string& k
     }
     shared_->changed.notify_all();
     publish(event_kind::forgotten, key);
+}
+
+// Stops the object (`which`, if it was active) and deletes its keys: as the
+// registry deletes, the state first, the unit's record last, so a kill in
+// between leaves a record that says what is left.
+template <class State, class Handler>
+void object_directory<State, Handler>::delete_object(const std::string& key, entry* which) {
+    const std::string unit_name = prefix_ + key;
+    if (which != nullptr) {
+        stop_unit(runtime_, which->handle);
+        wait_for_callers(*which);
+        which->handle.shared_core()->retire(unit_status::deleted, true);
+        let_go(which->handle);
+    }
+    auto& impl = *segment_.shared_impl();
+    std::vector<std::string> keys{unit_name};
+    for (const char* kind : {detail::crash_record_prefix, detail::skipped_record_prefix, detail::unit_record_prefix})
+        keys.push_back(detail::registry_key(kind, unit_name));
+    for (const std::string& each : keys) {
+        if (spec_.durable != nullptr) spec_.durable->remove(spec_.store_prefix + each);
+        impl.remove_key(each);
+    }
 }
 
 } // namespace keepsake

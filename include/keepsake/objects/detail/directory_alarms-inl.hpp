@@ -219,23 +219,29 @@ void object_directory<State, Handler>::close() {
         shared_->stopping = true;
     }
     shared_->changed.notify_all();
-    runtime_.wait_until(shared_->changed, detail::forever, [&] {
-        if (housekeeping_started_ && !shared_->done) return false;
-        for (const auto& each : entries_)
-            if (each.second.now != phase::active) return false;
-        return true;
-    });
-    std::vector<entry*> active;
-    {
-        auto held = shared_->changed.lock();
-        for (auto& each : entries_) {
-            if (each.second.now != phase::active) continue;  // another stop owns it
-            each.second.now = phase::stopping;
-            active.push_back(&each.second);
+    // Until no entry is left: a stop another caller began (terminate,
+    // collect_idle) ends with its entry erased, and an object it put back
+    // (casts were still queued) is active again, and stopped here.
+    for (;;) {
+        runtime_.wait_until(shared_->changed, detail::forever, [&] {
+            if (housekeeping_started_ && !shared_->done) return false;
+            for (const auto& each : entries_)
+                if (each.second.now != phase::active) return false;
+            return true;
+        });
+        std::vector<entry*> active;
+        {
+            auto held = shared_->changed.lock();
+            if (entries_.empty()) return;
+            for (auto& each : entries_) {
+                if (each.second.now != phase::active) continue;  // another stop owns it
+                each.second.now = phase::stopping;
+                unlink(each.second);
+                active.push_back(&each.second);
+            }
         }
-        oldest_ = newest_ = nullptr;
+        for (entry* each : active) stop_entry(*each, stop_kind::terminated);
     }
-    for (entry* each : active) stop_entry(*each, stop_kind::terminated);
 }
 
 } // namespace keepsake
