@@ -202,12 +202,14 @@ public:
 
     // read(), by the record's one writer (the registry's, for an attached
     // record): the slot it found is where its first write goes from, so
-    // that write checksums no slot again to find it.
+    // that write checksums no slot again to find it. Only with two slots
+    // (the registry's own): the write then replaces the other slot, so a
+    // newer slot it did not accept (another type's) cannot outlive it.
     std::optional<Record> read_as_writer() noexcept {
         std::uint32_t index = 0;
         std::uint64_t generation = 0;
         std::optional<Record> found = newest(index, generation);
-        if (found && written_generation_ == 0) {
+        if (found && written_generation_ == 0 && area_.count == 2) {
             written_index_ = index;
             written_generation_ = generation;
         }
