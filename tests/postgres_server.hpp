@@ -8,6 +8,7 @@
 // client holding a row lock cannot block others forever. About 3 s.
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -35,11 +36,21 @@ public:
                 throw std::runtime_error("postgres_server: running as root needs the 'postgres' user (Debian's "
                                          "postgresql package makes it): run ./scripts/deps.sh");
         }
-        port_ = free_port();
         run(bin_ + "/initdb -D " + dir_ + "/data -A trust -U keepsake --no-sync -E UTF8 --locale=C > " + dir_ +
                 "/initdb.log 2>&1",
             "initdb");
-        start();
+        // A port found free may be taken before the server binds it (by
+        // another test process's server, or a client's local port): the
+        // first start tries another port, twice.
+        for (int attempt = 0;; ++attempt) {
+            port_ = free_port();
+            try {
+                start();
+                return;
+            } catch (const std::runtime_error&) {
+                if (attempt == 2) throw;
+            }
+        }
     }
     postgres_server(const postgres_server&) = delete;
     postgres_server& operator=(const postgres_server&) = delete;
@@ -95,16 +106,38 @@ private:
         return best;
     }
 
+    // A port below Linux's ephemeral range (32768 and up by default), which
+    // clients' connections take their local ports from, that binds now;
+    // else one the kernel picks.
     static int free_port() {
+        static unsigned seed = static_cast<unsigned>(::getpid());
+        for (int attempt = 0; attempt < 64; ++attempt) {
+            seed = seed * 1103515245u + 12345u;
+            const int port = 20000 + static_cast<int>((seed >> 8) % 12000);
+            if (binds(port)) return port;
+        }
+        return bound_port(0);
+    }
+
+    static bool binds(int port) {
+        try {
+            return bound_port(port) == port;
+        } catch (const std::runtime_error&) {
+            return false;
+        }
+    }
+
+    static int bound_port(int port) {
         const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
         sockaddr_in address{};
         address.sin_family = AF_INET;
         address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address.sin_port = htons(static_cast<std::uint16_t>(port));
         socklen_t size = sizeof(address);
-        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), size) != 0 ||
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0)
-            throw std::runtime_error("postgres_server: cannot find a free port");
-        ::close(fd);
+        const bool bound = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&address), size) == 0 &&
+                           ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0;
+        if (fd >= 0) ::close(fd);
+        if (!bound) throw std::runtime_error("postgres_server: cannot find a free port");
         return ntohs(address.sin_port);
     }
 
