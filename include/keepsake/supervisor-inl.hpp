@@ -262,7 +262,7 @@ KEEPSAKE_INLINE void supervisor_core::publish(event_kind kind, const record& chi
 KEEPSAKE_INLINE bool supervisor_core::start_record(record& child) {
     std::weak_ptr<supervisor_core> weak = shared_from_this();
     child_process* process = child.process.get();
-    process->place(placement{name(), spec_.flags.dynamic, child.order});
+    process->place(placement{&name(), spec_.flags.dynamic, child.order});
     bool running = false;
     try {
         running = child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {

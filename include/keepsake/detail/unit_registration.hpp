@@ -21,8 +21,11 @@
 namespace keepsake::detail {
 
 // Where a supervisor placed a child (unset for a root unit).
+// Where a supervisor placed a unit. `parent` is the supervisor's own name:
+// read only while it starts the unit's instance (it is waiting there), so
+// the unit keeps a pointer, not a copy.
 struct placement {
-    std::string parent;
+    const std::string* parent = nullptr;
     bool dynamic = false;
     std::uint64_t order = 0;
 };
@@ -135,7 +138,8 @@ public:
             record.run = book_->run();
             ++record.starts;
             copy_text(record.type, record.type_length, max_type_name, type);
-            copy_text(record.parent, record.parent_length, max_parent_name, where.parent);
+            copy_text(record.parent, record.parent_length, max_parent_name,
+                      where.parent != nullptr ? std::string_view(*where.parent) : std::string_view());
         });
     }
 
