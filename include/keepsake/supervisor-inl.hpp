@@ -259,23 +259,23 @@ KEEPSAKE_INLINE void supervisor_core::publish(event_kind kind, const record& chi
     supervised_actor::publish(kind, child.spec.id, child.process->instance(), reason_kind, reason);
 }
 
+// A child's instance ended by itself (on the child's fiber): handled in this
+// supervisor's mailbox, in order with everything else it does.
+KEEPSAKE_INLINE void supervisor_core::on_child_exit(child_process* which, std::uint64_t number, const exit_reason& why) {
+    try {
+        post([which, number, why](void* target, reply_cell*) {
+            static_cast<supervisor_core*>(static_cast<actor*>(target))->child_exited(which, number, why);
+        });
+    } catch (const error&) {
+        // The supervisor is stopping: nobody to restart it.
+    }
+}
+
 KEEPSAKE_INLINE bool supervisor_core::start_record(record& child) {
-    std::weak_ptr<supervisor_core> weak = shared_from_this();
-    child_process* process = child.process.get();
-    process->place(placement{&name(), spec_.flags.dynamic, child.order});
+    child.process->place(placement{&name(), spec_.flags.dynamic, child.order});
     bool running = false;
     try {
-        running = child.process->start([weak, process](std::uint64_t number, const exit_reason& why) {
-            auto self = weak.lock();
-            if (!self) return;
-            try {
-                self->post([process, number, why](void* target, reply_cell*) {
-                    static_cast<supervisor_core*>(static_cast<actor*>(target))->child_exited(process, number, why);
-                });
-            } catch (const error&) {
-                // The supervisor is gone or stopping: nobody to restart it.
-            }
-        });
+        running = child.process->start(std::weak_ptr<exit_listener>(shared_from_this()));
     } catch (const error& failure) {
         publish(event_kind::start_failed, child, exit_kind::crashed, failure.what());
         throw error(errc::start_failed, "supervisor '" + name() + "': child '" + child.spec.id +

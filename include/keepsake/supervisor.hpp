@@ -165,7 +165,9 @@ KEEPSAKE_API child_spec child(supervisor_spec spec);
 
 namespace detail {
 
-class supervisor_core final : public supervised_actor, public std::enable_shared_from_this<supervisor_core> {
+class supervisor_core final : public supervised_actor,
+                              public exit_listener,
+                              public std::enable_shared_from_this<supervisor_core> {
 public:
     supervisor_core(runtime& where, supervisor_spec spec);
 
@@ -320,6 +322,7 @@ private:
 
     // --- exits and restarts ---------------------------------------------------
     void child_exited(const child_process* process, std::uint64_t number, const exit_reason& why);
+    void on_child_exit(child_process* which, std::uint64_t number, const exit_reason& why) override;
 
     void check_auto_shutdown();
 

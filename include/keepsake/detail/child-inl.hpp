@@ -55,10 +55,10 @@ KEEPSAKE_INLINE void actor::fail_if_still_stopped() noexcept {
     if (state() == child_state::not_running) drain_failing();
 }
 
-KEEPSAKE_INLINE bool supervised_actor::start(exit_handler on_exit) {
+KEEPSAKE_INLINE bool supervised_actor::start(std::weak_ptr<exit_listener> parent) {
     if (is_running()) throw error(errc::already_started, "'" + name() + "' is already running");
     const std::uint64_t number = instance_.fetch_add(1, std::memory_order_acq_rel) + 1;
-    prepare_instance(std::move(on_exit));
+    prepare_instance(std::move(parent));
     set_running();
     // The fiber holds the actor while it runs. It takes that hold first
     // thing, not in the body it is given: a pointer and a number fit in a
@@ -89,10 +89,8 @@ KEEPSAKE_INLINE bool supervised_actor::start_as_root() {
     root_live_.store(true, std::memory_order_release);
     bool running = false;
     try {
-        // `this`, not a weak pointer: the handler is called on the instance's
-        // fiber, which holds the actor, and a pointer fits in the handler
-        // (no allocation per root).
-        running = start([this](std::uint64_t, const exit_reason&) { discard(); });
+        // No parent: a root that ends by itself is discarded (end_instance).
+        running = start({});
     } catch (...) {
         end_root(exit_reason{exit_kind::crashed, "it failed to start"}, false);
         throw;
@@ -192,9 +190,9 @@ KEEPSAKE_INLINE void supervised_actor::publish_by(std::string_view by, event_kin
     runtime_.events().publish(what);
 }
 
-KEEPSAKE_INLINE void supervised_actor::prepare_instance(exit_handler on_exit) {
+KEEPSAKE_INLINE void supervised_actor::prepare_instance(std::weak_ptr<exit_listener> parent) {
     auto lock = lifecycle_.lock();
-    on_exit_ = std::move(on_exit);
+    parent_ = std::move(parent);
     start_outcome_ = outcome::pending;
     if (notes_) notes_->start_error.clear();
     started_ = false;
@@ -270,7 +268,7 @@ KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const 
     // Read before the fiber is marked ended: a stopper may start the
     // next instance (with a new handler) as soon as it sees that.
     const bool by_parent = stopped_by_parent();
-    exit_handler tell_parent = by_parent ? exit_handler{} : on_exit_;
+    const std::weak_ptr<exit_listener> parent = by_parent ? std::weak_ptr<exit_listener>{} : parent_;
     if (!by_parent) set_state(child_state::restarting);
     // A root that ended by itself: its reason is recorded before the fiber
     // is marked ended, so a stop_root that sees the end keeps it; the
@@ -287,7 +285,9 @@ KEEPSAKE_INLINE void supervised_actor::end_instance(std::uint64_t number, const 
     }
     lifecycle_.notify_all();
     if (root_by_itself) end_root(root_how);
-    if (tell_parent) tell_parent(number, reason);
+    if (by_parent) return;
+    if (root_.load(std::memory_order_acquire)) return discard();  // a root stays down
+    if (const auto listener = parent.lock()) listener->on_child_exit(this, number, reason);
 }
 
 } // namespace detail

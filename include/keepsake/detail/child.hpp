@@ -50,9 +50,20 @@ inline const char* to_string(child_state state) noexcept {
 
 namespace detail {
 
-// Called by a child when an instance ends by itself (not when its parent
-// stopped it): which instance, and why.
-using exit_handler = std::function<void(std::uint64_t instance, const exit_reason& why)>;
+class child_process;
+
+// A child's parent, told when an instance of the child ends by itself (not
+// when the parent stopped it): which child, which instance, and why. A child
+// holds its parent weakly (a parent may go first) and names itself, so
+// nothing is allocated at a start or an end (a std::function holding a
+// weak pointer was: 32 B at each start, and a copy at each end).
+class exit_listener {
+public:
+    virtual void on_child_exit(child_process* which, std::uint64_t instance, const exit_reason& why) = 0;
+
+protected:
+    ~exit_listener() = default;
+};
 
 class child_process {
 public:
@@ -62,7 +73,7 @@ public:
     // Starts a new instance and returns when it runs (true), or when its
     // init declined to start (ignore_start: false, nothing runs). Throws
     // error(start_failed) saying why if it cannot start.
-    virtual bool start(exit_handler on_exit) = 0;
+    virtual bool start(std::weak_ptr<exit_listener> parent) = 0;
     // Stops the running instance as `how` says and returns when it ended.
     // `restart_follows`: calls keep queueing rather than failing.
     virtual void stop(const shutdown_spec& how, bool restart_follows) = 0;
@@ -328,7 +339,7 @@ public:
     bool accepts_calls() const noexcept override { return state() != child_state::not_running; }
     std::uint64_t instance() const noexcept override { return instance_.load(std::memory_order_acquire); }
 
-    KEEPSAKE_INLINE bool start(exit_handler on_exit) override;
+    KEEPSAKE_INLINE bool start(std::weak_ptr<exit_listener> parent) override;
 
     // Starts it with no supervisor above it: when it ends by itself it stays
     // down (calls fail with not_running), and the runtime stops it when the
@@ -389,7 +400,7 @@ private:
     enum class outcome : std::uint8_t { pending, started, ignored, failed };
 
     detail::signal lifecycle_;  // start outcome, fiber end
-    exit_handler on_exit_;
+    std::weak_ptr<exit_listener> parent_;  // under lifecycle_; none for a root (its end discards it)
     // The flags packed beside the two enums, in two words: every idle unit
     // holds them.
     outcome start_outcome_ = outcome::pending;  // under lifecycle_
@@ -438,7 +449,7 @@ private:
     // that did not happen, which is no exit for runtime::wait.
     void end_root(const exit_reason& how, bool counts = true);
 
-    void prepare_instance(exit_handler on_exit);
+    void prepare_instance(std::weak_ptr<exit_listener> parent);
 
     void report_start(outcome result, std::string why);
 
