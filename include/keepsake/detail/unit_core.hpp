@@ -77,7 +77,8 @@ public:
     unit_core(runtime& where, std::shared_ptr<const spec_type> spec, std::string name, Handler handler)
         : supervised_actor(where, std::move(name)), spec_(std::move(spec)),
           handler_(std::move(handler)), state_(spec_->initial_for ? State{} : spec_->initial),
-          context_(*this, state_), registration_(breaker_of(*spec_)) {
+          context_(*this, state_), dirty_(false), handed_over_once_(false), reason_lost_(false),
+          served_since_start_(false), registration_(breaker_of(*spec_)) {
         check_spec();
     }
 
@@ -176,8 +177,8 @@ public:
     }
 
     std::optional<std::string> refused_start() const override {
-        if (!refused_) return std::nullopt;
-        return *refused_;
+        if (!crash_notes_) return std::nullopt;
+        return crash_notes_->refused;
     }
 
     // --- the worker side (called from jobs and the context) --------------
@@ -376,19 +377,25 @@ private:
     std::atomic<std::uint64_t> generation_{0};
     std::uint64_t restarts_this_instance_ = 0;
     duration last_commit_at_{};
-    // The small members side by side, in one word (every idle unit holds them).
+    // The small members side by side, in one word (every idle unit holds
+    // them). The bit-fields are the worker's thread's only (borrowers run
+    // there), set in the constructor (C++17 gives them no initializers).
     std::uint32_t uncommitted_messages_ = 0;
     std::atomic<bool> stopping_itself_{false};  // stop_self() was called in this (re)start
-    bool dirty_ = false;
-    bool handed_over_once_ = false;
-    bool reason_lost_ = false;  // out of memory when the last crash's reason was to be kept
-    // The last crash's reason, and how an instance ended in a borrowed turn
-    // (the worker finishes it): made at the first crash and kept (most
-    // units never crash; an idle one carries a pointer, not 80 bytes).
-    // Touched on the worker's thread only (borrowers run there).
+    bool dirty_ : 1;
+    bool handed_over_once_ : 1;
+    bool reason_lost_ : 1;         // out of memory when the last crash's reason was to be kept
+    bool served_since_start_ : 1;  // a message was served since the last (re)start
+    // The last crash's reason, how an instance ended in a borrowed turn
+    // (the worker finishes it), and why the registry declined its last
+    // start: made by the first that needs them and kept (most units never
+    // crash; an idle one carries a pointer, not 112 bytes). Written on the
+    // worker's thread only (borrowers run there); a refusal is read by the
+    // starter once the start has ended.
     struct crash_notes {
         std::string reason;
         std::optional<exit_reason> ended_in_turn;
+        std::optional<std::string> refused;
     };
     std::unique_ptr<crash_notes> crash_notes_;
     boost::fibers::context* lender_ = nullptr;  // the worker, while its turn is lent
@@ -398,8 +405,6 @@ private:
     // Where a supervisor placed it; null for a unit started on its own and
     // for every object (40 bytes fewer in each).
     std::unique_ptr<placement> placement_;
-    std::unique_ptr<std::string> refused_;   // why the registry declined its last start, if it did
-    std::uint64_t served_since_start_ = 0;   // messages served since the last (re)start
 
     void check_spec() const {
         if (spec_->commit.when == commit_policy::mode::every_n && spec_->commit.n == 0)

@@ -19,7 +19,7 @@ void unit_core<State, Handler>::hand_over_state(std::uint64_t number) {
     // either is then blamed on this start (the record names this run).
     if (restarts_this_instance_ != 0) registration_.restarted_in_place();
     else registration_.started(placement_ ? *placement_ : unplaced, spec_->type, spec_->restart, lifecycle());
-    served_since_start_ = 0;
+    served_since_start_ = false;
     start_info info;
     info.instance = number;
     info.restarts = restarts_this_instance_;
@@ -76,11 +76,11 @@ void unit_core<State, Handler>::check_registry_at_start() {
         if (!keeper_) attach_keeper();
         return keeper_->generation();
     });
-    refused_.reset();
+    if (crash_notes_) crash_notes_->refused.reset();
     if (!refused) return;
-    refused_ = std::make_unique<std::string>(std::move(*refused));
-    publish(event_kind::permanently_crashed, exit_kind::crashed, *refused_);
-    throw ignore_start(*refused_);
+    const std::string& kept = *(made_crash_notes().refused = std::move(*refused));
+    publish(event_kind::permanently_crashed, exit_kind::crashed, kept);
+    throw ignore_start(kept);
 }
 
 template <class State, class Handler>
@@ -88,7 +88,7 @@ bool unit_core<State, Handler>::note_crash(crash_kind kind, std::string_view wha
     // At start: before the first message after a (re)start, where a state
     // that crashes its worker shows (what the rollback ladder counts).
     const crash_outcome outcome = registration_.note_crash(kind, what, generation_.load(std::memory_order_relaxed),
-                                                           served_since_start_ == 0, crash_threshold_of(*spec_),
+                                                           !served_since_start_, crash_threshold_of(*spec_),
                                                            restart_likely);
     if (outcome.breaker_opened) {
         publish_by(name(), event_kind::circuit_open, spec_->type, 0, exit_kind::crashed, what);
@@ -126,7 +126,7 @@ std::uint64_t unit_core<State, Handler>::commit_now() {
 template <class State, class Handler>
 void unit_core<State, Handler>::after_message(bool read_only) {
     bump(messages_);
-    ++served_since_start_;
+    served_since_start_ = true;
     if (read_only) return;
     dirty_ = true;
     ++uncommitted_messages_;
