@@ -178,7 +178,7 @@ inline std::string registry_key(const char* prefix, const std::string& key) {
 inline void copy_text(char* to, std::uint8_t& length, std::size_t room, std::string_view text) noexcept {
     const std::size_t taken = std::min(room, text.size());
     std::memset(to, 0, room);
-    std::memcpy(to, text.data(), taken);
+    if (taken != 0) std::memcpy(to, text.data(), taken);  // an empty view may hold no pointer
     length = static_cast<std::uint8_t>(taken);
 }
 
