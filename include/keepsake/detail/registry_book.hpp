@@ -392,9 +392,8 @@ public:
         const std::string unit = registry_key(unit_record_prefix, which.key());
         auto got = from.get(prefix + unit);
         if (!got) return;
-        auto value =
-            record_slots<persisted_unit>::from_bytes(got->fingerprint, got->codec, got->bytes.data(), got->bytes.size());
-        if (!value || registry_key(unit_record_prefix, std::string(value->key, value->key_length)) != unit) return;
+        const auto value = stored_as<persisted_unit>(*got, unit);
+        if (!value) return;
         const std::string history = registry_key(crash_record_prefix, which.key());
         if (!holds_valid(history, crash_record_prefix))
             if (auto past = from.get(prefix + history)) import_one<persisted_crashes>(history, *past);
@@ -472,13 +471,22 @@ private:
         return record_slots<persisted_crashes>(view->area).read().has_value();
     }
 
+    // A store's record as a Record to file under `key`, or nothing: a unit's
+    // record must describe the key it is filed under.
+    template <class Record>
+    static std::optional<Record> stored_as(const record& got, const std::string& key) {
+        auto value = record_slots<Record>::from_bytes(got.fingerprint, got.codec, got.bytes.data(), got.bytes.size());
+        if constexpr (std::is_same_v<Record, persisted_unit>) {
+            if (value && registry_key(unit_record_prefix, std::string(value->key, value->key_length)) != key)
+                return std::nullopt;
+        }
+        return value;
+    }
+
     template <class Record>
     std::size_t import_one(const std::string& key, const record& got) {
-        auto value = record_slots<Record>::from_bytes(got.fingerprint, got.codec, got.bytes.data(), got.bytes.size());
+        const auto value = stored_as<Record>(got, key);
         if (!value) return 0;
-        if constexpr (std::is_same_v<Record, persisted_unit>) {  // it describes the key it is filed under
-            if (registry_key(unit_record_prefix, std::string(value->key, value->key_length)) != key) return 0;
-        }
         std::lock_guard<std::mutex> lock(mutex_);
         const auto attached = segment_->attach(key, entry_kind::state, 2, sizeof(Record));
         record_slots<Record>(attached.area).write(*value, got.generation + 1);

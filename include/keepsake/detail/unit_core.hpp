@@ -389,7 +389,7 @@ private:
     // The last crash's reason, how an instance ended in a borrowed turn
     // (the worker finishes it), and why the registry declined its last
     // start: made by the first that needs them and kept (most units never
-    // crash; an idle one carries a pointer, not 112 bytes). Written on the
+    // crash; an idle one carries a pointer, not the notes). Written on the
     // worker's thread only (borrowers run there); a refusal is read by the
     // starter once the start has ended.
     struct crash_notes {
@@ -403,7 +403,7 @@ private:
     listener_list<const exit_reason&, const State&> terminated_;
     unit_registration registration_;  // its record in the segment's unit registry
     // Where a supervisor placed it; null for a unit started on its own and
-    // for every object (40 bytes fewer in each).
+    // for every object (a pointer in each, not the 24-byte placement).
     std::unique_ptr<placement> placement_;
 
     void check_spec() const {
